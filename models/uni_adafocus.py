@@ -1,0 +1,256 @@
+"""Uni-AdaFocus: glance, policy, focus and an early-exit classifier in one module (paper §4).
+
+Data flow for a batch of B videos of T0 candidate frames (SPEC §3.2, §3.3):
+
+1. **glance** — T_G frames (evenly spaced in evaluation, one random frame per segment in training) go
+   through MobileNetV2: feature maps (B*T_G, 1280, h, w), pooled features (B*T_G, 1280), and the
+   glance head's logits.
+2. **policy** — on the glance features: the spatial branch gives one patch per glance frame (from the
+   *detached* maps), linearly interpolated to all T0 frames; the temporal branch gives frame weights
+   (a softmax, and a tempered softmax for selection).
+3. **spatial objective input** — every glance frame's feature map is cropped with its own patch
+   (differentiably) and pooled; the auxiliary head classifies it.
+4. **frame selection** — T_L focus frames at the quantiles of the weights' CDF (deterministic in
+   evaluation, stratified in training).
+5. **focus** — P x P patches cut from those frames with their (detached) actions go through the
+   focus encoder. In training a second pass with random patches of native size shares one forward.
+6. **classifier** — running-max accumulation over glance then focus steps; one logits row per exit.
+
+Evaluation is deterministic and lean: it draws no random numbers, runs the spatial policy once, and
+does no random-patch pass and no Monte-Carlo work (those exist only for the training objective).
+Backbones follow the caller's autocast; everything else runs in float32 (the official semi-AMP).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
+from .classifier import ExitClassifier
+from .policy import Policy
+
+try:  # installed as uniadafocus.models
+    from ..ops import frame_selection, patches as patch_ops
+except ImportError:  # run from the repository root
+    from ops import frame_selection, patches as patch_ops
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FocusPass:
+    """What the focus encoder and the classifier made of one set of patches."""
+
+    exit_logits: torch.Tensor  # (B, T_G + T_L, C)
+    focus_logits: torch.Tensor  # (B, T_L, C) focus head on each patch
+    focus_actions: torch.Tensor  # (B, T_L, 4) the patches' actions
+
+
+@dataclass
+class UniAdaFocusOutput:
+    """Everything one forward pass produces. ``random_pass`` is set in training only."""
+
+    exit_logits: torch.Tensor  # (B, T_G + T_L, C) glance exits, then focus exits
+    glance_logits: torch.Tensor  # (B, T_G, C) glance head per glance frame
+    focus_logits: torch.Tensor  # (B, T_L, C) focus head per focus patch
+    spatial_frame_logits: torch.Tensor  # (B, T_G, C) auxiliary head on each cropped feature map
+    spatial_logits: torch.Tensor  # (B, C) the same averaged over glance frames (official)
+    frame_weights: torch.Tensor  # (B, T_G) temporal policy softmax
+    selection_weights: torch.Tensor  # (B, T_G) softmax at the temperature, used for selection
+    glance_indices: torch.Tensor  # (B, T_G) frames (of T0) seen by the glance encoder
+    focus_indices: torch.Tensor  # (B, T_L) frames (of T0) seen by the focus encoder, increasing
+    glance_actions: torch.Tensor  # (B, T_G, 4) spatial policy output per glance frame
+    focus_actions: torch.Tensor  # (B, T_L, 4) interpolated actions at the focus frames
+    patch_boxes: torch.Tensor  # (B, T_L, 4) focus patches as (x1, y1, x2, y2) in input pixels
+    glance_features: torch.Tensor  # (B, T_G, Dg)
+    focus_features: torch.Tensor  # (B, T_L, Df)
+    random_pass: Optional[FocusPass] = None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, C) the prediction: the last exit."""
+        return self.exit_logits[:, -1]
+
+    def detach(self) -> "UniAdaFocusOutput":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                values[name] = value.detach()
+        if self.random_pass is not None:
+            values["random_pass"] = FocusPass(*(t.detach() for t in (
+                self.random_pass.exit_logits, self.random_pass.focus_logits, self.random_pass.focus_actions)))
+        return UniAdaFocusOutput(**values)
+
+
+class UniAdaFocus(nn.Module):
+    """The Uni-AdaFocus network. Keyword names match the command-line flags.
+
+    forward(video, generator=None) with video (B, T0, 3, H, W) or the official flattened layout
+    (B, T0*3, H, W); uint8 frames are normalised here (ImageNet mean/std), floating-point frames are
+    taken as already normalised. H = W = input_size. The training draws (glance frames, stratified
+    selection offsets, random patches) come from ``generator`` or, when it is None, from the global
+    torch RNG; dropout always uses the global RNG.
+    """
+
+    def __init__(self, num_classes: int, num_segments: int = 48, num_glance_segments: int = 16,
+                 num_focus_segments: int = 16, patch_size: int = 96, input_size: int = 224,
+                 stn_hidden_dim: int = 128, temporal_hidden_dim: int = 64, hidden_dim: int = 4096,
+                 dropout: float = 0.2, fc_dropout: float = 0.2, temperature: float = 1.0,
+                 glance_arch: str = "mbv2", focus_arch: str = "resnet50", pretrained: bool = False,
+                 glance_weights: Optional[str] = None, focus_weights: Optional[str] = None,
+                 detach_temporal_input: bool = False):
+        super().__init__()
+        if num_focus_segments > num_segments:
+            raise ValueError(f"num_focus_segments ({num_focus_segments}) > num_segments ({num_segments})")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.num_classes = num_classes
+        self.num_segments, self.num_glance, self.num_focus = num_segments, num_glance_segments, num_focus_segments
+        self.patch_size, self.input_size = patch_size, input_size
+        self.temperature = temperature
+        self.detach_temporal_input = detach_temporal_input
+        self.feature_size = glance_feature_size(input_size)
+        self.feature_patch_size = patch_ops.feature_patch_size(patch_size, input_size, self.feature_size)
+        self.random_patch_scale = patch_ops.native_scale_action(patch_size, input_size)
+
+        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights)
+        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights)
+        gdim, fdim = self.glance.feature_dim, self.focus.feature_dim
+        self.glance_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(gdim, num_classes))  # FC_G
+        self.focus_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(fdim, num_classes))  # FC_L
+        self.spatial_head = nn.Linear(gdim, num_classes)  # FC_Aux
+        self.policy = Policy(gdim, stn_hidden_dim, temporal_hidden_dim, self.feature_size)
+        self.classifier = ExitClassifier(gdim, fdim, num_glance_segments, num_focus_segments, num_classes,
+                                         hidden_dim, dropout)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_args(cls, args, num_classes: Optional[int] = None) -> "UniAdaFocus":
+        """Build from parsed command-line arguments (attribute names as the flags)."""
+        names = ("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
+                 "stn_hidden_dim", "temporal_hidden_dim", "hidden_dim", "dropout", "fc_dropout", "temperature",
+                 "glance_arch", "focus_arch", "pretrained", "glance_weights", "focus_weights",
+                 "detach_temporal_input")
+        kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+        return cls(num_classes=num_classes if num_classes is not None else args.num_classes, **kwargs)
+
+    # ------------------------------------------------------------------------------------------
+    # pieces
+    # ------------------------------------------------------------------------------------------
+    def frames_view(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T0, 3, H, W) view of a video in either accepted layout, with checks."""
+        if video.dim() == 4:
+            b, tc, h, w = video.shape
+            if tc % 3:
+                raise ValueError(f"flattened video needs T0*3 channels, got {tc}")
+            video = video.view(b, tc // 3, 3, h, w)
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be (B, T0, 3, H, W) or (B, T0*3, H, W), got {tuple(video.shape)}")
+        if video.shape[1] != self.num_segments:
+            raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
+        if video.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
+        return video
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
+        if frames.dtype == torch.uint8:
+            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
+        return frames
+
+    @staticmethod
+    def gather_frames(frames: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, ...) at indices (B, K) -> (B, K, ...)."""
+        rows = torch.arange(frames.shape[0], device=frames.device).unsqueeze(1)
+        return frames[rows, indices.to(frames.device)]
+
+    def run_backbone(self, module: nn.Module, x: torch.Tensor, amp):
+        """Run a backbone under the caller's autocast setting ``amp`` (or none); results in float32."""
+        enabled, dtype = amp
+        with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
+            out = module(x)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P)."""
+        return patch_ops.crop_patches(frames.flatten(0, 1), actions.flatten(0, 1), self.patch_size,
+                                      self.patch_size, self.input_size)
+
+    def random_actions(self, shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Random-patch actions (..., 4): uniform position, size = exactly P input pixels."""
+        gen_device = generator.device if generator is not None else device
+        actions = torch.rand(*shape, 4, generator=generator, device=gen_device).to(device)
+        actions[..., 2:] = self.random_patch_scale
+        return actions
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> UniAdaFocusOutput:
+        frames = self.frames_view(video)
+        device_type = frames.device.type
+        amp = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        with torch.autocast(device_type, enabled=False):
+            return self._forward(frames, amp, generator)
+
+    def _forward(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator]) -> UniAdaFocusOutput:
+        b, t0, _, height, width = frames.shape
+        training = self.training
+        device = frames.device
+
+        # 1. glance
+        glance_idx = frame_selection.glance_frame_indices(t0, self.num_glance, b, random=training,
+                                                          generator=generator, device=device)  # (B, T_G)
+        glance_frames = self.normalise(self.gather_frames(frames, glance_idx))  # (B, T_G, 3, H, W)
+        fmap, gfeat = self.run_backbone(self.glance, glance_frames.flatten(0, 1), amp)  # (B*T_G, Dg, h, w), (B*T_G, Dg)
+        glance_logits = self.glance_head(gfeat).view(b, self.num_glance, -1)  # (B, T_G, C)
+        gfeat = gfeat.view(b, self.num_glance, -1)  # (B, T_G, Dg)
+
+        # 2. policy
+        fmap = fmap.detach()
+        glance_actions = self.policy.spatial(fmap.view(b, self.num_glance, *fmap.shape[1:]))  # (B, T_G, 4)
+        all_actions = frame_selection.interpolate_actions(glance_actions, t0)  # (B, T0, 4)
+        scores = self.policy.temporal(gfeat.detach() if self.detach_temporal_input else gfeat)  # (B, T_G)
+        frame_weights = torch.softmax(scores, dim=1)
+        selection_weights = torch.softmax(scores / self.temperature, dim=1)
+
+        # 3. spatial objective input: each glance map cropped by its own patch (differentiable)
+        aux = patch_ops.crop_patches(fmap, glance_actions.reshape(-1, 4), self.feature_patch_size,
+                                     self.patch_size, self.input_size)  # (B*T_G, Dg, p, p)
+        spatial_frame_logits = self.spatial_head(aux.mean(dim=(2, 3))).view(b, self.num_glance, -1)  # (B, T_G, C)
+
+        # 4. frame selection
+        focus_idx = frame_selection.select_focus_frames(selection_weights, t0, self.num_focus,
+                                                        random=training, generator=generator)  # (B, T_L)
+        focus_frames = self.normalise(self.gather_frames(frames, focus_idx))  # (B, T_L, 3, H, W)
+        focus_actions = self.gather_frames(all_actions, focus_idx).detach()  # (B, T_L, 4)
+
+        # 5. focus (+ the random-patch pass in training, in the same backbone call)
+        patches = self.crop_focus_patches(focus_frames, focus_actions)  # (B*T_L, 3, P, P)
+        random_actions = None
+        if training:
+            random_actions = self.random_actions((b, self.num_focus), device, generator)
+            patches = torch.cat((patches, self.crop_focus_patches(focus_frames, random_actions)))
+        ffeat = self.run_backbone(self.focus, patches, amp)  # (n*B*T_L, Df)
+        focus_logits = self.focus_head(ffeat).view(-1, b, self.num_focus, self.num_classes)  # (n, B, T_L, C)
+        ffeat = ffeat.view(-1, b, self.num_focus, ffeat.shape[-1])  # (n, B, T_L, Df)
+
+        # 6. classifier, once per pass (as official: its BatchNorm sees each pass separately)
+        exit_logits = self.classifier(gfeat, ffeat[0])  # (B, T_G + T_L, C)
+        random_pass = None
+        if training:
+            random_pass = FocusPass(self.classifier(gfeat, ffeat[1]), focus_logits[1], random_actions)
+
+        return UniAdaFocusOutput(
+            exit_logits=exit_logits, glance_logits=glance_logits, focus_logits=focus_logits[0],
+            spatial_frame_logits=spatial_frame_logits, spatial_logits=spatial_frame_logits.mean(dim=1),
+            frame_weights=frame_weights, selection_weights=selection_weights,
+            glance_indices=glance_idx, focus_indices=focus_idx, glance_actions=glance_actions,
+            focus_actions=focus_actions,
+            patch_boxes=patch_ops.action_boxes(focus_actions, height, width, self.patch_size, self.input_size),
+            glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass)

@@ -1,0 +1,102 @@
+"""Differentiable deformable patch cropping (paper §3.3.1, §4.1.2; SPEC §3.4).
+
+An *action* is a 4-vector ``a = (a_y, a_x, a_h, a_w)`` in (0, 1), the spatial policy's sigmoid
+output. It describes an axis-aligned box inside a frame:
+
+* its extent along each axis runs from 96 px (``a_size = 0``) to 224 px (``a_size = 1``) on the
+  official 224-px frames: ``extent = 96 + 128 a_size``. Here that rule is relative to the frame
+  (``96/224`` to ``224/224`` of the side), so the same action means the same region at any
+  ``input_size`` and on the glance feature map. (The official code hard-codes the pixel constants and
+  derives the feature-map extent from ``P // 32``, which is wrong when 32 does not divide P.)
+* its top-left corner is ``a_y * (side - extent)`` (rows) and ``a_x * (side - extent)`` (columns),
+  so the box never leaves the frame. Note the order: ``a_y`` (index 0) is vertical.
+
+The box is sampled on an ``out_h x out_w`` grid of cell centres with bilinear interpolation
+(``affine_grid`` + ``grid_sample``, ``align_corners=False``: the normalised range [-1, 1] spans pixel
+edges), which is differentiable with respect to both the frames and the actions. The arithmetic
+follows the official one step for step, so at 224 px the patches are bit-identical to its patches.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: The official patch extents, in pixels of a frame of REFERENCE_SIZE pixels: 96 + 128 a.
+REFERENCE_SIZE = 224.0
+MIN_EXTENT = 96.0
+EXTENT_SPAN = 128.0
+
+
+def _scale(a_size: torch.Tensor, patch_size: int, input_size: int) -> torch.Tensor:
+    # Patch extent in units of the patch size (official: a * 128 / P + 96 / P at 224 px).
+    span = EXTENT_SPAN * input_size / REFERENCE_SIZE
+    minimum = MIN_EXTENT * input_size / REFERENCE_SIZE
+    return a_size * span / patch_size + minimum / patch_size
+
+
+def _box_terms(actions: torch.Tensor, height: int, width: int, patch_size: int, input_size: int):
+    """(x1, y1, extent_w, extent_h) of the boxes in pixels of a height x width frame."""
+    a_y, a_x, a_h, a_w = actions.unbind(-1)
+    ext_h = (patch_size * height / input_size) * _scale(a_h, patch_size, input_size)
+    ext_w = (patch_size * width / input_size) * _scale(a_w, patch_size, input_size)
+    return a_x * (width - ext_w), a_y * (height - ext_h), ext_w, ext_h
+
+
+def action_boxes(actions: torch.Tensor, height: int, width: int, patch_size: int, input_size: int) -> torch.Tensor:
+    """Boxes ``(x1, y1, x2, y2)`` in continuous pixel coordinates of a ``height x width`` frame.
+
+    actions: (..., 4) as ``(a_y, a_x, a_h, a_w)``; returns (..., 4). Pixel ``i`` covers ``[i, i+1)``.
+    ``patch_size`` and ``input_size`` are the model's P and frame size (they fix the arithmetic; the
+    box itself depends only on the frame size: extent = side * (96 + 128 a) / 224).
+    """
+    x1, y1, ext_w, ext_h = _box_terms(actions, height, width, patch_size, input_size)
+    return torch.stack((x1, y1, x1 + ext_w, y1 + ext_h), dim=-1)
+
+
+def crop_patches(frames: torch.Tensor, actions: torch.Tensor, output_size, patch_size: int,
+                 input_size: int) -> torch.Tensor:
+    """Crop one deformable patch per frame and resample it to ``output_size``.
+
+    frames:  (N, C, H, W) images (H = W = input_size) or feature maps of such images.
+    actions: (N, 4) ``(a_y, a_x, a_h, a_w)`` in [0, 1].
+    output_size: int or (out_h, out_w); P for image patches, a few cells for feature maps.
+    Returns (N, C, out_h, out_w). Differentiable in ``frames`` and ``actions``.
+    """
+    if frames.dim() != 4:
+        raise ValueError(f"frames must be (N, C, H, W), got shape {tuple(frames.shape)}")
+    if actions.shape != (frames.shape[0], 4):
+        raise ValueError(f"actions must be ({frames.shape[0]}, 4), got {tuple(actions.shape)}")
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    n, c, h, w = frames.shape
+    x1, y1, ext_w, ext_h = _box_terms(actions, h, w, patch_size, input_size)
+    # Affine map from the output's normalised coordinates to the frame's (align_corners=False):
+    # scale = extent / side, shift = box centre in [-1, 1].
+    zeros = torch.zeros_like(x1)
+    theta = torch.stack((
+        torch.stack((ext_w / w, zeros, (x1 + (x1 + ext_w)) / w - 1), dim=-1),
+        torch.stack((zeros, ext_h / h, (y1 + (y1 + ext_h)) / h - 1), dim=-1),
+    ), dim=1)  # (N, 2, 3)
+    theta = theta.to(frames.dtype if frames.dtype == torch.float64 else torch.float32)
+    grid = F.affine_grid(theta, [n, c, out_h, out_w], align_corners=False)  # (N, out_h, out_w, 2)
+    if grid.dtype != frames.dtype and not torch.is_autocast_enabled(frames.device.type):
+        frames = frames.to(grid.dtype)
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def feature_patch_size(patch_size: int, input_size: int, feature_size: int) -> int:
+    """Side of the glance-feature-map crop that corresponds to a ``patch_size`` image patch.
+
+    The official code uses ``patch_size // 32`` (a 224-px frame gives a 7x7 MobileNetV2 map); this is
+    the same rule written for any input size: ``patch_size * feature_size // input_size``, at least 1.
+    """
+    return max(1, (patch_size * feature_size) // input_size)
+
+
+def native_scale_action(patch_size: int, input_size: int) -> float:
+    """The size action whose box is exactly ``patch_size`` pixels of an ``input_size`` frame.
+
+    Used by the random-patch training pass (official: ``(P - 96) / 128`` at 224 px), clamped to [0, 1].
+    """
+    span = EXTENT_SPAN * input_size / REFERENCE_SIZE
+    minimum = MIN_EXTENT * input_size / REFERENCE_SIZE
+    return min(1.0, max(0.0, (patch_size - minimum) / span))

@@ -1,0 +1,53 @@
+"""Shared helpers for the tests: where the reference fixtures live, small model configurations."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reference_dir() -> Path:
+    """The official-behaviour fixtures: $UNIADAFOCUS_REFERENCE or ../shared/reference beside the repo."""
+    env = os.environ.get("UNIADAFOCUS_REFERENCE")
+    return Path(env) if env else REPO.parent / "shared" / "reference"
+
+
+def require_reference() -> Path:
+    path = reference_dir()
+    if not (path / "make_parity_checkpoint.py").is_file():
+        pytest.skip(f"reference fixtures not found in {path} (set UNIADAFOCUS_REFERENCE)")
+    return path
+
+
+def parity_generator():
+    """The fixtures' own checkpoint generator module (make_parity_checkpoint.py), imported by path."""
+    path = require_reference() / "make_parity_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_parity_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = dict(num_classes=5, num_segments=8, num_glance_segments=4, num_focus_segments=4, patch_size=32,
+            input_size=64, stn_hidden_dim=16, temporal_hidden_dim=8, hidden_dim=32, focus_arch="resnet18")
+
+
+def tiny_model(**overrides):
+    """A small, fast configuration for CPU tests (MobileNetV2 + ResNet-18 at 64 px, 8 frames)."""
+    from models import UniAdaFocus
+
+    cfg = dict(TINY)
+    cfg.update(overrides)
+    return UniAdaFocus(**cfg)
+
+
+def random_video(batch=2, frames=8, size=64, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, (batch, frames, 3, size, size), generator=g, dtype=torch.uint8)
+    return torch.randn(batch, frames, 3, size, size, generator=g, dtype=dtype)
