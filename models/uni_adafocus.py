@@ -98,7 +98,7 @@ class UniAdaFocus(nn.Module):
 
     def __init__(self, num_classes: int, num_segments: int = 48, num_glance_segments: int = 16,
                  num_focus_segments: int = 16, patch_size: int = 96, input_size: int = 224,
-                 stn_hidden_dim: int = 128, temporal_hidden_dim: int = 64, hidden_dim: int = 4096,
+                 stn_hidden_dim: int = 128, temporal_hidden_dim: int = 64, classifier_dim: int = 4096,
                  dropout: float = 0.2, fc_dropout: float = 0.2, temperature: float = 1.0,
                  glance_arch: str = "mbv2", focus_arch: str = "resnet50", pretrained: bool = False,
                  glance_weights: Optional[str] = None, focus_weights: Optional[str] = None,
@@ -125,7 +125,7 @@ class UniAdaFocus(nn.Module):
         self.spatial_head = nn.Linear(gdim, num_classes)  # FC_Aux
         self.policy = Policy(gdim, stn_hidden_dim, temporal_hidden_dim, self.feature_size)
         self.classifier = ExitClassifier(gdim, fdim, num_glance_segments, num_focus_segments, num_classes,
-                                         hidden_dim, dropout)
+                                         classifier_dim, dropout)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -133,7 +133,7 @@ class UniAdaFocus(nn.Module):
     def from_args(cls, args, num_classes: Optional[int] = None) -> "UniAdaFocus":
         """Build from parsed command-line arguments (attribute names as the flags)."""
         names = ("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
-                 "stn_hidden_dim", "temporal_hidden_dim", "hidden_dim", "dropout", "fc_dropout", "temperature",
+                 "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "dropout", "fc_dropout", "temperature",
                  "glance_arch", "focus_arch", "pretrained", "glance_weights", "focus_weights",
                  "detach_temporal_input")
         kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

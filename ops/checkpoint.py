@@ -160,7 +160,7 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor], pat
     if len(misshaped) > 12:
         lines.append(f"  ... and {len(misshaped) - 12} more mis-shaped keys")
     if any(".glance_exits." in k or ".focus_exits." in k or k.endswith("_head.1.weight") for k in misshaped):
-        lines.append("  (head shapes differ: check num_classes, hidden_dim and the frame counts of the configuration)")
+        lines.append("  (head shapes differ: check num_classes, classifier_dim and the frame counts of the configuration)")
     raise CheckpointError("\n".join(lines))
 
 

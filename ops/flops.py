@@ -128,7 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_glance_segments", type=int, default=16)
     parser.add_argument("--num_focus_segments", type=int, default=16)
     parser.add_argument("--input_size", type=int, default=224)
-    parser.add_argument("--hidden_dim", type=int, default=4096, help="classifier width")
+    parser.add_argument("--classifier_dim", type=int, default=4096, help="classifier MLP width (official 4096)")
     parser.add_argument("--stn_hidden_dim", type=int, default=128)
     parser.add_argument("--temporal_hidden_dim", type=int, default=64)
     parser.add_argument("--focus_arch", default="resnet50")
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
     for p in args.patch_size:
         model = UniAdaFocus(num_classes=args.num_classes, num_segments=args.num_segments,
                             num_glance_segments=args.num_glance_segments, num_focus_segments=args.num_focus_segments,
-                            patch_size=p, input_size=args.input_size, hidden_dim=args.hidden_dim,
+                            patch_size=p, input_size=args.input_size, classifier_dim=args.classifier_dim,
                             stn_hidden_dim=args.stn_hidden_dim, temporal_hidden_dim=args.temporal_hidden_dim,
                             focus_arch=args.focus_arch)
         breakdown = flops_breakdown(model)

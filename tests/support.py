@@ -34,7 +34,7 @@ def parity_generator():
 
 
 TINY = dict(num_classes=5, num_segments=8, num_glance_segments=4, num_focus_segments=4, patch_size=32,
-            input_size=64, stn_hidden_dim=16, temporal_hidden_dim=8, hidden_dim=32, focus_arch="resnet18")
+            input_size=64, stn_hidden_dim=16, temporal_hidden_dim=8, classifier_dim=32, focus_arch="resnet18")
 
 
 def tiny_model(**overrides):
