@@ -13,11 +13,12 @@ drops the official unused ImageNet heads, and names every missing, unexpected or
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from .files import atomic_write
 
 try:  # installed as uniadafocus.ops
     from ..models import official as official_layout
@@ -51,19 +52,8 @@ def atomic_save(obj: Any, path: str) -> None:
 
     An interrupted write leaves the previous file intact; readers never see a partial file.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path: str, model: torch.nn.Module, **entries: Any) -> None:

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import random as _pyrandom
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .files import write_text_atomic
 from .metrics import AveragePrecision, topk_accuracy
 
 __all__ = [
@@ -592,7 +592,7 @@ class SweepResult:
         """JSON text of :meth:`to_dict`; also written (atomically) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=True)
         if path is not None:
-            _atomic_write_text(Path(path), text + "\n")
+            write_text_atomic(Path(path), text + "\n")
         return text
 
 
@@ -801,23 +801,6 @@ class ThresholdsFile:
         return int(self.thresholds.numel())
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _finite_or_none(name: str, value) -> Optional[float]:
     if value is None:
         return None
@@ -849,7 +832,7 @@ def save_thresholds(path: Union[str, os.PathLike], thresholds: torch.Tensor, *, 
         "p": _finite_or_none("p", p), "expected_gflops": _finite_or_none("expected_gflops", expected_gflops),
     }
     path = Path(path)
-    _atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return path
 
 

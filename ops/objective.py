@@ -27,7 +27,7 @@ one sequence. ``T1 = floor(T_L * T_G / T0)`` removal steps (App. C), 5 for the o
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Dict, Optional
 
 import torch
@@ -48,7 +48,7 @@ class ObjectiveTerms:
     norm: torch.Tensor
 
     def as_floats(self) -> Dict[str, float]:
-        return {name: float(value.detach()) for name, value in asdict(self).items()}
+        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
 
 
 def step_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

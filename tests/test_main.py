@@ -1,0 +1,178 @@
+"""main.py: command line, launchers, exact distributed evaluation, resuming after a crash (CPU, gloo)."""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from support import REPO
+
+sys.path.insert(0, str(REPO))
+import main  # noqa: E402
+
+OFFICIAL_ACTNET = """
+  --glance_arch mbv2 --dataset actnet --data_dir PATH_TO_DATASET   \\
+  --root_log LOG_DIR  \\
+  --workers 16 --num_segments 48 --dropout 0.2  --fc_dropout 0.2   \\
+  --epochs 50 --lr 0.002 --lr_type cos --lr_steps 0 0   \\
+  --batch_size 32 --momentum 0.9 --weight_decay 2e-4   \\
+  --patch_size 128 --global_lr_ratio 0.5 --stn_lr_ratio 0.2 --classifier_lr_ratio 20.0 --temporal_lr_ratio 0.2 --KL_ratio 0.0 --norm_ratio 1.00  \\
+  --hidden_dim 1024 --stn_hidden_dim 128 --temporal_hidden_dim 64 \\
+  --num_glance_segments 16 --num_focus_segments 16 --temperature 1.0
+"""
+
+
+def _argv(text):
+    return shlex.split(text.replace("\\\n", " "))
+
+
+def test_official_command_parses_with_the_official_meaning():
+    args = main.parse_args(["--local-rank=3"] + _argv(OFFICIAL_ACTNET) + ["--evaluate", "--resume", "ckpt/actnet_p128.pth.tar"])
+    assert args.local_rank == 3 and args.evaluate and args.resume == "ckpt/actnet_p128.pth.tar"
+    assert (args.dataset, args.patch_size, args.batch_size, args.lr, args.weight_decay) == ("actnet", 128, 32, 0.002, 2e-4)
+    assert args.classifier_dim == 4096 and args.lr_steps == [0.0, 0.0] and args.KL_ratio == 0.0
+    assert "hidden_dim" in args.explicit
+    assert main.parse_args(["--local_rank", "1"]).local_rank == 1
+
+
+def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: fcvid\nlr: 0.004\nbatch_size: 64\n")
+    args = main.parse_args(["--config", str(cfg), "--lr", "0.01"])
+    assert (args.dataset, args.lr, args.batch_size) == ("fcvid", 0.01, 64)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate_typo: 1\n")
+    with pytest.raises(SystemExit):
+        main.parse_args(["--config", str(bad)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs of main.py on a tiny synthetic dataset
+# ------------------------------------------------------------------------------------------------
+TINY = ("--dataset synthetic --num_segments 8 --num_glance_segments 4 --num_focus_segments 4 --input_size 64 "
+        "--patch_size 32 --focus_arch resnet18 --classifier_dim 32 --stn_hidden_dim 16 --temporal_hidden_dim 8 "
+        "--no-pretrained --workers 0 --device cpu --lr 0.01 --print-freq 1 --no-tensorboard --num_visualised 1")
+SYNTHETIC = {"train_videos": 12, "val_videos": 7, "frames_per_video": 12, "frame_size": 64, "num_classes": 3,
+             "num_distractors": [1, 2]}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from datasets import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    synthetic.ensure_generated(str(root), workers=1, **SYNTHETIC)
+    return root
+
+
+def _env(threads=1):
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _run(cmd, cwd=REPO, timeout=420, env=None):
+    result = subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
+    return result
+
+
+def _main_args(data_dir, root, *extra):
+    return ["main.py"] + TINY.split() + ["--data_dir", str(data_dir), "--synthetic", json.dumps(SYNTHETIC),
+                                         "--root_log", str(root)] + list(extra)
+
+
+def test_two_process_evaluation_equals_one_process(data_dir, tmp_path):
+    """7 validation videos over 2 processes: same per-video predictions and metrics as 1 process."""
+    root = tmp_path / "runs"
+    _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "2", "--batch_size", "4",
+                                       "--store_name", "train"))
+    ckpt = root / "train" / "ckpt.pth.tar"
+    common = ["--evaluate", "--resume", str(ckpt), "--save_predictions", "--val_batch_size", "2"]
+    _run([sys.executable] + _main_args(data_dir, root, "--store_name", "one", *common))
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+         + _main_args(data_dir, root, "--store_name", "two", *common))
+    one = torch.load(root / "one" / "predictions_eval.pt", weights_only=True)
+    two = torch.load(root / "two" / "predictions_eval.pt", weights_only=True)
+    assert one["index"].tolist() == list(range(7)) == two["index"].tolist()
+    torch.testing.assert_close(two["prediction"], one["prediction"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(one["focus_indices"], two["focus_indices"])
+    m1 = json.loads((root / "one" / "metrics_eval.json").read_text())["metrics"]
+    m2 = json.loads((root / "two" / "metrics_eval.json").read_text())["metrics"]
+    assert m1["num_videos"] == m2["num_videos"] == 7
+    for key in ("score", "prediction_top1", "exits_top1", "glance_top1", "focus_top1"):
+        assert m1[key] == pytest.approx(m2[key], abs=1e-6), key
+    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("launcher", [["torch.distributed.run"], ["torch.distributed.launch"]])
+def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launcher):
+    root = tmp_path / "runs"
+    _run([sys.executable, "-m", launcher[0], "--nproc_per_node=2", "--standalone"]
+                  + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "2", "--batch_size", "4",
+                               "--store_name", "ddp", "--eval_freq", "0"))
+    log = (root / "ddp" / "log.txt").read_text()
+    assert "training on 2 process(es)" in log and "(2 per process)" in log
+    assert "epoch 0 [2/2]" in log
+    ckpt = torch.load(root / "ddp" / "ckpt.pth.tar", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["format"] == "uniadafocus"
+
+
+def test_batch_size_must_divide_by_the_processes(data_dir, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+                            + _main_args(data_dir, tmp_path, "--epochs", "1", "--batch_size", "5"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--batch_size 5 is the global batch; it must divide by the 2 processes" in result.stdout + result.stderr
+
+
+def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path):
+    root = tmp_path / "runs"
+    args = ["--epochs", "3", "--iters_per_epoch", "3", "--batch_size", "4", "--seed", "5"]
+    _run([sys.executable] + _main_args(data_dir, root, *args, "--store_name", "straight"))
+
+    cmd = [sys.executable] + _main_args(data_dir, root, *args, "--store_name", "killed")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = root / "killed" / "log.txt"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it in the middle of epoch 1 (after epoch 0's checkpoint)
+        if log.is_file() and "epoch 1 [2/3]" in log.read_text():
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)["epoch"] == 1
+    _run(cmd + ["--resume", "auto"])
+
+    a = torch.load(root / "straight" / "ckpt.pth.tar", weights_only=True)
+    b = torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma = json.loads((root / "straight" / "metrics.json").read_text())
+    mb = json.loads((root / "killed" / "metrics.json").read_text())
+    assert ma["final"] == mb["final"] and ma["best"] == mb["best"]
+    rows_a = (root / "straight" / "summary.csv").read_text().splitlines()
+    rows_b = (root / "killed" / "summary.csv").read_text().splitlines()
+    assert len(rows_a) == len(rows_b) == 4
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+    root = tmp_path / "runs"
+    _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "1", "--batch_size", "4",
+                                       "--store_name", "nan", "--eval_freq", "0"))
+    before = (root / "nan" / "ckpt.pth.tar").read_bytes()
+    result = subprocess.run([sys.executable] + _main_args(data_dir, root, "--epochs", "2", "--iters_per_epoch", "2",
+                                                          "--batch_size", "4", "--store_name", "nan", "--resume", "auto",
+                                                          "--lr", "1e30"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "non-finite loss at epoch 1" in result.stdout + result.stderr
+    assert (root / "nan" / "ckpt.pth.tar").read_bytes() == before
