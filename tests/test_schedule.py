@@ -1,0 +1,43 @@
+"""Optimiser groups and the learning-rate schedule (ops.schedule) against SPEC §4.3 / paper App. H.3."""
+import math
+
+import pytest
+import torch
+
+from ops.schedule import adjust_learning_rate, base_learning_rate, param_groups
+from support import tiny_model
+
+
+def test_eight_groups_in_the_official_order_cover_every_parameter():
+    model = tiny_model()
+    groups = param_groups(model)
+    assert [g["name"] for g in groups] == ["temporal_policy", "spatial_policy", "glance", "glance_head",
+                                          "spatial_head", "focus", "focus_head", "classifier"]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_activitynet_learning_rates_match_the_paper():
+    model = tiny_model()
+    opt = torch.optim.SGD(param_groups(model), lr=0.002, momentum=0.9, weight_decay=2e-4)
+    adjust_learning_rate(opt, 0, 0.002, 50, "cos", weight_decay=2e-4)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["classifier"] == pytest.approx(0.04)
+    assert lrs["focus"] == lrs["focus_head"] == pytest.approx(0.002)
+    assert lrs["glance"] == lrs["glance_head"] == lrs["spatial_head"] == pytest.approx(0.001)
+    assert lrs["spatial_policy"] == lrs["temporal_policy"] == pytest.approx(0.0004)
+    assert all(g["weight_decay"] == 2e-4 for g in opt.param_groups)
+
+
+def test_cosine_schedule_is_per_epoch_without_warm_up():
+    assert base_learning_rate(0, 0.002, 50) == pytest.approx(0.002)
+    assert base_learning_rate(25, 0.002, 50) == pytest.approx(0.001)
+    assert base_learning_rate(49, 1.0, 50) == pytest.approx(0.5 * (1 + math.cos(math.pi * 49 / 50)))
+    assert base_learning_rate(49, 1.0, 50) == pytest.approx(0.000987, abs=1e-6)
+
+
+def test_step_schedule_counts_the_milestones_reached():
+    assert [base_learning_rate(e, 1.0, 50, "step", [10, 20]) for e in (0, 9, 10, 19, 20, 49)] == \
+        pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ValueError, match="lr_type"):
+        base_learning_rate(0, 1.0, 50, "linear")
