@@ -18,9 +18,13 @@ def reference_dir() -> Path:
 
 
 def require_reference() -> Path:
+    """The reference folder; skips when it is absent (fails instead when $UNIADAFOCUS_REQUIRE_REFERENCE=1)."""
     path = reference_dir()
     if not (path / "make_parity_checkpoint.py").is_file():
-        pytest.skip(f"reference fixtures not found in {path} (set UNIADAFOCUS_REFERENCE)")
+        reason = f"reference fixtures not found in {path} (set UNIADAFOCUS_REFERENCE)"
+        if os.environ.get("UNIADAFOCUS_REQUIRE_REFERENCE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     return path
 
 

@@ -1,0 +1,25 @@
+"""Data pipeline: frame-folder datasets, the synthetic dataset and frame extraction.
+
+Public entry points::
+
+    build_dataset(name, data_dir, split, *, num_segments, input_size=224, train=None, seed=0, **options)
+    num_classes(name, data_dir, **options)
+    DATASETS            # registry: name -> DatasetSpec
+    synthetic.generate(root, ...), synthetic.ensure_generated(root, ...)
+    python -m datasets.extract VIDEOS OUT ...   (module datasets.extract, function main(argv))
+
+Workers return uint8 clips ``(T0, 3, H, W)``; normalise on the device. See ``docs/data.md``.
+The package imports its own modules relatively only, so it also works installed as
+``uniadafocus.datasets``.
+"""
+from . import synthetic
+from .errors import DataError, FrameError, ListFileError
+from .frame_dataset import FrameFolderDataset
+from .lists import VideoRecord, parse_list_file, read_class_file
+from .registry import DATASETS, DatasetSpec, build_dataset, num_classes, resolve_spec
+
+__all__ = [
+    "DATASETS", "DatasetSpec", "DataError", "FrameError", "FrameFolderDataset", "ListFileError",
+    "VideoRecord", "build_dataset", "num_classes", "parse_list_file", "read_class_file", "resolve_spec",
+    "synthetic",
+]

@@ -1,0 +1,191 @@
+"""The frame-folder video dataset: list records -> uint8 clips plus labels.
+
+Each item is a dict:
+
+* ``'video'``: uint8 ``(T0, 3, S, S)``, S = input_size (normalise on the device);
+* ``'label'``: int64 scalar, the label for single-label cross-entropy (see *label rule*);
+* ``'labels'``: float32 ``(num_classes,)``, multi-hot over all the video's labels (for mAP);
+* ``'index'``: int64 scalar, the sample's index in the dataset;
+* with a ground-truth box table (the synthetic dataset) also ``'object_boxes'`` float32 ``(T0, 4)``
+  as ``(x1, y1, x2, y2)`` in pixels of the returned clip (mapped through the sampling, crop, resize
+  and flip actually applied, clipped to the clip) and ``'object_visible'`` bool ``(T0,)``: the
+  object is drawn in that frame and its box keeps a positive area inside the crop.
+
+Label rule (single label for cross-entropy): ``'first'`` takes the smallest class id of the video;
+``'random'`` takes one of the video's labels uniformly at random from the per-sample generator (the
+official code also picks a random one, but with a 2/3–1/3 bias for two labels, SPEC §2.2). The
+default is ``'random'`` when training and ``'first'`` in evaluation. Single-label videos are
+unaffected either way.
+
+Randomness: every random choice (temporal offsets, crop, flip, label) comes from
+:func:`~.sampling.sample_rng` seeded with ``(seed, epoch, index)``, so results do not depend on
+the number of workers or their scheduling. :meth:`FrameFolderDataset.set_epoch` stores the epoch in
+shared memory, so persistent ``DataLoader`` workers see it too; call it before iterating an epoch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .boxes import BoxTable
+from .errors import ListFileError
+from .frames import MISSING_POLICIES, FrameReader, check_template
+from .lists import VideoRecord
+from .sampling import STREAM_LABEL, STREAM_SPATIAL, STREAM_TEMPORAL, sample_rng, segment_indices
+from .transforms import OFFICIAL_SCALES, MultiScaleCrop, ResizeCenterCrop
+
+LABEL_RULES = ("first", "random")
+
+
+class FrameFolderDataset(Dataset):
+    """Videos stored as folders of frames, described by list records.
+
+    records: parsed list lines; frame_root: folder the record paths are relative to; template:
+    frame file name with one integer field; num_segments: T0 frames per clip; input_size: output
+    side S; train: random segment sampling + multi-scale crop + flip if True, segment centres +
+    resize + centre crop otherwise; seed: base seed of all random choices; label_rule: see module
+    doc; missing_frames: ``'error'`` or ``'repeat_first'``; start_index: number of the first frame
+    file; boxes: optional ground-truth table (see :mod:`.boxes`); scales, max_distort, flip: training
+    crop settings; scale_size: evaluation resize (default ``input_size*256//224``); spec, list_file:
+    where the records came from (kept as attributes for the caller).
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], *, frame_root: str, template: str, num_classes: int,
+                 num_segments: int, input_size: int = 224, train: bool = True, seed: int = 0,
+                 label_rule: Optional[str] = None, missing_frames: str = "error", start_index: int = 1,
+                 boxes: Optional[BoxTable] = None, class_names: Optional[List[str]] = None,
+                 scales: Sequence[float] = OFFICIAL_SCALES, max_distort: int = 1, flip: bool = True,
+                 scale_size: Optional[int] = None, spec: Any = None, list_file: Optional[str] = None):
+        if not records:
+            raise ValueError("a dataset needs at least one record")
+        if num_segments < 1 or input_size < 1 or num_classes < 1:
+            raise ValueError(f"num_segments ({num_segments}), input_size ({input_size}) and num_classes "
+                             f"({num_classes}) must be positive")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        label_rule = ("random" if train else "first") if label_rule is None else label_rule
+        if label_rule not in LABEL_RULES:
+            raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
+        if missing_frames not in MISSING_POLICIES:
+            raise ValueError(f"missing_frames must be one of {MISSING_POLICIES}, got {missing_frames!r}")
+        self.records = list(records)
+        self.frame_root = frame_root
+        self.template = check_template(template)
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.num_segments = int(num_segments)
+        self.input_size = int(input_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.label_rule = label_rule
+        self.missing_frames = missing_frames
+        self.start_index = int(start_index)
+        self.transform = (MultiScaleCrop(input_size, scales, max_distort, flip=flip) if self.train
+                          else ResizeCenterCrop(input_size, scale_size))
+        self.spec = spec
+        self.list_file = list_file
+        self.boxes = boxes
+        if boxes is not None:
+            self._check_boxes(boxes)
+        # Shared memory, so that persistent DataLoader workers see set_epoch() of the main process.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random choices the following items use."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self._epoch[0] = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def folder(self, record: VideoRecord) -> str:
+        return os.path.join(self.frame_root, record.path)
+
+    def check_folders(self) -> None:
+        """Raise :class:`ListFileError` naming the list lines whose frame folder does not exist."""
+        missing = [r for r in self.records if not os.path.isdir(self.folder(r))]
+        if missing:
+            shown = "\n  ".join(f"{r.where}: {self.folder(r)}" for r in missing[:5])
+            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ListFileError(f"{len(missing)} of {len(self.records)} frame folders are missing "
+                                f"(frame root {self.frame_root}):\n  {shown}{more}")
+
+    def _check_boxes(self, boxes: BoxTable) -> None:
+        for record in self.records:
+            entry = boxes.get(record.path)
+            if entry is None or len(entry[0]) < record.num_frames:
+                found = "no rows" if entry is None else f"{len(entry[0])} rows"
+                raise ListFileError(f"{record.where}: the object box file has {found} for video "
+                                    f"{record.path!r}, which has {record.num_frames} frames")
+
+    # ------------------------------------------------------------------------------------------
+    def frame_indices(self, index: int, epoch: Optional[int] = None) -> np.ndarray:
+        """The T0 frame numbers ``(T0,)`` int64 that sample ``index`` reads (default: current epoch)."""
+        record = self.records[index]
+        epoch = self.epoch if epoch is None else epoch
+        rng = sample_rng(self.seed, epoch, index, STREAM_TEMPORAL) if self.train else None
+        return segment_indices(record.num_frames, self.num_segments, rng=rng, start_index=self.start_index)
+
+    def choose_label(self, index: int, epoch: Optional[int] = None) -> int:
+        """The single label of sample ``index`` under the label rule (default: current epoch)."""
+        labels = self.records[index].labels
+        if self.label_rule == "first" or len(labels) == 1:
+            return labels[0]
+        epoch = self.epoch if epoch is None else epoch
+        rng = sample_rng(self.seed, epoch, index, STREAM_LABEL)
+        return labels[int(rng.integers(len(labels)))]
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < len(self.records):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.records)} videos")
+        record = self.records[index]
+        epoch = self.epoch                                             # read once: set_epoch may run meanwhile
+        indices = self.frame_indices(index, epoch)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        reader = FrameReader(self.folder(record), self.template, missing=self.missing_frames,
+                             where=f"{record.where} (video {record.path!r})", first_index=self.start_index)
+        rng = sample_rng(self.seed, epoch, index, STREAM_SPATIAL) if self.train else None
+        geometry = None
+
+        def region(width, height):                                     # called with the first frame's size
+            nonlocal geometry
+            geometry = self.transform.draw(width, height, rng)
+            return geometry.region
+
+        frames = reader.read(unique, crop=region)                      # (U, h, w, 3) uint8, the region only
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)            # (U, 3, h, w), channels-last memory
+        out = geometry.apply(clip, cropped=True)                       # (U, 3, S, S) contiguous
+        if len(unique) != len(indices):
+            out = out[torch.from_numpy(inverse.reshape(-1))]
+        labels = torch.zeros(self.num_classes, dtype=torch.float32)
+        labels[list(record.labels)] = 1.0
+        item = {
+            "video": out,
+            "label": torch.tensor(self.choose_label(index, epoch), dtype=torch.int64),
+            "labels": labels,
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+        if self.boxes is not None:
+            boxes, visible = self.boxes[record.path]
+            rows = indices - self.start_index
+            mapped = geometry.map_boxes(torch.from_numpy(boxes[rows]))
+            area = (mapped[:, 2] - mapped[:, 0]) * (mapped[:, 3] - mapped[:, 1])
+            item["object_boxes"] = mapped.float()
+            item["object_visible"] = torch.from_numpy(visible[rows]) & (area > 0)
+        return item
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} videos, {self.num_classes} classes, T0={self.num_segments}, "
+                f"train={self.train}, transform={self.transform!r}, frame_root={self.frame_root!r}, "
+                f"template={self.template!r})")

@@ -1,0 +1,208 @@
+"""Dataset registry and :func:`build_dataset` (SPEC §2.1, §6).
+
+Each entry of :data:`DATASETS` is a :class:`DatasetSpec` giving, relative to the data directory,
+the class file, the train and val list files, the frame root and the frame-name template, plus the
+list separator, the label rule of the list format and the evaluation metric:
+
+========= ===================== ================================ ========== ==================== ===== =====
+name      class file            train / val list                 frame root template             sep   multi
+========= ===================== ================================ ========== ==================== ===== =====
+actnet    classInd.txt          actnet_{train,val}_split.txt     frames     image_{:05d}.jpg     ','   yes
+fcvid     classInd.txt          fcvid_{train,val}_split.txt      frames     image_{:05d}.jpg     ','   yes
+minik     minik_classInd.txt    mini_{train,val}_videofolder.txt .          img_{:05d}.jpg       ' '   no
+custom    classInd.txt          {train,val}_split.txt            frames     image_{:05d}.jpg     ','   yes
+synthetic classInd.txt          synthetic_{train,val}_split.txt  frames     image_{:05d}.jpg     ','   yes
+========= ===================== ================================ ========== ==================== ===== =====
+
+``custom`` follows the layout of the official ``custom_finetune.md``. Any field can be overridden
+by keyword options (``template='img_{:05d}.jpg'``, ``separator=' '``, ...), by a JSON file given as
+``config=PATH``, or, for ``custom``, by a ``dataset.json`` in the data directory (what
+``python -m datasets.extract`` writes). Precedence: keyword options > ``config`` > ``dataset.json``
+> the registry entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from .boxes import read_boxes
+from .errors import ListFileError
+from .frame_dataset import FrameFolderDataset
+from .lists import parse_list_file, read_class_file
+
+SPLITS = ("train", "val")
+METRICS = ("mAP", "top1")
+#: Name of the description file that ``custom`` datasets read from their data directory.
+CONFIG_NAME = "dataset.json"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset's files are (relative to the data directory) and how its lists read.
+
+    ``multi_label`` selects the list rule (see :mod:`.lists`); ``metric`` is ``'mAP'`` or
+    ``'top1'`` (the official choice per dataset); ``boxes_file`` is the ground-truth side file with
+    ``{split}`` in its name, if the dataset has one.
+    """
+
+    name: str
+    class_file: str
+    train_list: str
+    val_list: str
+    frame_root: str
+    template: str
+    separator: str
+    multi_label: bool
+    metric: str
+    boxes_file: Optional[str] = None
+    description: str = ""
+
+    def list_file(self, split: str) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.train_list if split == "train" else self.val_list
+
+    def class_names(self, data_dir: str) -> List[str]:
+        return read_class_file(os.path.join(data_dir, self.class_file))
+
+    def num_classes(self, data_dir: str) -> int:
+        """The number of lines of the class file."""
+        return len(self.class_names(data_dir))
+
+    def replace(self, **changes: Any) -> "DatasetSpec":
+        return dataclasses.replace(self, **changes)
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "actnet": DatasetSpec("actnet", "classInd.txt", "actnet_train_split.txt", "actnet_val_split.txt",
+                          "frames", "image_{:05d}.jpg", ",", True, "mAP",
+                          description="ActivityNet v1.3 (200 classes), official AR-Net splits"),
+    "fcvid": DatasetSpec("fcvid", "classInd.txt", "fcvid_train_split.txt", "fcvid_val_split.txt",
+                         "frames", "image_{:05d}.jpg", ",", True, "mAP",
+                         description="FCVID (239 classes), official splits"),
+    "minik": DatasetSpec("minik", "minik_classInd.txt", "mini_train_videofolder.txt", "mini_val_videofolder.txt",
+                         ".", "img_{:05d}.jpg", " ", False, "top1",
+                         description="Mini-Kinetics (200 classes), official splits"),
+    "custom": DatasetSpec("custom", "classInd.txt", "train_split.txt", "val_split.txt",
+                          "frames", "image_{:05d}.jpg", ",", True, "top1",
+                          description="your own videos, laid out as in custom_finetune.md (override any field)"),
+    "synthetic": DatasetSpec("synthetic", "classInd.txt", "synthetic_train_split.txt", "synthetic_val_split.txt",
+                             "frames", "image_{:05d}.jpg", ",", True, "top1",
+                             boxes_file="object_boxes_{split}.csv",
+                             description="generated on first use; see docs/synthetic.md"),
+}
+
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(DatasetSpec) if f.name != "name")
+#: Options of build_dataset that are not spec fields.
+DATASET_OPTIONS = ("label_rule", "missing_frames", "check_folders", "start_index", "scales", "max_distort",
+                   "flip", "scale_size", "list_file")
+RESOLVE_OPTIONS = ("config", "synthetic", "generate")
+
+
+def _read_config(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise ListFileError(f"dataset config not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ListFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+        raise ListFileError(f"{path}: a dataset config must be a JSON object")
+    unknown = sorted(set(config) - set(SPEC_FIELDS) - {"name"})
+    if unknown:
+        raise ListFileError(f"{path}: unknown key(s) {unknown}; valid keys: {list(SPEC_FIELDS)}")
+    config.pop("name", None)
+    return config
+
+
+def resolve_spec(name: str, data_dir: str, **options: Any) -> DatasetSpec:
+    """The registry entry ``name`` with the overrides from options, ``config`` and ``dataset.json``.
+
+    Only spec fields and ``config`` are read from ``options``; other keys are ignored here.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    changes: Dict[str, Any] = {}
+    auto = os.path.join(data_dir, CONFIG_NAME)
+    if name == "custom" and os.path.isfile(auto):
+        changes.update(_read_config(auto))
+    if options.get("config"):
+        changes.update(_read_config(options["config"]))
+    changes.update({k: v for k, v in options.items() if k in SPEC_FIELDS})
+    spec = spec.replace(**changes)
+    if spec.metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {spec.metric!r}")
+    if not isinstance(spec.separator, str) or not spec.separator:
+        raise ValueError(f"separator must be a non-empty string, got {spec.separator!r}")
+    return spec
+
+
+def _check_options(options: Dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(SPEC_FIELDS) - set(DATASET_OPTIONS) - set(RESOLVE_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown dataset option(s) {unknown}; valid: "
+                        f"{sorted(SPEC_FIELDS + DATASET_OPTIONS + RESOLVE_OPTIONS)}")
+
+
+def _prepare(name: str, data_dir: str, options: Dict[str, Any]) -> DatasetSpec:
+    _check_options(options)
+    if name == "synthetic" and options.get("generate", True):
+        from .synthetic import ensure_generated
+        ensure_generated(data_dir, **(options.get("synthetic") or {}))
+    return resolve_spec(name, data_dir, **options)
+
+
+def num_classes(name: str, data_dir: str, **options: Any) -> int:
+    """Number of classes of dataset ``name`` in ``data_dir`` (the line count of its class file).
+
+    For ``synthetic`` the data is generated first if needed (unless ``generate=False``).
+    """
+    return _prepare(name, data_dir, options).num_classes(data_dir)
+
+
+def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, input_size: int = 224,
+                  train: Optional[bool] = None, seed: int = 0, **options: Any) -> FrameFolderDataset:
+    """Build the dataset ``name`` stored under ``data_dir`` for ``split`` ('train' or 'val').
+
+    ``train`` (default ``split == 'train'``) selects random sampling + training crop, otherwise
+    segment centres + resize + centre crop. Options:
+
+    * spec overrides: ``class_file, train_list, val_list, frame_root, template, separator,
+      multi_label, metric, boxes_file``; ``config=PATH`` (JSON with these keys); ``list_file=PATH``
+      replaces the split's list file;
+    * ``label_rule`` ('first' | 'random'), ``missing_frames`` ('error' | 'repeat_first'),
+      ``check_folders`` (default True: every frame folder must exist, checked now),
+      ``start_index`` (default 1), ``scales``, ``max_distort``, ``flip``, ``scale_size``;
+    * synthetic only: ``synthetic={...}`` generation options for
+      :func:`~.synthetic.ensure_generated`, ``generate`` (default True).
+
+    Returns a :class:`~.frame_dataset.FrameFolderDataset`; its ``spec`` attribute holds the
+    resolved :class:`DatasetSpec`.
+    """
+    spec = _prepare(name, data_dir, options)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    train = split == "train" if train is None else bool(train)
+    class_names = spec.class_names(data_dir)
+    list_file = options.get("list_file") or os.path.join(data_dir, spec.list_file(split))
+    records = parse_list_file(list_file, separator=spec.separator, multi_label=spec.multi_label,
+                              num_classes=len(class_names))
+    start_index = int(options.get("start_index", 1))
+    boxes = None
+    if spec.boxes_file:
+        boxes = read_boxes(os.path.join(data_dir, spec.boxes_file.format(split=split)), first_index=start_index)
+    dataset = FrameFolderDataset(
+        records, frame_root=os.path.join(data_dir, spec.frame_root), template=spec.template,
+        num_classes=len(class_names), class_names=class_names, num_segments=num_segments,
+        input_size=input_size, train=train, seed=seed, label_rule=options.get("label_rule"),
+        missing_frames=options.get("missing_frames", "error"), start_index=start_index, boxes=boxes,
+        spec=spec, list_file=list_file,
+        **{k: options[k] for k in ("scales", "max_distort", "flip", "scale_size") if k in options})
+    if options.get("check_folders", True):
+        dataset.check_folders()
+    return dataset

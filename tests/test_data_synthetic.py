@@ -1,0 +1,195 @@
+"""The synthetic dataset: layout, where/when constraints, determinism, atomic and concurrent generation."""
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import DATASETS, DataError, build_dataset, synthetic
+from datasets.boxes import read_boxes
+from datasets.lists import parse_list_file, read_class_file
+
+SMALL = dict(seed=5, num_classes=3, train_videos=6, val_videos=3, frames_per_video=12, frame_size=(64, 48))
+CHROMA = 160      # class objects are fully saturated (chroma 255); everything else stays below ~90
+
+
+def chroma(frames):
+    """max - min over RGB of uint8 (..., 3) or (..., 3, H, W) with channel axis given."""
+    f = np.asarray(frames).astype(int)
+    return f.max(-1) - f.min(-1)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn") / "small"
+    synthetic.generate(str(root), workers=1, **SMALL)
+    return root
+
+
+def tree_digest(root):
+    digest = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name != synthetic.MARKER:
+                path = os.path.join(folder, name)
+                digest[os.path.relpath(path, root)] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    return digest
+
+
+def test_layout_matches_the_actnet_format(small_set):
+    spec = DATASETS["synthetic"]
+    assert spec.template == synthetic.FRAME_TEMPLATE
+    assert (spec.separator, spec.template, spec.frame_root, spec.multi_label) == \
+        (DATASETS["actnet"].separator, DATASETS["actnet"].template, DATASETS["actnet"].frame_root, True)
+    assert len(read_class_file(str(small_set / "classInd.txt"))) == 3
+    train = parse_list_file(str(small_set / "synthetic_train_split.txt"), separator=",", multi_label=True, num_classes=3)
+    assert len(train) == 6 and all(r.num_frames == 12 for r in train)
+    assert sorted(r.labels[0] for r in train) == [0, 0, 1, 1, 2, 2]              # balanced
+    frames = sorted(os.listdir(small_set / "frames" / train[0].path))
+    assert frames[0] == "image_00001.jpg" and frames[-1] == "image_00012.jpg" and len(frames) == 12
+    assert json.loads((small_set / "synthetic.json").read_text())["params"]["frame_size"] == [64, 48]
+    assert (small_set / "object_boxes_val.csv").read_text().startswith("video,frame,x1,y1,x2,y2,visible\n")
+
+
+def test_where_and_when_constraints(small_set):
+    w, h = SMALL["frame_size"]
+    side, n = min(w, h), SMALL["frames_per_video"]
+    for split in ("train", "val"):
+        table = read_boxes(str(small_set / f"object_boxes_{split}.csv"))
+        assert len(table) == SMALL[f"{split}_videos"]
+        for boxes, visible in table.values():
+            assert boxes.shape == (n, 4)
+            assert np.all(boxes[:, 2:] - boxes[:, :2] <= side / 5)                # at most 1/5 of the side
+            shown = np.nonzero(visible)[0]
+            assert 1 <= len(shown) <= n / 3 and np.all(np.diff(shown) == 1)     # one run, at most 1/3
+            step = np.abs(np.diff(boxes[:, :2], axis=0)).max()
+            assert step <= 0.025 * side + 1                                       # smooth motion
+            assert boxes[:, 0].min() >= (w - side) / 2 and boxes[:, 2].max() <= (w + side) / 2
+            assert boxes[:, 1].min() >= 0 and boxes[:, 3].max() <= h
+
+
+def test_rendered_object_is_where_the_side_file_says_and_nothing_else_is_saturated():
+    params = synthetic.resolve_params(num_classes=7, frame_size=96, frames_per_video=30)
+    for i in range(4):
+        frames, boxes, visible = synthetic.render_video((0, 0, i), i, params, None)
+        strong = chroma(frames) >= CHROMA                                           # (n, H, W)
+        for t in range(len(frames)):
+            x1, y1, x2, y2 = boxes[t].astype(int)
+            inside = np.zeros_like(strong[t])
+            inside[y1:y2, x1:x2] = True
+            assert not strong[t][~inside].any()                                     # distractors: no class colour
+            assert strong[t][inside].sum() > (10 if visible[t] else -1) and (visible[t] or not strong[t].any())
+            if visible[t]:
+                colour = synthetic.class_appearance(i, 7)[2]
+                pixels = frames[t][strong[t]]
+                assert np.abs(pixels.astype(int) - colour).max(axis=1).min() <= 2
+
+
+def test_same_files_whatever_the_number_of_workers(small_set, tmp_path):
+    other = tmp_path / "two_workers"
+    synthetic.generate(str(other), workers=2, **SMALL)
+    assert tree_digest(other) == tree_digest(small_set)
+    changed = tmp_path / "seed6"
+    synthetic.generate(str(changed), workers=1, **dict(SMALL, seed=6))
+    assert tree_digest(changed) != tree_digest(small_set)
+
+
+def test_generate_is_atomic_and_refuses_to_overwrite(small_set, tmp_path):
+    with pytest.raises(DataError, match="already exists"):
+        synthetic.generate(str(small_set), **SMALL)
+    root = tmp_path / "broken"
+    with pytest.raises(ValueError, match="object_size"):
+        synthetic.generate(str(root), object_size=(0.1, 0.25))
+    assert not root.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]
+
+
+def test_ensure_generated_reuses_and_checks_parameters(small_set, tmp_path):
+    frame = small_set / "frames" / "train_00000" / "image_00001.jpg"
+    before = frame.stat().st_mtime_ns
+    t = time.perf_counter()
+    assert synthetic.ensure_generated(str(small_set), **SMALL) == str(small_set)
+    assert time.perf_counter() - t < 1 and frame.stat().st_mtime_ns == before
+    with pytest.raises(DataError, match="other parameters.*num_classes"):
+        synthetic.ensure_generated(str(small_set), **dict(SMALL, num_classes=4))
+    squatter = tmp_path / "squatter"
+    squatter.mkdir()
+    (squatter / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a complete synthetic dataset"):
+        synthetic.ensure_generated(str(squatter), **SMALL)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(object_size=(0.1, 0.3)), "object_size"), (dict(visible_fraction=(0.1, 0.5)), "visible_fraction"),
+    (dict(frame_size=16), "frame_size"), (dict(colour="red"), "unknown synthetic option"),
+])
+def test_invalid_parameters(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        synthetic.resolve_params(**bad)
+
+
+def _ensure_in_child(root, params):
+    try:
+        synthetic.ensure_generated(root, workers=1, **params)
+    except BaseException:
+        os._exit(1)
+    os._exit(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_concurrent_ensure_generated_generates_once(tmp_path):
+    import multiprocessing
+    root = tmp_path / "shared"
+    params = dict(SMALL, train_videos=12)
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_ensure_in_child, args=(str(root), params)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert synthetic.read_marker(str(root))["train_videos"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shared.lock", "shared"]        # no leftovers
+
+
+def _object_pixels(video):
+    """bool (T, S, S): pixels of a uint8 (T, 3, S, S) clip with class-object saturation."""
+    v = video.permute(0, 2, 3, 1).numpy()
+    return chroma(v) >= CHROMA
+
+
+@pytest.mark.parametrize("split, train", [("val", False), ("train", True)])
+def test_dataset_boxes_follow_the_transformed_object(small_set, split, train):
+    ds = build_dataset("synthetic", str(small_set), split, num_segments=6, input_size=40, train=train,
+                       synthetic=SMALL)
+    checked = 0
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["object_boxes"].dtype == torch.float32 and item["object_boxes"].shape == (6, 4)
+            assert item["object_visible"].dtype == torch.bool and item["object_visible"].shape == (6,)
+            strong = _object_pixels(item["video"])
+            for t in range(6):
+                x1, y1, x2, y2 = item["object_boxes"][t].tolist()
+                ys, xs = np.nonzero(strong[t])
+                if item["object_visible"][t] and (x2 - x1) * (y2 - y1) > 16:
+                    assert len(xs) > 0
+                    checked += 1
+                if len(xs):                                   # every saturated pixel lies in the box
+                    assert item["object_visible"][t]
+                    assert xs.min() >= x1 - 2 and xs.max() + 1 <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() + 1 <= y2 + 2
+    assert checked > 3
+
+
+@pytest.mark.slow
+def test_default_size_generates_in_under_a_minute(tmp_path):
+    started = time.perf_counter()
+    synthetic.generate(str(tmp_path / "default"))
+    seconds = time.perf_counter() - started
+    params = synthetic.read_marker(str(tmp_path / "default"))
+    assert params["train_videos"] == synthetic.DEFAULTS["train_videos"]
+    assert seconds < 60, f"default synthetic set took {seconds:.1f} s"
