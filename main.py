@@ -185,11 +185,24 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
         parser.error(f"--config {path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})")
     if not isinstance(values, dict):
         parser.error(f"--config {path}: expected a mapping of flag names to values")
-    dests = {a.dest for a in parser._actions}
-    unknown = sorted(k for k in values if k.replace("-", "_") not in dests)
+    actions = {a.dest: a for a in parser._actions}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in values if k not in actions or k == "config")
     if unknown:
         parser.error(f"--config {path}: unknown keys {unknown}")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    for key, value in values.items():  # YAML reads 1e-4 as a string: convert like the command line would
+        kind = actions[key].type
+        try:
+            if kind is not None and isinstance(value, str):
+                values[key] = kind(value)
+            elif kind is not None and isinstance(value, list):
+                values[key] = [kind(v) if isinstance(v, str) else v for v in value]
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--config {path}: {key}: {exc}")
+        choices = actions[key].choices
+        if choices is not None and values[key] not in choices:
+            parser.error(f"--config {path}: {key} must be one of {sorted(choices)}, got {values[key]!r}")
+    return values
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

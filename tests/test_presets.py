@@ -1,0 +1,57 @@
+"""Each preset in configs/ resolves to the hyper-parameters of the official README command it reproduces."""
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import REPO
+
+sys.path.insert(0, str(REPO))
+import main  # noqa: E402
+
+# The official README's training commands (data and log paths aside), verbatim.
+OFFICIAL = {
+    "actnet": ("main.py", """--glance_arch mbv2 --dataset actnet --data_dir PATH_TO_DATASET --root_log LOG_DIR
+        --workers 16 --num_segments 48 --dropout 0.2  --fc_dropout 0.2
+        --epochs 50 --lr 0.002 --lr_type cos --lr_steps 0 0
+        --batch_size 32 --momentum 0.9 --weight_decay 2e-4
+        --patch_size 128 --global_lr_ratio 0.5 --stn_lr_ratio 0.2 --classifier_lr_ratio 20.0 --temporal_lr_ratio 0.2 --KL_ratio 0.0 --norm_ratio 1.00
+        --hidden_dim 1024 --stn_hidden_dim 128 --temporal_hidden_dim 64
+        --num_glance_segments 16 --num_focus_segments 16 --temperature 1.0"""),
+    "fcvid": ("main_semiAMP.py", """--glance_arch mbv2 --dataset fcvid --data_dir PATH_TO_DATASET --root_log LOG_DIR
+        --workers 16 --num_segments 48 --dropout 0.2  --fc_dropout 0.2
+        --epochs 50 --lr 0.004 --lr_type cos --lr_steps 0 0
+        --batch_size 64 --momentum 0.9 --weight_decay 1e-4
+        --patch_size 128 --global_lr_ratio 0.5 --stn_lr_ratio 0.2 --classifier_lr_ratio 20.0 --temporal_lr_ratio 0.2 --KL_ratio 0.0 --norm_ratio 1.00
+        --hidden_dim 1024 --stn_hidden_dim 128 --temporal_hidden_dim 64
+        --num_glance_segments 16 --num_focus_segments 16 --temperature 1.0 --print-freq 50"""),
+    "minik": ("main_semiAMP.py", """--glance_arch mbv2 --dataset minik --data_dir PATH_TO_DATASET --root_log LOG_DIR
+        --workers 16 --num_segments 48 --dropout 0.2  --fc_dropout 0.1
+        --epochs 50 --lr 0.003 --lr_type cos --lr_steps 0 0
+        --batch_size 48 --momentum 0.9 --weight_decay 1e-4
+        --patch_size 128 --global_lr_ratio 0.5 --stn_lr_ratio 0.2 --classifier_lr_ratio 20.0 --temporal_lr_ratio 0.2 --KL_ratio 0.0 --norm_ratio 0.75
+        --hidden_dim 1024 --stn_hidden_dim 128 --temporal_hidden_dim 64
+        --num_glance_segments 16 --num_focus_segments 16 --temperature 1.0 --print-freq 50"""),
+}
+# main_semiAMP.py is main.py with float16 autocast around the backbones and a GradScaler: --amp here.
+SCRIPT_FLAGS = {"main.py": [], "main_semiAMP.py": ["--amp", "--amp_dtype", "float16"]}
+IGNORED = {"config", "explicit"} | set(main.UNUSED_OFFICIAL_FLAGS)
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFICIAL))
+@pytest.mark.parametrize("patch", [96, 128, 160])
+def test_preset_equals_the_official_command(dataset, patch):
+    script, command = OFFICIAL[dataset]
+    official = main.parse_args(shlex.split(command) + ["--patch_size", str(patch)] + SCRIPT_FLAGS[script])
+    preset = main.parse_args(["--config", str(REPO / "configs" / f"{dataset}_p{patch}.yaml"),
+                              "--data_dir", "PATH_TO_DATASET", "--root_log", "LOG_DIR"])
+    a = {k: v for k, v in vars(official).items() if k not in IGNORED}
+    b = {k: v for k, v in vars(preset).items() if k not in IGNORED}
+    assert a == b
+
+
+def test_every_preset_file_loads():
+    for path in sorted(Path(REPO / "configs").glob("*.yaml")):
+        args = main.parse_args(["--config", str(path)])
+        assert args.dataset in main.datasets.DATASETS
