@@ -205,9 +205,10 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
     return values
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser`` (default: main.py's), defaults from ``--config FILE`` first."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = get_args_parser()
+    parser = parser or get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)

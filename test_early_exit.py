@@ -1,0 +1,285 @@
+#!/usr/bin/env python
+"""Sample-wise early exit: per-exit logits, threshold solving, budget sweeps and deployable thresholds.
+
+Takes the arguments of main.py (the same command with ``--evaluate --resume CKPT``) plus its own:
+
+    torchrun --nproc_per_node=4 test_early_exit.py --config configs/actnet_p128.yaml --data_dir DATA \\
+        --root_log LOG --evaluate --resume ckpt/actnet_p128.pth.tar            # 19-budget sweep
+    python test_early_exit.py ... --budget 18.1                                 # thresholds for 18.1 GFLOPs
+    python test_early_exit.py --logits LOG/RUN/early_exit/logits_<key>.pt       # re-sweep, no model
+
+1. Logits. The exit logits of every video (stage 0 = the last glance exit, stage k = after k focus
+   frames: T_L + 1 stages) are computed for the threshold set (the training videos with the training
+   augmentation by default, as officially; ``--threshold_set val`` or a seeded ``--threshold_subset``
+   as options) and for the evaluation set, through main.py's exact distributed evaluation, and cached
+   in ``{root_log}/{store_name}/early_exit/logits_<key>.pt`` (atomic; the key covers the checkpoint
+   file and every setting that changes the logits), so a re-sweep never runs the model again.
+2. Sweep. For each criterion (``entropy`` by default; ``confidence`` is the official max raw
+   logit; ``max_prob``), thresholds for the geometric exit distributions p = 0.05 .. 0.95 are solved
+   on the threshold set and evaluated on the evaluation set, next to a random-exit baseline with the
+   same exit counts and the fixed-exit curve. Written to ``early_exit/{criterion}.csv`` /
+   ``.json`` / ``.png`` (metric against GFLOPs, paper Fig. 12) and the official
+   ``log_early_exit_{criterion}.csv``.
+3. Budget. ``--budget G`` searches p continuously so that the average cost on the threshold set is
+   at most G GFLOPs and writes ``early_exit/thresholds_{criterion}_{G}gflops.json``, which
+   ``ops.adaptive`` and ``scripts/predict.py`` load.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+import main as trainer
+from ops import distributed as dist_ops
+from ops import early_exit
+from ops.checkpoint import atomic_save, read_checkpoint, unwrap
+from ops.files import write_text_atomic
+from ops.flops import flops_breakdown
+from ops.run_log import RunLog
+
+CACHE_VERSION = 1
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = trainer.get_args_parser()
+    parser.prog = "test_early_exit.py"
+    parser.description = "Early-exit threshold solving and budget sweeps for Uni-AdaFocus."
+    g = parser.add_argument_group("early exit")
+    g.add_argument("--criterion", nargs="+", default=["entropy"], choices=early_exit.CRITERIA,
+                   help="exit criteria to sweep (entropy is the paper's; confidence the official max raw logit)")
+    g.add_argument("--threshold_set", choices=("train", "val"), default="train",
+                   help="videos the thresholds are fitted on (official: the training set)")
+    g.add_argument("--threshold_augmentation", action=argparse.BooleanOptionalAction, default=True,
+                   help="training-set threshold clips use the training augmentation (official); "
+                        "--no-threshold_augmentation uses the evaluation transform")
+    g.add_argument("--threshold_subset", type=int, default=0,
+                   help="fit on a seeded random subset of this many threshold-set videos (0: all)")
+    g.add_argument("--p_values", type=float, nargs="+", default=list(early_exit.DEFAULT_P_VALUES),
+                   help="geometric exit parameters of the sweep")
+    g.add_argument("--budget", type=float, nargs="+", default=None,
+                   help="GFLOPs budget(s): write deployable thresholds meeting each on the threshold set")
+    g.add_argument("--logits", default=None, help="sweep from a cached logits file; no model or data needed")
+    g.add_argument("--metric_mode", choices=("auto", "map", "top1"), default="auto",
+                   help="metric of the sweep (auto: the dataset's, mAP or top-1)")
+    g.add_argument("--absent_classes", choices=("exclude", "zero"), default="exclude",
+                   help="mAP over classes present in the evaluation set (exclude) or official zeros")
+    return parser
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    return trainer.parse_args(argv, get_args_parser())
+
+
+# ------------------------------------------------------------------------------------------------
+# Logits
+# ------------------------------------------------------------------------------------------------
+LOGIT_SETTINGS = ("dataset", "data_dir", "dataset_config", "synthetic", "label_rule", "missing_frames",
+                  "num_segments", "num_glance_segments", "num_focus_segments", "input_size", "patch_size",
+                  "glance_arch", "focus_arch", "classifier_dim", "stn_hidden_dim", "temporal_hidden_dim",
+                  "temperature", "seed", "amp", "amp_dtype", "threshold_set", "threshold_augmentation",
+                  "threshold_subset")
+
+
+def cache_key(args) -> str:
+    """A digest of the checkpoint file and every setting that changes the logits."""
+    stat = os.stat(args.resume)
+    meta = {"checkpoint": os.path.abspath(args.resume), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "settings": {k: getattr(args, k, None) for k in LOGIT_SETTINGS}, "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _threshold_loader(args, info, val_loader):
+    """The loader of the threshold set (sharded without padding, like evaluation)."""
+    if args.threshold_set == "val":
+        return val_loader
+    import datasets
+
+    options = trainer.dataset_options(args)
+    dataset = datasets.build_dataset(args.dataset, args.data_dir, "train", num_segments=args.num_segments,
+                                     input_size=args.input_size, seed=args.seed,
+                                     train=args.threshold_augmentation, **options)
+    indices = list(range(len(dataset)))
+    if args.threshold_subset and args.threshold_subset < len(dataset):
+        generator = torch.Generator().manual_seed(args.seed)
+        indices = sorted(torch.randperm(len(dataset), generator=generator)[:args.threshold_subset].tolist())
+        dataset = torch.utils.data.Subset(dataset, indices)
+        dataset.num_classes = dataset.dataset.num_classes
+        dataset.spec = dataset.dataset.spec
+    sampler = dist_ops.ShardSampler(len(dataset), info.rank, info.world_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=val_loader.batch_size, sampler=sampler,
+                                       num_workers=args.workers, pin_memory=info.device.type == "cuda")
+
+
+def generate_logits(args, info, log: RunLog) -> Dict:
+    """Run the model over the threshold and evaluation sets; returns the cache dictionary."""
+    args.evaluate = True
+    _, _, val_set, val_loader = trainer.build_loaders(args, info)
+    model = trainer.build_model(args, val_set.num_classes, info)
+    trainer.restore(args, model, None, None, log, "")
+    flops = flops_breakdown(unwrap(model)).stages()
+    sets = {}
+    for name, loader in (("threshold", _threshold_loader(args, info, val_loader)), ("eval", val_loader)):
+        started = time.time()
+        metrics, rows, _ = trainer.evaluate(model, loader, args, info, collect_stages=True)
+        log.info(f"{name} set: {rows['stages'].shape[0]} videos, {rows['stages'].shape[1]} exits in "
+                 f"{time.time() - started:.1f}s; last exit {metrics['metric']} {metrics['score']:.3f}")
+        sets[name] = {"logits": rows["stages"].float(), "label": rows["label"], "labels": rows["labels"].bool()}
+    return {"version": CACHE_VERSION, "metric": trainer.dataset_metric(val_set), "flops": flops,
+            "num_classes": val_set.num_classes, "settings": {k: getattr(args, k, None) for k in LOGIT_SETTINGS},
+            "checkpoint": os.path.abspath(args.resume), **sets}
+
+
+def read_logits(path: str) -> Dict:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in ("threshold", "eval", "flops", "metric") if k not in data]
+    if missing:
+        raise SystemExit(f"{path} is not an early-exit logits file (missing {missing})")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweep, plots, budgets
+# ------------------------------------------------------------------------------------------------
+def targets_for(data_set: Dict, metric: str) -> torch.Tensor:
+    return data_set["labels"] if metric == "map" else data_set["label"]
+
+
+def write_csv(path: str, rows: List[Dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    write_text_atomic(path, out.getvalue())
+
+
+def plot_sweep(path: str, sweep, title: str) -> None:
+    """Metric against GFLOPs: dynamic exits, random exits with the same counts, fixed exits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ops.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    points = sorted(sweep.points, key=lambda p: p.expected_gflops)
+    gf = [p.expected_gflops for p in points]
+    ax.plot(gf, [p.metric for p in points], "o-", color="tab:red", label=f"early exit ({sweep.criterion})")
+    ax.plot(gf, [p.random_metric for p in points], "s--", color="tab:gray", label="random exit (same counts)")
+    ax.plot([f.gflops for f in sweep.fixed_exits], [f.metric for f in sweep.fixed_exits], "^:", color="tab:blue",
+            label="fixed exit (stage k)")
+    ax.set_xlabel("GFLOPs / video")
+    ax.set_ylabel("mAP (%)" if sweep.metric == "map" else "top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, object]:
+    metric = data["metric"] if args.metric_mode == "auto" else args.metric_mode
+    metric = {"mAP": "map", "top1": "top1"}.get(metric, metric)
+    thr, ev = data["threshold"], data["eval"]
+    results = {}
+    for criterion in args.criterion:
+        started = time.time()
+        sweep = early_exit.budget_sweep(thr["logits"], targets_for(thr, metric), ev["logits"], targets_for(ev, metric),
+                                        data["flops"], criterion=criterion, metric=metric,
+                                        p_values=args.p_values, seed=args.seed, absent=args.absent_classes)
+        elapsed = time.time() - started
+        base = os.path.join(out_dir, criterion)
+        write_csv(base + ".csv", sweep.to_rows())
+        sweep.to_json(base + ".json")
+        write_csv(base + "_fixed_exits.csv", sweep.fixed_rows())
+        plot_sweep(base + ".png", sweep, f"{os.path.basename(os.path.dirname(out_dir))}: {criterion}")
+        official = "flops_list,metric_list\n" + "".join(f"{p.expected_gflops:.6f},{p.metric:.6f}\n" for p in sweep.points)
+        write_text_atomic(os.path.join(os.path.dirname(out_dir), f"log_early_exit_{criterion}.csv"), official)
+        log.info(f"{criterion}: swept {len(sweep.points)} budgets in {elapsed:.2f}s; last exit {metric} "
+                 f"{sweep.last_stage_metric:.3f} at {data['flops'][-1]:.2f} GFLOPs")
+        for p in sweep.points:
+            log.info(f"  p={p.p:.2f}  {p.expected_gflops:7.3f} GFLOPs  {metric} {p.metric:7.3f}  "
+                     f"(random exits {p.random_metric:7.3f})")
+        results[criterion] = sweep
+        for budget in args.budget or ():
+            solve_budget(data, criterion, metric, budget, out_dir, args, log)
+    return results
+
+
+def solve_budget(data: Dict, criterion: str, metric: str, budget: float, out_dir: str, args, log: RunLog):
+    thr, ev = data["threshold"], data["eval"]
+    scores = early_exit.exit_scores(thr["logits"], criterion)
+    try:
+        found = early_exit.thresholds_for_budget(scores, data["flops"], budget)
+    except ValueError as exc:
+        raise SystemExit(f"--budget {budget}: {exc}") from None
+    evaluation = early_exit.evaluate_exits(ev["logits"], targets_for(ev, metric), data["flops"],
+                                           thresholds=found.thresholds, criterion=criterion, metric=metric,
+                                           absent=args.absent_classes)
+    path = os.path.join(out_dir, f"thresholds_{criterion}_{budget:g}gflops.json")
+    early_exit.save_thresholds(path, found.thresholds, criterion=criterion, flops=data["flops"],
+                               budget_gflops=budget, p=found.p, expected_gflops=found.expected_gflops)
+    log.info(f"--budget {budget:g} ({criterion}): p={found.p:.4g}, {found.expected_gflops:.3f} GFLOPs on the "
+             f"threshold set; evaluation set {evaluation.expected_gflops:.3f} GFLOPs, {metric} "
+             f"{evaluation.metric:.3f}; thresholds -> {path}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.logits:
+        data = read_logits(args.logits)
+        out_dir = os.path.dirname(os.path.abspath(args.logits))
+        log = RunLog(os.path.dirname(out_dir), tensorboard=False)
+        try:
+            sweep_and_write(data, args, out_dir, log)
+        finally:
+            log.close()
+        return 0
+    if not args.resume or not os.path.isfile(args.resume):
+        raise SystemExit("test_early_exit.py needs --resume CHECKPOINT (or --logits FILE)")
+    info = dist_ops.init_distributed(args.local_rank, args.device, args.dist_url)
+    try:
+        args.store_name = args.store_name or \
+            f"UniAdaFocus_{args.dataset}_{args.glance_arch}_segment{args.num_segments}_e{args.epochs}"
+        run_dir = os.path.join(args.root_log, args.store_name)
+        out_dir = os.path.join(run_dir, "early_exit")
+        if info.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+        dist_ops.barrier(info)
+        log = RunLog(run_dir, enabled=info.is_main, tensorboard=False)
+        try:
+            read_checkpoint(args.resume)  # a clear error before any work
+            path = os.path.join(out_dir, f"logits_{cache_key(args)}.pt")
+            if os.path.isfile(path):
+                log.info(f"using cached logits {path}")
+                data = read_logits(path)
+            else:
+                data = generate_logits(args, info, log)
+                if info.is_main:
+                    atomic_save(data, path)
+                    log.info(f"cached logits -> {path}")
+            if info.is_main:
+                sweep_and_write(data, args, out_dir, log)
+        finally:
+            log.close()
+    finally:
+        dist_ops.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
