@@ -19,6 +19,17 @@ Data flow for a batch of B videos of T0 candidate frames (SPEC §3.2, §3.3):
 Evaluation is deterministic and lean: it draws no random numbers, runs the spatial policy once, and
 does no random-patch pass and no Monte-Carlo work (those exist only for the training objective).
 Backbones follow the caller's autocast; everything else runs in float32 (the official semi-AMP).
+
+The forward is built from three reusable stages, which the adaptive early-exit runtime
+(``ops.adaptive``) calls on shrinking subsets of the batch:
+
+* :meth:`UniAdaFocus.glance_stage` — step 1 -> :class:`GlanceStage`;
+* :meth:`UniAdaFocus.policy_stage` — steps 2-4 -> :class:`PolicyStage` (any subset of the videos);
+* :meth:`UniAdaFocus.focus_features` — the crop and focus encoder of step 5, for any subset of videos
+  and focus steps.
+
+Backbone stages expect the caller to have turned autocast off and to pass the caller's setting as
+``amp = (enabled, dtype)`` (see :meth:`UniAdaFocus.autocast_setting`), as :meth:`forward` does.
 """
 from __future__ import annotations
 
@@ -48,6 +59,46 @@ class FocusPass:
     exit_logits: torch.Tensor  # (B, T_G + T_L, C)
     focus_logits: torch.Tensor  # (B, T_L, C) focus head on each patch
     focus_actions: torch.Tensor  # (B, T_L, 4) the patches' actions
+
+
+@dataclass
+class GlanceStage:
+    """Step 1 for a batch of B videos: the glance encoder on T_G frames of each.
+
+    ``logits`` is the glance head (FC_G) per frame, computed only when asked for (the training loss
+    and :class:`UniAdaFocusOutput` need it; early-exit inference does not).
+    """
+
+    indices: torch.Tensor  # (B, T_G) frames (of T0) seen by the glance encoder
+    features: torch.Tensor  # (B, T_G, Dg) pooled glance features (float32)
+    feature_maps: torch.Tensor  # (B, T_G, Dg, h, w) glance feature maps, detached
+    logits: Optional[torch.Tensor] = None  # (B, T_G, C) glance head per frame, or None
+
+    @property
+    def batch_size(self) -> int:
+        return self.features.shape[0]
+
+    def select(self, rows: torch.Tensor) -> "GlanceStage":
+        """The same stage for the videos ``rows`` (n,) (long indices or a (B,) bool mask)."""
+        return GlanceStage(*(None if t is None else t[rows] for t in
+                             (self.indices, self.features, self.feature_maps, self.logits)))
+
+
+@dataclass
+class PolicyStage:
+    """Steps 2-4 for a batch of videos: the policy's patches and frame weights, and the focus frames.
+
+    ``spatial_frame_logits`` (the auxiliary head on each glance map cropped by its own patch) feeds
+    the spatial training objective only; it is computed when asked for.
+    """
+
+    glance_actions: torch.Tensor  # (B, T_G, 4) spatial policy output per glance frame
+    all_actions: torch.Tensor  # (B, T0, 4) the same interpolated to every candidate frame
+    frame_weights: torch.Tensor  # (B, T_G) temporal policy softmax
+    selection_weights: torch.Tensor  # (B, T_G) softmax at the temperature, used for selection
+    focus_indices: torch.Tensor  # (B, T_L) focus frames (of T0), increasing
+    focus_actions: torch.Tensor  # (B, T_L, 4) actions at the focus frames, detached
+    spatial_frame_logits: Optional[torch.Tensor] = None  # (B, T_G, C) or None
 
 
 @dataclass
@@ -164,10 +215,20 @@ class UniAdaFocus(nn.Module):
         return frames
 
     @staticmethod
-    def gather_frames(frames: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """frames (B, T, ...) at indices (B, K) -> (B, K, ...)."""
-        rows = torch.arange(frames.shape[0], device=frames.device).unsqueeze(1)
-        return frames[rows, indices.to(frames.device)]
+    def autocast_setting(device_type: str):
+        """The caller's autocast setting ``(enabled, dtype)`` for ``device_type``, as the stages take it."""
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+    @staticmethod
+    def gather_frames(frames: torch.Tensor, indices: torch.Tensor,
+                      rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """frames (B, T, ...) at indices (n, K) of the videos ``rows`` (n,) -> (n, K, ...).
+
+        ``rows`` defaults to all B videos (n = B). Only the selected frames are copied.
+        """
+        if rows is None:
+            rows = torch.arange(frames.shape[0], device=frames.device)
+        return frames[rows.to(frames.device).unsqueeze(1), indices.to(frames.device)]
 
     def run_backbone(self, module: nn.Module, x: torch.Tensor, amp):
         """Run a backbone under the caller's autocast setting ``amp`` (or none); results in float32."""
@@ -189,68 +250,121 @@ class UniAdaFocus(nn.Module):
         return actions
 
     # ------------------------------------------------------------------------------------------
+    # stages (shared by forward and the adaptive runtime, ops.adaptive)
+    # ------------------------------------------------------------------------------------------
+    def glance_stage(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator] = None,
+                     head: bool = True) -> GlanceStage:
+        """Step 1: the glance encoder on T_G frames of every video.
+
+        frames: (B, T0, 3, H, W) as :meth:`frames_view` returns it (uint8 or normalised float), with
+        autocast turned off by the caller and its setting passed as ``amp`` (the backbone runs under
+        it). The glance frames are evenly spaced in evaluation and drawn from ``generator`` (or the
+        global RNG) in training. ``head``: also compute the glance head's per-frame logits (B, T_G, C).
+        """
+        b, t0 = frames.shape[:2]
+        indices = frame_selection.glance_frame_indices(t0, self.num_glance, b, random=self.training,
+                                                       generator=generator, device=frames.device)  # (B, T_G)
+        glance_frames = self.normalise(self.gather_frames(frames, indices))  # (B, T_G, 3, H, W)
+        # (B*T_G, Dg, h, w), (B*T_G, Dg)
+        fmap, feats = self.run_backbone(self.glance, glance_frames.flatten(0, 1), amp)
+        logits = self.glance_head(feats).view(b, self.num_glance, -1) if head else None  # (B, T_G, C)
+        fmap = fmap.detach()
+        return GlanceStage(indices=indices, features=feats.view(b, self.num_glance, -1),
+                           feature_maps=fmap.view(b, self.num_glance, *fmap.shape[1:]), logits=logits)
+
+    def policy_stage(self, glance: GlanceStage, num_frames: int, generator: Optional[torch.Generator] = None,
+                     auxiliary: bool = True) -> PolicyStage:
+        """Steps 2-4 on a glance stage (of any subset of the batch: see :meth:`GlanceStage.select`).
+
+        The spatial policy reads the detached feature maps (one patch per glance frame, interpolated to
+        all ``num_frames`` = T0 frames), the temporal policy the pooled features (frame weights), and
+        the T_L focus frames are taken at the quantiles of the tempered weights (deterministic in
+        evaluation, stratified with draws from ``generator`` in training). ``auxiliary``: also run the
+        auxiliary head on every glance map cropped by its own patch (the spatial objective's input).
+        Runs the spatial policy exactly once.
+        """
+        b = glance.batch_size
+        fmap = glance.feature_maps  # (B, T_G, Dg, h, w), detached
+        glance_actions = self.policy.spatial(fmap)  # (B, T_G, 4)
+        all_actions = frame_selection.interpolate_actions(glance_actions, num_frames)  # (B, T0, 4)
+        gfeat = glance.features
+        scores = self.policy.temporal(gfeat.detach() if self.detach_temporal_input else gfeat)  # (B, T_G)
+        frame_weights = torch.softmax(scores, dim=1)
+        selection_weights = torch.softmax(scores / self.temperature, dim=1)
+
+        spatial_frame_logits = None
+        if auxiliary:  # each glance map cropped by its own patch (differentiable in the actions)
+            aux = patch_ops.crop_patches(fmap.flatten(0, 1), glance_actions.reshape(-1, 4), self.feature_patch_size,
+                                         self.patch_size, self.input_size)  # (B*T_G, Dg, p, p)
+            spatial_frame_logits = self.spatial_head(aux.mean(dim=(2, 3))).view(b, self.num_glance, -1)  # (B, T_G, C)
+
+        focus_indices = frame_selection.select_focus_frames(selection_weights, num_frames, self.num_focus,
+                                                            random=self.training, generator=generator)  # (B, T_L)
+        focus_actions = self.gather_frames(all_actions, focus_indices).detach()  # (B, T_L, 4)
+        return PolicyStage(glance_actions=glance_actions, all_actions=all_actions, frame_weights=frame_weights,
+                           selection_weights=selection_weights, focus_indices=focus_indices,
+                           focus_actions=focus_actions, spatial_frame_logits=spatial_frame_logits)
+
+    def focus_features(self, frames: torch.Tensor, focus_indices: torch.Tensor, focus_actions: torch.Tensor, amp,
+                       rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Step 5: crop P x P patches and run the focus encoder, for any subset of videos and steps.
+
+        frames: (B, T0, 3, H, W) the whole batch (uint8 or normalised float; autocast off, ``amp`` as
+        in :meth:`glance_stage`). ``rows`` (n,): the videos to process (default all, n = B);
+        focus_indices (n, K): their frames (of T0), e.g. ``policy.focus_indices[:, k:k+1]`` for step k
+        only; focus_actions (n, K, 4), or (S, n, K, 4) for S patch sets of the same frames that share
+        one encoder call (training: the policy's patches and the random ones). Only the n*K frames
+        are gathered and normalised. Returns features (n, K, Df), or (S, n, K, Df), float32.
+        """
+        frames_k = self.normalise(self.gather_frames(frames, focus_indices, rows))  # (n, K, 3, H, W)
+        sets = focus_actions.unsqueeze(0) if focus_actions.dim() == 3 else focus_actions  # (S, n, K, 4)
+        patches = [self.crop_focus_patches(frames_k, actions) for actions in sets.unbind(0)]  # S x (n*K, 3, P, P)
+        patches = patches[0] if len(patches) == 1 else torch.cat(patches)
+        feats = self.run_backbone(self.focus, patches, amp)  # (S*n*K, Df)
+        feats = feats.view(*sets.shape[:-1], feats.shape[-1])  # (S, n, K, Df)
+        return feats[0] if focus_actions.dim() == 3 else feats
+
+    # ------------------------------------------------------------------------------------------
     # forward
     # ------------------------------------------------------------------------------------------
     def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> UniAdaFocusOutput:
         frames = self.frames_view(video)
         device_type = frames.device.type
-        amp = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        amp = self.autocast_setting(device_type)
         with torch.autocast(device_type, enabled=False):
             return self._forward(frames, amp, generator)
 
     def _forward(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator]) -> UniAdaFocusOutput:
         b, t0, _, height, width = frames.shape
         training = self.training
-        device = frames.device
 
-        # 1. glance
-        glance_idx = frame_selection.glance_frame_indices(t0, self.num_glance, b, random=training,
-                                                          generator=generator, device=device)  # (B, T_G)
-        glance_frames = self.normalise(self.gather_frames(frames, glance_idx))  # (B, T_G, 3, H, W)
-        fmap, gfeat = self.run_backbone(self.glance, glance_frames.flatten(0, 1), amp)  # (B*T_G, Dg, h, w), (B*T_G, Dg)
-        glance_logits = self.glance_head(gfeat).view(b, self.num_glance, -1)  # (B, T_G, C)
-        gfeat = gfeat.view(b, self.num_glance, -1)  # (B, T_G, Dg)
-
-        # 2. policy
-        fmap = fmap.detach()
-        glance_actions = self.policy.spatial(fmap.view(b, self.num_glance, *fmap.shape[1:]))  # (B, T_G, 4)
-        all_actions = frame_selection.interpolate_actions(glance_actions, t0)  # (B, T0, 4)
-        scores = self.policy.temporal(gfeat.detach() if self.detach_temporal_input else gfeat)  # (B, T_G)
-        frame_weights = torch.softmax(scores, dim=1)
-        selection_weights = torch.softmax(scores / self.temperature, dim=1)
-
-        # 3. spatial objective input: each glance map cropped by its own patch (differentiable)
-        aux = patch_ops.crop_patches(fmap, glance_actions.reshape(-1, 4), self.feature_patch_size,
-                                     self.patch_size, self.input_size)  # (B*T_G, Dg, p, p)
-        spatial_frame_logits = self.spatial_head(aux.mean(dim=(2, 3))).view(b, self.num_glance, -1)  # (B, T_G, C)
-
-        # 4. frame selection
-        focus_idx = frame_selection.select_focus_frames(selection_weights, t0, self.num_focus,
-                                                        random=training, generator=generator)  # (B, T_L)
-        focus_frames = self.normalise(self.gather_frames(frames, focus_idx))  # (B, T_L, 3, H, W)
-        focus_actions = self.gather_frames(all_actions, focus_idx).detach()  # (B, T_L, 4)
+        # 1. glance; 2-4. policy, spatial objective input, frame selection
+        glance = self.glance_stage(frames, amp, generator, head=True)
+        policy = self.policy_stage(glance, t0, generator, auxiliary=True)
 
         # 5. focus (+ the random-patch pass in training, in the same backbone call)
-        patches = self.crop_focus_patches(focus_frames, focus_actions)  # (B*T_L, 3, P, P)
-        random_actions = None
+        actions, random_actions = policy.focus_actions, None  # (B, T_L, 4)
         if training:
-            random_actions = self.random_actions((b, self.num_focus), device, generator)
-            patches = torch.cat((patches, self.crop_focus_patches(focus_frames, random_actions)))
-        ffeat = self.run_backbone(self.focus, patches, amp)  # (n*B*T_L, Df)
-        focus_logits = self.focus_head(ffeat).view(-1, b, self.num_focus, self.num_classes)  # (n, B, T_L, C)
+            random_actions = self.random_actions((b, self.num_focus), frames.device, generator)
+            actions = torch.stack((actions, random_actions))  # (2, B, T_L, 4)
+        ffeat = self.focus_features(frames, policy.focus_indices, actions, amp)
         ffeat = ffeat.view(-1, b, self.num_focus, ffeat.shape[-1])  # (n, B, T_L, Df)
+        focus_logits = self.focus_head(ffeat.flatten(0, 2)).view(-1, b, self.num_focus,
+                                                                  self.num_classes)  # (n, B, T_L, C)
 
         # 6. classifier, once per pass (as official: its BatchNorm sees each pass separately)
+        gfeat = glance.features  # (B, T_G, Dg)
         exit_logits = self.classifier(gfeat, ffeat[0])  # (B, T_G + T_L, C)
         random_pass = None
         if training:
             random_pass = FocusPass(self.classifier(gfeat, ffeat[1]), focus_logits[1], random_actions)
 
+        spatial_frame_logits = policy.spatial_frame_logits
         return UniAdaFocusOutput(
-            exit_logits=exit_logits, glance_logits=glance_logits, focus_logits=focus_logits[0],
+            exit_logits=exit_logits, glance_logits=glance.logits, focus_logits=focus_logits[0],
             spatial_frame_logits=spatial_frame_logits, spatial_logits=spatial_frame_logits.mean(dim=1),
-            frame_weights=frame_weights, selection_weights=selection_weights,
-            glance_indices=glance_idx, focus_indices=focus_idx, glance_actions=glance_actions,
-            focus_actions=focus_actions,
-            patch_boxes=patch_ops.action_boxes(focus_actions, height, width, self.patch_size, self.input_size),
+            frame_weights=policy.frame_weights, selection_weights=policy.selection_weights,
+            glance_indices=glance.indices, focus_indices=policy.focus_indices,
+            glance_actions=policy.glance_actions, focus_actions=policy.focus_actions,
+            patch_boxes=patch_ops.action_boxes(policy.focus_actions, height, width, self.patch_size, self.input_size),
             glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass)

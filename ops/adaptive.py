@@ -1,0 +1,252 @@
+"""Adaptive early-exit inference: run the focus steps incrementally and drop videos as they exit.
+
+The post-hoc simulation (:mod:`.early_exit`) runs the full network, scores all K = T_L + 1 exit stages
+and picks each video's first confident stage. This runtime gets the same predictions while doing only
+the work each video needs (SPEC §5; the FLOPs table of :mod:`.flops` charges exactly this work):
+
+* **stage 0** — the glance encoder on all T_G frames of every video, the glance MLP and its running
+  maximum, and the *last* glance exit only (no glance head, no other glance exits, no auxiliary
+  head). Criterion, decision; exited videos leave the batch.
+* **policy** — once, for the videos still running: the spatial and temporal policies and the focus
+  frame selection.
+* **stage k = 1..T_L** — for the videos still running only: crop the patch of their k-th focus frame
+  (one crop call for all of them), run the focus encoder on those patches (one batched call), continue
+  each video's running-max focus state (:meth:`ExitClassifier.focus_states` with ``previous``), run
+  focus exit head k-1. Criterion, decision; exited videos leave the batch. Everybody leaves at the
+  last stage (its threshold is -1e8).
+
+Exactness: the classifier's state after k focus steps is a running maximum of per-step embeddings
+and focus exit k-1 reads only that state and the final glance state, so a video that stops after k
+steps gets the logits of exit k of the full pass. The criterion is :func:`.early_exit.exit_scores`
+and the decision :func:`.early_exit.assign_exits`, the post-hoc functions themselves. In floating
+point the batched kernels (GEMM, convolution) may round differently for a different number of rows,
+so the logits agree with the full pass to rounding (~1e-6 relative, not always bit for bit) and an
+exit differs only if a score lies within that rounding of its threshold.
+
+Use::
+
+    runner = AdaptiveRunner(model.eval(), thresholds, criterion="entropy")   # or a thresholds file
+    result = runner.run(video)          # result.logits (B, C), result.exit_stage (B,), result.gflops (B,)
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from .early_exit import CRITERIA, ThresholdsFile, assign_exits, exit_scores, load_thresholds
+from .flops import flops_breakdown
+
+__all__ = ["AdaptiveResult", "AdaptiveRunner", "run_adaptive", "stage_logits", "simulate_exits"]
+
+ThresholdsLike = Union[torch.Tensor, Sequence[float], ThresholdsFile, str, os.PathLike]
+
+
+@dataclass
+class AdaptiveResult:
+    """What :meth:`AdaptiveRunner.run` produced for a batch of B videos."""
+
+    logits: torch.Tensor  # (B, C) float32 logits of each video's exit stage (on the model's device)
+    exit_stage: torch.Tensor  # (B,) int64 (CPU): 0 = last glance exit, k = after k focus frames
+    gflops: torch.Tensor  # (B,) float64 (CPU): the FLOPs table entry of each video's exit stage
+    scores: torch.Tensor  # (B,) (CPU) criterion score at each video's exit stage
+    stage_batch_sizes: List[int]  # (K,) videos processed at each stage (0 for stages nobody reached)
+    stage_seconds: Optional[List[float]] = None  # (K,) wall time per stage when timed (stage 1 includes the policy)
+    policy_seconds: Optional[float] = None  # wall time of the policy (part of stage 1) when timed
+    num_stages: int = field(default=0)
+
+    @property
+    def exit_counts(self) -> torch.Tensor:
+        """(K,) int64 videos that exited at each stage."""
+        return torch.bincount(self.exit_stage, minlength=self.num_stages)
+
+    @property
+    def mean_gflops(self) -> float:
+        return float(self.gflops.mean())
+
+
+def stage_logits(exit_logits: torch.Tensor, num_glance: int) -> torch.Tensor:
+    """The K = T_L + 1 early-exit stages of a full pass: (B, T_G + T_L, C) -> (B, T_L + 1, C).
+
+    Stage 0 is the last glance exit (row T_G - 1), stage k the focus exit k - 1 (row T_G + k - 1).
+    """
+    return exit_logits[:, num_glance - 1:]
+
+
+def simulate_exits(stages: torch.Tensor, thresholds: torch.Tensor, criterion: str = "confidence"):
+    """The post-hoc simulation on stage logits (B, K, C): (chosen logits (B, C), exit stage (B,))."""
+    stages = stages.detach().cpu()
+    exits = assign_exits(exit_scores(stages, criterion), thresholds)
+    return stages[torch.arange(stages.shape[0]), exits], exits
+
+
+def _thresholds_and_criterion(thresholds: ThresholdsLike, criterion: Optional[str]):
+    if isinstance(thresholds, (str, os.PathLike)):
+        thresholds = load_thresholds(thresholds)
+    if isinstance(thresholds, ThresholdsFile):
+        if criterion is not None and criterion != thresholds.criterion:
+            raise ValueError(f"criterion {criterion!r} given, but the thresholds file was fitted for "
+                             f"{thresholds.criterion!r}")
+        return thresholds.thresholds, thresholds.criterion
+    thr = torch.as_tensor(thresholds).detach().cpu().reshape(-1)
+    if not thr.is_floating_point():
+        thr = thr.double()
+    return thr, criterion if criterion is not None else "confidence"
+
+
+class AdaptiveRunner:
+    """Early-exit inference that stops computing for a video as soon as it exits.
+
+    model: a :class:`models.UniAdaFocus` in eval mode. thresholds: (K,) per-stage thresholds
+    (K = T_L + 1; the last one should be -1e8, but everybody leaves at the last stage regardless), a
+    :class:`.early_exit.ThresholdsFile` or the path of a thresholds file (its criterion is used; a
+    different explicit ``criterion`` is an error). criterion: ``'confidence'`` | ``'entropy'`` |
+    ``'max_prob'`` (default ``'confidence'``). flops: GFLOPs of each stage (K,), by default the
+    model's measured table (:func:`.flops.flops_breakdown` (model).stages(), counted once here).
+    """
+
+    def __init__(self, model, thresholds: ThresholdsLike, criterion: Optional[str] = None,
+                 flops: Optional[Sequence[float]] = None):
+        self.model = model
+        self.num_stages = model.num_focus + 1
+        self.thresholds, self.criterion = _thresholds_and_criterion(thresholds, criterion)
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; expected one of {CRITERIA}")
+        if self.thresholds.numel() != self.num_stages:
+            raise ValueError(f"{self.thresholds.numel()} thresholds for {self.num_stages} stages "
+                             f"(T_L + 1 with T_L = {model.num_focus})")
+        if flops is None:
+            flops = flops_breakdown(model).stages()
+        self.flops = torch.tensor([float(f) for f in flops], dtype=torch.float64)
+        if self.flops.numel() != self.num_stages:
+            raise ValueError(f"{self.flops.numel()} FLOPs values for {self.num_stages} stages")
+
+    @classmethod
+    def from_file(cls, model, path: Union[str, os.PathLike], flops: Optional[Sequence[float]] = None):
+        """A runner with the thresholds and criterion of a thresholds file (:func:`.early_exit.load_thresholds`)."""
+        return cls(model, load_thresholds(path), flops=flops)
+
+    # ------------------------------------------------------------------------------------------
+    def _exiting(self, logits: torch.Tensor, stage: int, rows: torch.Tensor,
+                 forced: Optional[torch.Tensor]):
+        """Scores (n,) and exit decisions (n,) bool, both CPU, for the videos ``rows`` at ``stage``."""
+        scores = exit_scores(logits.detach().float().cpu().unsqueeze(1), self.criterion)  # (n, 1)
+        if forced is not None:
+            exiting = forced[rows] == stage
+        elif stage == self.num_stages - 1:
+            exiting = torch.ones(rows.numel(), dtype=torch.bool)
+        else:
+            # The post-hoc decision itself: a video leaves at column 0 iff its score reaches the
+            # stage's threshold (column 1 stands for "later" and accepts everybody).
+            pair = torch.cat((scores, torch.zeros_like(scores)), dim=1)
+            exiting = assign_exits(pair, self.thresholds[[stage, -1]]) == 0
+        return scores[:, 0], exiting
+
+    @torch.no_grad()
+    def run(self, video: torch.Tensor, forced_exits: Optional[torch.Tensor] = None,
+            timing: bool = False) -> AdaptiveResult:
+        """Classify a batch with early exits.
+
+        video: (B, T0, 3, H, W) or (B, T0*3, H, W), as :meth:`UniAdaFocus.forward` takes it (uint8
+        or normalised float; autocast of the caller applies to the backbones, as in forward).
+        forced_exits: optional (B,) stage per video that overrides the thresholds (benchmarks: it
+        makes the exit distribution independent of the weights; criteria are still computed, so the
+        work is the same). timing: record the wall time of every stage (synchronising the device).
+        """
+        model = self.model
+        if model.training:
+            raise RuntimeError("AdaptiveRunner needs the model in eval mode (model.eval())")
+        frames = model.frames_view(video)
+        if forced_exits is not None:
+            forced_exits = torch.as_tensor(forced_exits).long().cpu().reshape(-1)
+            if forced_exits.numel() != frames.shape[0] or (forced_exits.numel() and (
+                    int(forced_exits.min()) < 0 or int(forced_exits.max()) >= self.num_stages)):
+                raise ValueError(f"forced_exits must be {frames.shape[0]} stages in [0, {self.num_stages})")
+        device_type = frames.device.type
+        amp = model.autocast_setting(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return self._run(frames, amp, forced_exits, timing)
+
+    def _run(self, frames: torch.Tensor, amp, forced: Optional[torch.Tensor], timing: bool) -> AdaptiveResult:
+        model, clf = self.model, self.model.classifier
+        device = frames.device
+        b, t0 = frames.shape[:2]
+        k_stages = self.num_stages
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        seconds = [0.0] * k_stages if timing else None
+        policy_seconds = 0.0 if timing else None
+        batch_sizes = [0] * k_stages
+        out_logits = torch.empty(b, model.num_classes, device=device)
+        exit_stage = torch.full((b,), k_stages - 1, dtype=torch.long)
+        out_scores = torch.empty(b)
+
+        rows = torch.arange(b)  # CPU: original batch positions of the videos still running
+        rows_dev = rows.to(device)
+
+        def finish(stage: int, logits: torch.Tensor, scores: torch.Tensor, exiting: torch.Tensor):
+            """Record the exits of ``stage``; return the positions (device, CPU) of those who stay."""
+            leaving = exiting.nonzero().squeeze(1)
+            if leaving.numel():
+                out_logits[rows_dev[leaving.to(device)]] = logits[leaving.to(device)]
+                exit_stage[rows[leaving]] = stage
+                out_scores[rows[leaving]] = scores[leaving]
+            staying = (~exiting).nonzero().squeeze(1)
+            return staying.to(device), staying
+
+        t_start = time.perf_counter()
+        # stage 0: glance, the glance MLP's running maximum, the last glance exit only
+        batch_sizes[0] = b
+        glance = model.glance_stage(frames, amp, head=False)
+        glance_final = clf.glance_states(glance.features)[:, -1]  # (B, H)
+        logits = clf.glance_exits[-1](glance_final)  # (B, C)
+        scores, exiting = self._exiting(logits, 0, rows, forced)
+        keep_dev, keep = finish(0, logits, scores, exiting)
+        if timing:
+            sync()
+            seconds[0] = time.perf_counter() - t_start
+
+        if keep.numel():
+            t_start = time.perf_counter()
+            rows, rows_dev = rows[keep], rows_dev[keep_dev]
+            glance_final = glance_final[keep_dev]
+            policy = model.policy_stage(glance.select(keep_dev), t0, auxiliary=False)
+            focus_indices, focus_actions = policy.focus_indices, policy.focus_actions  # (n, T_L), (n, T_L, 4)
+            if timing:
+                sync()
+                policy_seconds = time.perf_counter() - t_start
+            del glance, policy
+            state = None  # (n, H) running-max focus state
+            for k in range(1, k_stages):
+                if k > 1:
+                    t_start = time.perf_counter()
+                batch_sizes[k] = rows.numel()
+                feats = model.focus_features(frames, focus_indices[:, k - 1:k], focus_actions[:, k - 1:k], amp,
+                                             rows=rows_dev)  # (n, 1, Df)
+                states = clf.focus_states(feats, previous=state)  # (n, 1, H)
+                logits = clf.focus_logits(states, glance_final, first_step=k - 1)[:, 0]  # (n, C)
+                scores, exiting = self._exiting(logits, k, rows, forced)
+                keep_dev, keep = finish(k, logits, scores, exiting)
+                if timing:
+                    sync()
+                    seconds[k] = time.perf_counter() - t_start
+                if not keep.numel():
+                    break
+                if keep.numel() < rows.numel():
+                    rows, rows_dev = rows[keep], rows_dev[keep_dev]
+                    state, glance_final = states[keep_dev, 0], glance_final[keep_dev]
+                    focus_indices, focus_actions = focus_indices[keep_dev], focus_actions[keep_dev]
+                else:
+                    state = states[:, 0]
+
+        return AdaptiveResult(logits=out_logits, exit_stage=exit_stage, gflops=self.flops[exit_stage],
+                              scores=out_scores, stage_batch_sizes=batch_sizes, stage_seconds=seconds,
+                              policy_seconds=policy_seconds, num_stages=k_stages)
+
+
+def run_adaptive(model, video: torch.Tensor, thresholds: ThresholdsLike, criterion: Optional[str] = None,
+                 flops: Optional[Sequence[float]] = None) -> AdaptiveResult:
+    """One-shot :class:`AdaptiveRunner` (model, thresholds, criterion, flops).run(video)."""
+    return AdaptiveRunner(model, thresholds, criterion, flops).run(video)

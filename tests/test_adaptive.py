@@ -1,0 +1,314 @@
+"""The adaptive early-exit runtime (ops.adaptive) and the model's stage functions it is built on.
+
+The runtime must give the predictions of the post-hoc simulation (full forward -> the K stage logits
+-> ``exit_scores`` -> ``assign_exits`` -> chosen logits) while computing nothing more for a video once
+it has exited. The tiny model has T_G = T_L = 4, so K = 5 stages.
+
+Random default-initialised weights saturate the glance network (every video gets the same glance
+state), so the model here first has its BatchNorm statistics recalibrated on random videos: the
+weights stay random, but different videos get different predictions and exit at different stages.
+
+Exactness: the runtime's logits come from batches of a different size than the full pass's, and
+batched kernels may round differently for a different number of rows, so logits are compared to
+1e-5 and exit stages exactly. For the latter to be meaningful the thresholds are solved on other
+random videos and each test checks that no score lies within 1e-5 of its threshold.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ops.adaptive import AdaptiveRunner, run_adaptive, simulate_exits, stage_logits
+from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, assign_exits, exit_scores,
+                            geometric_exit_distribution, save_thresholds, solve_thresholds)
+from ops.flops import flops_breakdown
+from support import random_video, tiny_model
+
+LOGITS = dict(atol=1e-5, rtol=1e-5)
+MARGIN = 1e-5
+CRITERIA = ("confidence", "entropy", "max_prob")
+
+
+def calibrated_tiny_model(seed: int = 0):
+    """tiny_model() with random weights and BatchNorm statistics measured on random videos, in eval mode."""
+    torch.manual_seed(seed)
+    model = tiny_model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for s in range(2):
+            model(random_video(batch=8, seed=100 + s), generator=torch.Generator().manual_seed(s))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = calibrated_tiny_model()
+    with torch.no_grad():
+        threshold_set = stage_logits(model(random_video(batch=64, seed=5)).exit_logits, model.num_glance)
+        video = random_video(batch=16, seed=9)
+        out = model(video)
+    return model, threshold_set, video, out
+
+
+@pytest.fixture(scope="module")
+def table(setup):
+    """The tiny model's measured FLOPs table (counted once; the runner counts it when not given)."""
+    return flops_breakdown(setup[0]).stages()
+
+
+def _stages(model, out):
+    return stage_logits(out.exit_logits, model.num_glance)  # (B, K, C)
+
+
+def _solved(threshold_set, criterion, p):
+    k = threshold_set.shape[1]
+    return solve_thresholds(exit_scores(threshold_set, criterion), geometric_exit_distribution(p, k))
+
+
+def _check_margin(stages, thresholds, criterion):
+    scores = exit_scores(stages, criterion)[:, :-1].double()
+    margin = float((scores - thresholds[:-1].double()).abs().min())
+    assert margin > MARGIN, f"a score lies within {margin:.2e} of its threshold: the comparison is not meaningful"
+
+
+def _posthoc(model, out, thresholds, criterion):
+    """The post-hoc simulation written out: stage logits -> criterion -> first confident stage."""
+    stages = _stages(model, out)
+    exits = assign_exits(exit_scores(stages, criterion), thresholds)
+    return stages[torch.arange(stages.shape[0]), exits], exits
+
+
+# ------------------------------------------------------------------------------------------------
+# the model's stages
+# ------------------------------------------------------------------------------------------------
+def test_forward_equals_its_stage_functions():
+    model = calibrated_tiny_model()
+    video = random_video(batch=3, seed=2)
+    with torch.no_grad():
+        out = model(video)
+        frames = model.frames_view(video)
+        amp = model.autocast_setting("cpu")
+        glance = model.glance_stage(frames, amp)
+        policy = model.policy_stage(glance, frames.shape[1])
+        feats = model.focus_features(frames, policy.focus_indices, policy.focus_actions, amp)
+        exit_logits = model.classifier(glance.features, feats)
+    assert torch.equal(out.exit_logits, exit_logits)
+    assert torch.equal(out.glance_logits, glance.logits) and torch.equal(out.glance_features, glance.features)
+    assert torch.equal(out.focus_features, feats) and torch.equal(out.focus_indices, policy.focus_indices)
+    assert torch.equal(out.focus_actions, policy.focus_actions)
+    assert torch.equal(out.spatial_frame_logits, policy.spatial_frame_logits)
+    assert torch.equal(out.frame_weights, policy.frame_weights)
+    # the lean variants skip only the heads
+    lean = model.glance_stage(frames, amp, head=False)
+    assert lean.logits is None and torch.equal(lean.features, glance.features)
+    lean_policy = model.policy_stage(lean, frames.shape[1], auxiliary=False)
+    assert lean_policy.spatial_frame_logits is None
+    assert torch.equal(lean_policy.focus_indices, policy.focus_indices)
+
+
+def test_training_forward_equals_its_stage_functions():
+    """Same draws in the same order: glance frames, selection offsets, random patches (one encoder call)."""
+    torch.manual_seed(0)
+    model = tiny_model(dropout=0.0, fc_dropout=0.0).train()
+    video = random_video(batch=2, seed=3)
+    out = model(video, generator=torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        frames = model.frames_view(video)
+        amp = model.autocast_setting("cpu")
+        glance = model.glance_stage(frames, amp, gen)
+        policy = model.policy_stage(glance, frames.shape[1], gen)
+        random_actions = model.random_actions((2, model.num_focus), "cpu", gen)
+        feats = model.focus_features(frames, policy.focus_indices,
+                                     torch.stack((policy.focus_actions, random_actions)), amp)
+    assert feats.shape == (2, 2, model.num_focus, model.focus.feature_dim)
+    assert torch.equal(out.glance_indices, glance.indices) and torch.equal(out.focus_indices, policy.focus_indices)
+    assert torch.equal(out.random_pass.focus_actions, random_actions)
+    torch.testing.assert_close(out.focus_features.detach(), feats[0], atol=0, rtol=0)
+
+
+def test_focus_features_of_a_subset_of_videos_and_steps(setup):
+    model, _, video, out = setup
+    frames = model.frames_view(video)
+    rows = torch.tensor([3, 7, 8, 15])
+    with torch.no_grad():
+        for k in range(model.num_focus):
+            feats = model.focus_features(frames, out.focus_indices[rows, k:k + 1], out.focus_actions[rows, k:k + 1],
+                                         model.autocast_setting("cpu"), rows=rows)
+            assert feats.shape == (4, 1, model.focus.feature_dim)
+            torch.testing.assert_close(feats[:, 0], out.focus_features[rows, k], **LOGITS)
+
+
+def test_glance_stage_select(setup):
+    model, _, video, _ = setup
+    with torch.no_grad():
+        glance = model.glance_stage(model.frames_view(video), model.autocast_setting("cpu"))
+    sub = glance.select(torch.tensor([1, 4]))
+    assert sub.batch_size == 2 and torch.equal(sub.features, glance.features[[1, 4]])
+    assert torch.equal(sub.logits, glance.logits[[1, 4]])
+    assert torch.equal(sub.feature_maps, glance.feature_maps[[1, 4]])
+
+
+# ------------------------------------------------------------------------------------------------
+# the runtime equals the post-hoc simulation
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("p", (0.5, 1.0, 2.0))
+def test_runtime_matches_posthoc_simulation(setup, table, criterion, p):
+    model, threshold_set, video, out = setup
+    thresholds = _solved(threshold_set, criterion, p)
+    _check_margin(_stages(model, out), thresholds, criterion)
+    expected_logits, expected_exits = _posthoc(model, out, thresholds, criterion)
+
+    result = AdaptiveRunner(model, thresholds, criterion, flops=table).run(video)
+    assert torch.equal(result.exit_stage, expected_exits)
+    torch.testing.assert_close(result.logits, expected_logits, **LOGITS)
+    expected_scores = exit_scores(_stages(model, out), criterion)[torch.arange(16), expected_exits]
+    torch.testing.assert_close(result.scores, expected_scores, **LOGITS)
+    # the helper used by callers is the same simulation
+    sim_logits, sim_exits = simulate_exits(_stages(model, out), thresholds, criterion)
+    assert torch.equal(sim_exits, expected_exits) and torch.equal(sim_logits, expected_logits)
+
+
+def test_solved_thresholds_spread_exits_over_many_stages(setup, table):
+    model, threshold_set, video, out = setup
+    for criterion in CRITERIA:
+        result = AdaptiveRunner(model, _solved(threshold_set, criterion, 1.0), criterion, flops=table).run(video)
+        assert len(result.exit_stage.unique()) >= 4, (criterion, result.exit_stage.tolist())
+
+
+def test_everybody_exits_at_stage_0_without_policy_or_focus_work(setup, table):
+    model, _, video, out = setup
+    runner = AdaptiveRunner(model, [LAST_STAGE_THRESHOLD] * 5, "confidence", flops=table)
+    calls = []
+    hooks = [model.focus.register_forward_hook(lambda m, i, o: calls.append("focus")),
+             model.policy.spatial.register_forward_hook(lambda m, i, o: calls.append("spatial")),
+             model.policy.temporal.register_forward_hook(lambda m, i, o: calls.append("temporal")),
+             model.classifier.focus_mlp.register_forward_hook(lambda m, i, o: calls.append("focus_mlp"))]
+    try:
+        result = runner.run(video)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []
+    assert result.exit_stage.tolist() == [0] * 16
+    assert result.stage_batch_sizes == [16, 0, 0, 0, 0]
+    torch.testing.assert_close(result.logits, out.exit_logits[:, model.num_glance - 1], **LOGITS)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_nobody_exits_early(setup, table, criterion):
+    model, _, video, out = setup
+    thresholds = torch.tensor([NO_EXIT_THRESHOLD] * 4 + [LAST_STAGE_THRESHOLD])
+    result = AdaptiveRunner(model, thresholds, criterion, flops=table).run(video)
+    assert result.exit_stage.tolist() == [4] * 16
+    assert result.stage_batch_sizes == [16] * 5
+    torch.testing.assert_close(result.logits, out.exit_logits[:, -1], **LOGITS)
+    torch.testing.assert_close(result.logits, out.logits, **LOGITS)
+
+
+# ------------------------------------------------------------------------------------------------
+# no work for exited videos; FLOPs
+# ------------------------------------------------------------------------------------------------
+def test_exited_videos_get_no_further_focus_compute(setup, table, monkeypatch):
+    model, threshold_set, video, _ = setup
+    runner = AdaptiveRunner(model, _solved(threshold_set, "entropy", 1.0), "entropy", flops=table)
+    encoder_batches, policy_batches, step_rows = [], [], []
+    hooks = [model.focus.register_forward_hook(lambda m, i, o: encoder_batches.append(i[0].shape[0])),
+             model.policy.spatial.register_forward_hook(lambda m, i, o: policy_batches.append(i[0].shape[0]))]
+    original = model.focus_features
+
+    def recording(frames, indices, actions, amp, rows=None):
+        step_rows.append(sorted(rows.tolist()))
+        return original(frames, indices, actions, amp, rows=rows)
+
+    monkeypatch.setattr(model, "focus_features", recording)
+    try:
+        result = runner.run(video)
+    finally:
+        for h in hooks:
+            h.remove()
+    exits = result.exit_stage
+    still_running = [sorted((exits >= k).nonzero().squeeze(1).tolist()) for k in range(1, 5)]
+    still_running = [r for r in still_running if r]
+    assert step_rows == still_running  # step k processes exactly the videos that did not exit before it
+    assert encoder_batches == [len(r) for r in still_running]  # one encoder call per step, those patches only
+    assert policy_batches == [int((exits >= 1).sum())]  # the policy once, for the videos going on
+    assert result.stage_batch_sizes == [16] + [int((exits >= k).sum()) for k in range(1, 5)]
+    assert sum(encoder_batches) == int(exits.sum())  # patches = focus steps taken, summed over videos
+
+
+def test_gflops_are_the_flops_table_entries_of_the_exit_stages(setup, table):
+    model, threshold_set, video, _ = setup
+    # no flops=: the runner counts the model's table itself
+    result = AdaptiveRunner(model, _solved(threshold_set, "confidence", 1.0), "confidence").run(video)
+    assert result.gflops.dtype == torch.float64
+    assert result.gflops.tolist() == [table[k] for k in result.exit_stage.tolist()]
+    assert result.mean_gflops == pytest.approx(sum(table[k] for k in result.exit_stage.tolist()) / 16)
+    assert result.exit_counts.sum() == 16 and result.exit_counts.shape == (5,)
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs and options
+# ------------------------------------------------------------------------------------------------
+def test_thresholds_file_gives_thresholds_and_criterion(setup, table, tmp_path):
+    model, threshold_set, video, out = setup
+    thresholds = _solved(threshold_set, "max_prob", 1.0)
+    path = save_thresholds(tmp_path / "thr.json", thresholds, criterion="max_prob", flops=[1.0] * 5)
+    from_file = AdaptiveRunner.from_file(model, path)
+    assert from_file.criterion == "max_prob"
+    a = from_file.run(video)
+    b = AdaptiveRunner(model, str(path), flops=table).run(video)
+    c = run_adaptive(model, video, thresholds, "max_prob", flops=table)
+    assert torch.equal(a.exit_stage, c.exit_stage) and torch.equal(a.logits, c.logits)
+    assert torch.equal(b.exit_stage, c.exit_stage)
+    # the model's own FLOPs table is used, not the file's (unless given)
+    assert a.gflops.tolist() == [table[k] for k in a.exit_stage.tolist()]
+    with pytest.raises(ValueError, match="fitted for 'max_prob'"):
+        AdaptiveRunner(model, path, criterion="entropy")
+
+
+def test_forced_exits(setup, table):
+    model, _, video, out = setup
+    forced = torch.arange(16) % 5
+    runner = AdaptiveRunner(model, [NO_EXIT_THRESHOLD] * 4 + [LAST_STAGE_THRESHOLD], flops=table)
+    result = runner.run(video, forced_exits=forced, timing=True)
+    assert torch.equal(result.exit_stage, forced)
+    torch.testing.assert_close(result.logits, _stages(model, out)[torch.arange(16), forced], **LOGITS)
+    assert len(result.stage_seconds) == 5 and all(s > 0 for s in result.stage_seconds)
+    assert result.stage_batch_sizes == [16, 12, 9, 6, 3]
+
+
+def test_uint8_and_flattened_videos(setup, table):
+    model, threshold_set, _, _ = setup
+    raw = random_video(batch=6, seed=11, dtype=torch.uint8)
+    runner = AdaptiveRunner(model, _solved(threshold_set, "confidence", 1.0), "confidence", flops=table)
+    a = runner.run(raw)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    b = runner.run(((raw.float() / 255 - mean) / std).flatten(1, 2))
+    assert torch.equal(a.exit_stage, b.exit_stage)
+    torch.testing.assert_close(a.logits, b.logits, **LOGITS)
+
+
+def test_bad_arguments(setup, table):
+    model, _, video, _ = setup
+    with pytest.raises(ValueError, match="5 stages"):
+        AdaptiveRunner(model, [0.0] * 4, flops=table)
+    with pytest.raises(ValueError, match="unknown criterion"):
+        AdaptiveRunner(model, [0.0] * 5, "margin", flops=table)
+    with pytest.raises(ValueError, match="FLOPs values"):
+        AdaptiveRunner(model, [0.0] * 5, flops=table[:4])
+    runner = AdaptiveRunner(model, [0.0] * 5, flops=table)
+    with pytest.raises(ValueError, match="forced_exits"):
+        runner.run(video, forced_exits=torch.full((16,), 5))
+    model.train()
+    try:
+        with pytest.raises(RuntimeError, match="eval mode"):
+            runner.run(video)
+    finally:
+        model.eval()
