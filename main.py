@@ -30,6 +30,7 @@ import yaml
 import datasets
 from models import UniAdaFocus
 from ops import distributed as dist_ops
+from ops.cpu import tune_cpu_allocator
 from ops.checkpoint import CheckpointError, atomic_save, load_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from ops.flops import flops_breakdown
 from ops.metrics import mean_average_precision, topk_accuracy
@@ -582,6 +583,8 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
             log.warning(f"--{name}: {UNUSED_OFFICIAL_FLAGS[name]}")
     log.info(f"{'evaluating' if args.evaluate else 'training'} on {info.world_size} process(es), device "
              f"{info.device}, global batch {args.batch_size} ({args.batch_size // info.world_size} per process)")
+    if info.device.type == "cpu" and tune_cpu_allocator():
+        log.info("CPU run: glibc allocator tuned to reuse activation memory (ops/cpu.py)")
     seed_everything(epoch_seed(args.seed, 0, info.rank))
     train_set, train_loader, val_set, val_loader = build_loaders(args, info)
     num_classes = val_set.num_classes

@@ -41,6 +41,7 @@ import torch
 import main as trainer
 from ops import distributed as dist_ops
 from ops import early_exit
+from ops.cpu import tune_cpu_allocator
 from ops.checkpoint import atomic_save, read_checkpoint, unwrap
 from ops.files import write_text_atomic
 from ops.flops import flops_breakdown
@@ -252,6 +253,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.resume or not os.path.isfile(args.resume):
         raise SystemExit("test_early_exit.py needs --resume CHECKPOINT (or --logits FILE)")
     info = dist_ops.init_distributed(args.local_rank, args.device, args.dist_url)
+    if info.device.type == "cpu":
+        tune_cpu_allocator()
     try:
         args.store_name = args.store_name or \
             f"UniAdaFocus_{args.dataset}_{args.glance_arch}_segment{args.num_segments}_e{args.epochs}"

@@ -148,8 +148,11 @@ class GlanceEncoder(nn.Module):
         state_dict = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
         _load_into(self.features, state_dict, source, ignore_prefixes=())
 
+    #: Memory format the input is put in (``ops.inference`` sets channels-last for speed).
+    memory_format = torch.contiguous_format
+
     def forward(self, frames: torch.Tensor):
-        fmap = self.features(frames)  # (N, 1280, h, w)
+        fmap = self.features(frames.contiguous(memory_format=self.memory_format))  # (N, 1280, h, w)
         return fmap, fmap.mean(dim=(2, 3))
 
 
@@ -178,8 +181,10 @@ class FocusEncoder(nn.Module):
         """Load ImageNet ResNet weights in torchvision's layout (the classifier 'fc' is dropped)."""
         _load_into(self, state_dict, source, ignore_prefixes=("fc.",))
 
+    memory_format = torch.contiguous_format
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(patches))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(patches.contiguous(memory_format=self.memory_format)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, D, P/32, P/32)
         return x.mean(dim=(2, 3))  # (N, D)
 

@@ -230,12 +230,28 @@ class UniAdaFocus(nn.Module):
             rows = torch.arange(frames.shape[0], device=frames.device)
         return frames[rows.to(frames.device).unsqueeze(1), indices.to(frames.device)]
 
+    #: In evaluation, run the encoders on at most this many images at a time (None: all at once).
+    #: Huge CPU batches thrash memory; ``ops.inference.prepare_for_inference`` sets it on CPUs.
+    encoder_chunk: Optional[int] = None
+
     def run_backbone(self, module: nn.Module, x: torch.Tensor, amp):
-        """Run a backbone under the caller's autocast setting ``amp`` (or none); results in float32."""
+        """Run a backbone under the caller's autocast setting ``amp`` (or none); results in float32.
+
+        In evaluation with ``encoder_chunk`` set, the images go through in chunks (the results do
+        not depend on it: no BatchNorm statistics are computed in evaluation).
+        """
         enabled, dtype = amp
-        with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
-            out = module(x)
-        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+        chunk = self.encoder_chunk if not self.training and self.encoder_chunk else x.shape[0]
+        outs = []
+        for part in x.split(max(1, chunk)):
+            with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
+                out = module(part)
+            outs.append(tuple(o.float() for o in out) if isinstance(out, tuple) else out.float())
+        if len(outs) == 1:
+            return outs[0]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
 
     def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P)."""

@@ -30,20 +30,21 @@ exactly as in a threshold run, but the decision is taken from the assignment, so
 does not depend on what random weights predict. Before timing, the adaptive logits are checked
 against the full pass's stage logits.
 
-    python scripts/bench_adaptive.py                           # B=12, 2 threads, 18.1-GFLOPs budget
+    python scripts/bench_adaptive.py                           # B=48, 2 threads, 18.1-GFLOPs budget
     python scripts/bench_adaptive.py --batch 16 --repeats 3
     python scripts/bench_adaptive.py --device cuda --batch 64  # on a GPU (autocast with --amp)
 
+Both paths run the inference copy of the model (``ops.inference.prepare_for_inference``: BatchNorm
+folded into the convolutions, channels-last encoders, encoder calls of at most 32 images on a CPU)
+with glibc's allocator tuned to reuse freed activations (``ops.cpu.tune_cpu_allocator``); ``--plain``
+times the training-layout model instead.
+
 Reading the figures on a CPU (2-core EPYC, torch 2.14.1): the FLOPs table prices a glance frame
 (MobileNetV2, 0.30 GFLOPs) at a quarter of a focus patch (ResNet-50 at 128 px, 1.34 GFLOPs), but on
-this CPU a glance frame takes about as long as a patch, so the glance that every video pays for is a
-larger share of the time than of the FLOPs and caps the measured speed-up below the prediction. The
-full forward runs its encoders on B*16 frames and B*16 patches at once; at B=12 those activations
-are hundreds of MB each, and fresh allocations of that size cost page faults (the system time of a
-run exceeds its user time), which slows the full forward more than the runtime's per-step batches.
-Both effects are printed: the per-part timings, ms per patch on either path, and (with
---runtime-baseline) the runtime's own cost when nobody exits early. ``THP_MEM_ALLOC_ENABLE=1``
-(torch's transparent-huge-page allocations) removes most of the page-fault cost from both paths.
+this CPU a glance frame takes about 40 % of a patch's time (8 vs 21 ms), so the glance that every
+video pays for is a larger share of the time (~28 %) than of the FLOPs (18 %) and caps the measured
+speed-up below the prediction; and each incremental step reads the focus MLP's and the exit head's
+weights again for a smaller batch. A larger batch (the default 48) keeps the per-step batches large.
 The cores may be shared with other work: timings then vary by tens of percent between runs.
 
 Exit status 1 when the ratio is below --target (``--no-check`` to only report).
@@ -70,7 +71,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from models import UniAdaFocus  # noqa: E402
 from ops.adaptive import AdaptiveRunner, stage_logits  # noqa: E402
 from ops.early_exit import LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, geometric_exit_distribution  # noqa: E402
+from ops.cpu import tune_cpu_allocator  # noqa: E402
 from ops.flops import flops_breakdown  # noqa: E402
+from ops.inference import prepare_for_inference  # noqa: E402
 
 
 def expected_cost(q: torch.Tensor, flops: torch.Tensor) -> float:
@@ -105,9 +108,9 @@ def assign_stages(q: torch.Tensor, batch: int, generator: torch.Generator) -> to
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=12, help="videos per batch (B)")
+    ap.add_argument("--batch", type=int, default=48, help="videos per batch (B)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (both runs)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each path (alternating)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (alternating)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each path first")
     ap.add_argument("--budget", type=float, default=18.1, help="GFLOPs budget that fixes p (default 18.1)")
     ap.add_argument("--p", type=float, default=None, help="geometric parameter p instead of --budget")
@@ -119,8 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     ap.add_argument("--amp", action="store_true",
                     help="run both paths under autocast (bfloat16 on CPU, float16 on CUDA)")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="encoders in channels-last memory format (both paths; faster convolutions on CPU)")
+    ap.add_argument("--plain", action="store_true",
+                    help="time the training-layout model (unfolded BatchNorm, NCHW, default allocator) "
+                         "instead of ops.inference.prepare_for_inference + ops.cpu.tune_cpu_allocator")
     ap.add_argument("--runtime-baseline", action="store_true",
                     help="also time the runtime with every video forced to the last stage (its own no-exit cost)")
     ap.add_argument("--seed", type=int, default=0)
@@ -137,9 +141,9 @@ def main(argv=None) -> int:
     model = UniAdaFocus(num_classes=args.num_classes, patch_size=args.patch_size).eval()
     flops = torch.tensor(flops_breakdown(model).stages(), dtype=torch.float64)  # counted on the CPU
     model.to(device)
-    if args.channels_last:  # the two 2-D encoders (the spatial policy is 3-D)
-        model.glance.to(memory_format=torch.channels_last)
-        model.focus.to(memory_format=torch.channels_last)
+    if not args.plain:  # both paths run the inference copy: BatchNorm folded, channels-last encoders
+        model = prepare_for_inference(model)
+    tuned = device.type == "cpu" and not args.plain and tune_cpu_allocator()
     k_stages = flops.numel()
 
     if args.distribution is not None:
@@ -209,7 +213,8 @@ def main(argv=None) -> int:
     print(f"Uni-AdaFocus adaptive early exit vs full forward: C={args.num_classes}, P={args.patch_size}, "
           f"T0={model.num_segments}, T_G={model.num_glance}, T_L={model.num_focus}; device {device}, "
           f"{args.threads} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
-          f"amp={'on' if args.amp else 'off'}, channels-last={'on' if args.channels_last else 'off'}, "
+          f"amp={'on' if args.amp else 'off'}, inference copy={'off' if args.plain else 'on'}, "
+          f"allocator tuning={'on' if tuned else 'off'}, "
           f"B={args.batch}, criterion {args.criterion}")
     print("\nmeasured FLOPs table (GFLOPs per video, stage k = after k focus frames):")
     print("  " + " ".join(f"{f:.3f}" for f in flops.tolist()))
