@@ -118,6 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.002, help="base learning rate")
     g.add_argument("--lr_type", choices=("cos", "step"), default="cos")
     g.add_argument("--lr_steps", type=float, nargs="+", default=[50, 100], help="epochs where 'step' decays x0.1")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="SGD with momentum (official) or AdamW (useful from random initialisation)")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", "--wd", dest="weight_decay", type=float, default=2e-4)
     g.add_argument("--global_lr_ratio", type=float, default=0.5, help="LR multiplier of the glance network and heads")
@@ -338,7 +340,7 @@ def autocast(args, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=args.amp)
 
 
-def check_finite(terms, info: dist_ops.DistInfo, epoch: int, step: int) -> None:
+def check_finite(terms, info: dist_ops.DistInfo, epoch: int, step: int, float16: bool = False) -> None:
     """Stop every process within the step when any loss term is NaN or infinite anywhere."""
     values = torch.stack([v.detach().float() for v in vars(terms).values()])
     bad = (~torch.isfinite(values)).any().float().reshape(1)
@@ -349,7 +351,8 @@ def check_finite(terms, info: dist_ops.DistInfo, epoch: int, step: int) -> None:
         raise FloatingPointError(
             f"non-finite loss at epoch {epoch}, step {step}" + (f" (terms: {', '.join(names)})" if names else
                                                                 " (on another process)")
-            + "; the run stops and keeps its last good checkpoint. Try a lower --lr, or --amp_dtype bfloat16.")
+            + "; the run stops and keeps its last good checkpoint. Try a lower --lr"
+            + (" or --amp_dtype bfloat16." if float16 else "."))
 
 
 def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, args, info, log: RunLog) -> Dict[str, float]:
@@ -371,7 +374,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
         with autocast(args, info.device):
             out = model(video, generator=generator)
         terms = objective(out, target, generator=generator)
-        check_finite(terms, info, epoch, step)
+        check_finite(terms, info, epoch, step, float16=args.amp and args.amp_dtype == "float16")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(terms.total).backward()
@@ -593,10 +596,12 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
                                      kl_ratio=args.KL_ratio, norm_ratio=args.norm_ratio,
                                      temporal_form=args.temporal_objective, spatial_form=args.spatial_objective,
                                      mc_samples=args.mc_samples, kl_reference=args.kl_reference)
-    optimizer = torch.optim.SGD(param_groups(model, temporal_lr_ratio=args.temporal_lr_ratio,
-                                             stn_lr_ratio=args.stn_lr_ratio, global_lr_ratio=args.global_lr_ratio,
-                                             classifier_lr_ratio=args.classifier_lr_ratio),
-                                lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    groups = param_groups(model, temporal_lr_ratio=args.temporal_lr_ratio, stn_lr_ratio=args.stn_lr_ratio,
+                          global_lr_ratio=args.global_lr_ratio, classifier_lr_ratio=args.classifier_lr_ratio)
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if args.amp and args.amp_dtype == "float16" and info.device.type == "cuda" \
         else None
     start_epoch, best, best_epoch = 0, None, None

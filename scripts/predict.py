@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Classify one raw video file (or frame folder) with a Uni-AdaFocus checkpoint.
+
+    python scripts/predict.py VIDEO.mp4 --checkpoint exp/RUN/ckpt.best.pth.tar
+    python scripts/predict.py VIDEO.mp4 --checkpoint ckpt/actnet_p128.pth.tar --config configs/actnet_p128.yaml \\
+        --class_names DATA/classInd.txt --thresholds exp/RUN/early_exit/thresholds_entropy_18.1gflops.json --json
+
+Prints the top-5 classes with their names and probabilities, the exit step (how many focus frames
+were used: 0 = the glance alone) and the GFLOPs spent. Without ``--thresholds`` every focus frame
+is used. The model's configuration comes from our checkpoints themselves; official release files
+need ``--config`` (a preset) or the size flags. Class names come from ``--class_names`` (one per
+line), else from the class file of the checkpoint's dataset when it can be found, else numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import main as trainer  # noqa: E402
+from datasets import DataError, DATASETS  # noqa: E402
+from datasets.clip import load_clip  # noqa: E402
+from models import UniAdaFocus  # noqa: E402
+from ops.adaptive import AdaptiveRunner  # noqa: E402
+from ops.checkpoint import CheckpointError, load_checkpoint, read_checkpoint  # noqa: E402
+from ops.cpu import tune_cpu_allocator  # noqa: E402
+from ops.early_exit import ThresholdsFileError, load_thresholds  # noqa: E402
+from ops.flops import flops_breakdown  # noqa: E402
+from ops.inference import prepare_for_inference  # noqa: E402
+
+MODEL_KEYS = ("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
+              "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "glance_arch", "focus_arch", "temperature")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("predict.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("video", help="video file (mp4, avi, mkv, webm, ...) or folder of frames")
+    p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
+    p.add_argument("--config", default=None, help="YAML preset with the model's sizes (needed for official files)")
+    p.add_argument("--num_classes", type=int, default=None, help="class count (default: from the checkpoint)")
+    p.add_argument("--class_names", default=None, help="file with one class name per line (e.g. classInd.txt)")
+    p.add_argument("--thresholds", default=None, help="early-exit thresholds file from test_early_exit.py --budget")
+    p.add_argument("--short_side", type=int, default=360, help="decode-time short side (as the frame extraction)")
+    p.add_argument("--template", default=None, help="frame file pattern for a frame folder, e.g. image_{:05d}.jpg")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    for key in MODEL_KEYS:
+        p.add_argument("--" + key, type=str if key in ("glance_arch", "focus_arch") else
+                       (float if key == "temperature" else int), default=None)
+    return p
+
+
+def model_config(args, ckpt: dict) -> dict:
+    """Model sizes: command line > --config > the checkpoint's saved configuration > main.py defaults."""
+    defaults = vars(trainer.parse_args([]))
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    preset = trainer.load_config_file(args.config, trainer.get_args_parser()) if args.config else {}
+    cfg = {k: defaults[k] for k in MODEL_KEYS}
+    for source in (saved, preset, {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}):
+        cfg.update({k: v for k, v in source.items() if k in MODEL_KEYS})
+    cfg["_dataset"] = preset.get("dataset", saved.get("dataset"))
+    cfg["_data_dir"] = preset.get("data_dir", saved.get("data_dir"))
+    return cfg
+
+
+def class_count(ckpt: dict) -> int:
+    state = ckpt.get("model") or ckpt.get("state_dict") or ckpt
+    for key, value in state.items():
+        if key.endswith(("spatial_head.weight", "aux_fc.weight")):
+            return int(value.shape[0])
+    raise SystemExit("cannot tell the class count from the checkpoint; pass --num_classes")
+
+
+def class_names(args, cfg: dict, num_classes: int):
+    path = args.class_names
+    if path is None and cfg.get("_dataset") in DATASETS and cfg.get("_data_dir"):
+        candidate = os.path.join(cfg["_data_dir"], DATASETS[cfg["_dataset"]].class_file)
+        path = candidate if os.path.isfile(candidate) else None
+    if path is None:
+        return [str(i) for i in range(num_classes)]
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) != num_classes:
+        raise SystemExit(f"{path} has {len(names)} class names, the model has {num_classes} classes")
+    return names
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from None
+    cfg = model_config(args, ckpt)
+    num_classes = args.num_classes or class_count(ckpt)
+    model = UniAdaFocus(num_classes=num_classes, **{k: v for k, v in cfg.items() if not k.startswith("_")})
+    try:
+        load_checkpoint(args.checkpoint, model)
+    except CheckpointError as exc:
+        raise SystemExit(f"{exc}\n(the model sizes come from --config / the size flags; they must match the checkpoint)")
+    names = class_names(args, cfg, num_classes)
+    model = prepare_for_inference(model.to(device).eval())
+    try:
+        clip, info = load_clip(args.video, model.num_segments, model.input_size, args.short_side, args.template)
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
+    video = clip.unsqueeze(0).to(device)
+
+    stages = flops_breakdown(model).stages()
+    with torch.no_grad():
+        if args.thresholds:
+            try:
+                thresholds = load_thresholds(args.thresholds)
+            except ThresholdsFileError as exc:
+                raise SystemExit(str(exc)) from None
+            result = AdaptiveRunner(model, thresholds, flops=stages).run(video)
+            logits, step, gflops = result.logits[0], int(result.exit_stage[0]), float(result.gflops[0])
+            criterion = thresholds.criterion
+        else:
+            out = model(video)
+            logits, step, gflops, criterion = out.logits[0], model.num_focus, stages[-1], None
+    probs = torch.softmax(logits.float(), dim=0).cpu()
+    top = probs.topk(min(args.topk, num_classes))
+    result = {
+        "video": args.video, "frames_in_video": info.num_frames, "frames_sampled": info.frame_indices,
+        "top": [{"class": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
+        "exit_step": step, "focus_frames_used": step, "max_focus_frames": model.num_focus,
+        "gflops": gflops, "gflops_all_exits": stages[-1], "early_exit_criterion": criterion,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.video}: {info.num_frames} frames, {len(info.frame_indices)} sampled")
+        for rank, item in enumerate(result["top"], 1):
+            print(f"  {rank}. {item['name']:<30s} {100 * item['probability']:6.2f}%")
+        how = f"early exit ({criterion})" if criterion else "all exits"
+        print(f"exit step {step} of {model.num_focus} focus frames ({how}); {gflops:.2f} GFLOPs "
+              f"(all exits: {stages[-1]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

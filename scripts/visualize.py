@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Draw what Uni-AdaFocus looked at: selected frames, their patches and the exit step (paper Fig. 13).
+
+    python scripts/visualize.py --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
+        --videos 0 1 2 3 --out frames.png [--gif] [--thresholds early_exit/thresholds_entropy_0.3gflops.json]
+
+Takes main.py's arguments (dataset, sizes, ``--resume``) and draws, for each chosen validation video,
+its T0 candidate frames in a row: the frames the focus network processed are framed and carry their
+patch box, the others are dimmed, frames after the exit step (with ``--thresholds``) are greyed, and
+where the dataset has ground truth (the synthetic one) the object's box is drawn too. The rows are
+stacked into one PNG; ``--gif`` also writes one animated GIF per video that walks through the focus
+frames.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import main as trainer  # noqa: E402
+from ops import distributed as dist_ops  # noqa: E402
+from ops.adaptive import AdaptiveRunner  # noqa: E402
+from ops.cpu import tune_cpu_allocator  # noqa: E402
+from ops.early_exit import ThresholdsFileError, load_thresholds  # noqa: E402
+from ops.files import atomic_write  # noqa: E402
+from ops.run_log import RunLog  # noqa: E402
+from ops.visualize import focus_frames_gif, selection_strip, stack_rows  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = trainer.get_args_parser()
+    parser.prog = "visualize.py"
+    g = parser.add_argument_group("visualisation")
+    g.add_argument("--videos", type=int, nargs="+", default=[0, 1, 2, 3], help="validation video indices")
+    g.add_argument("--out", default="uniadafocus_frames.png", help="PNG grid to write")
+    g.add_argument("--gif", action="store_true", help="also write OUT_STEM_<index>.gif per video")
+    g.add_argument("--thresholds", default=None, help="early-exit thresholds file: mark the exit step")
+    g.add_argument("--thumb", type=int, default=96, help="thumbnail side in pixels")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = trainer.parse_args(argv, get_args_parser())
+    args.evaluate = True
+    info = dist_ops.init_distributed(None, args.device, "env://")
+    if info.device.type == "cpu":
+        tune_cpu_allocator()
+    log = RunLog(os.path.dirname(os.path.abspath(args.out)) or ".", enabled=False)
+    _, _, val_set, _ = trainer.build_loaders(args, info)
+    bad = [i for i in args.videos if not 0 <= i < len(val_set)]
+    if bad:
+        raise SystemExit(f"--videos {bad}: the validation set has {len(val_set)} videos (0..{len(val_set) - 1})")
+    model = trainer.build_model(args, val_set.num_classes, info)
+    if args.resume:
+        trainer.restore(args, model, None, None, log, "")
+    else:
+        print("warning: no --resume: drawing an untrained model", file=sys.stderr)
+    model.eval()
+    runner = None
+    if args.thresholds:
+        try:
+            runner = AdaptiveRunner(model, load_thresholds(args.thresholds))
+        except ThresholdsFileError as exc:
+            raise SystemExit(str(exc)) from None
+    names = getattr(val_set, "class_names", None)
+    rows = []
+    stem = os.path.splitext(args.out)[0]
+    for index in args.videos:
+        item = val_set[index]
+        video = item["video"]
+        with torch.no_grad():
+            out = model(video.unsqueeze(0).to(info.device))
+            exit_step = int(runner.run(video.unsqueeze(0).to(info.device)).exit_stage[0]) if runner else None
+        pred, label = int(out.logits[0].argmax()), int(item["label"])
+        boxes = None
+        if "object_boxes" in item:
+            boxes = item["object_boxes"].clone()
+            boxes[~item["object_visible"]] = float("nan")
+        caption = (f"video {index}: label {names[label] if names else label}, prediction "
+                   f"{names[pred] if names else pred}" + (f", exit after {exit_step} focus frames" if runner else ""))
+        rows.append(selection_strip(video, out.focus_indices[0].cpu(), out.patch_boxes[0].cpu(), exit_step=exit_step,
+                                    thumb=args.thumb, object_boxes=boxes, label=caption))
+        if args.gif:
+            path = f"{stem}_{index}.gif"
+            focus_frames_gif(path, video, out.focus_indices[0].cpu(), out.patch_boxes[0].cpu(), exit_step=exit_step)
+            print(f"wrote {path}")
+    with atomic_write(args.out, "wb") as f:
+        stack_rows(rows).save(f, format="PNG")
+    print(f"wrote {args.out} ({len(rows)} videos)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""End-to-end runs of the user-facing commands on small data (CPU).
+
+test_early_exit.py (sweep, cache, --logits, --budget), scripts/predict.py on a real video from
+Debian's opencv-doc and on a synthetic frame folder, scripts/visualize.py, and the README's custom
+dataset recipe: videos in class folders -> datasets.extract -> main.py train -> evaluate.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from support import REPO
+from test_main import SYNTHETIC, _env, _main_args, _run
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for a few steps on the tiny synthetic set: (data_dir, run_dir, checkpoint)."""
+    from datasets import synthetic
+
+    base = tmp_path_factory.mktemp("e2e")
+    data = base / "data"
+    synthetic.ensure_generated(str(data), workers=1, **SYNTHETIC)
+    root = base / "runs"
+    _run([sys.executable] + _main_args(data, root, "--epochs", "1", "--iters_per_epoch", "3", "--batch_size", "4",
+                                       "--store_name", "tiny"))
+    return data, root, root / "tiny" / "ckpt.pth.tar"
+
+
+def test_early_exit_sweep_cache_logits_and_budget(trained):
+    data, root, ckpt = trained
+    args = _main_args(data, root, "--store_name", "tiny", "--evaluate", "--resume", str(ckpt),
+                      "--criterion", "entropy", "confidence", "--budget", "0.3")
+    args[0] = "test_early_exit.py"
+    first = _run([sys.executable] + args)
+    out = root / "tiny" / "early_exit"
+    for criterion in ("entropy", "confidence"):
+        table = json.loads((out / f"{criterion}.json").read_text())
+        assert len(table["points"]) == 19 and len(table["fixed_exits"]) == 5  # T_L + 1 stages
+        assert (out / f"{criterion}.csv").read_text().count("\n") == 20
+        assert (out / f"{criterion}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (root / "tiny" / f"log_early_exit_{criterion}.csv").read_text().startswith("flops_list,metric_list")
+        thresholds = json.loads((out / f"thresholds_{criterion}_0.3gflops.json").read_text())
+        assert len(thresholds["thresholds"]) == 5 and thresholds["expected_gflops"] <= 0.3
+    assert "cached logits" in first.stdout
+    second = _run([sys.executable] + args)
+    assert "using cached logits" in second.stdout
+    cache = next(out.glob("logits_*.pt"))
+    logits = torch.load(cache, weights_only=True)
+    assert logits["threshold"]["logits"].shape == (12, 5, 3) and logits["eval"]["logits"].shape == (7, 5, 3)
+    _run([sys.executable, "test_early_exit.py", "--logits", str(cache), "--criterion", "max_prob"])
+    assert json.loads((out / "max_prob.json").read_text())["criterion"] == "max_prob"
+
+
+def test_predict_on_a_real_video_file(trained, test_videos):
+    data, root, ckpt = trained
+    result = _run([sys.executable, "scripts/predict.py", str(test_videos / "Megamind.avi"), "--checkpoint", str(ckpt),
+                   "--class_names", str(data / "classInd.txt"), "--json", "--device", "cpu"])
+    out = json.loads(result.stdout)
+    names = (data / "classInd.txt").read_text().split()
+    assert [t["name"] for t in out["top"]] and all(t["name"] in names for t in out["top"])
+    assert len(out["top"]) == 3  # top-5 of 3 classes
+    assert out["exit_step"] == 4 and out["frames_in_video"] > 100 and len(out["frames_sampled"]) == 8
+    assert abs(sum(t["probability"] for t in out["top"]) - 1) < 1e-5
+
+
+def test_predict_with_early_exit_thresholds(trained):
+    data, root, ckpt = trained
+    from ops.early_exit import save_thresholds
+
+    thresholds = root / "all_at_glance.json"
+    save_thresholds(thresholds, torch.tensor([-1e8] * 4 + [-1e8]), criterion="entropy", flops=[0.1] * 5)
+    result = _run([sys.executable, "scripts/predict.py", str(data / "frames" / "val_00000"), "--checkpoint",
+                   str(ckpt), "--thresholds", str(thresholds), "--device", "cpu"])
+    assert "exit step 0 of 4 focus frames (early exit (entropy))" in result.stdout
+    assert "1. " in result.stdout
+
+
+def test_predict_reports_bad_inputs(trained, tmp_path):
+    data, root, ckpt = trained
+    bad = subprocess.run([sys.executable, "scripts/predict.py", str(tmp_path / "missing.mp4"), "--checkpoint",
+                          str(ckpt)], cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert bad.returncode != 0 and "no such video file or frame folder" in bad.stderr
+
+
+def test_visualize_writes_a_grid_and_gifs(trained, tmp_path):
+    data, root, ckpt = trained
+    out = tmp_path / "frames.png"
+    args = _main_args(data, root, "--resume", str(ckpt), "--videos", "0", "2", "--out", str(out), "--gif")
+    args[0] = "scripts/visualize.py"
+    _run([sys.executable] + args)
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.width >= 8 * 60 and image.height > 2 * 60
+    for index in (0, 2):
+        with Image.open(tmp_path / f"frames_{index}.gif") as gif:
+            assert gif.n_frames == 4
+
+
+def _write_video(path, colour, frames=24, size=(96, 72)):
+    import av
+
+    w, h = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            image = np.full((h, w, 3), 90, dtype=np.uint8)
+            x = 5 + 2 * t
+            image[20:40, x:x + 20] = colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_custom_dataset_recipe_end_to_end(tmp_path):
+    """README recipe: videos/<class>/*.mp4 -> python -m datasets.extract -> main.py --dataset custom."""
+    videos = tmp_path / "videos"
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (videos / name).mkdir(parents=True)
+        for i in range(5):
+            _write_video(videos / name / f"{name} clip {i}.mp4", colour)
+    data = tmp_path / "data"
+    _run([sys.executable, "-m", "datasets.extract", str(videos), str(data), "--workers", "1", "--quiet"])
+    assert (data / "classInd.txt").read_text().split() == ["blue", "red"]
+    train_lines = (data / "train_split.txt").read_text().splitlines()
+    val_lines = (data / "val_split.txt").read_text().splitlines()
+    assert len(train_lines) + len(val_lines) == 10 and len(val_lines) >= 2
+    common = ["main.py", "--dataset", "custom", "--data_dir", str(data), "--root_log", str(tmp_path / "runs"),
+              "--store_name", "mine", "--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "2",
+              "--input_size", "64", "--patch_size", "32", "--focus_arch", "resnet18", "--classifier_dim", "16",
+              "--stn_hidden_dim", "8", "--temporal_hidden_dim", "8", "--no-pretrained", "--workers", "0",
+              "--device", "cpu", "--no-tensorboard", "--batch_size", "4", "--val_batch_size", "4"]
+    _run([sys.executable] + common + ["--epochs", "1", "--iters_per_epoch", "2"])
+    _run([sys.executable] + common + ["--evaluate", "--resume", str(tmp_path / "runs" / "mine" / "ckpt.pth.tar")])
+    metrics = json.loads((tmp_path / "runs" / "mine" / "metrics_eval.json").read_text())["metrics"]
+    # Custom datasets are single-label and scored by top-1 accuracy, as Mini-Kinetics is.
+    assert metrics["num_videos"] == len(val_lines) and metrics["metric"] == "top1"
+    assert 0.0 <= metrics["prediction_top1"] <= 100.0
