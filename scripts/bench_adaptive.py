@@ -35,14 +35,16 @@ against the full pass's stage logits.
     python scripts/bench_adaptive.py --device cuda --batch 64  # on a GPU (autocast with --amp)
 
 Both paths run the inference copy of the model (``ops.inference.prepare_for_inference``: BatchNorm
-folded into the convolutions, channels-last encoders, encoder calls of at most 32 images on a CPU)
+folded into the convolutions, channels-last encoders, encoder calls of at most 32 images and a
+TorchScript-frozen glance encoder on a CPU)
 with glibc's allocator tuned to reuse freed activations (``ops.cpu.tune_cpu_allocator``); ``--plain``
 times the training-layout model instead.
 
 Reading the figures on a CPU (2-core EPYC, torch 2.14.1): the FLOPs table prices a glance frame
 (MobileNetV2, 0.30 GFLOPs) at a quarter of a focus patch (ResNet-50 at 128 px, 1.34 GFLOPs), but on
-this CPU a glance frame takes about 40 % of a patch's time (8 vs 21 ms), so the glance that every
-video pays for is a larger share of the time (~28 %) than of the FLOPs (18 %) and caps the measured
+this CPU a glance frame takes about a third of a patch's time (7.6 vs 22 ms with the frozen glance;
+9.5 ms eager), so the glance that every video pays for is a larger share of the time (~25 %) than of
+the FLOPs (18 %) and caps the measured
 speed-up below the prediction; and each incremental step reads the focus MLP's and the exit head's
 weights again for a smaller batch. A larger batch (the default 48) keeps the per-step batches large.
 The cores may be shared with other work: timings then vary by tens of percent between runs.

@@ -2,7 +2,7 @@
 import torch
 
 from ops.cpu import tune_cpu_allocator
-from ops.inference import fold_batchnorm, prepare_for_inference
+from ops.inference import TracedEncoder, fold_batchnorm, prepare_for_inference
 from support import random_video, tiny_model
 
 
@@ -31,10 +31,25 @@ def test_prepared_copy_gives_the_same_outputs():
     assert not any(p.requires_grad for p in fast.parameters())
 
 
+def test_traced_glance_matches_the_eager_glance_at_any_batch_size():
+    model = _calibrated(2)
+    traced = prepare_for_inference(model, trace_glance=True)
+    eager = prepare_for_inference(model, trace_glance=False)
+    assert isinstance(traced.glance, TracedEncoder) and not isinstance(eager.glance, TracedEncoder)
+    assert traced.glance.feature_dim == model.glance.feature_dim
+    with torch.no_grad():
+        for n in (1, 5):  # traced with a batch of 2
+            frames = torch.randn(n, 3, model.input_size, model.input_size)
+            for a, b in zip(eager.glance(frames), traced.glance(frames)):
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        video = random_video(batch=3, dtype=torch.uint8)
+        torch.testing.assert_close(traced(video).exit_logits, eager(video).exit_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_every_encoder_batchnorm_is_folded():
     model = _calibrated()
     count = sum(isinstance(m, torch.nn.BatchNorm2d) for enc in (model.glance, model.focus) for m in enc.modules())
-    copy = prepare_for_inference(model, fold_bn=False, channels_last=False)
+    copy = prepare_for_inference(model, fold_bn=False, channels_last=False, trace_glance=False)
     assert fold_batchnorm(copy.glance) + fold_batchnorm(copy.focus) == count
 
 
