@@ -6,14 +6,8 @@
 #
 # Writes metrics_eval.json into the run folder (LOG_DIR defaults to exp; pass --root_log to change).
 set -euo pipefail
-if [ $# -lt 5 ]; then
-  sed -n '2,7p' "$0" >&2
-  exit 2
-fi
-dataset=$1 patch=$2 gpus=$3 data=$4 ckpt=$5
+source "$(dirname "$0")/preset_launch.sh"
+need_args 5 "$0" 7 "$@"
+dataset=$1 patch=$2 gpus=$3 data=$4 last=$5
 shift 5
-cd "$(dirname "$0")/.."
-config=configs/${dataset}_p${patch}.yaml
-[ -f "$config" ] || { echo "no preset $config (datasets: actnet fcvid minik; patches: 96 128 160)" >&2; exit 2; }
-exec torchrun --standalone --nproc_per_node="$gpus" main.py --config "$config" --data_dir "$data" \
-  --evaluate --resume "$ckpt" "$@"
+preset_launch main.py "$dataset" "$patch" "$gpus" --data_dir "$data" --evaluate --resume "$last" "$@"

@@ -9,13 +9,8 @@
 # number of GPUs trains with the official effective batch. Several nodes: call torchrun yourself
 # with --nnodes/--node_rank/--master_addr (see the README).
 set -euo pipefail
-if [ $# -lt 5 ]; then
-  sed -n '2,11p' "$0" >&2
-  exit 2
-fi
-dataset=$1 patch=$2 gpus=$3 data=$4 log=$5
+source "$(dirname "$0")/preset_launch.sh"
+need_args 5 "$0" 11 "$@"
+dataset=$1 patch=$2 gpus=$3 data=$4 last=$5
 shift 5
-cd "$(dirname "$0")/.."
-config=configs/${dataset}_p${patch}.yaml
-[ -f "$config" ] || { echo "no preset $config (datasets: actnet fcvid minik; patches: 96 128 160)" >&2; exit 2; }
-exec torchrun --standalone --nproc_per_node="$gpus" main.py --config "$config" --data_dir "$data" --root_log "$log" "$@"
+preset_launch main.py "$dataset" "$patch" "$gpus" --data_dir "$data" --root_log "$last" "$@"

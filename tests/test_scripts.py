@@ -144,3 +144,28 @@ def test_custom_dataset_recipe_end_to_end(tmp_path):
     # Custom datasets are single-label and scored by top-1 accuracy, as Mini-Kinetics is.
     assert metrics["num_videos"] == len(val_lines) and metrics["metric"] == "top1"
     assert 0.0 <= metrics["prediction_top1"] <= 100.0
+
+
+@pytest.mark.parametrize("script, program, tail", [
+    ("train.sh", "main.py", ["--data_dir", "/data/an", "--root_log", "exp", "--epochs", "2"]),
+    ("evaluate.sh", "main.py", ["--data_dir", "/data/an", "--evaluate", "--resume", "ck.pth.tar", "--epochs", "2"]),
+    ("early_exit.sh", "test_early_exit.py", ["--data_dir", "/data/an", "--evaluate", "--resume", "ck.pth.tar",
+                                              "--epochs", "2"]),
+])
+def test_launch_scripts_run_torchrun_with_the_preset(tmp_path, script, program, tail):
+    fake = tmp_path / "torchrun"  # records its arguments instead of launching
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$PWD" "$@" > "$RECORD"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "RECORD": str(tmp_path / "args.txt")}
+    last = "exp" if script == "train.sh" else "ck.pth.tar"
+    subprocess.run(["bash", str(REPO / "scripts" / script), "actnet", "128", "4", "/data/an", last, "--epochs", "2"],
+                   check=True, env=env, cwd=tmp_path)
+    recorded = (tmp_path / "args.txt").read_text().splitlines()
+    assert recorded[0] == str(REPO)
+    assert recorded[1:] == ["--standalone", "--nproc_per_node=4", program, "--config", "configs/actnet_p128.yaml"] + tail
+    # A missing preset or missing arguments: a message and exit status 2, no launch.
+    bad = subprocess.run(["bash", str(REPO / "scripts" / script), "actnet", "100", "4", "/d", last], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no preset configs/actnet_p100.yaml" in bad.stderr
+    short = subprocess.run(["bash", str(REPO / "scripts" / script), "actnet"], env=env, capture_output=True, text=True)
+    assert short.returncode == 2 and f"scripts/{script} DATASET PATCH NUM_GPUS" in short.stderr
