@@ -101,6 +101,16 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     return obj
 
 
+def checkpoint_num_classes(ckpt: Dict[str, Any], path: str = "checkpoint") -> int:
+    """The class count of a raw checkpoint dict (ours or official), read from its auxiliary head."""
+    state = ckpt.get("model") or ckpt.get("state_dict") or ckpt
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key.endswith(("spatial_head.weight", "aux_fc.weight")) and isinstance(value, torch.Tensor):
+                return int(value.shape[0])
+    raise CheckpointError(f"{path}: cannot tell the class count (no spatial_head.weight or aux_fc.weight)")
+
+
 def _as_number(value) -> Optional[float]:
     if value is None:
         return None

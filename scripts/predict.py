@@ -27,7 +27,7 @@ from datasets import DataError, DATASETS  # noqa: E402
 from datasets.clip import load_clip  # noqa: E402
 from models import UniAdaFocus  # noqa: E402
 from ops.adaptive import AdaptiveRunner  # noqa: E402
-from ops.checkpoint import CheckpointError, load_checkpoint, read_checkpoint  # noqa: E402
+from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint  # noqa: E402
 from ops.cpu import tune_cpu_allocator  # noqa: E402
 from ops.early_exit import ThresholdsFileError, load_thresholds  # noqa: E402
 from ops.flops import flops_breakdown  # noqa: E402
@@ -69,14 +69,6 @@ def model_config(args, ckpt: dict) -> dict:
     return cfg
 
 
-def class_count(ckpt: dict) -> int:
-    state = ckpt.get("model") or ckpt.get("state_dict") or ckpt
-    for key, value in state.items():
-        if key.endswith(("spatial_head.weight", "aux_fc.weight")):
-            return int(value.shape[0])
-    raise SystemExit("cannot tell the class count from the checkpoint; pass --num_classes")
-
-
 def class_names(args, cfg: dict, num_classes: int):
     path = args.class_names
     if path is None and cfg.get("_dataset") in DATASETS and cfg.get("_data_dir"):
@@ -102,7 +94,10 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         raise SystemExit(str(exc)) from None
     cfg = model_config(args, ckpt)
-    num_classes = args.num_classes or class_count(ckpt)
+    try:
+        num_classes = args.num_classes or checkpoint_num_classes(ckpt, args.checkpoint)
+    except CheckpointError as exc:
+        raise SystemExit(f"{exc}; pass --num_classes") from None
     model = UniAdaFocus(num_classes=num_classes, **{k: v for k, v in cfg.items() if not k.startswith("_")})
     try:
         load_checkpoint(args.checkpoint, model)

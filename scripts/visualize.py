@@ -3,9 +3,12 @@
 
     python scripts/visualize.py --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
         --videos 0 1 2 3 --out frames.png [--gif] [--thresholds early_exit/thresholds_entropy_0.3gflops.json]
+    python scripts/visualize.py --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
+        --files my_video.mp4 frames_folder/ --out mine.png      # your own videos, no dataset needed
 
 Takes main.py's arguments (dataset, sizes, ``--resume``) and draws, for each chosen validation video,
-its T0 candidate frames in a row: the frames the focus network processed are framed and carry their
+its T0 candidate frames in a row (or, with ``--files``, for video files and frame folders, sampled and
+cropped as the evaluation does): the frames the focus network processed are framed and carry their
 patch box, the others are dimmed, frames after the exit step (with ``--thresholds``) are greyed, and
 where the dataset has ground truth (the synthetic one) the object's box is drawn too. The rows are
 stacked into one PNG; ``--gif`` also writes one animated GIF per video that walks through the focus
@@ -23,8 +26,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import main as trainer  # noqa: E402
+from datasets import DATASETS, DataError  # noqa: E402
+from datasets.clip import load_clip  # noqa: E402
 from ops import distributed as dist_ops  # noqa: E402
 from ops.adaptive import AdaptiveRunner  # noqa: E402
+from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpoint  # noqa: E402
 from ops.cpu import tune_cpu_allocator  # noqa: E402
 from ops.early_exit import ThresholdsFileError, load_thresholds  # noqa: E402
 from ops.files import atomic_write  # noqa: E402
@@ -37,11 +43,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.prog = "visualize.py"
     g = parser.add_argument_group("visualisation")
     g.add_argument("--videos", type=int, nargs="+", default=[0, 1, 2, 3], help="validation video indices")
+    g.add_argument("--files", nargs="+", default=None,
+                   help="draw these video files or frame folders instead of dataset videos (needs --resume)")
+    g.add_argument("--short_side", type=int, default=360, help="with --files: decode-time short side")
     g.add_argument("--out", default="uniadafocus_frames.png", help="PNG grid to write")
-    g.add_argument("--gif", action="store_true", help="also write OUT_STEM_<index>.gif per video")
+    g.add_argument("--gif", action="store_true",
+                   help="also write OUT_STEM_<index>.gif per video (<index>: the --videos index or the --files position)")
     g.add_argument("--thresholds", default=None, help="early-exit thresholds file: mark the exit step")
     g.add_argument("--thumb", type=int, default=96, help="thumbnail side in pixels")
     return parser
+
+
+def _class_names(args, num_classes: int) -> Optional[List[str]]:
+    """Class names from the preset's dataset folder when it has its class file, else None."""
+    spec = DATASETS.get(args.dataset)
+    path = os.path.join(args.data_dir, spec.class_file) if spec and args.data_dir else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    return names if len(names) == num_classes else None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -51,11 +72,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     if info.device.type == "cpu":
         tune_cpu_allocator()
     log = RunLog(os.path.dirname(os.path.abspath(args.out)) or ".", enabled=False)
-    _, _, val_set, _ = trainer.build_loaders(args, info)
-    bad = [i for i in args.videos if not 0 <= i < len(val_set)]
-    if bad:
-        raise SystemExit(f"--videos {bad}: the validation set has {len(val_set)} videos (0..{len(val_set) - 1})")
-    model = trainer.build_model(args, val_set.num_classes, info)
+    if args.files:
+        if not args.resume:
+            raise SystemExit("--files needs --resume CHECKPOINT (the class count comes from it)")
+        try:
+            num_classes = checkpoint_num_classes(read_checkpoint(args.resume), args.resume)
+        except CheckpointError as exc:
+            raise SystemExit(str(exc)) from None
+        videos = []
+        for path in args.files:
+            try:
+                clip, _ = load_clip(path, args.num_segments, args.input_size, args.short_side)
+            except DataError as exc:
+                raise SystemExit(str(exc)) from None
+            videos.append((os.path.basename(os.path.normpath(path)), {"video": clip}))
+        names = _class_names(args, num_classes)
+    else:
+        _, _, val_set, _ = trainer.build_loaders(args, info)
+        bad = [i for i in args.videos if not 0 <= i < len(val_set)]
+        if bad:
+            raise SystemExit(f"--videos {bad}: the validation set has {len(val_set)} videos (0..{len(val_set) - 1})")
+        num_classes = val_set.num_classes
+        videos = [(f"video {i}", val_set[i]) for i in args.videos]
+        names = getattr(val_set, "class_names", None)
+    model = trainer.build_model(args, num_classes, info)
     if args.resume:
         trainer.restore(args, model, None, None, log, "")
     else:
@@ -67,26 +107,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             runner = AdaptiveRunner(model, load_thresholds(args.thresholds))
         except ThresholdsFileError as exc:
             raise SystemExit(str(exc)) from None
-    names = getattr(val_set, "class_names", None)
     rows = []
     stem = os.path.splitext(args.out)[0]
-    for index in args.videos:
-        item = val_set[index]
+    for number, (tag, item) in enumerate(videos):
         video = item["video"]
         with torch.no_grad():
             out = model(video.unsqueeze(0).to(info.device))
             exit_step = int(runner.run(video.unsqueeze(0).to(info.device)).exit_stage[0]) if runner else None
-        pred, label = int(out.logits[0].argmax()), int(item["label"])
+        pred = int(out.logits[0].argmax())
         boxes = None
         if "object_boxes" in item:
             boxes = item["object_boxes"].clone()
             boxes[~item["object_visible"]] = float("nan")
-        caption = (f"video {index}: label {names[label] if names else label}, prediction "
-                   f"{names[pred] if names else pred}" + (f", exit after {exit_step} focus frames" if runner else ""))
+        label = f"label {names[int(item['label'])] if names else int(item['label'])}, " if "label" in item else ""
+        caption = (f"{tag}: {label}prediction {names[pred] if names else pred}"
+                   + (f", exit after {exit_step} focus frames" if runner else ""))
         rows.append(selection_strip(video, out.focus_indices[0].cpu(), out.patch_boxes[0].cpu(), exit_step=exit_step,
                                     thumb=args.thumb, object_boxes=boxes, label=caption))
         if args.gif:
-            path = f"{stem}_{index}.gif"
+            path = f"{stem}_{args.videos[number] if not args.files else number}.gif"
             focus_frames_gif(path, video, out.focus_indices[0].cpu(), out.patch_boxes[0].cpu(), exit_step=exit_step)
             print(f"wrote {path}")
     with atomic_write(args.out, "wb") as f:

@@ -1,7 +1,7 @@
 """End-to-end runs of the user-facing commands on small data (CPU).
 
-test_early_exit.py (sweep, cache, --logits, --budget), scripts/predict.py on a real video from
-Debian's opencv-doc and on a synthetic frame folder, scripts/visualize.py, and the README's custom
+test_early_exit.py (sweep, cache, --logits, --budget), scripts/predict.py and scripts/visualize.py on a
+real video from Debian's opencv-doc and on synthetic videos, the launch scripts, and the README's custom
 dataset recipe: videos in class folders -> datasets.extract -> main.py train -> evaluate.
 """
 import json
@@ -101,6 +101,28 @@ def test_visualize_writes_a_grid_and_gifs(trained, tmp_path):
     for index in (0, 2):
         with Image.open(tmp_path / f"frames_{index}.gif") as gif:
             assert gif.n_frames == 4
+
+
+def test_visualize_own_video_files(trained, tmp_path, test_videos):
+    """--files draws a real video file and a frame folder, sampled as the evaluation does."""
+    data, root, ckpt = trained
+    out = tmp_path / "mine.png"
+    args = _main_args(data, root, "--resume", str(ckpt), "--files", str(test_videos / "Megamind.avi"),
+                      str(data / "frames" / "val_00001"), "--out", str(out), "--gif")
+    args[0] = "scripts/visualize.py"
+    result = _run([sys.executable] + args)
+    assert "(2 videos)" in result.stdout
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.width >= 8 * 60 and image.height > 2 * 60
+    for number in (0, 1):
+        with Image.open(tmp_path / f"mine_{number}.gif") as gif:
+            assert gif.n_frames == 4
+    args = _main_args(data, root, "--files", str(test_videos / "Megamind.avi"), "--out", str(out))
+    args[0] = "scripts/visualize.py"
+    bad = subprocess.run([sys.executable] + args, cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert bad.returncode != 0 and "--files needs --resume" in bad.stderr
 
 
 def _write_video(path, colour, frames=24, size=(96, 72)):
