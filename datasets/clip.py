@@ -1,8 +1,8 @@
 """One evaluation clip straight from a video file or a frame folder (prediction on a raw video).
 
 ``load_clip`` applies the evaluation pipeline of the datasets to a single video: T0 segment centres
-(SPEC §2.2), the short side scaled to ``short_side`` as the frame extraction does (360 px by
-default), then resize to ``input_size * 256 // 224`` and a centre crop. It returns a uint8 clip
+(SPEC §2.2), the short side scaled to ``short_side`` and the display rotation applied as the frame
+extraction does (360 px by default; 0 keeps the size), then resize to ``input_size * 256 // 224`` and a centre crop. It returns a uint8 clip
 ``(T0, 3, S, S)`` like a dataset item's ``'video'``. Video files are decoded with PyAV (the
 ``[video]`` extra), keeping only the frames the clip needs.
 """
@@ -22,10 +22,8 @@ from PIL import Image
 from .errors import DataError
 from .sampling import segment_indices
 from .transforms import ResizeCenterCrop
-from .video import output_size
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
-
+from .frames import open_frame
+from .video import frame_to_image, output_size
 
 @dataclass
 class ClipInfo:
@@ -44,22 +42,25 @@ def _count_packets(path: str) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
-def _decode(path: str, wanted: set) -> dict:
-    """Decoded frames (0-based decode order) whose index is in ``wanted``, as RGB PIL images."""
+def _decode(path: str, wanted: set, short_side: int) -> tuple:
+    """(frames, decoded): the frames (0-based decode order) whose index is in ``wanted``, as RGB PIL
+    images scaled and rotated as the frame extraction does; ``decoded`` is how many frames were
+    decoded, which is every decodable frame whenever some wanted frame is missing."""
     import av
 
-    frames = {}
+    frames, decoded = {}, 0
     with av.open(path) as container:
         stream = container.streams.video[0]
         for i, frame in enumerate(container.decode(stream)):
+            decoded = i + 1
             if i in wanted:
-                frames[i] = frame.to_image()
-            if len(frames) == len(wanted):
-                break
-    return frames
+                frames[i] = frame_to_image(frame, short_side)
+                if len(frames) == len(wanted):
+                    break
+    return frames, decoded
 
 
-def _video_frames(path: str, num_segments: int) -> tuple:
+def _video_frames(path: str, num_segments: int, short_side: int) -> tuple:
     if importlib.util.find_spec("av") is None:
         raise DataError("reading a video file needs PyAV: pip install av (the [video] extra)")
     try:
@@ -67,14 +68,13 @@ def _video_frames(path: str, num_segments: int) -> tuple:
         if total < 1:
             raise DataError(f"{path}: no video frames")
         indices = segment_indices(total, num_segments)  # 1-based
-        frames = _decode(path, set(int(i) - 1 for i in indices))
+        frames, decoded = _decode(path, set(int(i) - 1 for i in indices), short_side)
         if len(frames) < len(set(indices)):  # fewer decodable frames than packets: sample what decodes
-            decoded = sum(1 for _ in _decode(path, set(range(total))))
             if decoded < 1:
                 raise DataError(f"{path}: no decodable video frames")
             total = decoded
             indices = segment_indices(total, num_segments)
-            frames = _decode(path, set(int(i) - 1 for i in indices))
+            frames, _ = _decode(path, set(int(i) - 1 for i in indices), short_side)
     except DataError:
         raise
     except Exception as exc:  # av.error.* and friends
@@ -93,8 +93,7 @@ def _folder_frames(path: str, num_segments: int, template: Optional[str]) -> tup
     images = []
     for i in indices:
         try:
-            with Image.open(files[int(i) - 1]) as image:
-                images.append(image.convert("RGB"))
+            images.append(open_frame(files[int(i) - 1]))
         except (OSError, ValueError) as exc:
             raise DataError(f"{files[int(i) - 1]}: cannot read frame ({exc})") from None
     return images, len(files), [int(i) for i in indices]
@@ -105,15 +104,13 @@ def load_clip(path: str, num_segments: int, input_size: int, short_side: int = 3
     """(uint8 clip (T0, 3, S, S), ClipInfo) from a video file or a folder of frames."""
     if os.path.isdir(path):
         images, total, indices = _folder_frames(path, num_segments, template)
+        size = output_size(*images[0].size, short_side or 0)
+        if size != images[0].size:  # video files are scaled by the decoder, as the extraction does
+            images = [im.resize(size, Image.BICUBIC) for im in images]
     elif os.path.isfile(path):
-        images, total, indices = _video_frames(path, num_segments)
+        images, total, indices = _video_frames(path, num_segments, short_side or 0)
     else:
         raise DataError(f"{path}: no such video file or frame folder")
-    if short_side:
-        width, height = images[0].size
-        size = output_size(width, height, short_side)
-        if size != (width, height):
-            images = [im.resize(size, Image.BICUBIC) for im in images]
     clip = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)  # (T0, 3, h, w)
     geometry = ResizeCenterCrop(input_size).draw(clip.shape[-1], clip.shape[-2])
     return geometry.apply(clip.contiguous()), ClipInfo(source=path, num_frames=total, frame_indices=indices)

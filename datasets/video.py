@@ -89,7 +89,7 @@ class _FrameWriter:
                 shutil.copyfile(first, path)
 
 
-def _to_image(frame, short_side: int):
+def frame_to_image(frame, short_side: int):
     """A decoded frame -> PIL image, short side scaled (bicubic) and display rotation applied."""
     w, h = output_size(frame.width, frame.height, short_side)
     image = frame.to_image(width=w, height=h, interpolation="BICUBIC")
@@ -132,7 +132,7 @@ def extract_pyav(source: str, folder: str, template: str, short_side: int, fps: 
                 if held is not None:
                     writer.write(held, max(0, slot - held_slot))
                     held_slot = max(held_slot, slot)
-                held = _to_image(frame, short_side)
+                held = frame_to_image(frame, short_side)
         except av.error.FFmpegError as e:
             error = f"decode error after {decoded} frame(s): {e}"
         if held is not None:
