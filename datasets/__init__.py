@@ -16,10 +16,10 @@ from . import synthetic
 from .errors import DataError, FrameError, ListFileError
 from .frame_dataset import FrameFolderDataset
 from .lists import VideoRecord, parse_list_file, read_class_file
-from .registry import DATASETS, DatasetSpec, build_dataset, num_classes, resolve_spec
+from .registry import DATASETS, DatasetSpec, build_dataset, class_names, num_classes, resolve_spec
 
 __all__ = [
     "DATASETS", "DatasetSpec", "DataError", "FrameError", "FrameFolderDataset", "ListFileError",
-    "VideoRecord", "build_dataset", "num_classes", "parse_list_file", "read_class_file", "resolve_spec",
+    "VideoRecord", "build_dataset", "class_names", "num_classes", "parse_list_file", "read_class_file", "resolve_spec",
     "synthetic",
 ]

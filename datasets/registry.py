@@ -165,6 +165,24 @@ def num_classes(name: str, data_dir: str, **options: Any) -> int:
     return _prepare(name, data_dir, options).num_classes(data_dir)
 
 
+def class_names(num_classes: int, *, path: Optional[str] = None, dataset: Optional[str] = None,
+                data_dir: Optional[str] = None) -> Optional[List[str]]:
+    """Names of a model's classes, for display: from the class file ``path``, else from the class file
+    of ``dataset`` in ``data_dir`` when it exists; None when there is neither.
+
+    Raises ``ListFileError`` when the file is malformed or does not list ``num_classes`` names.
+    """
+    if path is None and dataset in DATASETS and data_dir:
+        candidate = os.path.join(data_dir, resolve_spec(dataset, data_dir).class_file)
+        path = candidate if os.path.isfile(candidate) else None
+    if path is None:
+        return None
+    names = read_class_file(path)
+    if len(names) != num_classes:
+        raise ListFileError(f"{path} lists {len(names)} classes, the model has {num_classes}")
+    return names
+
+
 def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, input_size: int = 224,
                   train: Optional[bool] = None, seed: int = 0, **options: Any) -> FrameFolderDataset:
     """Build the dataset ``name`` stored under ``data_dir`` for ``split`` ('train' or 'val').

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import main as trainer  # noqa: E402
-from datasets import DataError, DATASETS  # noqa: E402
+from datasets import DataError, class_names  # noqa: E402
 from datasets.clip import load_clip  # noqa: E402
 from models import UniAdaFocus  # noqa: E402
 from ops.adaptive import AdaptiveRunner  # noqa: E402
@@ -69,20 +69,6 @@ def model_config(args, ckpt: dict) -> dict:
     return cfg
 
 
-def class_names(args, cfg: dict, num_classes: int):
-    path = args.class_names
-    if path is None and cfg.get("_dataset") in DATASETS and cfg.get("_data_dir"):
-        candidate = os.path.join(cfg["_data_dir"], DATASETS[cfg["_dataset"]].class_file)
-        path = candidate if os.path.isfile(candidate) else None
-    if path is None:
-        return [str(i) for i in range(num_classes)]
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(names) != num_classes:
-        raise SystemExit(f"{path} has {len(names)} class names, the model has {num_classes} classes")
-    return names
-
-
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -103,7 +89,11 @@ def main(argv=None) -> int:
         load_checkpoint(args.checkpoint, model)
     except CheckpointError as exc:
         raise SystemExit(f"{exc}\n(the model sizes come from --config / the size flags; they must match the checkpoint)")
-    names = class_names(args, cfg, num_classes)
+    try:
+        names = class_names(num_classes, path=args.class_names, dataset=cfg["_dataset"], data_dir=cfg["_data_dir"])
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
+    names = names or [str(i) for i in range(num_classes)]
     model = prepare_for_inference(model.to(device).eval())
     try:
         clip, info = load_clip(args.video, model.num_segments, model.input_size, args.short_side, args.template)

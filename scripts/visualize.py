@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import main as trainer  # noqa: E402
-from datasets import DATASETS, DataError  # noqa: E402
+from datasets import DataError, class_names  # noqa: E402
 from datasets.clip import load_clip  # noqa: E402
 from ops import distributed as dist_ops  # noqa: E402
 from ops.adaptive import AdaptiveRunner  # noqa: E402
@@ -54,17 +54,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _class_names(args, num_classes: int) -> Optional[List[str]]:
-    """Class names from the preset's dataset folder when it has its class file, else None."""
-    spec = DATASETS.get(args.dataset)
-    path = os.path.join(args.data_dir, spec.class_file) if spec and args.data_dir else None
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    return names if len(names) == num_classes else None
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = trainer.parse_args(argv, get_args_parser())
     args.evaluate = True
@@ -86,7 +75,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             except DataError as exc:
                 raise SystemExit(str(exc)) from None
             videos.append((os.path.basename(os.path.normpath(path)), {"video": clip}))
-        names = _class_names(args, num_classes)
+        try:
+            names = class_names(num_classes, dataset=args.dataset, data_dir=args.data_dir)
+        except DataError as exc:
+            raise SystemExit(str(exc)) from None
     else:
         _, _, val_set, _ = trainer.build_loaders(args, info)
         bad = [i for i in args.videos if not 0 <= i < len(val_set)]

@@ -205,3 +205,15 @@ def test_bad_template_is_rejected(tiny_actnet):
     for template in ("image.jpg", "image_{:05d}_{:d}.jpg", "sub/{:05d}.jpg"):
         with pytest.raises(ValueError, match="frame template"):
             build_dataset("actnet", str(tiny_actnet), "val", num_segments=2, template=template)
+
+
+def test_class_names_for_display(tiny_actnet, tmp_path):
+    from datasets import class_names
+
+    assert class_names(4, dataset="actnet", data_dir=str(tiny_actnet)) == ["walk", "run", "jump", "swim"]
+    assert class_names(4, dataset="actnet", data_dir=str(tmp_path)) is None  # no class file there
+    assert class_names(4) is None
+    with pytest.raises(ListFileError, match="lists 4 classes, the model has 5"):
+        class_names(5, dataset="actnet", data_dir=str(tiny_actnet))
+    named = write(tmp_path / "names.txt", "a\nb\n")
+    assert class_names(2, path=str(named), dataset="actnet", data_dir=str(tiny_actnet)) == ["a", "b"]
