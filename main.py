@@ -31,6 +31,7 @@ import datasets
 from models import UniAdaFocus
 from ops import distributed as dist_ops
 from ops.cpu import tune_cpu_allocator
+from ops import early_exit
 from ops.checkpoint import CheckpointError, atomic_save, load_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from ops.flops import flops_breakdown
 from ops.metrics import mean_average_precision, topk_accuracy
@@ -139,6 +140,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--evaluate", action="store_true", help="evaluate --resume once and exit")
     g.add_argument("--eval_freq", type=int, default=1, help="validate every N epochs (and after the last)")
     g.add_argument("--eval_suffix", default="eval", help="--evaluate writes metrics_{suffix}.json")
+    g.add_argument("--thresholds", default=None,
+                   help="early-exit thresholds file (test_early_exit.py --budget): --evaluate also reports the "
+                        "metric, GFLOPs and exit distribution of early exit with them")
     g.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=20, help="log every N steps")
     g.add_argument("--seed", type=int, default=1007, help="seed of every random choice")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -469,6 +473,29 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     return metrics, rows, images
 
 
+def load_exit_thresholds(path: str, num_stages: int) -> early_exit.ThresholdsFile:
+    """A thresholds file for this model's ``num_stages`` exits, or a clear exit."""
+    try:
+        found = early_exit.load_thresholds(path)
+    except early_exit.ThresholdsFileError as exc:
+        raise SystemExit(f"--thresholds: {exc}") from None
+    if found.thresholds.numel() != num_stages:
+        raise SystemExit(f"--thresholds {path}: {found.thresholds.numel()} thresholds for a model with {num_stages} "
+                         f"exits (the last glance exit and one per focus frame)")
+    return found
+
+
+def early_exit_metrics(rows: Dict[str, torch.Tensor], thresholds: early_exit.ThresholdsFile, flops: List[float],
+                       metric: str) -> Dict:
+    """Early exit with ``thresholds`` on the gathered stage logits (exact: the exits are running maxima)."""
+    name = "map" if metric == "mAP" else "top1"
+    result = early_exit.evaluate_exits(rows["stages"].float(), rows["labels"].bool() if name == "map" else rows["label"],
+                                       flops, thresholds=thresholds.thresholds, criterion=thresholds.criterion,
+                                       metric=name)
+    return {"criterion": thresholds.criterion, "budget_gflops": thresholds.budget_gflops, "metric_name": metric,
+            "metric": result.metric, "gflops": result.expected_gflops, "exit_counts": result.exit_counts.tolist()}
+
+
 def _visible_boxes(batch, i):
     if "object_boxes" not in batch:
         return None
@@ -624,8 +651,16 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
         train_model = model
 
     if args.evaluate:
-        metrics, rows, images = evaluate(train_model, val_loader, args, info, visualise=args.num_visualised)
+        thresholds = load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
+        metrics, rows, images = evaluate(train_model, val_loader, args, info, collect_stages=thresholds is not None,
+                                         visualise=args.num_visualised)
         log.info("evaluation: " + describe(metrics))
+        if thresholds is not None:
+            metrics["early_exit"] = early_exit_metrics(rows, thresholds, stages, metrics["metric"])
+            ee = metrics["early_exit"]
+            log.info(f"early exit ({ee['criterion']}, {args.thresholds}): {ee['metric_name']} {ee['metric']:.3f} at "
+                     f"{ee['gflops']:.4f} GFLOPs per video (all exits {stages[-1]:.4f}); exits per stage "
+                     f"{ee['exit_counts']}")
         if args.save_predictions and info.is_main:
             atomic_save({k: rows[k] for k in ("index", "prediction", "label", "labels", "focus_indices", "patch_boxes")},
                         os.path.join(run_dir, f"predictions_{args.eval_suffix}.pt"))

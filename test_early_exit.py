@@ -241,6 +241,9 @@ def solve_budget(data: Dict, criterion: str, metric: str, budget: float, out_dir
 # ------------------------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.thresholds:
+        raise SystemExit("--thresholds evaluates given thresholds: use main.py --evaluate --resume CKPT --thresholds "
+                         "FILE (this script solves thresholds: --budget)")
     if args.logits:
         data = read_logits(args.logits)
         out_dir = os.path.dirname(os.path.abspath(args.logits))

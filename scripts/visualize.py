@@ -39,6 +39,7 @@ from ops.visualize import focus_frames_gif, selection_strip, stack_rows  # noqa:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """main.py's arguments (``--thresholds`` marks the exit step here) and the drawing options."""
     parser = trainer.get_args_parser()
     parser.prog = "visualize.py"
     g = parser.add_argument_group("visualisation")
@@ -49,7 +50,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="uniadafocus_frames.png", help="PNG grid to write")
     g.add_argument("--gif", action="store_true",
                    help="also write OUT_STEM_<index>.gif per video (<index>: the --videos index or the --files position)")
-    g.add_argument("--thresholds", default=None, help="early-exit thresholds file: mark the exit step")
     g.add_argument("--thumb", type=int, default=96, help="thumbnail side in pixels")
     return parser
 

@@ -56,6 +56,24 @@ def test_early_exit_sweep_cache_logits_and_budget(trained):
     _run([sys.executable, "test_early_exit.py", "--logits", str(cache), "--criterion", "max_prob"])
     assert json.loads((out / "max_prob.json").read_text())["criterion"] == "max_prob"
 
+    # The thresholds file loads into evaluation: main.py --evaluate --thresholds reports early exit,
+    # equal to exiting post hoc on the cached evaluation logits with the same thresholds.
+    from ops import early_exit
+
+    path = out / "thresholds_entropy_0.3gflops.json"
+    args = _main_args(data, root, "--store_name", "tiny", "--evaluate", "--resume", str(ckpt), "--thresholds", str(path))
+    _run([sys.executable] + args)
+    reported = json.loads((root / "tiny" / "metrics_eval.json").read_text())["metrics"]["early_exit"]
+    expected = early_exit.evaluate_exits(logits["eval"]["logits"], logits["eval"]["label"], logits["flops"],
+                                         thresholds=early_exit.load_thresholds(path).thresholds, criterion="entropy",
+                                         metric="top1")
+    assert reported["exit_counts"] == expected.exit_counts.tolist() and sum(reported["exit_counts"]) == 7
+    assert reported["metric"] == pytest.approx(expected.metric) and reported["gflops"] == pytest.approx(expected.expected_gflops)
+    wrong = root / "three.json"
+    early_exit.save_thresholds(wrong, torch.zeros(3), criterion="entropy", flops=[0.1, 0.2, 0.3])
+    bad = subprocess.run([sys.executable] + args[:-1] + [str(wrong)], cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert bad.returncode != 0 and "3 thresholds for a model with 5 exits" in bad.stderr
+
 
 def test_predict_on_a_real_video_file(trained, test_videos):
     data, root, ckpt = trained
