@@ -87,9 +87,15 @@ def feature_patch_size(patch_size: int, input_size: int, feature_size: int) -> i
     """Side of the glance-feature-map crop that corresponds to a ``patch_size`` image patch.
 
     The official code uses ``patch_size // 32`` (a 224-px frame gives a 7x7 MobileNetV2 map); this is
-    the same rule written for any input size: ``patch_size * feature_size // input_size``, at least 1.
+    the same rule written for any input size, ``patch_size * feature_size // input_size``, but never
+    below 2. A 1x1 crop is a single bilinear sample at the box centre: the box's extent then only
+    moves that point and never averages evidence over an area, so the spatial objective degenerates
+    into the point-fitting the paper warns about (§4.1.2) and a centred box gets no signal about its
+    size at all. Every official configuration (P = 96, 128, 160 at 224 px) gives 3 to 5 and is
+    unchanged; small CPU configurations such as 48-px patches of 96-px frames (a 3x3 map, 1.5 cells)
+    get 2.
     """
-    return max(1, (patch_size * feature_size) // input_size)
+    return max(2, (patch_size * feature_size) // input_size)
 
 
 def native_scale_action(patch_size: int, input_size: int) -> float:

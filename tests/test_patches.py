@@ -87,6 +87,30 @@ def test_feature_patch_size_is_official_at_224():
     assert feature_patch_size(144, 224, 7) == 4
 
 
+def test_feature_patch_size_is_never_a_single_sample():
+    # 48-px patches of 96-px frames cover 1.5 cells of the 3x3 map: the official floor would give 1.
+    assert feature_patch_size(48, 96, 3) == 2
+    assert feature_patch_size(32, 224, 7) == 2
+    assert feature_patch_size(64, 128, 4) == 2
+
+
+def test_feature_crop_sees_the_patch_extent():
+    # The spatial objective must be able to tell a small box on the evidence from a large one around
+    # it. A centred box's single-sample crop is the same point whatever the box's size (no gradient
+    # reaches the size); a 2x2 crop averages over the box, so it changes with the size.
+    fmap = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    fmap[0, 0, 1, 1] = 1.0  # evidence in the central cell only
+    size = torch.tensor([0.0, 1.0], dtype=torch.float64).requires_grad_()
+    actions = torch.stack((torch.full((2,), 0.5, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64),
+                           size, size), dim=1)
+    point = crop_patches(fmap.expand(2, -1, -1, -1), actions, 1, 48, 96).mean(dim=(1, 2, 3))
+    assert point[0].item() == pytest.approx(point[1].item())
+    assert torch.autograd.grad(point.sum(), size)[0].abs().max().item() == 0.0
+    area = crop_patches(fmap.expand(2, -1, -1, -1), actions, feature_patch_size(48, 96, 3), 48, 96).mean(dim=(1, 2, 3))
+    assert area[0].item() > area[1].item() + 0.1  # the small box is more concentrated on the evidence
+    assert (torch.autograd.grad(area.sum(), size)[0] < 0).all()  # growing the box dilutes it
+
+
 def test_crop_runs_in_float64_and_bfloat16_under_autocast():
     frames = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     actions = torch.rand(2, 4, dtype=torch.float64)
