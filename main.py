@@ -125,6 +125,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", "--wd", dest="weight_decay", type=float, default=2e-4)
     g.add_argument("--global_lr_ratio", type=float, default=0.5, help="LR multiplier of the glance network and heads")
     g.add_argument("--stn_lr_ratio", type=float, default=0.2, help="LR multiplier of the spatial policy")
+    g.add_argument("--stn_start_epoch", type=int, default=0,
+                   help="the spatial policy trains from this epoch on (LR 0 before; 0: from the start, as "
+                        "officially). For encoders trained from scratch, whose first feature maps carry no "
+                        "localised evidence")
     g.add_argument("--temporal_lr_ratio", type=float, default=0.2, help="LR multiplier of the temporal policy")
     g.add_argument("--classifier_lr_ratio", type=float, default=20.0, help="LR multiplier of the exit classifier")
     g.add_argument("--amp", action="store_true", help="mixed precision for the backbones (policy math stays float32)")
@@ -224,6 +228,8 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
         from_config = load_config_file(known.config, parser)
         parser.set_defaults(**from_config)
     args = parser.parse_args(argv)
+    if args.stn_start_epoch < 0:
+        parser.error(f"--stn_start_epoch must be 0 or more, got {args.stn_start_epoch}")
     args.explicit = sorted(_given_dests(parser, argv) | set(from_config))
     return args
 
@@ -670,7 +676,8 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
 
     final = None
     for epoch in range(start_epoch, args.epochs):
-        lr = adjust_learning_rate(optimizer, epoch, args.lr, args.epochs, args.lr_type, args.lr_steps, args.weight_decay)
+        lr = adjust_learning_rate(optimizer, epoch, args.lr, args.epochs, args.lr_type, args.lr_steps, args.weight_decay,
+                                  start_epochs={"spatial_policy": args.stn_start_epoch})
         train_stats = train_one_epoch(train_model, objective, train_loader, optimizer, scaler, epoch, args, info, log)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)

@@ -15,7 +15,7 @@ of epoch e the base rate is ``0.5 lr (1 + cos(pi e / epochs))`` ('cos', no warm-
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -60,10 +60,17 @@ def base_learning_rate(epoch: int, lr: float, epochs: int, lr_type: str = "cos",
 
 
 def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: int, lr: float, epochs: int, lr_type: str = "cos",
-                         lr_steps: Sequence[float] = (50, 100), weight_decay: float = 2e-4) -> float:
-    """Set every group's rate and weight decay for ``epoch``; returns the base rate."""
+                         lr_steps: Sequence[float] = (50, 100), weight_decay: float = 2e-4,
+                         start_epochs: Optional[Dict[str, int]] = None) -> float:
+    """Set every group's rate and weight decay for ``epoch``; returns the base rate.
+
+    ``start_epochs`` maps a group name to the first epoch it trains in: before it the group's rate is 0
+    (so neither its update nor its weight decay moves it), e.g. ``{"spatial_policy": 2}``.
+    """
     base = base_learning_rate(epoch, lr, epochs, lr_type, lr_steps)
+    start_epochs = start_epochs or {}
     for group in optimizer.param_groups:
-        group["lr"] = base * group.get("lr_mult", 1.0)
+        waiting = epoch < start_epochs.get(group.get("name"), 0)
+        group["lr"] = 0.0 if waiting else base * group.get("lr_mult", 1.0)
         group["weight_decay"] = weight_decay * group.get("decay_mult", 1.0)
     return base

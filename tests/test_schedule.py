@@ -41,3 +41,19 @@ def test_step_schedule_counts_the_milestones_reached():
         pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
     with pytest.raises(ValueError, match="lr_type"):
         base_learning_rate(0, 1.0, 50, "linear")
+
+
+def test_a_group_waits_for_its_start_epoch_without_moving():
+    model = tiny_model()
+    opt = torch.optim.AdamW(param_groups(model, stn_lr_ratio=1.0), lr=0.01, weight_decay=0.1)
+    spatial = [g for g in opt.param_groups if g["name"] == "spatial_policy"][0]
+    adjust_learning_rate(opt, 1, 0.01, 6, "cos", weight_decay=0.1, start_epochs={"spatial_policy": 2})
+    assert spatial["lr"] == 0.0
+    assert all(g["lr"] > 0 for g in opt.param_groups if g is not spatial)
+    before = [p.detach().clone() for p in spatial["params"]]
+    for p in model.parameters():  # a gradient everywhere: only the waiting group must stay put
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(torch.equal(b, p) for b, p in zip(before, spatial["params"]))
+    adjust_learning_rate(opt, 2, 0.01, 6, "cos", weight_decay=0.1, start_epochs={"spatial_policy": 2})
+    assert spatial["lr"] == pytest.approx(base_learning_rate(2, 0.01, 6))
