@@ -103,7 +103,7 @@ def test_generate_is_atomic_and_refuses_to_overwrite(small_set, tmp_path):
         synthetic.generate(str(small_set), **SMALL)
     root = tmp_path / "broken"
     with pytest.raises(ValueError, match="object_size"):
-        synthetic.generate(str(root), object_size=(0.1, 0.25))
+        synthetic.generate(str(root), object_size=(0.1, 0.4))
     assert not root.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]
 
 
@@ -123,7 +123,7 @@ def test_ensure_generated_reuses_and_checks_parameters(small_set, tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(object_size=(0.1, 0.3)), "object_size"), (dict(visible_fraction=(0.1, 0.5)), "visible_fraction"),
+    (dict(object_size=(0.1, 0.4)), "object_size"), (dict(visible_fraction=(0.1, 0.6)), "visible_fraction"),
     (dict(frame_size=16), "frame_size"), (dict(colour="red"), "unknown synthetic option"),
 ])
 def test_invalid_parameters(bad, match):
