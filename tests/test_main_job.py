@@ -1,4 +1,4 @@
-"""The README's main job: configs/synthetic.yaml trains from scratch and learns (slow: about 9 minutes).
+"""The README's main job: configs/synthetic.yaml trains from scratch and learns (slow: about 8 minutes).
 
 Run with ``pytest -m slow tests/test_main_job.py``. The fast suite checks the preset's resolution only.
 """
@@ -29,7 +29,7 @@ def test_synthetic_preset_resolves_to_the_readme_run():
 
 
 @pytest.mark.slow
-def test_main_job_learns_the_class_and_where_it_happens(tmp_path):
+def test_main_job_learns_the_class_when_and_where_it_happens(tmp_path):
     cmd = [sys.executable, "main.py", "--config", str(PRESET), "--root_log", str(tmp_path / "exp"),
            "--data_dir", str(tmp_path / "data"), "--no-tensorboard"]
     subprocess.run(cmd, cwd=REPO, check=True, timeout=1800)
@@ -40,4 +40,7 @@ def test_main_job_learns_the_class_and_where_it_happens(tmp_path):
     policy = final["policy"]
     # The temporal policy picks frames that show the object clearly more often than uniform sampling.
     assert policy["frames_show_object"] >= policy["uniform_frames_show_object"] + 10.0, policy
+    # The spatial policy puts its patches on the object clearly more often than random patches of the
+    # same sizes would be.
+    assert policy["patches_cover_object"] >= policy["random_patches_cover_object"] + 10.0, policy
     assert (tmp_path / "exp" / "synthetic" / "ckpt.best.pth.tar").is_file()
