@@ -10,9 +10,11 @@ validation glance frames that show the object, for four patch placements of the 
 * ``random``  uniformly random positions (seeded);
 * ``centre``  the frame centre.
 
-If ``object`` is not clearly below ``random``, the glance feature map carries no localised class
-evidence and the objective cannot teach the policy where the object is. It also prints how the
-policy's positions correlate with the object's.
+If ``object`` is not below ``random`` while the glance is still unsure of the class, the glance
+feature map carries no localised class evidence and the objective cannot teach the policy where the
+object is. (Once the glance is nearly always right, every placement's cross-entropy is close to 0 and
+the comparison says little.) It also prints how the policy's positions correlate with the object's,
+which is the direct answer.
 
     python scripts/probe_spatial.py --config configs/synthetic.yaml --resume exp/synthetic/ckpt.best.pth.tar
 """
