@@ -131,6 +131,24 @@ def test_batch_size_must_divide_by_the_processes(data_dir, tmp_path):
     assert "--batch_size 5 is the global batch; it must divide by the 2 processes" in result.stdout + result.stderr
 
 
+def test_spatial_policy_waits_for_its_start_epoch(data_dir, tmp_path):
+    root = tmp_path / "runs"
+
+    def spatial_weights(name, *extra):
+        _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--batch_size", "4", "--eval_freq", "0",
+                                           "--store_name", name, *extra))
+        state = torch.load(root / name / "ckpt.pth.tar", weights_only=True)["model"]
+        # The convolutions only: BatchNorm running statistics move in any training forward.
+        return {k: v for k, v in state.items() if k.startswith("policy.spatial.") and v.dim() == 5}
+
+    held_1 = spatial_weights("held1", "--iters_per_epoch", "1", "--stn_start_epoch", "1")
+    held_2 = spatial_weights("held2", "--iters_per_epoch", "2", "--stn_start_epoch", "1")
+    moving = spatial_weights("moving", "--iters_per_epoch", "2")
+    assert held_1 and held_1.keys() == held_2.keys() == moving.keys()
+    assert all(torch.equal(held_1[k], held_2[k]) for k in held_1)  # one step or two: not moved
+    assert not all(torch.equal(held_2[k], moving[k]) for k in held_2)  # without the hold it learns
+
+
 def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path):
     root = tmp_path / "runs"
     args = ["--epochs", "3", "--iters_per_epoch", "3", "--batch_size", "4", "--seed", "5"]
