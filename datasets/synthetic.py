@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import time
+from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -51,8 +52,8 @@ DEFAULTS: Dict[str, Any] = dict(
     seed=0, num_classes=10, train_videos=500, val_videos=200, frames_per_video=48, frame_size=128,
     object_size=(0.125, 0.2), visible_fraction=(1 / 6, 1 / 3), num_distractors=(3, 5), quality=90,
 )
-MAX_OBJECT_SIZE = 1 / 3
-MAX_VISIBLE_FRACTION = 1 / 2
+MAX_OBJECT_SIZE = Fraction(1, 3)       # of the frame's short side
+MAX_VISIBLE_FRACTION = Fraction(1, 2)  # of the frames
 
 # ---------------------------------------------------------------------------------------------
 # Shapes: implicit functions of coordinates (u, v) in [-1, 1], v pointing down.
@@ -317,9 +318,9 @@ def resolve_params(**overrides: Any) -> Dict[str, Any]:
     if min(p["frame_size"]) < 32 or len(p["frame_size"]) != 2:
         raise ValueError(f"frame_size must be at least 32 pixels, got {p['frame_size']}")
     if p["object_size"][1] > MAX_OBJECT_SIZE + 1e-9 or p["object_size"][0] <= 0:
-        raise ValueError(f"object_size must lie in (0, 1/3] of the frame side, got {p['object_size']}")
+        raise ValueError(f"object_size must lie in (0, {MAX_OBJECT_SIZE}] of the frame side, got {p['object_size']}")
     if p["visible_fraction"][1] > MAX_VISIBLE_FRACTION + 1e-9 or p["visible_fraction"][0] <= 0:
-        raise ValueError(f"visible_fraction must lie in (0, 1/2], got {p['visible_fraction']}")
+        raise ValueError(f"visible_fraction must lie in (0, {MAX_VISIBLE_FRACTION}], got {p['visible_fraction']}")
     if not 1 <= p["quality"] <= 100:
         raise ValueError(f"quality must be in 1..100, got {p['quality']}")
     return p
