@@ -3,17 +3,27 @@
 The repository keeps the layout users of this family of projects expect: ``models/``, ``ops/`` and
 ``datasets/`` at the top level, run from the repository root (``python main.py ...``). Those names
 are generic (Hugging Face's ``datasets`` above all), so an installed copy does not claim them: the
-three packages are installed under the ``uniadafocus`` namespace (``uniadafocus.models``,
-``uniadafocus.ops``, ``uniadafocus.datasets``), and the code imports its siblings in a way that works
+three packages (and their sub-packages) are installed under the ``uniadafocus`` namespace
+(``uniadafocus.models``, ``uniadafocus.ops``, ``uniadafocus.datasets``). ``models`` and ``datasets``
+import only themselves; ``ops`` finds them beside itself (``ops/packages.py``), so the same code runs
 in both places. ``requirements.txt`` holds the tested pins; the ranges below are what the code needs.
 """
+import os
+
 from setuptools import setup
 
-PACKAGES = {
-    "uniadafocus.models": "models",
-    "uniadafocus.ops": "ops",
-    "uniadafocus.datasets": "datasets",
-}
+
+def _packages(*roots):
+    """``uniadafocus.<dotted name>`` -> folder, for every package folder under ``roots``."""
+    found = {}
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            if "__init__.py" in files:
+                found["uniadafocus." + folder.replace(os.sep, ".")] = folder
+    return found
+
+
+PACKAGES = _packages("models", "ops", "datasets")
 
 setup(
     name="uniadafocus",
@@ -39,7 +49,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "uniadafocus-flops = uniadafocus.ops.flops:main",
+            "uniadafocus-flops = uniadafocus.models.flops:main",
         ],
     },
 )

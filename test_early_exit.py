@@ -22,7 +22,8 @@ Takes the arguments of main.py (the same command with ``--evaluate --resume CKPT
    ``log_early_exit_{criterion}.csv``.
 3. Budget. ``--budget G`` searches p continuously so that the average cost on the threshold set is
    at most G GFLOPs and writes ``early_exit/thresholds_{criterion}_{G}gflops.json``, which
-   ``ops.adaptive`` and ``scripts/predict.py`` load.
+   ``main.py --thresholds``, the adaptive runtime (``ops.early_exit.adaptive``) and
+   ``scripts/predict.py`` load.
 """
 from __future__ import annotations
 
@@ -38,20 +39,19 @@ from typing import Dict, List, Optional
 
 import torch
 
-import main as trainer
+from datasets.files import atomic_write, write_text_atomic
+from ops import config, engine
 from ops import distributed as dist_ops
 from ops import early_exit
+from ops.checkpoint import atomic_save, read_checkpoint
 from ops.cpu import tune_cpu_allocator
-from ops.checkpoint import atomic_save, read_checkpoint, unwrap
-from ops.files import write_text_atomic
-from ops.flops import flops_breakdown
 from ops.run_log import RunLog
 
 CACHE_VERSION = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = trainer.get_args_parser()
+    parser = config.get_args_parser()
     parser.prog = "test_early_exit.py"
     parser.description = "Early-exit threshold solving and budget sweeps for Uni-AdaFocus."
     g = parser.add_argument_group("early exit")
@@ -69,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", type=float, nargs="+", default=None,
                    help="GFLOPs budget(s): write deployable thresholds meeting each on the threshold set")
     g.add_argument("--logits", default=None, help="sweep from a cached logits file; no model or data needed")
-    g.add_argument("--metric_mode", choices=("auto", "map", "top1"), default="auto",
+    g.add_argument("--metric_mode", choices=("auto",) + early_exit.METRICS, default="auto",
                    help="metric of the sweep (auto: the dataset's, mAP or top-1)")
     g.add_argument("--absent_classes", choices=("exclude", "zero"), default="exclude",
                    help="mAP over classes present in the evaluation set (exclude) or official zeros")
@@ -77,16 +77,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    return trainer.parse_args(argv, get_args_parser())
+    return config.parse_args(argv, get_args_parser())
 
 
 # ------------------------------------------------------------------------------------------------
 # Logits
 # ------------------------------------------------------------------------------------------------
-LOGIT_SETTINGS = ("dataset", "data_dir", "dataset_config", "synthetic", "label_rule", "missing_frames",
+LOGIT_SETTINGS = ("variant", "dataset", "data_dir", "dataset_config", "synthetic", "label_rule", "missing_frames",
                   "num_segments", "num_glance_segments", "num_focus_segments", "input_size", "patch_size",
                   "glance_arch", "focus_arch", "classifier_dim", "stn_hidden_dim", "temporal_hidden_dim",
-                  "temperature", "seed", "amp", "amp_dtype", "threshold_set", "threshold_augmentation",
+                  "temperature", "seed", "amp", "amp_dtype", "eval_amp", "threshold_set", "threshold_augmentation",
                   "threshold_subset")
 
 
@@ -102,12 +102,7 @@ def _threshold_loader(args, info, val_loader):
     """The loader of the threshold set (sharded without padding, like evaluation)."""
     if args.threshold_set == "val":
         return val_loader
-    import datasets
-
-    options = trainer.dataset_options(args)
-    dataset = datasets.build_dataset(args.dataset, args.data_dir, "train", num_segments=args.num_segments,
-                                     input_size=args.input_size, seed=args.seed,
-                                     train=args.threshold_augmentation, **options)
+    dataset = engine.build_dataset(args, "train", info, train=args.threshold_augmentation)
     indices = list(range(len(dataset)))
     if args.threshold_subset and args.threshold_subset < len(dataset):
         generator = torch.Generator().manual_seed(args.seed)
@@ -115,26 +110,25 @@ def _threshold_loader(args, info, val_loader):
         dataset = torch.utils.data.Subset(dataset, indices)
         dataset.num_classes = dataset.dataset.num_classes
         dataset.spec = dataset.dataset.spec
-    sampler = dist_ops.ShardSampler(len(dataset), info.rank, info.world_size)
-    return torch.utils.data.DataLoader(dataset, batch_size=val_loader.batch_size, sampler=sampler,
-                                       num_workers=args.workers, pin_memory=info.device.type == "cuda")
+    return engine.build_eval_loader(dataset, args.val_batch_size, args, info)
 
 
 def generate_logits(args, info, log: RunLog) -> Dict:
     """Run the model over the threshold and evaluation sets; returns the cache dictionary."""
     args.evaluate = True
-    _, _, val_set, val_loader = trainer.build_loaders(args, info)
-    model = trainer.build_model(args, val_set.num_classes, info)
-    trainer.restore(args, model, None, None, log, "")
-    flops = flops_breakdown(unwrap(model)).stages()
+    _, _, val_set, val_loader = engine.build_loaders(args, info)
+    model = engine.build_model(args, val_set.num_classes, info)
+    engine.restore(args, model, None, None, log, "")
+    flops = engine.exit_gflops(model)
     sets = {}
     for name, loader in (("threshold", _threshold_loader(args, info, val_loader)), ("eval", val_loader)):
         started = time.time()
-        metrics, rows, _ = trainer.evaluate(model, loader, args, info, collect_stages=True)
+        result = engine.evaluate(model, loader, args, info, collect_stages=True)
+        metrics, rows = result.metrics, result.rows
         log.info(f"{name} set: {rows['stages'].shape[0]} videos, {rows['stages'].shape[1]} exits in "
                  f"{time.time() - started:.1f}s; last exit {metrics['metric']} {metrics['score']:.3f}")
         sets[name] = {"logits": rows["stages"].float(), "label": rows["label"], "labels": rows["labels"].bool()}
-    return {"version": CACHE_VERSION, "metric": trainer.dataset_metric(val_set), "flops": flops,
+    return {"version": CACHE_VERSION, "metric": engine.dataset_metric(val_set), "flops": flops,
             "num_classes": val_set.num_classes, "settings": {k: getattr(args, k, None) for k in LOGIT_SETTINGS},
             "checkpoint": os.path.abspath(args.resume), **sets}
 
@@ -151,7 +145,7 @@ def read_logits(path: str) -> Dict:
 # Sweep, plots, budgets
 # ------------------------------------------------------------------------------------------------
 def targets_for(data_set: Dict, metric: str) -> torch.Tensor:
-    return data_set["labels"] if metric == "map" else data_set["label"]
+    return data_set["labels"] if metric == "mAP" else data_set["label"]
 
 
 def write_csv(path: str, rows: List[Dict]) -> None:
@@ -170,8 +164,6 @@ def plot_sweep(path: str, sweep, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ops.files import atomic_write
-
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     points = sorted(sweep.points, key=lambda p: p.expected_gflops)
     gf = [p.expected_gflops for p in points]
@@ -180,7 +172,7 @@ def plot_sweep(path: str, sweep, title: str) -> None:
     ax.plot([f.gflops for f in sweep.fixed_exits], [f.metric for f in sweep.fixed_exits], "^:", color="tab:blue",
             label="fixed exit (stage k)")
     ax.set_xlabel("GFLOPs / video")
-    ax.set_ylabel("mAP (%)" if sweep.metric == "map" else "top-1 accuracy (%)")
+    ax.set_ylabel("mAP (%)" if sweep.metric == "mAP" else "top-1 accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -192,7 +184,6 @@ def plot_sweep(path: str, sweep, title: str) -> None:
 
 def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, object]:
     metric = data["metric"] if args.metric_mode == "auto" else args.metric_mode
-    metric = {"mAP": "map", "top1": "top1"}.get(metric, metric)
     thr, ev = data["threshold"], data["eval"]
     results = {}
     for criterion in args.criterion:
@@ -259,9 +250,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if info.device.type == "cpu":
         tune_cpu_allocator()
     try:
-        args.store_name = args.store_name or \
-            f"UniAdaFocus_{args.dataset}_{args.glance_arch}_segment{args.num_segments}_e{args.epochs}"
-        run_dir = os.path.join(args.root_log, args.store_name)
+        run_dir = config.run_folder(args)
         out_dir = os.path.join(run_dir, "early_exit")
         if info.is_main:
             os.makedirs(out_dir, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Dict, Iterable, Tuple
 import numpy as np
 
 from .errors import ListFileError
-from .lists import write_lines_atomic
+from .files import write_lines_atomic
 
 HEADER = ("video", "frame", "x1", "y1", "x2", "y2", "visible")
 

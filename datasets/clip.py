@@ -1,7 +1,7 @@
 """One evaluation clip straight from a video file or a frame folder (prediction on a raw video).
 
-``load_clip`` applies the evaluation pipeline of the datasets to a single video: T0 segment centres
-(SPEC §2.2), the short side scaled to ``short_side`` and the display rotation applied as the frame
+``load_clip`` applies the evaluation pipeline of the datasets to a single video: T0 segment centres,
+the short side scaled to ``short_side`` and the display rotation applied as the frame
 extraction does (360 px by default; 0 keeps the size), then resize to ``input_size * 256 // 224`` and a centre crop. It returns a uint8 clip
 ``(T0, 3, S, S)`` like a dataset item's ``'video'``. Video files are decoded with PyAV (the
 ``[video]`` extra), keeping only the frames the clip needs.

@@ -48,7 +48,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .frames import check_template, count_frames
-from .lists import format_list_line, write_lines_atomic
+from .files import write_lines_atomic
+from .lists import format_list_line
 from .registry import CONFIG_NAME, DATASETS, DatasetSpec
 from .video import BACKENDS, ExtractionError, choose_backend
 

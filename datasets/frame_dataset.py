@@ -13,7 +13,7 @@ Each item is a dict:
 
 Label rule (single label for cross-entropy): ``'first'`` takes the smallest class id of the video;
 ``'random'`` takes one of the video's labels uniformly at random from the per-sample generator (the
-official code also picks a random one, but with a 2/3–1/3 bias for two labels, SPEC §2.2). The
+official code also picks a random one, but with a 2/3–1/3 bias for two labels). The
 default is ``'random'`` when training and ``'first'`` in evaluation. Single-label videos are
 unaffected either way.
 

@@ -1,4 +1,4 @@
-"""Parsing and writing of the list files and class files (SPEC §2.1–2.2).
+"""Parsing and writing of the list files and class files.
 
 A list file has one video per line: ``path SEP num_frames SEP label [SEP label ...]``. ``path`` is a
 frame folder relative to the dataset's frame root, ``num_frames`` the number of frames in it, and
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .errors import ListFileError
 
@@ -161,15 +161,6 @@ def format_list_line(path: str, num_frames: int, labels: Sequence[int], *, separ
     if path != path.strip() or "\n" in path or "\r" in path:
         raise ValueError(f"video path {path!r} has surrounding white space or a line break")
     return separator.join([path, str(int(num_frames))] + [str(int(l)) for l in labels])
-
-
-def write_lines_atomic(path: str, lines: Iterable[str]) -> None:
-    """Write text lines to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
 
 
 def _summarise(problems: List[str], what: str) -> str:

@@ -1,4 +1,4 @@
-"""Dataset registry and :func:`build_dataset` (SPEC §2.1, §6).
+"""Dataset registry and :func:`build_dataset`.
 
 Each entry of :data:`DATASETS` is a :class:`DatasetSpec` giving, relative to the data directory,
 the class file, the train and val list files, the frame root and the frame-name template, plus the

@@ -40,7 +40,8 @@ from PIL import Image, ImageDraw
 
 from .boxes import write_boxes
 from .errors import DataError
-from .lists import format_list_line, write_lines_atomic
+from .files import write_lines_atomic
+from .lists import format_list_line
 
 FORMAT_VERSION = 1
 MARKER = "synthetic.json"

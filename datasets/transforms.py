@@ -1,4 +1,4 @@
-"""Clip transforms with one random draw per clip (SPEC §2.3), on uint8 tensors.
+"""Clip transforms with one random draw per clip, on uint8 tensors.
 
 A *policy* draws the geometry of one clip from the frame size (and a generator); the drawn
 *geometry* applies itself to a uint8 clip ``(T, 3, H, W)`` (any memory layout) and returns a

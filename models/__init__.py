@@ -1,10 +1,23 @@
-"""Networks: glance and focus encoders, the two-branch policy, the exit classifier and Uni-AdaFocus."""
+"""Networks of the Uni-AdaFocus family and the model math they share.
+
+Self-contained: nothing here imports ``ops`` or ``datasets``. The variants register themselves in
+``models.variants.VARIANTS`` when this package is imported::
+
+    from models import get_variant
+    variant = get_variant("mn2_r50")
+    model = variant.build(num_classes=200, patch_size=128)
+"""
+from . import mn2_r50  # noqa: F401  (registers the variant)
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, BackboneWeightsError, FocusEncoder, GlanceEncoder
 from .classifier import ExitClassifier
+from .patches import PatchGeometry
 from .policy import Policy, SpatialPolicy, TemporalPolicy
 from .uni_adafocus import FocusPass, UniAdaFocus, UniAdaFocusOutput
+from .variants import VARIANTS, Variant, get_variant, variant_of
+from .weights import WeightsError
 
 __all__ = [
     "UniAdaFocus", "UniAdaFocusOutput", "FocusPass", "GlanceEncoder", "FocusEncoder", "ExitClassifier",
-    "Policy", "SpatialPolicy", "TemporalPolicy", "BackboneWeightsError", "GLANCE_ARCHS", "FOCUS_ARCHS",
+    "Policy", "SpatialPolicy", "TemporalPolicy", "PatchGeometry", "BackboneWeightsError", "WeightsError",
+    "GLANCE_ARCHS", "FOCUS_ARCHS", "VARIANTS", "Variant", "get_variant", "variant_of",
 ]

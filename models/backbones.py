@@ -8,22 +8,25 @@
 ImageNet weights come from torchvision's weight enums when ``pretrained`` is asked for. Without a
 network connection that download fails; pass a local file instead (``weights=PATH``), in
 torchvision's key layout, or — for MobileNetV2 — in the layout of the file the official code loads
-(``mobilenetv2_1.0-f2a8633.pth.tar``, SPEC §3.1), which is converted on the fly.
+(``mobilenetv2_1.0-f2a8633.pth.tar``), which is converted on the fly (docs/official-behaviour.md,
+"Model: backbones and checkpoint layout").
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torchvision
 
+from .weights import WeightsError, load_fitting, nested_state_dict, read_weight_file, strip_wrapper_prefixes
+
 GLANCE_ARCHS = ("mbv2",)
 FOCUS_ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(WeightsError):
     """Backbone weights could not be obtained or do not fit the network."""
 
 
@@ -74,37 +77,10 @@ def _is_flat_mbv2_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
 # --------------------------------------------------------------------------------------------------
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A state dict from a weight file: a plain state dict, or one under 'state_dict' / 'model'."""
-    if not os.path.isfile(path):
-        raise BackboneWeightsError(f"weight file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or pickled objects that weights_only refuses
-        raise BackboneWeightsError(f"cannot read weight file {path}: {exc}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    state = nested_state_dict(read_weight_file(path, BackboneWeightsError))
+    if state is None:
         raise BackboneWeightsError(f"{path} does not hold a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
-def _load_into(module: nn.Module, state_dict: Dict[str, torch.Tensor], source: str,
-               ignore_prefixes: Tuple[str, ...]) -> None:
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    misshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or misshaped:
-        lines = [f"weights from {source} do not fit {type(module).__name__}:"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        for k in misshaped[:8]:
-            lines.append(f"  mis-shaped: {k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}")
-        raise BackboneWeightsError("\n".join(lines))
-    module.load_state_dict(state_dict, strict=True)
+    return strip_wrapper_prefixes(state)
 
 
 def _download(weights_enum, flag: str) -> Dict[str, torch.Tensor]:
@@ -146,9 +122,9 @@ class GlanceEncoder(nn.Module):
         if _is_flat_mbv2_layout(state_dict):
             state_dict = {mbv2_flat_to_torchvision(k): v for k, v in state_dict.items()}
         state_dict = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
-        _load_into(self.features, state_dict, source, ignore_prefixes=())
+        load_fitting(self.features, state_dict, f"weights from {source}", error=BackboneWeightsError)
 
-    #: Memory format the input is put in (``ops.inference`` sets channels-last for speed).
+    #: Memory format the input is put in (``models.inference`` sets channels-last for speed).
     memory_format = torch.contiguous_format
 
     def forward(self, frames: torch.Tensor):
@@ -179,7 +155,8 @@ class FocusEncoder(nn.Module):
 
     def load_weights(self, state_dict: Dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load ImageNet ResNet weights in torchvision's layout (the classifier 'fc' is dropped)."""
-        _load_into(self, state_dict, source, ignore_prefixes=("fc.",))
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        load_fitting(self, state_dict, f"weights from {source}", error=BackboneWeightsError)
 
     memory_format = torch.contiguous_format
 

@@ -1,4 +1,4 @@
-"""FrameExit-style classifier with one exit per step (paper §4.3, App. H.1; SPEC §3.6).
+"""FrameExit-style classifier with one exit per step (paper §4.3, App. H.1).
 
 Every glance frame and every focus patch is embedded by an MLP (Linear, BN, ReLU) to ``hidden_dim``
 features. Features are accumulated by a running element-wise maximum over steps, and step ``t`` has

@@ -2,7 +2,7 @@
 
 * ``SpatialPolicy`` reads the (detached) glance feature maps of all T_G glance frames with 3-D
   convolutions and emits one deformable patch per glance frame: ``(a_y, a_x, a_h, a_w)`` in (0, 1)
-  (vertical and horizontal position, height and width; see ``ops.patches``).
+  (vertical and horizontal position, height and width; see ``models.patches``).
 * ``TemporalPolicy`` reads the pooled glance features with temporal convolutions and scores every
   glance frame; a softmax of the scores gives the frame weights.
 

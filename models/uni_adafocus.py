@@ -1,6 +1,6 @@
 """Uni-AdaFocus: glance, policy, focus and an early-exit classifier in one module (paper §4).
 
-Data flow for a batch of B videos of T0 candidate frames (SPEC §3.2, §3.3):
+Data flow for a batch of B videos of T0 candidate frames (docs/official-behaviour.md, "Forward pass"):
 
 1. **glance** — T_G frames (evenly spaced in evaluation, one random frame per segment in training) go
    through MobileNetV2: feature maps (B*T_G, 1280, h, w), pooled features (B*T_G, 1280), and the
@@ -21,7 +21,7 @@ does no random-patch pass and no Monte-Carlo work (those exist only for the trai
 Backbones follow the caller's autocast; everything else runs in float32 (the official semi-AMP).
 
 The forward is built from three reusable stages, which the adaptive early-exit runtime
-(``ops.adaptive``) calls on shrinking subsets of the batch:
+(``ops.early_exit.adaptive``) calls on shrinking subsets of the batch:
 
 * :meth:`UniAdaFocus.glance_stage` — step 1 -> :class:`GlanceStage`;
 * :meth:`UniAdaFocus.policy_stage` — steps 2-4 -> :class:`PolicyStage` (any subset of the videos);
@@ -41,15 +41,21 @@ import torch.nn as nn
 
 from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
 from .classifier import ExitClassifier
+from . import frame_selection
+from .patches import PatchGeometry
 from .policy import Policy
-
-try:  # installed as uniadafocus.models
-    from ..ops import frame_selection, patches as patch_ops
-except ImportError:  # run from the repository root
-    from ops import frame_selection, patches as patch_ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def stage_logits(exit_logits: torch.Tensor, num_glance: int) -> torch.Tensor:
+    """The K = T_L + 1 early-exit stages of a full pass: (B, T_G + T_L, C) -> (B, T_L + 1, C).
+
+    Stage 0 is the last glance exit (row T_G - 1), stage k the focus exit k - 1 (row T_G + k - 1):
+    inference may stop after the glance, or after any number of focus frames.
+    """
+    return exit_logits[:, num_glance - 1:]
 
 
 @dataclass
@@ -126,6 +132,11 @@ class UniAdaFocusOutput:
         """(B, C) the prediction: the last exit."""
         return self.exit_logits[:, -1]
 
+    @property
+    def stage_logits(self) -> torch.Tensor:
+        """(B, T_L + 1, C) the early-exit stages (see :func:`stage_logits`)."""
+        return stage_logits(self.exit_logits, self.exit_logits.shape[1] - self.focus_logits.shape[1])
+
     def detach(self) -> "UniAdaFocusOutput":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in values.items():
@@ -147,6 +158,9 @@ class UniAdaFocus(nn.Module):
     torch RNG; dropout always uses the global RNG.
     """
 
+    #: The registry entry of this network (``models.mn2_r50``).
+    variant = "mn2_r50"
+
     def __init__(self, num_classes: int, num_segments: int = 48, num_glance_segments: int = 16,
                  num_focus_segments: int = 16, patch_size: int = 96, input_size: int = 224,
                  stn_hidden_dim: int = 128, temporal_hidden_dim: int = 64, classifier_dim: int = 4096,
@@ -161,12 +175,9 @@ class UniAdaFocus(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.num_classes = num_classes
         self.num_segments, self.num_glance, self.num_focus = num_segments, num_glance_segments, num_focus_segments
-        self.patch_size, self.input_size = patch_size, input_size
         self.temperature = temperature
         self.detach_temporal_input = detach_temporal_input
-        self.feature_size = glance_feature_size(input_size)
-        self.feature_patch_size = patch_ops.feature_patch_size(patch_size, input_size, self.feature_size)
-        self.random_patch_scale = patch_ops.native_scale_action(patch_size, input_size)
+        self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(input_size))
 
         self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights)
         self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights)
@@ -174,21 +185,23 @@ class UniAdaFocus(nn.Module):
         self.glance_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(gdim, num_classes))  # FC_G
         self.focus_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(fdim, num_classes))  # FC_L
         self.spatial_head = nn.Linear(gdim, num_classes)  # FC_Aux
-        self.policy = Policy(gdim, stn_hidden_dim, temporal_hidden_dim, self.feature_size)
+        self.policy = Policy(gdim, stn_hidden_dim, temporal_hidden_dim, self.geometry.feature_size)
         self.classifier = ExitClassifier(gdim, fdim, num_glance_segments, num_focus_segments, num_classes,
                                          classifier_dim, dropout)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
-    @classmethod
-    def from_args(cls, args, num_classes: Optional[int] = None) -> "UniAdaFocus":
-        """Build from parsed command-line arguments (attribute names as the flags)."""
-        names = ("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
-                 "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "dropout", "fc_dropout", "temperature",
-                 "glance_arch", "focus_arch", "pretrained", "glance_weights", "focus_weights",
-                 "detach_temporal_input")
-        kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-        return cls(num_classes=num_classes if num_classes is not None else args.num_classes, **kwargs)
+    @property
+    def patch_size(self) -> int:
+        return self.geometry.patch_size
+
+    @property
+    def input_size(self) -> int:
+        return self.geometry.input_size
+
+    @property
+    def feature_size(self) -> int:
+        return self.geometry.feature_size
 
     # ------------------------------------------------------------------------------------------
     # pieces
@@ -231,7 +244,7 @@ class UniAdaFocus(nn.Module):
         return frames[rows.to(frames.device).unsqueeze(1), indices.to(frames.device)]
 
     #: In evaluation, run the encoders on at most this many images at a time (None: all at once).
-    #: Huge CPU batches thrash memory; ``ops.inference.prepare_for_inference`` sets it on CPUs.
+    #: Huge CPU batches thrash memory; ``models.inference.prepare_for_inference`` sets it on CPUs.
     encoder_chunk: Optional[int] = None
 
     def run_backbone(self, module: nn.Module, x: torch.Tensor, amp):
@@ -255,18 +268,17 @@ class UniAdaFocus(nn.Module):
 
     def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P)."""
-        return patch_ops.crop_patches(frames.flatten(0, 1), actions.flatten(0, 1), self.patch_size,
-                                      self.patch_size, self.input_size)
+        return self.geometry.crop(frames.flatten(0, 1), actions.flatten(0, 1))
 
     def random_actions(self, shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Random-patch actions (..., 4): uniform position, size = exactly P input pixels."""
         gen_device = generator.device if generator is not None else device
         actions = torch.rand(*shape, 4, generator=generator, device=gen_device).to(device)
-        actions[..., 2:] = self.random_patch_scale
+        actions[..., 2:] = self.geometry.native_scale
         return actions
 
     # ------------------------------------------------------------------------------------------
-    # stages (shared by forward and the adaptive runtime, ops.adaptive)
+    # stages (shared by forward and the adaptive runtime, ops.early_exit.adaptive)
     # ------------------------------------------------------------------------------------------
     def glance_stage(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator] = None,
                      head: bool = True) -> GlanceStage:
@@ -310,8 +322,7 @@ class UniAdaFocus(nn.Module):
 
         spatial_frame_logits = None
         if auxiliary:  # each glance map cropped by its own patch (differentiable in the actions)
-            aux = patch_ops.crop_patches(fmap.flatten(0, 1), glance_actions.reshape(-1, 4), self.feature_patch_size,
-                                         self.patch_size, self.input_size)  # (B*T_G, Dg, p, p)
+            aux = self.geometry.crop_features(fmap.flatten(0, 1), glance_actions.reshape(-1, 4))  # (B*T_G, Dg, p, p)
             spatial_frame_logits = self.spatial_head(aux.mean(dim=(2, 3))).view(b, self.num_glance, -1)  # (B, T_G, C)
 
         focus_indices = frame_selection.select_focus_frames(selection_weights, num_frames, self.num_focus,
@@ -382,5 +393,5 @@ class UniAdaFocus(nn.Module):
             frame_weights=policy.frame_weights, selection_weights=policy.selection_weights,
             glance_indices=glance.indices, focus_indices=policy.focus_indices,
             glance_actions=policy.glance_actions, focus_actions=policy.focus_actions,
-            patch_boxes=patch_ops.action_boxes(policy.focus_actions, height, width, self.patch_size, self.input_size),
+            patch_boxes=self.geometry.boxes(policy.focus_actions, height, width),
             glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass)

@@ -1,6 +1,6 @@
 """Process-group set-up for every launcher, and exact distributed evaluation.
 
-Launchers (SPEC §4.1, §7 items 1-3; ECOSYSTEM §3):
+Launchers (the official code's limits: docs/official-behaviour.md, "Launchers and distributed runs"):
 
 * ``python main.py ...``: one process; CUDA when present, else CPU; no process group.
 * ``torchrun --nproc_per_node=N [--nnodes ...] main.py ...``: RANK / WORLD_SIZE / LOCAL_RANK from
@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -96,15 +96,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, info: DistInfo, src: int = 0):
-    """``obj`` of rank ``src`` on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum of ``tensor`` over ranks (a copy on this rank's device)."""
     out = tensor.detach().clone().to(info.device)
@@ -167,7 +158,3 @@ def gather_by_index(rows: torch.Tensor, indices: torch.Tensor, total: int, info:
     out[indices] = rows
     return out
 
-
-def shard_sizes(total: int, world_size: int) -> List[int]:
-    """How many samples each rank evaluates under ``ShardSampler``."""
-    return [len(range(r, total, world_size)) for r in range(world_size)]

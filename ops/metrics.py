@@ -9,7 +9,7 @@ Targets come in two forms:
 Integer tensors are always read as label lists, so a 0/1 *integer* matrix must be converted with
 ``.bool()`` first; :func:`labels_to_multi_hot` converts label lists to multi-hot.
 
-Average precision (the official definition, SPEC §2.5): for class k, rank the N samples by their score
+Average precision (the official definition): for class k, rank the N samples by their score
 for k in descending order; precision@i = (#positives among the first i) / i; AP_k is the mean of the
 precision at the ranks of the positives. ``mean_average_precision`` computes it for all classes at once
 (no Python loop over classes): each score column is sorted (values only, numpy's SIMD sort) and every
@@ -20,8 +20,8 @@ AP under ties depends on the sort implementation. Here ties are order-free: all 
 equals a positive's score count as ranked *at or above* it, i.e. the precision at a positive with
 score s is ``#{positives with score >= s} / #{samples with score >= s}`` (the convention of the
 precision-recall curve evaluated at each distinct threshold, as in scikit-learn). Without ties this
-is exactly the official value. :func:`official_map` keeps the official cumsum formulation and breaks
-ties by sample index (stable sort).
+is exactly the official value. (The tests compare with a bug-for-bug transcription of the official
+``cal_map``, ``tests/reference_math.py``.)
 
 **Absent classes.** A class without any positive among the evaluated samples has no AP. By default
 (``absent='exclude'``) it is left out of the mean (the correct mAP); ``absent='zero'`` counts it as 0
@@ -35,21 +35,28 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .packages import sibling
+
 __all__ = [
+    "METRICS",
+    "head_metrics",
     "labels_to_multi_hot",
     "as_multi_hot",
     "topk_accuracy",
     "mean_average_precision",
     "AveragePrecision",
-    "official_map",
 ]
 
 _ABSENT_MODES = ("exclude", "zero")
+
+#: The two metrics, spelled as the dataset registry spells them, everywhere (evaluation, early exit,
+#: files): mean average precision (ActivityNet, FCVID) and top-1 accuracy (Mini-Kinetics, synthetic).
+METRICS = sibling("datasets.registry").METRICS
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,40 +266,42 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor, *,
     return AveragePrecision(targets, scores.shape[1], absent=absent)(scores)
 
 
-def official_map(logits: torch.Tensor, padded_labels: torch.Tensor) -> Tuple[float, torch.Tensor]:
-    """The official ``cal_map`` (SPEC §2.5), bug for bug, for comparisons only.
+# ---------------------------------------------------------------------------------------------------
+# The figures an evaluation reports
+# ---------------------------------------------------------------------------------------------------
+#: The secondary heads: per-video class probabilities averaged over the exits, glance frames or
+#: focus frames (the official validation's Cat, Global and Local heads).
+SECONDARY_HEADS = ("exits", "glance", "focus")
 
-    softmax over classes; labels are first **re-mapped to their rank among the distinct labels
-    present** (so when a class is absent every higher label is shifted onto the wrong score column);
-    AP per column from the cumsum of the sorted truth, ``/ max(#positives, 1)`` (absent -> 0, kept in
-    the mean). Computed in float32 like the official code; ties are broken by sample index.
-    Returns ``(mAP percent, AP (C,) float32 percent)``.
+
+def head_metrics(rows: Dict[str, torch.Tensor], metric: str, loss: float) -> Dict:
+    """The metrics of one evaluation: the prediction's and each secondary head's.
+
+    rows (dataset order, N videos): ``prediction`` (N, C) logits of the last exit; ``exits``,
+    ``glance``, ``focus`` (N, C) averaged softmax probabilities; ``label`` (N,) the first label;
+    ``labels`` (N, C) multi-hot. ``metric``: one of :data:`METRICS`, the one ``score`` reports.
+
+    Keys: ``prediction_top1`` (and ``_top5`` with five classes or more) for every head; with mAP,
+    ``prediction_mAP`` (softmax of the logits, as officially) and, for each secondary head,
+    ``{head}_mAP`` as the official log computes it — its ``cal_map`` applies a softmax to whatever it
+    is given, so the averaged probabilities are softmaxed once more before ranking — and
+    ``{head}_mean_prob_mAP``, the mAP of the averaged probabilities themselves. (Top-k accuracy is the
+    same either way: a softmax keeps each row's order.)
     """
-    logits = torch.as_tensor(logits).detach().cpu()
-    labels = torch.as_tensor(padded_labels).detach().cpu().long().clone()
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-    if labels.dim() == 1:
-        labels = labels.unsqueeze(1)
-    n, c = logits.shape
-    if labels.dim() != 2 or labels.shape[0] != n:
-        raise ValueError(f"labels must be ({n},) or ({n}, L), got {tuple(labels.shape)}")
-    if labels.numel() and int(labels.min()) < -1:
-        raise ValueError("labels must be >= -1 (-1 = padding)")
-    valid = labels >= 0
-    present = torch.unique(labels[valid])              # ascending
-    if present.numel() > c:
-        raise ValueError(f"{present.numel()} distinct labels for {c} score columns")
-    if present.numel():
-        lut = torch.full((int(present.max()) + 1,), -1, dtype=torch.long)
-        lut[present] = torch.arange(present.numel())
-        labels[valid] = lut[labels[valid]]
-    gt = torch.zeros(n, c + 1, dtype=torch.float32)
-    gt[torch.arange(n).unsqueeze(1).expand_as(labels), labels.remainder(c + 1)] = 1.0
-    gt = gt[:, :c]
-    probs = torch.softmax(logits.float(), dim=1)
-    order = torch.sort(probs, dim=0, descending=True, stable=True).indices
-    truth = gt.gather(0, order)
-    precision = truth.cumsum(0) / torch.arange(1, n + 1, dtype=torch.float32).unsqueeze(1)
-    ap = (precision * truth).sum(0) / truth.sum(0).clamp(min=1.0)
-    return float(ap.mean() * 100), ap * 100
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    out: Dict = {"loss": loss, "num_videos": int(rows["label"].shape[0]), "metric": metric}
+    heads = {"prediction": torch.softmax(rows["prediction"].float(), dim=-1),
+             **{name: rows[name] for name in SECONDARY_HEADS}}
+    if metric == "mAP":
+        targets = rows["labels"].bool()
+        out["prediction_mAP"] = mean_average_precision(heads["prediction"], targets)[0]
+        for name in SECONDARY_HEADS:
+            out[f"{name}_mAP"] = mean_average_precision(torch.softmax(heads[name].float(), dim=-1), targets)[0]
+            out[f"{name}_mean_prob_mAP"] = mean_average_precision(heads[name], targets)[0]
+    ks = (1, 5) if rows["prediction"].shape[1] >= 5 else (1,)
+    for name, scores in heads.items():
+        for k, value in zip(ks, topk_accuracy(scores, rows["label"], ks=ks)):
+            out[f"{name}_top{k}"] = value
+    out["score"] = out["prediction_mAP"] if metric == "mAP" else out["prediction_top1"]
+    return out

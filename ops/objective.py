@@ -1,4 +1,4 @@
-"""The training objective of Uni-AdaFocus (paper Eq. 12, 15, 21, 22; SPEC §3.5, §3.7, §4.2).
+"""The training objective of Uni-AdaFocus (paper Eq. 12, 15, 21, 22; docs/official-behaviour.md, "Objective").
 
 ``UniAdaFocusObjective`` returns every term by name. With the official defaults
 
@@ -32,6 +32,8 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .packages import sibling
 
 
 @dataclass
@@ -115,27 +117,6 @@ def temporal_mc_paper_loss(frame_weights: torch.Tensor, frame_losses: torch.Tens
     return (probs * frame_losses.view(b, 1, 1, g)).sum(dim=-1).mean()
 
 
-def temporal_mc_exact_paper_loss(frame_weights: torch.Tensor, frame_losses: torch.Tensor, num_draws: int) -> torch.Tensor:
-    """The exact expectation that ``temporal_mc_paper_loss`` estimates, by enumerating orderings.
-
-    Exponential in ``num_draws``; for checks on small cases. Inputs (B, G); returns the mean over B.
-    """
-    import itertools
-
-    b, g = frame_weights.shape
-    total = frame_weights.new_zeros(b)
-    for i in range(num_draws):
-        for prefix in itertools.permutations(range(g), i):
-            prob = frame_weights.new_ones(b)
-            remaining = frame_weights.clone()
-            for j in prefix:  # probability of drawing this prefix in this order
-                prob = prob * remaining[:, j] / remaining.sum(dim=1)
-                remaining = remaining.index_fill(1, torch.tensor([j], device=remaining.device), 0.0)
-            expected = (remaining / remaining.sum(dim=1, keepdim=True) * frame_losses).sum(dim=1)
-            total = total + prob * expected
-    return (total / num_draws).mean()
-
-
 def patch_size_regulariser(glance_actions: torch.Tensor) -> torch.Tensor:
     """Mean of (a_h - 1)^2 and (a_w - 1)^2 over all glance frames: pushes patches to full size.
 
@@ -166,8 +147,11 @@ class UniAdaFocusObjective:
     against 1 / T_G (the uniform distribution over the frames the weights live on).
     """
 
+    #: Every term, in the order of :class:`ObjectiveTerms` (after ``total``); variants name theirs.
+    TERMS = sibling("models.variants").OBJECTIVE_TERMS
+
     def __init__(self, num_segments: int, num_glance_segments: int, num_focus_segments: int, *,
-                 kl_ratio: float = 0.0, norm_ratio: float = 1.0, temporal_form: str = "official",
+                 terms=TERMS, kl_ratio: float = 0.0, norm_ratio: float = 1.0, temporal_form: str = "official",
                  spatial_form: str = "official", mc_samples: int = 128, mc_draws: Optional[int] = None,
                  kl_reference: str = "official"):
         if temporal_form not in ("official", "paper"):
@@ -176,7 +160,10 @@ class UniAdaFocusObjective:
             raise ValueError(f"spatial_form must be 'official' or 'paper', got {spatial_form!r}")
         if kl_reference not in ("official", "glance"):
             raise ValueError(f"kl_reference must be 'official' or 'glance', got {kl_reference!r}")
-        self.num_glance = num_glance_segments
+        unknown = set(terms) - set(self.TERMS)
+        if unknown:
+            raise ValueError(f"unknown objective terms {sorted(unknown)}; known: {self.TERMS}")
+        self.terms = frozenset(terms)
         self.kl_ratio, self.norm_ratio = kl_ratio, norm_ratio
         self.temporal_form, self.spatial_form = temporal_form, spatial_form
         self.mc_samples = mc_samples
@@ -186,34 +173,44 @@ class UniAdaFocusObjective:
     def __call__(self, out, target: torch.Tensor, generator: Optional[torch.Generator] = None) -> ObjectiveTerms:
         if out.random_pass is None:
             raise ValueError("the objective needs a training-mode forward (with the random-patch pass)")
-        b, num_glance, _ = out.glance_logits.shape
-        cat = 0.5 * (step_cross_entropy(out.exit_logits, target)
-                     + step_cross_entropy(out.random_pass.exit_logits, target))
-        glance = step_cross_entropy(out.glance_logits, target)
-        focus = 0.5 * (step_cross_entropy(out.focus_logits, target)
-                       + step_cross_entropy(out.random_pass.focus_logits, target))
+        zero = out.frame_weights.new_zeros(())
+        values = {name: getattr(self, f"_{name}")(out, target, generator) if name in self.terms else zero
+                  for name in self.TERMS}
+        return ObjectiveTerms(total=sum(values.values()), **values)
 
+    # one method per term, each already weighted ------------------------------------------------------
+    def _cat(self, out, target, generator):
+        return 0.5 * (step_cross_entropy(out.exit_logits, target) + step_cross_entropy(out.random_pass.exit_logits, target))
+
+    def _glance(self, out, target, generator):
+        return step_cross_entropy(out.glance_logits, target)
+
+    def _focus(self, out, target, generator):
+        return 0.5 * (step_cross_entropy(out.focus_logits, target)
+                      + step_cross_entropy(out.random_pass.focus_logits, target))
+
+    def _temporal(self, out, target, generator):
         if self.temporal_form == "official":
             mc_logits = temporal_mc_logits(out.frame_weights, out.glance_logits, self.mc_draws, self.mc_samples,
                                            generator)
-            temporal = F.cross_entropy(mc_logits, target)
-        else:
-            frame_losses = F.cross_entropy(out.glance_logits.detach().flatten(0, 1),
-                                           target.repeat_interleave(num_glance), reduction="none").view(b, num_glance)
-            temporal = temporal_mc_paper_loss(out.frame_weights, frame_losses, self.mc_draws, self.mc_samples,
-                                              generator)
+            return F.cross_entropy(mc_logits, target)
+        b, num_glance, _ = out.glance_logits.shape
+        frame_losses = F.cross_entropy(out.glance_logits.detach().flatten(0, 1), target.repeat_interleave(num_glance),
+                                       reduction="none").view(b, num_glance)
+        return temporal_mc_paper_loss(out.frame_weights, frame_losses, self.mc_draws, self.mc_samples, generator)
 
+    def _spatial(self, out, target, generator):
         if self.spatial_form == "official":  # one CE per video of the frame-averaged crop
-            spatial = F.cross_entropy(out.spatial_logits, target)
-        else:  # Eq. 14/15: one CE per glance frame
-            spatial = step_cross_entropy(out.spatial_frame_logits, target)
+            return F.cross_entropy(out.spatial_logits, target)
+        return step_cross_entropy(out.spatial_frame_logits, target)  # Eq. 14/15: one CE per glance frame
 
-        zero = out.frame_weights.new_zeros(())
-        kl = self.kl_ratio * kl_to_uniform(out.frame_weights, self.kl_reference_size) if self.kl_ratio else zero
-        norm = self.norm_ratio * patch_size_regulariser(out.glance_actions)
-        total = cat + glance + focus + temporal + spatial + kl + norm
-        return ObjectiveTerms(total=total, cat=cat, glance=glance, focus=focus, temporal=temporal, spatial=spatial,
-                              kl=kl, norm=norm)
+    def _kl(self, out, target, generator):
+        if not self.kl_ratio:
+            return out.frame_weights.new_zeros(())
+        return self.kl_ratio * kl_to_uniform(out.frame_weights, self.kl_reference_size)
+
+    def _norm(self, out, target, generator):
+        return self.norm_ratio * patch_size_regulariser(out.glance_actions)
 
 
 def validation_loss(out, target: torch.Tensor) -> torch.Tensor:

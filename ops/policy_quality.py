@@ -14,7 +14,9 @@ from typing import Dict, Optional
 
 import torch
 
-from .frame_selection import select_focus_frames
+from .packages import sibling
+
+select_focus_frames = sibling("models.frame_selection").select_focus_frames
 
 
 def box_coverage(patches: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,11 @@ import os
 import sys
 from typing import Any, Dict, List
 
-from .files import write_json_atomic, write_text_atomic
+from .packages import sibling
+
+_files = sibling("datasets.files")
+write_json_atomic = _files.write_json_atomic
+write_text_atomic = _files.write_text_atomic
 
 
 class RunLog:

@@ -1,4 +1,4 @@
-"""Optimiser parameter groups and the per-epoch learning-rate schedule (SPEC §4.3; paper App. H.3).
+"""Optimiser parameter groups and the per-epoch learning-rate schedule (paper App. H.3).
 
 Eight groups, in the official order, each with a learning-rate multiplier:
 

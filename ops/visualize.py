@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .files import atomic_write
+from .packages import sibling
+
+_files = sibling("datasets.files")
+atomic_write = _files.atomic_write
 
 FOCUS_COLOUR = (255, 64, 32)
 FRAME_COLOUR = (255, 210, 0)
@@ -28,6 +31,19 @@ def to_image(frame) -> Image.Image:
     if array.dtype != np.uint8:
         raise ValueError(f"frames must be uint8, got {array.dtype}")
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+def ground_truth_boxes(item, row: Optional[int] = None) -> Optional[torch.Tensor]:
+    """The object boxes (T0, 4) of a dataset item (or of video ``row`` of a batch), NaN where the object
+    is not visible; None for data without ground truth."""
+    if "object_boxes" not in item:
+        return None
+    boxes, visible = item["object_boxes"], item["object_visible"]
+    if row is not None:
+        boxes, visible = boxes[row], visible[row]
+    boxes = boxes.clone()
+    boxes[~visible] = float("nan")
+    return boxes
 
 
 def _box(draw: ImageDraw.ImageDraw, box, colour, scale: float, width: int) -> None:

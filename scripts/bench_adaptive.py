@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the adaptive early-exit runtime (ops.adaptive) against the full forward.
+"""Benchmark of the adaptive early-exit runtime (ops.early_exit.adaptive) against the full forward.
 
 Builds the official-size model (``UniAdaFocus(num_classes=200, patch_size=128)``: 48 frames, 16
 glance + 16 focus steps, MobileNetV2 + ResNet-50; random weights, eval mode), takes an exit
@@ -8,7 +8,7 @@ times, on the same batch and thread count, after a warm-up:
 
 * the full forward (all 32 exits, what the post-hoc simulation needs), and
 * the adaptive run (stage 0, then the policy and one focus step at a time for the videos still
-  running; see ops/adaptive.py),
+  running; see ops/early_exit/adaptive.py),
 
 alternating the two so that a change in machine load hits both alike, and prints the measured
 speed-up next to the speed-up the FLOPs predict::
@@ -30,11 +30,13 @@ exactly as in a threshold run, but the decision is taken from the assignment, so
 does not depend on what random weights predict. Before timing, the adaptive logits are checked
 against the full pass's stage logits.
 
-    python scripts/bench_adaptive.py                           # B=48, 2 threads, 18.1-GFLOPs budget
-    python scripts/bench_adaptive.py --batch 16 --repeats 3
-    python scripts/bench_adaptive.py --device cuda --batch 64  # on a GPU (autocast with --amp)
+Run from the repository root::
 
-Both paths run the inference copy of the model (``ops.inference.prepare_for_inference``: BatchNorm
+    python -m scripts.bench_adaptive                           # B=48, 2 threads, 18.1-GFLOPs budget
+    python -m scripts.bench_adaptive --batch 16 --repeats 3
+    python -m scripts.bench_adaptive --device cuda --batch 64  # on a GPU (autocast with --amp)
+
+Both paths run the inference copy of the model (``models.inference.prepare_for_inference``: BatchNorm
 folded into the convolutions, channels-last encoders, encoder calls of at most 32 images and a
 TorchScript-frozen glance encoder on a CPU)
 with glibc's allocator tuned to reuse freed activations (``ops.cpu.tune_cpu_allocator``); ``--plain``
@@ -63,19 +65,19 @@ import time
 # OpenMP threads that spin while they wait turn every small parallel region into a scheduler time
 # slice when the cores are shared with other work (measured here: ResNet-50 on one 128-px patch
 # 2.2 s with 2 spinning threads vs 0.07 s passive). Both paths run under the same setting; set
-# OMP_WAIT_POLICY yourself to override. Must be set before torch starts its thread pool.
+# OMP_WAIT_POLICY yourself to override. Must be set before torch is imported (OpenMP reads it when it
+# is loaded), hence the imports below this line.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 from models import UniAdaFocus  # noqa: E402
-from ops.adaptive import AdaptiveRunner, stage_logits  # noqa: E402
-from ops.early_exit import LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, geometric_exit_distribution  # noqa: E402
+from models.flops import flops_breakdown  # noqa: E402
+from models.inference import prepare_for_inference  # noqa: E402
+from models.uni_adafocus import stage_logits  # noqa: E402
 from ops.cpu import tune_cpu_allocator  # noqa: E402
-from ops.flops import flops_breakdown  # noqa: E402
-from ops.inference import prepare_for_inference  # noqa: E402
+from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner,  # noqa: E402
+                            geometric_exit_distribution)
 
 
 def expected_cost(q: torch.Tensor, flops: torch.Tensor) -> float:
@@ -109,7 +111,8 @@ def assign_stages(q: torch.Tensor, batch: int, generator: torch.Generator) -> to
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_adaptive", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=48, help="videos per batch (B)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (both runs)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path (alternating)")
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
                     help="run both paths under autocast (bfloat16 on CPU, float16 on CUDA)")
     ap.add_argument("--plain", action="store_true",
                     help="time the training-layout model (unfolded BatchNorm, NCHW, default allocator) "
-                         "instead of ops.inference.prepare_for_inference + ops.cpu.tune_cpu_allocator")
+                         "instead of models.inference.prepare_for_inference + ops.cpu.tune_cpu_allocator")
     ap.add_argument("--runtime-baseline", action="store_true",
                     help="also time the runtime with every video forced to the last stage (its own no-exit cost)")
     ap.add_argument("--seed", type=int, default=0)

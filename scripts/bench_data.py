@@ -1,16 +1,17 @@
 """Data-pipeline benchmark: clips per second per worker, our pipeline vs the official semantics.
 
-    python scripts/bench_data.py                       # 360p JPEG frames generated in a temp folder
-    python scripts/bench_data.py --data_dir D --dataset actnet --split val   # your extracted frames
+    python -m scripts.bench_data                       # 360p JPEG frames generated in a temp folder
+    python -m scripts.bench_data --data_dir D --dataset actnet --split val   # your extracted frames
 
 Both pipelines read the same T0-frame clips (default 48) and run single-threaded, as a DataLoader
 worker does (``torch.set_num_threads(1)``):
 
 * ours: ``datasets.build_dataset`` items, uint8 ``(T0, 3, S, S)`` (normalisation happens on the device);
-* official: a re-creation of the official data path from its description (SPEC §2.2-2.3): PIL
-  ``open().convert('RGB')`` per frame, multi-scale crop and resize per PIL image (train) or
-  torchvision ``Resize`` + ``CenterCrop`` per PIL image (val), flip by ``transpose``, stacking to
-  ``H×W×3T0`` with ``np.concatenate``, ``float().div(255)`` and a per-channel Python normalise loop.
+* official: a re-creation of the official data path from its description (docs/official-behaviour.md,
+  "Data: list files, sampling, transforms"): PIL ``open().convert('RGB')`` per frame, multi-scale
+  crop and resize per PIL image (train) or torchvision ``Resize`` + ``CenterCrop`` per PIL image (val),
+  flip by ``transpose``, stacking to ``H×W×3T0`` with ``np.concatenate``, ``float().div(255)`` and a
+  per-channel Python normalise loop.
 
 The two are timed in alternating rounds and the median round is reported, so that load from other
 processes affects both alike. ``--cpu_normalise`` adds our pipeline followed by a float
@@ -31,12 +32,10 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from datasets import build_dataset  # noqa: E402
-from datasets.frame_dataset import FrameFolderDataset  # noqa: E402
-from datasets.sampling import segment_indices  # noqa: E402
-from datasets.transforms import crop_size_pairs, default_scale_size, fixed_offsets  # noqa: E402
+from datasets import build_dataset
+from datasets.frame_dataset import FrameFolderDataset
+from datasets.sampling import segment_indices
+from datasets.transforms import crop_size_pairs, default_scale_size, fixed_offsets
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

@@ -3,7 +3,7 @@
 
 Generates seeded synthetic exit logits at the size of the real experiment (by default 45,000
 threshold-set + 45,000 evaluation videos x 17 exits x 239 classes, FCVID-sized; ~0.73 GB per set in
-float32) with the recipe of the reference fixture (README §4: Gaussian noise plus a signal on the
+float32) with the recipe of the early-exit parity fixture (Gaussian noise plus a signal on the
 labels that grows with the stage), then times the full 19-budget sweep -- criterion, thresholds,
 evaluation, random baseline and fixed-exit curve -- for each metric and criterion, and prints the
 breakdown. Generation is not timed.
@@ -12,8 +12,10 @@ Speed target (2-core CPU): the top-1 sweep must finish in under 2 s (the officia
 for the same work). The script exits with status 1 when the top-1 target is missed (``--no-check``
 to only report). The mAP sweep has no target; its time is reported as measured.
 
-    python scripts/bench_early_exit.py                     # defaults: 45k + 45k x 17 x 239
-    python scripts/bench_early_exit.py --n 5000 --repeats 1
+Run from the repository root::
+
+    python -m scripts.bench_early_exit                     # defaults: 45k + 45k x 17 x 239
+    python -m scripts.bench_early_exit --n 5000 --repeats 1
 """
 from __future__ import annotations
 
@@ -24,9 +26,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from ops.early_exit import budget_sweep, exit_scores, thresholds_for_budget  # noqa: E402
+from ops.early_exit import budget_sweep, exit_scores, thresholds_for_budget
 
 TOP1_TARGET_S = 2.0
 FLOPS_P128 = [4.889240064 + (k > 0) * (2.171248064 + 1.344632768 * (k - 1)) for k in range(17)]
@@ -55,14 +55,15 @@ def make_logits(n: int, stages: int, classes: int, generator: torch.Generator):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m scripts.bench_early_exit", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=45000, help="videos per set (threshold set and evaluation set)")
     ap.add_argument("--stages", type=int, default=17)
     ap.add_argument("--classes", type=int, default=239)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (the minimum is reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--metrics", default="top1,map")
+    ap.add_argument("--metrics", default="top1,mAP")
     ap.add_argument("--criteria", default="confidence,entropy")
     ap.add_argument("--no-check", action="store_true", help="do not fail when the top-1 target is missed")
     args = ap.parse_args(argv)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Classify one raw video file (or frame folder) with a Uni-AdaFocus checkpoint.
 
-    python scripts/predict.py VIDEO.mp4 --checkpoint exp/RUN/ckpt.best.pth.tar
-    python scripts/predict.py VIDEO.mp4 --checkpoint ckpt/actnet_p128.pth.tar --config configs/actnet_p128.yaml \\
+    python -m scripts.predict VIDEO.mp4 --checkpoint exp/RUN/ckpt.best.pth.tar
+    python -m scripts.predict VIDEO.mp4 --checkpoint ckpt/actnet_p128.pth.tar --config configs/actnet_p128.yaml \\
         --class_names DATA/classInd.txt --thresholds exp/RUN/early_exit/thresholds_entropy_18.1gflops.json --json
 
 Prints the top-5 classes with their names and probabilities, the exit step (how many focus frames
@@ -15,30 +15,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from datasets import DataError, class_names
+from datasets.clip import load_clip
+from models import get_variant
+from models.inference import prepare_for_inference
+from ops import config, engine
+from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint
+from ops.cpu import tune_cpu_allocator
+from ops.early_exit import AdaptiveRunner, ThresholdsFileError, load_thresholds
 
-import main as trainer  # noqa: E402
-from datasets import DataError, class_names  # noqa: E402
-from datasets.clip import load_clip  # noqa: E402
-from models import UniAdaFocus  # noqa: E402
-from ops.adaptive import AdaptiveRunner  # noqa: E402
-from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint  # noqa: E402
-from ops.cpu import tune_cpu_allocator  # noqa: E402
-from ops.early_exit import ThresholdsFileError, load_thresholds  # noqa: E402
-from ops.flops import flops_breakdown  # noqa: E402
-from ops.inference import prepare_for_inference  # noqa: E402
-
-MODEL_KEYS = ("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
+MODEL_KEYS = ("variant", "num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
               "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "glance_arch", "focus_arch", "temperature")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("predict.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser("python -m scripts.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("video", help="video file (mp4, avi, mkv, webm, ...) or folder of frames")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
     p.add_argument("--config", default=None, help="YAML preset with the model's sizes (needed for official files)")
@@ -51,16 +46,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     for key in MODEL_KEYS:
-        p.add_argument("--" + key, type=str if key in ("glance_arch", "focus_arch") else
+        p.add_argument("--" + key, type=str if key in ("variant", "glance_arch", "focus_arch") else
                        (float if key == "temperature" else int), default=None)
     return p
 
 
 def model_config(args, ckpt: dict) -> dict:
     """Model sizes: command line > --config > the checkpoint's saved configuration > main.py defaults."""
-    defaults = vars(trainer.parse_args([]))
+    defaults = vars(config.parse_args([]))
     saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    preset = trainer.load_config_file(args.config, trainer.get_args_parser()) if args.config else {}
+    preset = config.load_config_file(args.config, config.get_args_parser()) if args.config else {}
     cfg = {k: defaults[k] for k in MODEL_KEYS}
     for source in (saved, preset, {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}):
         cfg.update({k: v for k, v in source.items() if k in MODEL_KEYS})
@@ -84,7 +79,11 @@ def main(argv=None) -> int:
         num_classes = args.num_classes or checkpoint_num_classes(ckpt, args.checkpoint)
     except CheckpointError as exc:
         raise SystemExit(f"{exc}; pass --num_classes") from None
-    model = UniAdaFocus(num_classes=num_classes, **{k: v for k, v in cfg.items() if not k.startswith("_")})
+    try:
+        variant = get_variant(cfg["variant"])
+    except KeyError as exc:
+        raise SystemExit(f"--variant: {exc.args[0]}") from None
+    model = variant.build(num_classes=num_classes, **{k: v for k, v in cfg.items() if k in variant.hyper_parameters})
     try:
         load_checkpoint(args.checkpoint, model)
     except CheckpointError as exc:
@@ -94,14 +93,13 @@ def main(argv=None) -> int:
     except DataError as exc:
         raise SystemExit(str(exc)) from None
     names = names or [str(i) for i in range(num_classes)]
+    stages = engine.exit_gflops(model)  # counted on the model itself, not on its inference copy
     model = prepare_for_inference(model.to(device).eval())
     try:
         clip, info = load_clip(args.video, model.num_segments, model.input_size, args.short_side, args.template)
     except DataError as exc:
         raise SystemExit(str(exc)) from None
     video = clip.unsqueeze(0).to(device)
-
-    stages = flops_breakdown(model).stages()
     with torch.no_grad():
         if args.thresholds:
             try:

@@ -2,8 +2,9 @@
 """Does the spatial policy's training signal point at the object? (synthetic data only)
 
 The spatial policy is trained by the auxiliary objective alone: each glance feature map is cropped by
-the policy's patch, pooled and classified (SPEC §3.3). This script evaluates that objective, on the
-validation glance frames that show the object, for four patch placements of the smallest size:
+the policy's patch, pooled and classified (docs/official-behaviour.md, "Forward pass"). This script
+evaluates that objective, on the validation glance frames that show the object, for four patch
+placements of the smallest size:
 
 * ``policy``  the trained policy's own patch (its size included);
 * ``object``  centred on the object's true box;
@@ -16,24 +17,21 @@ object is. (Once the glance is nearly always right, every placement's cross-entr
 the comparison says little.) It also prints how the policy's positions correlate with the object's,
 which is the direct answer.
 
-    python scripts/probe_spatial.py --config configs/synthetic.yaml --resume exp/synthetic/ckpt.best.pth.tar
+    python -m scripts.probe_spatial --config configs/synthetic.yaml --resume exp/synthetic/ckpt.best.pth.tar
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import datasets  # noqa: E402
-import main  # noqa: E402
-from models import UniAdaFocus  # noqa: E402
-from ops import patches as patch_ops  # noqa: E402
-from ops.checkpoint import load_checkpoint  # noqa: E402
+import datasets
+from models import get_variant
+from models import patches as patch_ops
+from ops import config, engine
+from ops.checkpoint import load_checkpoint
 
 
 def placements(policy_actions: torch.Tensor, boxes: torch.Tensor, size: int, generator: torch.Generator):
@@ -62,13 +60,12 @@ def main_cli(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     opts = p.parse_args(argv)
     extra = ["--data_dir", opts.data_dir] if opts.data_dir else []
-    args = main.parse_args(["--config", opts.config] + extra)
+    args = config.parse_args(["--config", opts.config] + extra)
     if args.dataset != "synthetic":
         raise SystemExit("--config: the probe needs the synthetic dataset's object boxes")
     val = datasets.build_dataset("synthetic", args.data_dir, "val", train=False, num_segments=args.num_segments,
-                                 input_size=args.input_size, **main.dataset_options(args))
-    model = UniAdaFocus.from_args(args, num_classes=datasets.num_classes("synthetic", args.data_dir,
-                                                                          **main.dataset_options(args)))
+                                 input_size=args.input_size, **engine.dataset_options(args))
+    model = get_variant(args.variant).build_from(args, val.num_classes)
     load_checkpoint(opts.resume, model)
     model.eval()
     generator = torch.Generator().manual_seed(opts.seed)
@@ -90,7 +87,7 @@ def main_cli(argv=None) -> int:
             actions = placements(policy.glance_actions.reshape(-1, 4)[shown], boxes[shown], model.input_size,
                                  generator)
             for name, a in actions.items():
-                crop = patch_ops.crop_patches(maps, a, model.feature_patch_size, model.patch_size, model.input_size)
+                crop = model.geometry.crop_features(maps, a)
                 logits = model.spatial_head(crop.mean(dim=(2, 3)))  # (n, C)
                 losses.setdefault(name, []).append(F.cross_entropy(logits, target, reduction="none"))
                 hits.setdefault(name, []).append((logits.argmax(1) == target).float())

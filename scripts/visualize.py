@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Draw what Uni-AdaFocus looked at: selected frames, their patches and the exit step (paper Fig. 13).
 
-    python scripts/visualize.py --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
+    python -m scripts.visualize --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
         --videos 0 1 2 3 --out frames.png [--gif] [--thresholds early_exit/thresholds_entropy_0.3gflops.json]
-    python scripts/visualize.py --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
+    python -m scripts.visualize --config configs/synthetic.yaml --resume exp/RUN/ckpt.best.pth.tar \\
         --files my_video.mp4 frames_folder/ --out mine.png      # your own videos, no dataset needed
 
 Takes main.py's arguments (dataset, sizes, ``--resume``) and draws, for each chosen validation video,
@@ -23,25 +23,22 @@ from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import main as trainer  # noqa: E402
-from datasets import DataError, class_names  # noqa: E402
-from datasets.clip import load_clip  # noqa: E402
-from ops import distributed as dist_ops  # noqa: E402
-from ops.adaptive import AdaptiveRunner  # noqa: E402
-from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpoint  # noqa: E402
-from ops.cpu import tune_cpu_allocator  # noqa: E402
-from ops.early_exit import ThresholdsFileError, load_thresholds  # noqa: E402
-from ops.files import atomic_write  # noqa: E402
-from ops.run_log import RunLog  # noqa: E402
-from ops.visualize import focus_frames_gif, selection_strip, stack_rows  # noqa: E402
+from datasets import DataError, class_names
+from datasets.clip import load_clip
+from datasets.files import atomic_write
+from ops import config, engine
+from ops import distributed as dist_ops
+from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpoint
+from ops.cpu import tune_cpu_allocator
+from ops.early_exit import AdaptiveRunner, ThresholdsFileError, load_thresholds
+from ops.run_log import RunLog
+from ops.visualize import focus_frames_gif, ground_truth_boxes, selection_strip, stack_rows
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """main.py's arguments (``--thresholds`` marks the exit step here) and the drawing options."""
-    parser = trainer.get_args_parser()
-    parser.prog = "visualize.py"
+    parser = config.get_args_parser()
+    parser.prog = "python -m scripts.visualize"
     g = parser.add_argument_group("visualisation")
     g.add_argument("--videos", type=int, nargs="+", default=[0, 1, 2, 3], help="validation video indices")
     g.add_argument("--files", nargs="+", default=None,
@@ -55,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = trainer.parse_args(argv, get_args_parser())
+    args = config.parse_args(argv, get_args_parser())
     args.evaluate = True
     info = dist_ops.init_distributed(None, args.device, "env://")
     if info.device.type == "cpu":
@@ -80,16 +77,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         except DataError as exc:
             raise SystemExit(str(exc)) from None
     else:
-        _, _, val_set, _ = trainer.build_loaders(args, info)
+        val_set = engine.build_dataset(args, "val", info)
         bad = [i for i in args.videos if not 0 <= i < len(val_set)]
         if bad:
             raise SystemExit(f"--videos {bad}: the validation set has {len(val_set)} videos (0..{len(val_set) - 1})")
         num_classes = val_set.num_classes
         videos = [(f"video {i}", val_set[i]) for i in args.videos]
         names = getattr(val_set, "class_names", None)
-    model = trainer.build_model(args, num_classes, info)
+    model = engine.build_model(args, num_classes, info)
     if args.resume:
-        trainer.restore(args, model, None, None, log, "")
+        engine.restore(args, model, None, None, log, "")
     else:
         print("warning: no --resume: drawing an untrained model", file=sys.stderr)
     model.eval()
@@ -107,10 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = model(video.unsqueeze(0).to(info.device))
             exit_step = int(runner.run(video.unsqueeze(0).to(info.device)).exit_stage[0]) if runner else None
         pred = int(out.logits[0].argmax())
-        boxes = None
-        if "object_boxes" in item:
-            boxes = item["object_boxes"].clone()
-            boxes[~item["object_visible"]] = float("nan")
+        boxes = ground_truth_boxes(item)
         label = f"label {names[int(item['label'])] if names else int(item['label'])}, " if "label" in item else ""
         caption = (f"{tag}: {label}prediction {names[pred] if names else pred}"
                    + (f", exit after {exit_step} focus frames" if runner else ""))

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from models.backbones import BackboneWeightsError, FocusEncoder, GlanceEncoder, mbv2_torchvision_to_flat
-from models.official import ours_to_official
+from models.mn2_r50 import ours_to_official
 from ops.checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
 from support import tiny_model
 

@@ -67,4 +67,4 @@ def test_exit_count_and_width_follow_the_configuration():
     assert len(clf.glance_exits) == 16 and len(clf.focus_exits) == 16
     assert clf.focus_exits[0][1].in_features == 8192 and clf.glance_exits[0][1].in_features == 4096
     params = sum(p.numel() for p in clf.parameters())
-    assert params == 52_984_064  # SPEC §3.1
+    assert params == 52_984_064  # the official classifier

@@ -1,4 +1,4 @@
-"""List files, class files and the dataset registry (SPEC §2.1-2.2, §6)."""
+"""List files, class files and the dataset registry."""
 import json
 
 import pytest
@@ -67,7 +67,7 @@ def test_malformed_lines_reported_with_file_and_line(tmp_path):
 
 
 def test_official_splitter_bug_gives_clear_error(tmp_path):
-    # A comma list read with the space splitter (the official custom-dataset failure, SPEC §6).
+    # A comma list read with the space splitter (the official custom-dataset failure).
     path = write(tmp_path / "l.txt", "video_1,100,3\n")
     with pytest.raises(ListFileError, match=r"l\.txt:1: .*found 1 field"):
         parse_list_file(path, separator=" ", multi_label=False)
@@ -117,7 +117,7 @@ def test_format_list_line_round_trip():
 
 # --- registry --------------------------------------------------------------------------------------
 def test_registry_matches_official_configuration():
-    expected = {  # SPEC §2.1
+    expected = {  # docs/official-behaviour.md, "Data: list files, sampling, transforms"
         "actnet": ("classInd.txt", "actnet_train_split.txt", "actnet_val_split.txt", "frames", "image_{:05d}.jpg", ","),
         "fcvid": ("classInd.txt", "fcvid_train_split.txt", "fcvid_val_split.txt", "frames", "image_{:05d}.jpg", ","),
         "minik": ("minik_classInd.txt", "mini_train_videofolder.txt", "mini_val_videofolder.txt", ".",

@@ -1,4 +1,4 @@
-"""Clip transforms: official crop geometry, one draw per clip, PIL parity, box mapping (SPEC §2.3)."""
+"""Clip transforms: official crop geometry, one draw per clip, PIL parity, box mapping."""
 from collections import Counter
 
 import numpy as np

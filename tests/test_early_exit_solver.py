@@ -36,7 +36,7 @@ def parity():
         seed = data["runs"][run].get("python_random_seed", 0)
         results[run] = budget_sweep(
             inputs["train_logits"], inputs["train_targets"], inputs["val_logits"], inputs["val_targets"],
-            data["flops_table"], criterion=criterion, metric="map" if dataset == "actnet" else "top1",
+            data["flops_table"], criterion=criterion, metric="mAP" if dataset == "actnet" else "top1",
             p_values=data["p_values"], generator=random.Random(seed))
     return data, results
 
@@ -44,13 +44,13 @@ def parity():
 @pytest.mark.parametrize("run", FIXTURE_RUNS)
 def test_fixture_exit_counts_are_exact(parity, run):
     data, results = parity
-    assert torch.equal(results[run].exit_counts_tensor().float(), data["runs"][run]["exit_counts"])
+    assert torch.equal(torch.tensor([pt.exit_counts for pt in results[run].points]).float(), data["runs"][run]["exit_counts"])
 
 
 @pytest.mark.parametrize("run", FIXTURE_RUNS)
 def test_fixture_thresholds(parity, run):
     data, results = parity
-    ours = results[run].thresholds_tensor().float()
+    ours = torch.tensor([pt.thresholds for pt in results[run].points], dtype=torch.float64).float()
     ref = data["runs"][run]["thresholds"]
     if run.endswith("confidence"):
         assert torch.equal(ours, ref)            # max logits: bit-exact
@@ -66,7 +66,7 @@ def test_fixture_thresholds(parity, run):
 @pytest.mark.parametrize("run", FIXTURE_RUNS)
 def test_fixture_exit_ratios_are_exact(parity, run):
     data, results = parity
-    assert torch.equal(results[run].exit_ratios_tensor(), data["runs"][run]["ratio_list"])
+    assert torch.equal(torch.tensor([pt.exit_ratios for pt in results[run].points], dtype=torch.float32), data["runs"][run]["ratio_list"])
 
 
 @pytest.mark.parametrize("run", FIXTURE_RUNS)
@@ -260,9 +260,9 @@ def test_entropy_is_finite_when_the_softmax_underflows():
 
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_fused_softmax_pass_gives_the_same_scores_as_exit_scores(criterion):
-    from ops.early_exit import _softmax_table
+    from ops.early_exit.criteria import softmax_table
     x = 3 * _logits(3000, 8)[0]                       # > one chunk of rows
-    probs, scores = _softmax_table(x, criterion)
+    probs, scores = softmax_table(x, criterion)
     assert torch.equal(scores, exit_scores(x, criterion))
     assert torch.equal(probs, torch.softmax(x, -1))
 
@@ -309,7 +309,7 @@ def test_expected_flops_is_the_exit_weighted_mean():
 def test_evaluate_exits_map_is_the_map_of_the_softmax_of_the_chosen_logits(own_data):
     _, val, val_labels, flops = own_data
     exits = torch.randint(0, K, (N_VAL,), generator=torch.Generator().manual_seed(0))
-    ev = evaluate_exits(val, val_labels, flops, exits=exits, metric="map")
+    ev = evaluate_exits(val, val_labels, flops, exits=exits, metric="mAP")
     chosen = torch.stack([val[i, e] for i, e in enumerate(exits.tolist())])
     assert torch.equal(ev.outputs, chosen)
     assert ev.metric == mean_average_precision(torch.softmax(chosen, 1), val_labels)[0]
@@ -350,20 +350,20 @@ def test_random_baseline_assigns_permutation_slices_in_stage_order():
     assert exits.tolist() == [0, 2, 2, 0, 2]
 
 
-@pytest.mark.parametrize("metric", ["map", "top1"])
+@pytest.mark.parametrize("metric", ["mAP", "top1"])
 def test_stage_metric_equals_the_metric_of_the_gathered_logits(own_data, metric):
     from ops.early_exit import StageMetric
     _, val, val_labels, _ = own_data
     exits = torch.randint(0, K, (N_VAL,), generator=torch.Generator().manual_seed(2))
     chosen = val[torch.arange(N_VAL), exits]
-    expected = (mean_average_precision(torch.softmax(chosen, 1), val_labels)[0] if metric == "map"
+    expected = (mean_average_precision(torch.softmax(chosen, 1), val_labels)[0] if metric == "mAP"
                 else topk_accuracy(chosen, val_labels, ks=(1,))[0])
     assert StageMetric(val, val_labels, metric)(exits) == pytest.approx(expected, abs=1e-12)
 
 
 def test_fixed_exit_curve_is_the_metric_of_each_stage(own_data):
     _, val, val_labels, flops = own_data
-    curve = fixed_exit_curve(val, val_labels, flops, metric="map")
+    curve = fixed_exit_curve(val, val_labels, flops, metric="mAP")
     for k, point in enumerate(curve):
         assert point.gflops == flops[k]
         assert point.metric == mean_average_precision(torch.softmax(val[:, k], 1), val_labels)[0]
@@ -371,7 +371,7 @@ def test_fixed_exit_curve_is_the_metric_of_each_stage(own_data):
 
 def test_sweep_rows_and_json_hold_every_budget(own_data):
     train, val, val_labels, flops = own_data
-    res = budget_sweep(train, None, val, val_labels, flops, metric="map", p_values=(0.3, 0.6))
+    res = budget_sweep(train, None, val, val_labels, flops, metric="mAP", p_values=(0.3, 0.6))
     rows = res.to_rows()
     assert [r["p"] for r in rows] == [0.3, 0.6] and f"threshold_{K - 1}" in rows[0]
     doc = json.loads(res.to_json())

@@ -1,15 +1,15 @@
-"""GFLOPs counted from the module (ops.flops) against the official constants (SPEC §5.3)."""
+"""GFLOPs counted from the module (models.flops) against the official table (docs/official-behaviour.md, "FLOPs")."""
 import json
 
 import pytest
 import torch
 
 from models import UniAdaFocus
-from ops import flops
+from models import flops
 from support import reference_dir, tiny_model
 
-# SPEC §5.3: FLOPs(k) = 16*0.299511328 + r_P*k + 1e-3*(5.246976*16 + 8.392704*k + 0.8192*16 + 1.6384*k)
-#                      + [k > 0]*(0.00412992 + 0.822485376)
+# Official: FLOPs(k) = 16*0.299511328 + r_P*k + 1e-3*(5.246976*16 + 8.392704*k + 0.8192*16 + 1.6384*k)
+#                     + [k > 0]*(0.00412992 + 0.822485376)
 R_P = {96: 0.750725056, 128: 1.334601664, 160: 2.08530016, 192: 3.002820544}
 
 

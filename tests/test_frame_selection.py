@@ -4,12 +4,15 @@ import math
 import pytest
 import torch
 
-from ops.frame_selection import (glance_frame_indices, interpolate_actions, positions_to_indices,
+from models.frame_selection import (glance_frame_indices, interpolate_actions, positions_to_indices,
                                  quantile_positions, select_focus_frames)
 
 
 def _official_selection(weights, t0, num_focus, offsets):
-    """Plain-Python restatement of the official rule (SPEC §3.5), one video and one step at a time."""
+    """Plain-Python restatement of the official rule, one video and one step at a time.
+
+    The rule: docs/official-behaviour.md, "Frame selection".
+    """
     out = []
     for w, u in zip(weights.tolist(), offsets.tolist()):
         g = len(w)

@@ -1,8 +1,8 @@
-"""The inference copy (ops.inference) and the CPU allocator tuning (ops.cpu) keep the numbers."""
+"""The inference copy (models.inference) and the CPU allocator tuning (ops.cpu) keep the numbers."""
 import torch
 
 from ops.cpu import tune_cpu_allocator
-from ops.inference import TracedEncoder, fold_batchnorm, prepare_for_inference
+from models.inference import TracedEncoder, fold_batchnorm, prepare_for_inference
 from support import random_video, tiny_model
 
 

@@ -12,8 +12,7 @@ import torch
 
 from support import REPO
 
-sys.path.insert(0, str(REPO))
-import main  # noqa: E402
+from ops import config
 
 OFFICIAL_ACTNET = """
   --glance_arch mbv2 --dataset actnet --data_dir PATH_TO_DATASET   \\
@@ -32,23 +31,23 @@ def _argv(text):
 
 
 def test_official_command_parses_with_the_official_meaning():
-    args = main.parse_args(["--local-rank=3"] + _argv(OFFICIAL_ACTNET) + ["--evaluate", "--resume", "ckpt/actnet_p128.pth.tar"])
+    args = config.parse_args(["--local-rank=3"] + _argv(OFFICIAL_ACTNET) + ["--evaluate", "--resume", "ckpt/actnet_p128.pth.tar"])
     assert args.local_rank == 3 and args.evaluate and args.resume == "ckpt/actnet_p128.pth.tar"
     assert (args.dataset, args.patch_size, args.batch_size, args.lr, args.weight_decay) == ("actnet", 128, 32, 0.002, 2e-4)
     assert args.classifier_dim == 4096 and args.lr_steps == [0.0, 0.0] and args.KL_ratio == 0.0
     assert "hidden_dim" in args.explicit
-    assert main.parse_args(["--local_rank", "1"]).local_rank == 1
+    assert config.parse_args(["--local_rank", "1"]).local_rank == 1
 
 
 def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: fcvid\nlr: 0.004\nbatch_size: 64\n")
-    args = main.parse_args(["--config", str(cfg), "--lr", "0.01"])
+    args = config.parse_args(["--config", str(cfg), "--lr", "0.01"])
     assert (args.dataset, args.lr, args.batch_size) == ("fcvid", 0.01, 64)
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate_typo: 1\n")
     with pytest.raises(SystemExit):
-        main.parse_args(["--config", str(bad)])
+        config.parse_args(["--config", str(bad)])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,22 +10,21 @@ import pytest
 
 from support import REPO
 
-sys.path.insert(0, str(REPO))
-import main  # noqa: E402
+from ops import config
 
 PRESET = REPO / "configs" / "synthetic.yaml"
 
 
 def test_synthetic_preset_resolves_to_the_readme_run():
-    args = main.parse_args(["--config", str(PRESET)])
+    args = config.parse_args(["--config", str(PRESET)])
     assert (args.dataset, args.data_dir, args.root_log, args.store_name) == ("synthetic", "data/synthetic", "exp",
                                                                               "synthetic")
     assert args.synthetic["num_classes"] == 5 and not args.pretrained and not args.evaluate
     # Small enough for two CPU cores: the full model costs under 1 GFLOP per video (measured 0.86).
-    from models import UniAdaFocus
-    from ops.flops import flops_breakdown
+    from models import get_variant
+    from models.flops import flops_breakdown
 
-    assert flops_breakdown(UniAdaFocus.from_args(args, num_classes=5)).stages()[-1] < 1.0
+    assert flops_breakdown(get_variant("mn2_r50").build_from(args, num_classes=5)).stages()[-1] < 1.0
 
 
 @pytest.mark.slow

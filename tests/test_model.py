@@ -143,7 +143,7 @@ def test_gradient_paths_follow_the_official_design():
 
 
 def test_parameter_counts_match_the_official_modules():
-    """SPEC §3.1 counts, without the two unused ImageNet heads (1,281,000 + 2,049,000 parameters)."""
+    """The official parameter counts, without the two unused ImageNet heads (1,281,000 + 2,049,000 parameters)."""
     for classes, heads, clf in ((200, 256_200, 52_984_064), (239, 306_159, 60_653_024)):
         model = UniAdaFocus(num_classes=classes, patch_size=96)
         count = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}

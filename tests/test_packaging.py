@@ -32,7 +32,11 @@ def test_installed_copy_coexists_with_foreign_datasets_models_and_ops(tmp_path):
         assert all(getattr(m, "FOREIGN", False) for m in (datasets, models, ops)), "foreign packages were shadowed"
         from uniadafocus.models import UniAdaFocus
         from uniadafocus.ops.checkpoint import load_checkpoint
-        from uniadafocus.ops import flops, patches, frame_selection, objective
+        from uniadafocus.models import flops, patches, frame_selection, get_variant
+        from uniadafocus.ops import config, engine, objective
+        from uniadafocus.ops.early_exit import AdaptiveRunner, budget_sweep
+        args = config.parse_args(["--dataset", "synthetic"])
+        assert get_variant(args.variant).name == "mn2_r50"
         import uniadafocus.datasets
         m = UniAdaFocus(num_classes=3, num_segments=4, num_glance_segments=2, num_focus_segments=2,
                         patch_size=32, input_size=64, classifier_dim=8, focus_arch="resnet18").eval()

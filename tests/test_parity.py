@@ -26,8 +26,9 @@ import pytest
 import torch
 
 from models import UniAdaFocus
-from models.official import official_manifest
-from ops import frame_selection, objective, patches
+from models.mn2_r50 import official_manifest
+from models import frame_selection, patches
+from ops import objective
 from ops.checkpoint import load_checkpoint
 from support import parity_generator, reference_dir, require_reference
 
@@ -169,13 +170,13 @@ def test_patch_crop_matches_official_bit_for_bit(parity_run):
 
 def test_feature_map_crop_matches(parity_run):
     fx, model, images, out, info, manifest = parity_run
-    assert fx["aux_patches"].shape[-1] == model.feature_patch_size
+    assert fx["aux_patches"].shape[-1] == model.geometry.feature_patch_size
     b, g = out.glance_indices.shape
     frames = images.view(b, -1, 3, *images.shape[-2:])
     glance = model.gather_frames(frames, out.glance_indices).flatten(0, 1)
     with torch.no_grad():
         fmap, _ = model.glance(glance)
-    crops = patches.crop_patches(fmap, out.glance_actions.flatten(0, 1), model.feature_patch_size,
+    crops = patches.crop_patches(fmap, out.glance_actions.flatten(0, 1), model.geometry.feature_patch_size,
                                  model.patch_size, model.input_size)
     torch.testing.assert_close(crops, fx["aux_patches"], **LOGITS)
 

@@ -1,8 +1,8 @@
-"""Properties of the deformable patch crop (ops.patches)."""
+"""Properties of the deformable patch crop (models.patches)."""
 import pytest
 import torch
 
-from ops.patches import action_boxes, crop_patches, feature_patch_size, native_scale_action
+from models.patches import action_boxes, crop_patches, feature_patch_size, native_scale_action
 
 
 def _ramp(n, size, dtype=torch.float64):

@@ -1,14 +1,13 @@
 """Each preset in configs/ resolves to the hyper-parameters of the official README command it reproduces."""
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
+import datasets
+from models import get_variant
+from ops import config
 from support import REPO
-
-sys.path.insert(0, str(REPO))
-import main  # noqa: E402
 
 # The official README's training commands (data and log paths aside), verbatim.
 OFFICIAL = {
@@ -36,15 +35,15 @@ OFFICIAL = {
 }
 # main_semiAMP.py is main.py with float16 autocast around the backbones and a GradScaler: --amp here.
 SCRIPT_FLAGS = {"main.py": [], "main_semiAMP.py": ["--amp", "--amp_dtype", "float16"]}
-IGNORED = {"config", "explicit"} | set(main.UNUSED_OFFICIAL_FLAGS)
+IGNORED = {"config", "explicit"} | set(config.UNUSED_OFFICIAL_FLAGS)
 
 
 @pytest.mark.parametrize("dataset", sorted(OFFICIAL))
 @pytest.mark.parametrize("patch", [96, 128, 160])
 def test_preset_equals_the_official_command(dataset, patch):
     script, command = OFFICIAL[dataset]
-    official = main.parse_args(shlex.split(command) + ["--patch_size", str(patch)] + SCRIPT_FLAGS[script])
-    preset = main.parse_args(["--config", str(REPO / "configs" / f"{dataset}_p{patch}.yaml"),
+    official = config.parse_args(shlex.split(command) + ["--patch_size", str(patch)] + SCRIPT_FLAGS[script])
+    preset = config.parse_args(["--config", str(REPO / "configs" / f"{dataset}_p{patch}.yaml"),
                               "--data_dir", "PATH_TO_DATASET", "--root_log", "LOG_DIR"])
     a = {k: v for k, v in vars(official).items() if k not in IGNORED}
     b = {k: v for k, v in vars(preset).items() if k not in IGNORED}
@@ -53,5 +52,13 @@ def test_preset_equals_the_official_command(dataset, patch):
 
 def test_every_preset_file_loads():
     for path in sorted(Path(REPO / "configs").glob("*.yaml")):
-        args = main.parse_args(["--config", str(path)])
-        assert args.dataset in main.datasets.DATASETS
+        args = config.parse_args(["--config", str(path)])
+        assert args.dataset in datasets.DATASETS
+
+
+def test_the_variant_lists_exactly_the_presets_of_its_official_runs():
+    variant = get_variant("mn2_r50")
+    assert sorted(variant.presets) == sorted(f"{d}_p{p}" for d in OFFICIAL for p in (96, 128, 160))
+    for name in variant.presets:
+        args = config.parse_args(["--config", str(REPO / "configs" / f"{name}.yaml")])
+        assert args.variant == variant.name and args.dataset in variant.datasets

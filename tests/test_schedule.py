@@ -1,4 +1,4 @@
-"""Optimiser groups and the learning-rate schedule (ops.schedule) against SPEC §4.3 / paper App. H.3."""
+"""Optimiser groups and the learning-rate schedule (ops.schedule) against the official ones (paper App. H.3)."""
 import math
 
 import pytest

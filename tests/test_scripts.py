@@ -77,7 +77,7 @@ def test_early_exit_sweep_cache_logits_and_budget(trained):
 
 def test_predict_on_a_real_video_file(trained, test_videos):
     data, root, ckpt = trained
-    result = _run([sys.executable, "scripts/predict.py", str(test_videos / "Megamind.avi"), "--checkpoint", str(ckpt),
+    result = _run([sys.executable, "-m", "scripts.predict", str(test_videos / "Megamind.avi"), "--checkpoint", str(ckpt),
                    "--class_names", str(data / "classInd.txt"), "--json", "--device", "cpu"])
     out = json.loads(result.stdout)
     names = (data / "classInd.txt").read_text().split()
@@ -93,7 +93,7 @@ def test_predict_with_early_exit_thresholds(trained):
 
     thresholds = root / "all_at_glance.json"
     save_thresholds(thresholds, torch.tensor([-1e8] * 4 + [-1e8]), criterion="entropy", flops=[0.1] * 5)
-    result = _run([sys.executable, "scripts/predict.py", str(data / "frames" / "val_00000"), "--checkpoint",
+    result = _run([sys.executable, "-m", "scripts.predict", str(data / "frames" / "val_00000"), "--checkpoint",
                    str(ckpt), "--thresholds", str(thresholds), "--device", "cpu"])
     assert "exit step 0 of 4 focus frames (early exit (entropy))" in result.stdout
     assert "1. " in result.stdout
@@ -101,7 +101,7 @@ def test_predict_with_early_exit_thresholds(trained):
 
 def test_predict_reports_bad_inputs(trained, tmp_path):
     data, root, ckpt = trained
-    bad = subprocess.run([sys.executable, "scripts/predict.py", str(tmp_path / "missing.mp4"), "--checkpoint",
+    bad = subprocess.run([sys.executable, "-m", "scripts.predict", str(tmp_path / "missing.mp4"), "--checkpoint",
                           str(ckpt)], cwd=REPO, env=_env(), capture_output=True, text=True)
     assert bad.returncode != 0 and "no such video file or frame folder" in bad.stderr
 
@@ -110,7 +110,7 @@ def test_visualize_writes_a_grid_and_gifs(trained, tmp_path):
     data, root, ckpt = trained
     out = tmp_path / "frames.png"
     args = _main_args(data, root, "--resume", str(ckpt), "--videos", "0", "2", "--out", str(out), "--gif")
-    args[0] = "scripts/visualize.py"
+    args[:1] = ["-m", "scripts.visualize"]
     _run([sys.executable] + args)
     from PIL import Image
 
@@ -127,7 +127,7 @@ def test_visualize_own_video_files(trained, tmp_path, test_videos):
     out = tmp_path / "mine.png"
     args = _main_args(data, root, "--resume", str(ckpt), "--files", str(test_videos / "Megamind.avi"),
                       str(data / "frames" / "val_00001"), "--out", str(out), "--gif")
-    args[0] = "scripts/visualize.py"
+    args[:1] = ["-m", "scripts.visualize"]
     result = _run([sys.executable] + args)
     assert "(2 videos)" in result.stdout
     from PIL import Image
@@ -138,7 +138,7 @@ def test_visualize_own_video_files(trained, tmp_path, test_videos):
         with Image.open(tmp_path / f"mine_{number}.gif") as gif:
             assert gif.n_frames == 4
     args = _main_args(data, root, "--files", str(test_videos / "Megamind.avi"), "--out", str(out))
-    args[0] = "scripts/visualize.py"
+    args[:1] = ["-m", "scripts.visualize"]
     bad = subprocess.run([sys.executable] + args, cwd=REPO, env=_env(), capture_output=True, text=True)
     assert bad.returncode != 0 and "--files needs --resume" in bad.stderr
 

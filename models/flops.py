@@ -1,4 +1,4 @@
-"""GFLOPs of every exit, counted from the module (SPEC §5.3; ECOSYSTEM §2).
+"""GFLOPs of every exit, counted from the module (docs/official-behaviour.md, "FLOPs").
 
 GFLOPs follow the video papers' convention: multiply-accumulates (MACs), as counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (which reports 2 FLOPs per MAC) divided by two. Each
@@ -26,13 +26,15 @@ the official constants (27.23 GFLOPs at P=128 and 17.89 at P=96 after 16 focus f
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict, dataclass
 from typing import List
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import patches as patch_ops
+from .uni_adafocus import UniAdaFocus
+
 
 
 def _grid_sampler_flops(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
@@ -102,7 +104,7 @@ def flops_breakdown(model) -> FlopsBreakdown:
             glance_exit=count_gmacs(model.classifier.glance_exits[-1], zeros(1, hidden)),
             spatial_policy=count_gmacs(model.policy.spatial, zeros(1, g, gdim, model.feature_size, model.feature_size)),
             temporal_policy=count_gmacs(model.policy.temporal, zeros(1, g, gdim)),
-            patch_crop=count_gmacs(lambda x, a: patch_ops.crop_patches(x, a, p, p, size), frame, zeros(1, 4) + 0.5),
+            patch_crop=count_gmacs(model.geometry.crop, frame, zeros(1, 4) + 0.5),
             focus_patch=count_gmacs(model.focus, zeros(1, 3, p, p)),
             focus_mlp=count_gmacs(model.classifier.focus_mlp, zeros(1, 1, fdim)),
             focus_exit=count_gmacs(model.classifier.focus_exits[-1], zeros(1, 2 * hidden)),
@@ -112,14 +114,9 @@ def flops_breakdown(model) -> FlopsBreakdown:
         model.train(was_training)
 
 
-def exit_gflops(model, accounting: str = "measured") -> List[float]:
-    """GFLOPs (GMACs) of every early-exit stage of ``model``: T_L + 1 values."""
-    return flops_breakdown(model).stages(accounting)
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ops.flops",
+        prog="python -m models.flops",
         description="Print the GFLOPs (multiply-accumulates) of every Uni-AdaFocus exit, counted from the model.")
     parser.add_argument("--num_classes", type=int, default=200)
     parser.add_argument("--patch_size", type=int, nargs="+", default=[96, 128, 160],
@@ -139,12 +136,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    import json
-
-    try:
-        from ..models import UniAdaFocus
-    except ImportError:
-        from models import UniAdaFocus
     args = _build_parser().parse_args(argv)
     table = {}
     for p in args.patch_size:

@@ -1,4 +1,5 @@
-"""Which frames the glance and the focus encoders see (paper §4.2, App. C; SPEC §3.2, §3.5).
+"""Which frames the glance and the focus encoders see (paper §4.2, App. C; docs/official-behaviour.md,
+"Frame selection").
 
 * ``glance_frame_indices``: the T_G frames (of T0) given to the glance encoder.
 * ``interpolate_actions``: spatial actions of the T_G glance frames, linearly interpolated to all T0

@@ -1,4 +1,9 @@
-"""The official release's state-dict layout and its mapping onto ours (SPEC §3.1).
+"""The ``mn2_r50`` variant: MobileNetV2 glance, ResNet-50 focus, FrameExit-style exit classifier.
+
+The variant of the paper's Table 2 (ActivityNet, FCVID, Mini-Kinetics; ``models.uni_adafocus``
+holds the network). This module registers it and holds its checkpoint filter: the official
+release's state-dict layout and its mapping onto ours (docs/official-behaviour.md,
+"Model: backbones and checkpoint layout").
 
 Official checkpoints name the modules ``global_CNN`` (MobileNetV2 in an older flat key layout, with
 its unused 1000-way ImageNet ``classifier``), ``global_CNN_fc``, ``aux_fc``, ``local_CNN`` (ResNet
@@ -12,7 +17,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .backbones import mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
+from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
+from .uni_adafocus import UniAdaFocus
+from .variants import CheckpointLayout, Variant, register_variant
 
 # (official prefix, our prefix), most specific first; the key's remainder is kept.
 PREFIXES: Tuple[Tuple[str, str], ...] = (
@@ -39,28 +46,26 @@ def is_official_layout(keys) -> bool:
     return any(k.startswith(("global_CNN.", "local_CNN.", "spatial_policy.", "temporal_policy.")) for k in keys)
 
 
+def _translate(key: str, to_ours: bool) -> str:
+    """Rename one key between the layouts by its prefix (MobileNetV2's inner names converted too)."""
+    for official, ours in PREFIXES:
+        source, target = (official, ours) if to_ours else (ours, official)
+        if key.startswith(source):
+            rest = key[len(source):]
+            if official == "global_CNN.":
+                rest = (mbv2_flat_to_torchvision if to_ours else mbv2_torchvision_to_flat)(rest)
+            return target + rest
+    raise KeyError(key)
+
+
 def official_to_ours(key: str) -> Optional[str]:
     """Our name for an official key; None for the unused ImageNet heads. Raises KeyError if unknown."""
-    if key.startswith(UNUSED_PREFIXES):
-        return None
-    for official, ours in PREFIXES:
-        if key.startswith(official):
-            rest = key[len(official):]
-            if official == "global_CNN.":
-                rest = mbv2_flat_to_torchvision(rest)
-            return ours + rest
-    raise KeyError(key)
+    return None if key.startswith(UNUSED_PREFIXES) else _translate(key, to_ours=True)
 
 
 def ours_to_official(key: str) -> str:
     """The official name of one of our keys. Raises KeyError if it has none."""
-    for official, ours in PREFIXES:
-        if key.startswith(ours):
-            rest = key[len(ours):]
-            if official == "global_CNN.":
-                rest = mbv2_torchvision_to_flat(rest)
-            return official + rest
-    raise KeyError(key)
+    return _translate(key, to_ours=False)
 
 
 def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]):
@@ -100,3 +105,33 @@ def official_manifest(model) -> List[Tuple[str, List[int], str]]:
     entries["local_CNN.fc."] = [["local_CNN.fc.weight", [1000, focus_dim], "float32"],
                                 ["local_CNN.fc.bias", [1000], "float32"]]
     return [tuple(e) for name in order for e in entries[name]]
+
+
+def _flops(model):
+    """The FLOPs breakdown of ``models.flops`` (imported on use, so that ``python -m models.flops`` does not
+    find its own module imported by the package first)."""
+    from .flops import flops_breakdown
+
+    return flops_breakdown(model)
+
+
+MN2_R50 = register_variant(Variant(
+    name="mn2_r50",
+    summary="MobileNetV2 glance + ResNet-50 focus + FrameExit-style exit classifier (paper Table 2)",
+    build=UniAdaFocus,
+    hyper_parameters=("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
+                      "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "dropout", "fc_dropout",
+                      "temperature", "glance_arch", "focus_arch", "pretrained", "glance_weights", "focus_weights",
+                      "detach_temporal_input"),
+    encoders={"glance": GLANCE_ARCHS, "focus": FOCUS_ARCHS},
+    policy="spatial: one deformable patch per glance frame, interpolated to every candidate frame; "
+           "temporal: frame weights over the T_G glance frames, T_L focus frames at their CDF quantiles",
+    classifier="running max-pooling over glance then focus steps, one exit head per step",
+    frame_source="candidates",
+    objective_terms=("cat", "glance", "focus", "temporal", "spatial", "kl", "norm"),
+    flops=_flops,
+    checkpoint=CheckpointLayout(name="official", detect=is_official_layout, convert=convert_official_state_dict,
+                                manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
+    datasets=("actnet", "fcvid", "minik"),
+    presets=tuple(f"{d}_p{p}" for d in ("actnet", "fcvid", "minik") for p in (96, 128, 160)),
+))

@@ -1,8 +1,10 @@
 """Adaptive early-exit inference: run the focus steps incrementally and drop videos as they exit.
 
-The post-hoc simulation (:mod:`.early_exit`) runs the full network, scores all K = T_L + 1 exit stages
-and picks each video's first confident stage. This runtime gets the same predictions while doing only
-the work each video needs (SPEC §5; the FLOPs table of :mod:`.flops` charges exactly this work):
+The post-hoc simulation (:func:`.evaluation.evaluate_exits`) runs the full network, scores all K = T_L + 1 exit
+stages (``models.uni_adafocus.stage_logits``) and picks each video's first confident stage. This
+runtime gets the same predictions while doing only the work each video needs (see
+docs/official-behaviour.md, "Early exit"; the FLOPs table of ``models.flops`` charges exactly this
+work):
 
 * **stage 0** — the glance encoder on all T_G frames of every video, the glance MLP and its running
   maximum, and the *last* glance exit only (no glance head, no other glance exits, no auxiliary
@@ -17,8 +19,8 @@ the work each video needs (SPEC §5; the FLOPs table of :mod:`.flops` charges ex
 
 Exactness: the classifier's state after k focus steps is a running maximum of per-step embeddings
 and focus exit k-1 reads only that state and the final glance state, so a video that stops after k
-steps gets the logits of exit k of the full pass. The criterion is :func:`.early_exit.exit_scores`
-and the decision :func:`.early_exit.assign_exits`, the post-hoc functions themselves. In floating
+steps gets the logits of exit k of the full pass. The criterion is :func:`.criteria.exit_scores`
+and the decision :func:`.solver.assign_exits`, the post-hoc functions themselves. In floating
 point the batched kernels (GEMM, convolution) may round differently for a different number of rows,
 so the logits agree with the full pass to rounding (~1e-6 relative, not always bit for bit) and an
 exit differs only if a score lies within that rounding of its threshold.
@@ -37,10 +39,13 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .early_exit import CRITERIA, ThresholdsFile, assign_exits, exit_scores, load_thresholds
-from .flops import flops_breakdown
+from ..packages import models
+from .criteria import check_criterion, exit_scores
+from .solver import assign_exits
+from .thresholds_file import ThresholdsFile, load_thresholds
 
-__all__ = ["AdaptiveResult", "AdaptiveRunner", "run_adaptive", "stage_logits", "simulate_exits"]
+
+__all__ = ["AdaptiveResult", "AdaptiveRunner"]
 
 ThresholdsLike = Union[torch.Tensor, Sequence[float], ThresholdsFile, str, os.PathLike]
 
@@ -63,25 +68,6 @@ class AdaptiveResult:
         """(K,) int64 videos that exited at each stage."""
         return torch.bincount(self.exit_stage, minlength=self.num_stages)
 
-    @property
-    def mean_gflops(self) -> float:
-        return float(self.gflops.mean())
-
-
-def stage_logits(exit_logits: torch.Tensor, num_glance: int) -> torch.Tensor:
-    """The K = T_L + 1 early-exit stages of a full pass: (B, T_G + T_L, C) -> (B, T_L + 1, C).
-
-    Stage 0 is the last glance exit (row T_G - 1), stage k the focus exit k - 1 (row T_G + k - 1).
-    """
-    return exit_logits[:, num_glance - 1:]
-
-
-def simulate_exits(stages: torch.Tensor, thresholds: torch.Tensor, criterion: str = "confidence"):
-    """The post-hoc simulation on stage logits (B, K, C): (chosen logits (B, C), exit stage (B,))."""
-    stages = stages.detach().cpu()
-    exits = assign_exits(exit_scores(stages, criterion), thresholds)
-    return stages[torch.arange(stages.shape[0]), exits], exits
-
 
 def _thresholds_and_criterion(thresholds: ThresholdsLike, criterion: Optional[str]):
     if isinstance(thresholds, (str, os.PathLike)):
@@ -102,10 +88,11 @@ class AdaptiveRunner:
 
     model: a :class:`models.UniAdaFocus` in eval mode. thresholds: (K,) per-stage thresholds
     (K = T_L + 1; the last one should be -1e8, but everybody leaves at the last stage regardless), a
-    :class:`.early_exit.ThresholdsFile` or the path of a thresholds file (its criterion is used; a
-    different explicit ``criterion`` is an error). criterion: ``'confidence'`` | ``'entropy'`` |
+    :class:`.thresholds_file.ThresholdsFile` or the path of a thresholds file (its criterion is used;
+    a different explicit ``criterion`` is an error). criterion: ``'confidence'`` | ``'entropy'`` |
     ``'max_prob'`` (default ``'confidence'``). flops: GFLOPs of each stage (K,), by default the
-    model's measured table (:func:`.flops.flops_breakdown` (model).stages(), counted once here).
+    model's measured table (its variant's FLOPs accounting, ``models.variant_of(model).flops``, counted
+    once here).
     """
 
     def __init__(self, model, thresholds: ThresholdsLike, criterion: Optional[str] = None,
@@ -113,21 +100,15 @@ class AdaptiveRunner:
         self.model = model
         self.num_stages = model.num_focus + 1
         self.thresholds, self.criterion = _thresholds_and_criterion(thresholds, criterion)
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; expected one of {CRITERIA}")
+        check_criterion(self.criterion)
         if self.thresholds.numel() != self.num_stages:
             raise ValueError(f"{self.thresholds.numel()} thresholds for {self.num_stages} stages "
                              f"(T_L + 1 with T_L = {model.num_focus})")
         if flops is None:
-            flops = flops_breakdown(model).stages()
+            flops = models.variant_of(model).flops(model).stages()
         self.flops = torch.tensor([float(f) for f in flops], dtype=torch.float64)
         if self.flops.numel() != self.num_stages:
             raise ValueError(f"{self.flops.numel()} FLOPs values for {self.num_stages} stages")
-
-    @classmethod
-    def from_file(cls, model, path: Union[str, os.PathLike], flops: Optional[Sequence[float]] = None):
-        """A runner with the thresholds and criterion of a thresholds file (:func:`.early_exit.load_thresholds`)."""
-        return cls(model, load_thresholds(path), flops=flops)
 
     # ------------------------------------------------------------------------------------------
     def _exiting(self, logits: torch.Tensor, stage: int, rows: torch.Tensor,
@@ -244,9 +225,3 @@ class AdaptiveRunner:
         return AdaptiveResult(logits=out_logits, exit_stage=exit_stage, gflops=self.flops[exit_stage],
                               scores=out_scores, stage_batch_sizes=batch_sizes, stage_seconds=seconds,
                               policy_seconds=policy_seconds, num_stages=k_stages)
-
-
-def run_adaptive(model, video: torch.Tensor, thresholds: ThresholdsLike, criterion: Optional[str] = None,
-                 flops: Optional[Sequence[float]] = None) -> AdaptiveResult:
-    """One-shot :class:`AdaptiveRunner` (model, thresholds, criterion, flops).run(video)."""
-    return AdaptiveRunner(model, thresholds, criterion, flops).run(video)

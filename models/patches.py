@@ -1,4 +1,5 @@
-"""Differentiable deformable patch cropping (paper §3.3.1, §4.1.2; SPEC §3.4).
+"""Differentiable deformable patch cropping (paper §3.3.1, §4.1.2; docs/official-behaviour.md,
+"Patch cropping").
 
 An *action* is a 4-vector ``a = (a_y, a_x, a_h, a_w)`` in (0, 1), the spatial policy's sigmoid
 output. It describes an axis-aligned box inside a frame:
@@ -17,6 +18,9 @@ edges), which is differentiable with respect to both the frames and the actions.
 follows the official one step for step, so at 224 px the patches are bit-identical to its patches.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +110,49 @@ def native_scale_action(patch_size: int, input_size: int) -> float:
     span = EXTENT_SPAN * input_size / REFERENCE_SIZE
     minimum = MIN_EXTENT * input_size / REFERENCE_SIZE
     return min(1.0, max(0.0, (patch_size - minimum) / span))
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """The patch geometry of one model: P x P patches of ``input_size`` frames, and their crop of the
+    glance feature map (``feature_size`` cells a side).
+
+    It owns every conversion between actions and regions, so callers pass actions and frames, never
+    ``(patch_size, input_size)`` pairs::
+
+        geometry = PatchGeometry(patch_size=128, input_size=224, feature_size=7)
+        geometry.crop(frames, actions)          # (N, 3, H, W), (N, 4) -> (N, 3, P, P)
+        geometry.crop_features(maps, actions)   # (N, D, h, w), (N, 4) -> (N, D, p, p)
+        geometry.boxes(actions)                 # (..., 4) -> (..., 4) x1, y1, x2, y2 in input pixels
+    """
+
+    patch_size: int
+    input_size: int
+    feature_size: int
+
+    def __post_init__(self):
+        if not 0 < self.patch_size <= self.input_size:
+            raise ValueError(f"patch_size must be in 1..input_size ({self.input_size}), got {self.patch_size}")
+
+    @property
+    def feature_patch_size(self) -> int:
+        """Side of the feature-map crop (see :func:`feature_patch_size`)."""
+        return feature_patch_size(self.patch_size, self.input_size, self.feature_size)
+
+    @property
+    def native_scale(self) -> float:
+        """The size action of a box of exactly P input pixels (the random-patch pass)."""
+        return native_scale_action(self.patch_size, self.input_size)
+
+    def boxes(self, actions: torch.Tensor, height: Optional[int] = None, width: Optional[int] = None) -> torch.Tensor:
+        """Boxes of ``actions`` (..., 4) in pixels of a ``height x width`` frame (default: the input size)."""
+        return action_boxes(actions, height or self.input_size, width or self.input_size, self.patch_size,
+                            self.input_size)
+
+    def crop(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """P x P patches: frames (N, C, H, W), actions (N, 4) -> (N, C, P, P)."""
+        return crop_patches(frames, actions, self.patch_size, self.patch_size, self.input_size)
+
+    def crop_features(self, feature_maps: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The same regions of glance feature maps (N, D, h, w) -> (N, D, p, p), p = feature_patch_size."""
+        return crop_patches(feature_maps, actions, self.feature_patch_size, self.patch_size, self.input_size)

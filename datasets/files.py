@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterator, IO
+from typing import IO, Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -34,6 +34,13 @@ def atomic_write(path, mode: str = "w") -> Iterator[IO]:
 def write_text_atomic(path, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def write_lines_atomic(path, lines: Iterable[str]) -> None:
+    """Write text lines (each ended by a newline) atomically."""
+    with atomic_write(path, "w") as f:
+        for line in lines:
+            f.write(line + "\n")
 
 
 def write_json_atomic(path, obj: Any) -> None:

@@ -1,0 +1,264 @@
+"""The configuration of a run: main.py's command line, YAML presets, and their validation.
+
+Every official flag keeps its name and meaning (flags the official code never read are accepted and
+warned about: ``UNUSED_OFFICIAL_FLAGS``). ``--config FILE`` gives defaults from a YAML file of
+``flag_name: value`` pairs (``configs/*.yaml``); the command line overrides them. The entry points
+that share these flags (``test_early_exit.py``, ``scripts/visualize.py``) extend
+:func:`get_args_parser` and parse with :func:`parse_args`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+import yaml
+
+from .packages import datasets, models
+
+DESCRIPTION = "Train and evaluate Uni-AdaFocus: one process on a CPU or GPU, or many under torch.distributed."
+
+# Official flags that the official code never read. They are accepted; using one prints a warning.
+UNUSED_OFFICIAL_FLAGS = {
+    "num_steps": "unused officially",
+    "sample_sigma": "unused officially",
+    "glance_size": "unused officially (glance frames are full input_size frames)",
+    "hidden_dim": "unused officially: the official classifier is 4096 wide whatever --hidden_dim says "
+                  "(the README commands pass 1024); use --classifier_dim to change the width",
+    "sample": "unused officially",
+    "save": "unused officially",
+    "multi_sample_times": "unused officially; the Monte-Carlo sample count is --mc_samples (128)",
+    "scale_factor": "unused officially",
+    "normal_sig": "unused officially",
+    "fold_id": "unused officially",
+}
+
+
+def _architectures(role: str) -> List[str]:
+    """Every encoder architecture some variant offers for ``role`` ('glance' or 'focus')."""
+    return sorted({arch for variant in models.VARIANTS.values() for arch in variant.encoders.get(role, ())})
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """main.py's flags: every official flag with its name and meaning, and ours."""
+    p = argparse.ArgumentParser("Uni-AdaFocus", description=DESCRIPTION,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file of defaults (configs/*.yaml); the command line overrides it")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="actnet", choices=sorted(datasets.DATASETS))
+    g.add_argument("--data_dir", default="", help="dataset root (list files, class file, frames)")
+    g.add_argument("--workers", "-j", type=int, default=16, help="data-loading workers per process")
+    g.add_argument("--prefetch_factor", type=int, default=2, help="batches prefetched per worker")
+    g.add_argument("--num_segments", type=int, default=48, help="T0: candidate frames sampled per video")
+    g.add_argument("--label_rule", choices=("first", "random"), default=None,
+                   help="which label of a multi-label video trains cross-entropy (default: random in training, "
+                        "first in evaluation)")
+    g.add_argument("--missing_frames", choices=("error", "repeat_first"), default="error",
+                   help="'repeat_first' reproduces the official substitution of missing frames (each one logged)")
+    g.add_argument("--dataset_config", default=None, help="JSON file describing a custom dataset (see docs/data.md)")
+    g.add_argument("--synthetic", type=json.loads, default=None,
+                   help='generation options of the synthetic dataset, as JSON, e.g. \'{"train_videos": 200}\'')
+
+    g = p.add_argument_group("model")
+    g.add_argument("--variant", default="mn2_r50", choices=sorted(models.VARIANTS),
+                   help="member of the Uni-AdaFocus family (models/variants.py)")
+    g.add_argument("--glance_arch", default="mbv2", choices=_architectures("glance"))
+    g.add_argument("--focus_arch", default="resnet50", choices=_architectures("focus"))
+    g.add_argument("--num_glance_segments", type=int, default=16, help="T_G")
+    g.add_argument("--num_focus_segments", type=int, default=16, help="T_L")
+    g.add_argument("--input_size", type=int, default=224)
+    g.add_argument("--patch_size", type=int, default=96, help="P (the paper's runs use 96, 128, 160)")
+    g.add_argument("--stn_hidden_dim", type=int, default=128, help="spatial policy channels")
+    g.add_argument("--temporal_hidden_dim", type=int, default=64, help="temporal policy channels")
+    g.add_argument("--classifier_dim", type=int, default=4096, help="exit classifier MLP width (official 4096)")
+    g.add_argument("--dropout", type=float, default=0.2, help="dropout before every exit head")
+    g.add_argument("--fc_dropout", type=float, default=0.2, help="dropout before the glance and focus heads")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of frame selection")
+    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="ImageNet initialisation of both backbones (torchvision weights)")
+    g.add_argument("--glance_weights", "--glance_ckpt_path", dest="glance_weights", default=None,
+                   help="local ImageNet MobileNetV2 weights (torchvision or the official file layout)")
+    g.add_argument("--focus_weights", default=None, help="local ImageNet ResNet weights (torchvision layout)")
+    g.add_argument("--detach_temporal_input", action="store_true",
+                   help="stop gradients before the temporal policy (official: not detached); half of "
+                        "--paper_stop_gradient")
+
+    g = p.add_argument_group("objective")
+    g.add_argument("--KL_ratio", type=float, default=0.0, help="weight of KL(frame weights || uniform)")
+    g.add_argument("--norm_ratio", type=float, default=1.0, help="alpha: weight of the patch-size regulariser")
+    g.add_argument("--temporal_objective", choices=("official", "paper"), default="official",
+                   help="Monte-Carlo temporal term: CE of averaged logits (official) or Eq. 21 (paper)")
+    g.add_argument("--spatial_objective", choices=("official", "paper"), default="official",
+                   help="spatial term: one CE per video (official) or per glance frame (paper Eq. 14)")
+    g.add_argument("--mc_samples", type=int, default=128, help="Monte-Carlo samples M")
+    g.add_argument("--kl_reference", choices=("official", "glance"), default="official",
+                   help="uniform reference of the KL term: 1/T_L (official) or 1/T_G")
+    g.add_argument("--paper_stop_gradient", action="store_true",
+                   help="the paper's stop-gradient (§4.1.1, Eq. 21): the temporal policy reads detached glance "
+                        "features and the Monte-Carlo term weights per-frame losses as fixed signals, so the "
+                        "temporal objective trains the policy alone. Sets --detach_temporal_input and "
+                        "--temporal_objective paper (official: neither)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument("--batch_size", "-b", type=int, default=32, help="global batch size (split over processes)")
+    g.add_argument("--val_batch_size", type=int, default=64, help="global evaluation batch size")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.002, help="base learning rate")
+    g.add_argument("--lr_type", choices=("cos", "step"), default="cos")
+    g.add_argument("--lr_steps", type=float, nargs="+", default=[50, 100], help="epochs where 'step' decays x0.1")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="SGD with momentum (official) or AdamW (useful from random initialisation)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", "--wd", dest="weight_decay", type=float, default=2e-4)
+    g.add_argument("--global_lr_ratio", type=float, default=0.5, help="LR multiplier of the glance network and heads")
+    g.add_argument("--stn_lr_ratio", type=float, default=0.2, help="LR multiplier of the spatial policy")
+    g.add_argument("--stn_start_epoch", type=int, default=0,
+                   help="the spatial policy trains from this epoch on (LR 0 before; 0: from the start, as "
+                        "officially). For encoders trained from scratch, whose first feature maps carry no "
+                        "localised evidence")
+    g.add_argument("--temporal_lr_ratio", type=float, default=0.2, help="LR multiplier of the temporal policy")
+    g.add_argument("--classifier_lr_ratio", type=float, default=20.0, help="LR multiplier of the exit classifier")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision for the backbones in training (policy math stays float32); evaluation "
+                        "stays float32 as officially unless --eval_amp")
+    g.add_argument("--amp_dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="synchronise BatchNorm statistics across GPUs (official: off, so BatchNorm sees the "
+                        "per-process batch, --batch_size / processes)")
+    g.add_argument("--iters_per_epoch", type=int, default=0, help="stop each epoch after N steps (0: full epochs)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--root_log", default="exp", help="folder of the run folders")
+    g.add_argument("--store_name", default=None,
+                   help="run folder name (default UniAdaFocus_{dataset}_{glance_arch}_segment{T0}_e{epochs})")
+    g.add_argument("--resume", default="", help="checkpoint to continue from or evaluate; 'auto' = this run's last")
+    g.add_argument("--evaluate", action="store_true", help="evaluate --resume once and exit")
+    g.add_argument("--eval_freq", type=int, default=1, help="validate every N epochs (and after the last)")
+    g.add_argument("--eval_suffix", default="eval", help="--evaluate writes metrics_{suffix}.json")
+    g.add_argument("--eval_amp", action="store_true",
+                   help="evaluate under --amp_dtype autocast too (faster on GPUs; not the official numbers, "
+                        "which are float32)")
+    g.add_argument("--thresholds", default=None,
+                   help="early-exit thresholds file (test_early_exit.py --budget): --evaluate also reports the "
+                        "metric, GFLOPs and exit distribution of early exit with them")
+    g.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=20, help="log every N steps")
+    g.add_argument("--seed", type=int, default=1007, help="seed of every random choice")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    g.add_argument("--dist_url", default="env://", help="process-group initialisation (env://, file://...)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--num_visualised", type=int, default=4, help="videos drawn to TensorBoard at each evaluation")
+    g.add_argument("--save_predictions", action="store_true",
+                   help="with --evaluate: also write predictions_{suffix}.pt (per-video logits, labels, frames, patches)")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+    g = p.add_argument_group("official flags the official code never read (accepted, with a warning)")
+    g.add_argument("--num_steps", type=int, default=1)
+    g.add_argument("--sample_sigma", type=float, default=0.015)
+    g.add_argument("--glance_size", type=int, default=96)
+    g.add_argument("--hidden_dim", type=int, default=1024)
+    g.add_argument("--sample", action="store_true")
+    g.add_argument("--save", default="")
+    g.add_argument("--multi_sample_times", type=int, default=3)
+    g.add_argument("--scale_factor", type=float, default=0.3)
+    g.add_argument("--normal_sig", type=float, default=0.0)
+    g.add_argument("--fold_id", type=int, default=None)
+    return p
+
+
+def _given_dests(parser: argparse.ArgumentParser, argv: List[str]) -> set:
+    """Destinations of the options that appear in ``argv``."""
+    by_flag = {flag: action.dest for action in parser._actions for flag in action.option_strings}
+    given = set()
+    for token in argv:
+        if token.startswith("-"):
+            flag = token.split("=", 1)[0]
+            if flag in by_flag:
+                given.add(by_flag[flag])
+    return given
+
+
+def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
+    """Defaults from a YAML file of ``flag_name: value`` pairs, checked against the parser."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        parser.error(f"--config {path}: file not found")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        parser.error(f"--config {path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in values if k not in actions or k == "config")
+    if unknown:
+        parser.error(f"--config {path}: unknown keys {unknown}")
+    for key, value in values.items():  # YAML reads 1e-4 as a string: convert like the command line would
+        kind = actions[key].type
+        try:
+            if kind is not None and isinstance(value, str):
+                values[key] = kind(value)
+            elif kind is not None and isinstance(value, list):
+                values[key] = [kind(v) if isinstance(v, str) else v for v in value]
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--config {path}: {key}: {exc}")
+        choices = actions[key].choices
+        if choices is not None and values[key] not in choices:
+            parser.error(f"--config {path}: {key} must be one of {sorted(choices)}, got {values[key]!r}")
+    return values
+
+
+def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser`` (default: main.py's), defaults from ``--config FILE`` first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = parser or get_args_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    from_config = {}
+    if known.config:
+        from_config = load_config_file(known.config, parser)
+        parser.set_defaults(**from_config)
+    args = parser.parse_args(argv)
+    explicit = _given_dests(parser, argv) | set(from_config)
+    validate(args, explicit, parser)
+    args.explicit = sorted(explicit)
+    return args
+
+
+def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentParser) -> None:
+    """Checks across flags, and the flags that imply others (a parser error names the flag)."""
+    if args.stn_start_epoch < 0:
+        parser.error(f"--stn_start_epoch must be 0 or more, got {args.stn_start_epoch}")
+    if getattr(args, "paper_stop_gradient", False):
+        if "temporal_objective" in explicit and args.temporal_objective != "paper":
+            parser.error("--paper_stop_gradient uses --temporal_objective paper; "
+                         f"--temporal_objective {args.temporal_objective} contradicts it")
+        args.detach_temporal_input, args.temporal_objective = True, "paper"
+    variant = models.get_variant(args.variant)
+    for role in ("glance", "focus"):
+        arch = getattr(args, f"{role}_arch")
+        if arch not in variant.encoders.get(role, ()):
+            parser.error(f"--{role}_arch {arch}: the {variant.name} variant offers {', '.join(variant.encoders[role])}")
+
+
+def plain_config(args: argparse.Namespace) -> Dict:
+    """The resolved configuration as plain data (saved with the run and in checkpoints)."""
+    return {k: v for k, v in vars(args).items() if k not in ("local_rank", "explicit")}
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The run folder's name: ``--store_name``, else the official rule."""
+    return args.store_name or f"UniAdaFocus_{args.dataset}_{args.glance_arch}_segment{args.num_segments}_e{args.epochs}"
+
+
+def run_folder(args: argparse.Namespace) -> str:
+    """``{root_log}/{run name}``: where a run writes its checkpoints, logs and metrics."""
+    return os.path.join(args.root_log, run_name(args))
+
+

@@ -1,0 +1,182 @@
+"""MSDNet-style threshold solving: which stage every sample of a threshold set leaves at.
+
+The network has K exits ("stages"; K = 17 for Uni-AdaFocus: stage 0 is the last glance exit, stage k
+follows k focus frames). Thresholds are fitted on a threshold set (the official code uses the
+augmented training clips) so that a prescribed fraction q_k of it leaves at stage k, with q_k
+proportional to p**k; a sample then leaves at the first stage whose score reaches that stage's
+threshold, and at the last stage otherwise. Everything is vectorised over samples; only the K stages
+are looped over.
+
+Official behaviour reproduced (see docs/official-behaviour.md, "Early exit"; checked against
+``early_exit_parity.pt``):
+
+* q comes from ``exp(log(p) * k)`` in float32, normalised once by :func:`geometric_exit_distribution`
+  and once more inside :func:`solve_thresholds` (the official normalises twice); the per-stage quota
+  is ``floor(N * q_k)`` with the product rounded to float32. (Rounding in float64 instead changes the
+  quota at p = 0.05, 0.10, 0.30 for N = 300 and breaks parity.)
+* At stage k < K-1 with quota n > 0, the n samples with the largest stage-k score among those not yet
+  taken are taken (ties: lower sample index first; the official's ``torch.sort`` leaves the order
+  of ties unspecified), and the threshold is the n-th of those scores. Stages with quota 0 keep 1e8;
+  the last stage gets -1e8. When the quota exceeds the samples left, the official code raises
+  ``IndexError``; here ``on_overflow='clamp'`` (default) takes all that are left and ``'error'``
+  raises ``ValueError``. (With geometric q this happens only through float rounding.)
+* Every sample has an exit: the last stage takes whoever is left, NaN scores included (the official
+  fallback ``logits[k]`` crashes).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = [
+    "NO_EXIT_THRESHOLD",
+    "LAST_STAGE_THRESHOLD",
+    "geometric_exit_distribution",
+    "exit_quota",
+    "descending_order",
+    "solve_thresholds",
+    "assign_exits",
+    "count_exits",
+]
+
+NO_EXIT_THRESHOLD = 1e8          # a stage nobody is assigned to (official)
+LAST_STAGE_THRESHOLD = -1e8      # the last stage accepts everyone (official)
+
+
+def geometric_exit_distribution(p: float, num_stages: int) -> torch.Tensor:
+    """Target exit distribution q_k proportional to p**k, k = 0..K-1, normalised (float32).
+
+    Computed as the official: ``exp(log(p) * k)`` in float32, divided by its sum. For p > 1 the
+    exponent is shifted by its maximum first (same q up to rounding, no float32 overflow for large p;
+    the official sweep only uses p < 1, where nothing is shifted).
+    """
+    p = float(p)
+    if not (p > 0 and math.isfinite(p)):
+        raise ValueError(f"p must be a positive finite number, got {p}")
+    if num_stages < 1:
+        raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+    log_p = torch.log(torch.tensor([p], dtype=torch.float32))
+    k = torch.arange(num_stages, dtype=torch.float32)
+    if p > 1:
+        k = k - (num_stages - 1)
+    q = torch.exp(log_p * k)
+    return q / q.sum()
+
+
+def exit_quota(q: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Official per-stage quota floor(N * q_k), with q normalised (again) and the product in float32.
+
+    The last entry is informative only (the last stage takes whatever is left).
+    """
+    q = torch.as_tensor(q, dtype=torch.float32).detach().cpu().reshape(-1)
+    if not torch.isfinite(q).all() or (q < 0).any() or float(q.sum()) <= 0:
+        raise ValueError("q must be finite, non-negative and not all zero")
+    q = q / q.sum()
+    return torch.floor(q * num_samples).long()
+
+
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """(N, K) scores -> (K, N) sample indices by descending score per stage (ties: lower index first).
+
+    Compute it once and pass it to :func:`solve_thresholds` to share it across budgets.
+    """
+    return torch.sort(scores.t(), dim=1, descending=True, stable=True).indices
+
+
+def check_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as a CPU floating-point (N, K) tensor; ``ValueError`` for another shape."""
+    scores = torch.as_tensor(scores).detach().cpu()
+    if scores.dim() != 2 or scores.shape[1] < 1:
+        raise ValueError(f"scores must be (N, K), got {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        scores = scores.float()
+    return scores
+
+
+def _greedy_thresholds(scores: torch.Tensor, quota: torch.Tensor, order: torch.Tensor,
+                       on_overflow: str) -> torch.Tensor:
+    """Greedy stage-by-stage selection of the quotas: thresholds (K,) in the scores' dtype.
+
+    numpy, single-threaded: these are many small O(N) steps, where torch's thread hand-offs cost
+    more than the work.
+    """
+    sc, od = scores.numpy(), order.numpy()
+    n, k_stages = sc.shape
+    thresholds = np.full(k_stages, NO_EXIT_THRESHOLD, dtype=sc.dtype)
+    free = np.ones(n, dtype=bool)
+    for k, want in enumerate(quota.tolist()[:k_stages - 1]):
+        if want <= 0:
+            continue
+        order_k = od[k]
+        avail = free[order_k]                              # free samples, in descending-score order
+        rank = np.cumsum(avail)                            # running count of free samples
+        have = int(rank[-1]) if n else 0
+        if want > have:
+            if on_overflow == "error":
+                raise ValueError(f"stage {k}: quota {want} exceeds the {have} samples not yet exited")
+            want = have
+            if want == 0:
+                continue
+        last = int(np.searchsorted(rank, want))            # position of the want-th free sample
+        thresholds[k] = sc[order_k[last], k]
+        free[order_k[:last + 1][avail[:last + 1]]] = False
+    thresholds[k_stages - 1] = LAST_STAGE_THRESHOLD
+    return torch.from_numpy(thresholds)
+
+
+def solve_thresholds(scores: torch.Tensor, q: Optional[torch.Tensor] = None, *,
+                     quota: Optional[torch.Tensor] = None, order: Optional[torch.Tensor] = None,
+                     on_overflow: str = "clamp") -> torch.Tensor:
+    """Official threshold solving on a threshold set: scores (N, K), target distribution q (K,).
+
+    For k = 0..K-2 with quota n = floor(N * q_k) > 0 (see :func:`exit_quota`), the n highest-scoring
+    samples not taken at an earlier stage are taken at stage k and T_k is the n-th of their scores;
+    T_k = 1e8 when n = 0 and T_{K-1} = -1e8. Instead of q, explicit per-stage counts may be given as
+    ``quota`` (K,) (the last entry is ignored). ``order`` is :func:`descending_order` (scores),
+    computed here when omitted. ``on_overflow``: what to do when n exceeds the samples left (the
+    official raises IndexError): ``'clamp'`` takes them all, ``'error'`` raises ``ValueError``.
+    Returns thresholds (K,) in the scores' dtype.
+    """
+    if on_overflow not in ("clamp", "error"):
+        raise ValueError(f"on_overflow must be 'clamp' or 'error', got {on_overflow!r}")
+    scores = check_scores(scores)
+    if (q is None) == (quota is None):
+        raise ValueError("give exactly one of q or quota=")
+    if quota is None:
+        q = torch.as_tensor(q).reshape(-1)
+        if q.numel() != scores.shape[1]:
+            raise ValueError(f"q has {q.numel()} entries for {scores.shape[1]} stages")
+        quota = exit_quota(q, scores.shape[0])
+    else:
+        quota = torch.as_tensor(quota).long().reshape(-1)
+        if quota.numel() != scores.shape[1]:
+            raise ValueError(f"quota has {quota.numel()} entries for {scores.shape[1]} stages")
+    if order is None:
+        order = descending_order(scores)
+    return _greedy_thresholds(scores, quota, order, on_overflow)
+
+
+def assign_exits(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Exit stage per sample (N,) int64: the first k with score_k >= T_k; the last stage otherwise.
+
+    A NaN score never qualifies (the sample moves on), so every sample gets an exit.
+    """
+    sc = check_scores(scores).numpy()
+    thr = torch.as_tensor(thresholds).detach().cpu().reshape(-1).numpy()
+    if thr.size != sc.shape[1]:
+        raise ValueError(f"{thr.size} thresholds for {sc.shape[1]} stages")
+    narrow = thr.astype(sc.dtype)
+    if np.array_equal(narrow, thr, equal_nan=True):      # exact in the scores' dtype: compare there
+        thr = narrow
+    ok = sc >= thr                                       # mixed float32/float64 compares exactly
+    ok[:, -1] = True
+    return torch.from_numpy(ok.argmax(1).astype(np.int64))
+
+
+def count_exits(exits: torch.Tensor, num_stages: int) -> torch.Tensor:
+    """Exit counts per stage (K,) int64."""
+    exits = torch.as_tensor(exits).reshape(-1).numpy()
+    return torch.from_numpy(np.bincount(exits, minlength=num_stages)[:num_stages].astype(np.int64))

@@ -1,0 +1,196 @@
+"""Budget sweeps: the official early-exit experiment, vectorised.
+
+For every p of a grid (:data:`DEFAULT_P_VALUES`, the official 0.05, 0.10, ..., 0.95) the thresholds
+are solved on a threshold set for the exit distribution q_k proportional to p**k (:mod:`.solver`),
+the evaluation set exits with them, and the sweep records the metric, the expected GFLOPs, the exit
+counts and a random baseline with the same counts (:mod:`.evaluation`); the fixed-exit curve and
+the last-stage metric come with it. The per-stage work (criterion, softmax table, sort) is done once
+for all budgets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from ..packages import sibling
+from .criteria import check_criterion, exit_scores, softmax_table
+from .evaluation import (FixedExitPoint, Generator, StageMetric, check_logits, check_metric, expected_gflops,
+                         exit_ratios, fixed_exit_curve, random_exit_baseline)
+from .solver import (assign_exits, count_exits, descending_order, exit_quota, geometric_exit_distribution,
+                     solve_thresholds)
+
+write_text_atomic = sibling("datasets.files").write_text_atomic
+
+__all__ = ["DEFAULT_P_VALUES", "BudgetPoint", "SweepResult", "budget_sweep"]
+
+DEFAULT_P_VALUES = tuple(i / 20 for i in range(1, 20))
+
+
+@dataclass
+class BudgetPoint:
+    """One point of the sweep (one p)."""
+    p: float
+    expected_gflops: float         # on the evaluation set, float32 as the official
+    metric: float                  # percent
+    random_metric: float           # random exits with the same counts
+    exit_counts: List[int]         # evaluation-set exits per stage
+    exit_ratios: List[float]       # float32 count / N, as floats
+    thresholds: List[float]        # (K,) fitted on the threshold set; 1e8 = nobody, -1e8 = last
+    quota: List[int]               # threshold-set quota floor(N_train * q_k)
+
+
+@dataclass
+class SweepResult:
+    """Result of :func:`budget_sweep`."""
+    criterion: str
+    metric: str
+    absent: str
+    num_stages: int
+    num_train: int
+    num_val: int
+    flops: List[float]
+    seed: Optional[int]
+    points: List[BudgetPoint]
+    fixed_exits: List[FixedExitPoint]
+    last_stage_metric: float
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    # official-style lists
+    @property
+    def flops_list(self) -> List[float]:
+        return [pt.expected_gflops for pt in self.points]
+
+    @property
+    def metric_list(self) -> List[float]:
+        return [pt.metric for pt in self.points]
+
+    @property
+    def random_metric_list(self) -> List[float]:
+        return [pt.random_metric for pt in self.points]
+
+    def to_rows(self) -> List[dict]:
+        """One flat dict per budget (CSV-ready): p, expected_gflops, metric, random_metric, then
+        exit_count_k, exit_ratio_k and threshold_k for every stage."""
+        rows = []
+        for pt in self.points:
+            row = {"criterion": self.criterion, "metric_name": self.metric, "p": pt.p,
+                   "expected_gflops": pt.expected_gflops, "metric": pt.metric,
+                   "random_metric": pt.random_metric}
+            row.update({f"exit_count_{k}": v for k, v in enumerate(pt.exit_counts)})
+            row.update({f"exit_ratio_{k}": v for k, v in enumerate(pt.exit_ratios)})
+            row.update({f"threshold_{k}": v for k, v in enumerate(pt.thresholds)})
+            rows.append(row)
+        return rows
+
+    def fixed_rows(self) -> List[dict]:
+        """One dict per stage for the fixed-exit curve: stage, gflops, metric."""
+        return [asdict(f) for f in self.fixed_exits]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path: Optional[Union[str, os.PathLike]] = None, indent: int = 2) -> str:
+        """JSON text of :meth:`to_dict`; also written (atomically) to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+        if path is not None:
+            write_text_atomic(Path(path), text + "\n")
+        return text
+
+
+def _generator_from_seed(seed: Optional[int], generator: Generator) -> Generator:
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed(int(seed))
+
+
+def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tensor],
+                 val_logits: torch.Tensor, val_targets: torch.Tensor, flops: Sequence[float], *,
+                 criterion: str = "confidence", metric: str = "mAP",
+                 p_values: Sequence[float] = DEFAULT_P_VALUES, seed: Optional[int] = 0,
+                 generator: Generator = None, absent: str = "exclude",
+                 on_overflow: str = "clamp") -> SweepResult:
+    """The official early-exit experiment (``early_exit``), vectorised.
+
+    For every p: q = :func:`.solver.geometric_exit_distribution` (p, K), thresholds from the
+    threshold set (``train_logits`` (N1, K, C); ``train_targets`` is not used, as officially), exits
+    of the evaluation set (``val_logits`` (N2, K, C)), its metric (``'mAP'`` or ``'top1'``) and
+    expected GFLOPs; then the random baseline with the same counts (permutations drawn in budget
+    order from ``generator``, by default ``torch.Generator().manual_seed(seed)``; pass
+    ``random.Random(s)`` to replay the official ``random.shuffle`` draws). Also the fixed-exit curve
+    and the last-stage metric. ``timings`` holds a breakdown in seconds.
+    """
+    check_criterion(criterion)
+    check_metric(metric)
+    t_start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    train_logits = check_logits(train_logits, "train_logits")
+    val_logits = check_logits(val_logits, "val_logits")
+    n1, k_stages, c = train_logits.shape
+    n2 = val_logits.shape[0]
+    if val_logits.shape[1:] != (k_stages, c):
+        raise ValueError(f"val_logits {tuple(val_logits.shape)} does not match train_logits "
+                         f"{tuple(train_logits.shape)} in stages/classes")
+    flops = [float(f) for f in flops]
+    if len(flops) != k_stages:
+        raise ValueError(f"{len(flops)} FLOPs values for {k_stages} stages")
+
+    t = time.perf_counter()
+    train_scores = exit_scores(train_logits, criterion)
+    timings["criterion_train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if metric == "top1":
+        val_scores = exit_scores(val_logits, criterion)
+        row_max = val_scores if criterion == "confidence" else None
+        stage_metric = StageMetric(val_logits, val_targets, "top1", row_max=row_max)
+    else:
+        probs, val_scores = softmax_table(val_logits, criterion)
+        stage_metric = StageMetric(val_logits, val_targets, "mAP", absent=absent, probs=probs)
+    timings["criterion_val_and_metric_setup"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    order = descending_order(train_scores)
+    timings["sort"] = time.perf_counter() - t
+
+    gen = _generator_from_seed(seed, generator)
+    points: List[BudgetPoint] = []
+    t_solve = t_eval = t_rand = 0.0
+    for p in p_values:
+        t = time.perf_counter()
+        quota = exit_quota(geometric_exit_distribution(p, k_stages), n1)
+        thresholds = solve_thresholds(train_scores, quota=quota, order=order, on_overflow=on_overflow)
+        t_solve += time.perf_counter() - t
+
+        t = time.perf_counter()
+        exits = assign_exits(val_scores, thresholds)
+        counts = count_exits(exits, k_stages)
+        value = stage_metric(exits)
+        t_eval += time.perf_counter() - t
+
+        t = time.perf_counter()
+        random_value = stage_metric(random_exit_baseline(counts, gen))
+        t_rand += time.perf_counter() - t
+
+        points.append(BudgetPoint(
+            p=float(p), expected_gflops=expected_gflops(counts, flops), metric=value,
+            random_metric=random_value, exit_counts=counts.tolist(),
+            exit_ratios=exit_ratios(counts).tolist(), thresholds=thresholds.tolist(),
+            quota=quota.tolist()))
+    timings.update(solve=t_solve, evaluate=t_eval, random_baseline=t_rand)
+
+    t = time.perf_counter()
+    fixed = fixed_exit_curve(None, None, flops, stage_metric=stage_metric)
+    timings["fixed_exits"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    return SweepResult(criterion=criterion, metric=metric, absent=absent, num_stages=k_stages,
+                       num_train=n1, num_val=n2, flops=flops,
+                       seed=None if generator is not None else seed, points=points,
+                       fixed_exits=fixed, last_stage_metric=fixed[-1].metric, timings=timings)
