@@ -5,8 +5,8 @@ the family's members (paper §5; the official release ships three, with MobileNe
 TSM and X3D encoders):
 
 * the model it builds and the hyper-parameters (command-line flags) the builder takes;
-* its encoders (glance and focus architectures), policy, classifier and where its glance frames
-  come from;
+* its encoders (glance and focus architectures), policy, classifier, exit stages and where its
+  glance frames come from;
 * the terms of its training objective (by name, as ``ops.objective`` computes them);
 * how its exits are counted in GFLOPs (a function of a built model);
 * the key layout of its official checkpoints (detection, conversion, the official manifest);
@@ -66,6 +66,7 @@ class Variant:
     encoders: Dict[str, Tuple[str, ...]]  # 'glance' / 'focus' -> the architectures it offers
     policy: str  # what the policy decides
     classifier: str  # how the exits predict
+    exits: str  # the early-exit stages inference may stop at
     frame_source: str  # one of FRAME_SOURCES
     objective_terms: Tuple[str, ...]  # a subset of OBJECTIVE_TERMS
     flops: Callable[[nn.Module], Any]  # model -> breakdown with .stages(): GFLOPs of every exit stage
