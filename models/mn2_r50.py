@@ -43,7 +43,7 @@ UNUSED_PREFIXES = ("global_CNN.classifier.", "local_CNN.fc.")
 
 def is_official_layout(keys) -> bool:
     """Whether state-dict keys (without 'module.') are in the official layout."""
-    return any(k.startswith(("global_CNN.", "local_CNN.", "spatial_policy.", "temporal_policy.")) for k in keys)
+    return any(k.startswith(("global_CNN.features.", "local_CNN.layer1.")) for k in keys)
 
 
 def _translate(key: str, to_ours: bool) -> str:

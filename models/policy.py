@@ -22,14 +22,15 @@ SPATIAL_POLICY_BN_MOMENTUM = 1.0 - (1.0 - 0.1) ** 2
 
 
 class SpatialPolicy(nn.Module):
-    """Glance feature maps (B, T_G, C, h, w) -> patch actions (B, T_G, 4) in (0, 1).
+    """Glance feature maps (B, T_G, C, h, w) -> patch actions (B, T_G - k + 1, 4) in (0, 1).
 
     Conv3d 1x1x1 (C -> hidden), two Conv3d 3x3x3 (hidden -> hidden), each with BN and ReLU, then a
-    Conv3d with kernel (1, h, w) to 4 outputs and a sigmoid. No biases (as official).
+    Conv3d with kernel (k, h, w) to 4 outputs and a sigmoid. No biases (as official). ``temporal_kernel``
+    k = 1 gives one patch per glance frame (the main variant); k = T_G one patch per video (TSM).
     """
 
     def __init__(self, in_channels: int = 1280, hidden_dim: int = 128, feature_size: int = 7,
-                 bn_momentum: float = SPATIAL_POLICY_BN_MOMENTUM):
+                 bn_momentum: float = SPATIAL_POLICY_BN_MOMENTUM, temporal_kernel: int = 1):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv3d(in_channels, hidden_dim, kernel_size=1, bias=False),
@@ -41,15 +42,14 @@ class SpatialPolicy(nn.Module):
             nn.Conv3d(hidden_dim, hidden_dim, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm3d(hidden_dim, momentum=bn_momentum),
             nn.ReLU(inplace=True),
-            nn.Conv3d(hidden_dim, 4, kernel_size=(1, feature_size, feature_size), bias=False),
+            nn.Conv3d(hidden_dim, 4, kernel_size=(temporal_kernel, feature_size, feature_size), bias=False),
             nn.Sigmoid(),
         )
 
     def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
-        b, g = feature_maps.shape[:2]
         x = feature_maps.permute(0, 2, 1, 3, 4)  # (B, C, T_G, h, w)
-        x = self.layers(x)  # (B, 4, T_G, 1, 1)
-        return x.reshape(b, 4, g).transpose(1, 2)  # (B, T_G, 4)
+        x = self.layers(x)  # (B, 4, T_G - k + 1, 1, 1)
+        return x.reshape(x.shape[0], 4, -1).transpose(1, 2)  # (B, T_G - k + 1, 4)
 
 
 class TemporalPolicy(nn.Module):

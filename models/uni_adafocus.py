@@ -66,6 +66,15 @@ class FocusPass:
     focus_logits: torch.Tensor  # (B, T_L, C) focus head on each patch
     focus_actions: torch.Tensor  # (B, T_L, 4) the patches' actions
 
+    # What the objective's cross-entropies average over (see UniAdaFocusOutput).
+    @property
+    def cat_logits(self) -> torch.Tensor:
+        return self.exit_logits
+
+    @property
+    def focus_loss_logits(self) -> torch.Tensor:
+        return self.focus_logits
+
 
 @dataclass
 class GlanceStage:
@@ -136,6 +145,35 @@ class UniAdaFocusOutput:
     def stage_logits(self) -> torch.Tensor:
         """(B, T_L + 1, C) the early-exit stages (see :func:`stage_logits`)."""
         return stage_logits(self.exit_logits, self.exit_logits.shape[1] - self.focus_logits.shape[1])
+
+    # What the objective's cross-entropies average over, (B, S, C) each (one CE per row, averaged):
+    # every exit, every glance frame, every focus patch (official). The Monte-Carlo temporal term reads
+    # the per-frame glance logits (not detached: it trains the glance network too, as officially).
+    @property
+    def cat_logits(self) -> torch.Tensor:
+        return self.exit_logits
+
+    @property
+    def glance_loss_logits(self) -> torch.Tensor:
+        return self.glance_logits
+
+    @property
+    def focus_loss_logits(self) -> torch.Tensor:
+        return self.focus_logits
+
+    @property
+    def temporal_frame_logits(self) -> torch.Tensor:
+        return self.glance_logits
+
+    @property
+    def size_actions(self) -> torch.Tensor:
+        """The actions the patch-size regulariser reads: (B, T_G, 4), one per glance frame."""
+        return self.glance_actions
+
+    @property
+    def validation_logits(self) -> torch.Tensor:
+        """(B, T_G + T_L, C): the official validation loss is the CE of every exit."""
+        return self.exit_logits
 
     def detach(self) -> "UniAdaFocusOutput":
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -180,19 +180,19 @@ class UniAdaFocusObjective:
 
     # one method per term, each already weighted ------------------------------------------------------
     def _cat(self, out, target, generator):
-        return 0.5 * (step_cross_entropy(out.exit_logits, target) + step_cross_entropy(out.random_pass.exit_logits, target))
+        return 0.5 * (step_cross_entropy(out.cat_logits, target) + step_cross_entropy(out.random_pass.cat_logits, target))
 
     def _glance(self, out, target, generator):
-        return step_cross_entropy(out.glance_logits, target)
+        return step_cross_entropy(out.glance_loss_logits, target)
 
     def _focus(self, out, target, generator):
-        return 0.5 * (step_cross_entropy(out.focus_logits, target)
-                      + step_cross_entropy(out.random_pass.focus_logits, target))
+        return 0.5 * (step_cross_entropy(out.focus_loss_logits, target)
+                      + step_cross_entropy(out.random_pass.focus_loss_logits, target))
 
     def _temporal(self, out, target, generator):
         if self.temporal_form == "official":
-            mc_logits = temporal_mc_logits(out.frame_weights, out.glance_logits, self.mc_draws, self.mc_samples,
-                                           generator)
+            mc_logits = temporal_mc_logits(out.frame_weights, out.temporal_frame_logits, self.mc_draws,
+                                           self.mc_samples, generator)
             return F.cross_entropy(mc_logits, target)
         b, num_glance, _ = out.glance_logits.shape
         frame_losses = F.cross_entropy(out.glance_logits.detach().flatten(0, 1), target.repeat_interleave(num_glance),
@@ -210,9 +210,10 @@ class UniAdaFocusObjective:
         return self.kl_ratio * kl_to_uniform(out.frame_weights, self.kl_reference_size)
 
     def _norm(self, out, target, generator):
-        return self.norm_ratio * patch_size_regulariser(out.glance_actions)
+        return self.norm_ratio * patch_size_regulariser(out.size_actions)
 
 
 def validation_loss(out, target: torch.Tensor) -> torch.Tensor:
-    """The official validation loss: CE of every exit of the evaluation forward against the label."""
-    return step_cross_entropy(out.exit_logits, target)
+    """The official validation loss: the mean CE of the output's ``validation_logits`` (every exit for the
+    main variant, the prediction for TSM) against the label."""
+    return step_cross_entropy(out.validation_logits, target)

@@ -19,27 +19,33 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-# (group name, our module path, name of the multiplier argument or None for 1)
+# (group name, our module path, name of the multiplier argument or None for 1). A model has the
+# modules of its variant: the exit classifier (main variant) or the TSN prediction heads (TSM, whose
+# glance head lives with the glance network officially and so shares its rate).
 GROUPS = (
     ("temporal_policy", "policy.temporal", "temporal_lr_ratio"),
     ("spatial_policy", "policy.spatial", "stn_lr_ratio"),
     ("glance", "glance", "global_lr_ratio"),
     ("glance_head", "glance_head", "global_lr_ratio"),
+    ("glance_prediction_head", "glance_prediction_head", "global_lr_ratio"),
     ("spatial_head", "spatial_head", "global_lr_ratio"),
     ("focus", "focus", None),
     ("focus_head", "focus_head", None),
+    ("focus_prediction_head", "focus_prediction_head", None),
     ("classifier", "classifier", "classifier_lr_ratio"),
 )
 
 
 def param_groups(model: torch.nn.Module, *, temporal_lr_ratio: float = 0.2, stn_lr_ratio: float = 0.2,
                  global_lr_ratio: float = 0.5, classifier_lr_ratio: float = 20.0) -> List[Dict]:
-    """The eight official parameter groups of a UniAdaFocus (every parameter in exactly one)."""
+    """The official parameter groups of the model's variant (every parameter in exactly one)."""
     ratios = dict(temporal_lr_ratio=temporal_lr_ratio, stn_lr_ratio=stn_lr_ratio, global_lr_ratio=global_lr_ratio,
                   classifier_lr_ratio=classifier_lr_ratio)
     groups, seen = [], set()
     for name, path, ratio in GROUPS:
-        module = model.get_submodule(path)
+        module = getattr(model, path.split(".")[0], None) and model.get_submodule(path)
+        if module is None:
+            continue
         params = [p for p in module.parameters() if p.requires_grad]
         seen.update(id(p) for p in module.parameters())
         groups.append({"params": params, "name": name, "lr_mult": ratios[ratio] if ratio else 1.0, "decay_mult": 1.0})
