@@ -309,7 +309,7 @@ def _write_lists(out: str, spec: DatasetSpec, layout: str, entries: List[Entry],
         write_lines_atomic(path, rows)
         written.append(f"{path} ({len(rows)} videos)")
     config = {k: getattr(spec, k) for k in ("class_file", "train_list", "val_list", "frame_root", "template",
-                                            "separator", "multi_label", "metric")}
+                                            "separator", "multi_label", "metric", "flip")}
     write_lines_atomic(os.path.join(out, CONFIG_NAME), [json.dumps(config, indent=1)])
     return written
 

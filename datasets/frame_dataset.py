@@ -6,6 +6,12 @@ Each item is a dict:
 * ``'label'``: int64 scalar, the label for single-label cross-entropy (see *label rule*);
 * ``'labels'``: float32 ``(num_classes,)``, multi-hot over all the video's labels (for mAP);
 * ``'index'``: int64 scalar, the sample's index in the dataset;
+* with ``glance_segments=G`` (the TSM variant) also ``'glance'``: uint8 ``(G, 3, S, S)``, a second
+  frame set sampled separately from the T0 focus candidates in ``'video'`` (each set tiles the whole
+  video; in training the glance set's uniforms are drawn first, then the focus set's, from the same
+  per-sample generator). In training each set gets its own random crop, as in the official code,
+  unless ``shared_crop=True`` (then the glance frames get the focus candidates' crop); in evaluation
+  both get the same resize and centre crop;
 * with a ground-truth box table (the synthetic dataset) also ``'object_boxes'`` float32 ``(T0, 4)``
   as ``(x1, y1, x2, y2)`` in pixels of the returned clip (mapped through the sampling, crop, resize
   and flip actually applied, clipped to the clip) and ``'object_visible'`` bool ``(T0,)``: the
@@ -18,7 +24,8 @@ default is ``'random'`` when training and ``'first'`` in evaluation. Single-labe
 unaffected either way.
 
 Randomness: every random choice (temporal offsets, crop, flip, label) comes from
-:func:`~.sampling.sample_rng` seeded with ``(seed, epoch, index)``, so results do not depend on
+:func:`~.sampling.sample_rng` seeded with ``(seed, epoch, index)`` (the focus candidates' crop is
+drawn first, then, with independent crops, the glance frames'), so results do not depend on
 the number of workers or their scheduling. :meth:`FrameFolderDataset.set_epoch` stores the epoch in
 shared memory, so persistent ``DataLoader`` workers see it too; call it before iterating an epoch.
 """
@@ -35,7 +42,7 @@ from .boxes import BoxTable
 from .errors import ListFileError
 from .frames import MISSING_POLICIES, FrameReader, check_template
 from .lists import VideoRecord
-from .sampling import STREAM_LABEL, STREAM_SPATIAL, STREAM_TEMPORAL, sample_rng, segment_indices
+from .sampling import STREAM_LABEL, STREAM_SPATIAL, STREAM_TEMPORAL, glance_focus_indices, sample_rng
 from .transforms import OFFICIAL_SCALES, MultiScaleCrop, ResizeCenterCrop
 
 LABEL_RULES = ("first", "random")
@@ -50,8 +57,10 @@ class FrameFolderDataset(Dataset):
     resize + centre crop otherwise; seed: base seed of all random choices; label_rule: see module
     doc; missing_frames: ``'error'`` or ``'repeat_first'``; start_index: number of the first frame
     file; boxes: optional ground-truth table (see :mod:`.boxes`); scales, max_distort, flip: training
-    crop settings; scale_size: evaluation resize (default ``input_size*256//224``); spec, list_file:
-    where the records came from (kept as attributes for the caller).
+    crop settings; scale_size: evaluation resize (default ``input_size*256//224``); glance_segments:
+    G, the size of the separately sampled glance set (None: no glance set); shared_crop: in training,
+    crop the glance frames like the focus candidates (default: an independent draw, as the official
+    code does); spec, list_file: where the records came from (kept as attributes for the caller).
     """
 
     def __init__(self, records: Sequence[VideoRecord], *, frame_root: str, template: str, num_classes: int,
@@ -59,7 +68,8 @@ class FrameFolderDataset(Dataset):
                  label_rule: Optional[str] = None, missing_frames: str = "error", start_index: int = 1,
                  boxes: Optional[BoxTable] = None, class_names: Optional[List[str]] = None,
                  scales: Sequence[float] = OFFICIAL_SCALES, max_distort: int = 1, flip: bool = True,
-                 scale_size: Optional[int] = None, spec: Any = None, list_file: Optional[str] = None):
+                 scale_size: Optional[int] = None, glance_segments: Optional[int] = None,
+                 shared_crop: bool = False, spec: Any = None, list_file: Optional[str] = None):
         if not records:
             raise ValueError("a dataset needs at least one record")
         if num_segments < 1 or input_size < 1 or num_classes < 1:
@@ -67,6 +77,8 @@ class FrameFolderDataset(Dataset):
                              f"({num_classes}) must be positive")
         if int(seed) < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
+        if glance_segments is not None and int(glance_segments) < 1:
+            raise ValueError(f"glance_segments must be positive (or None), got {glance_segments}")
         label_rule = ("random" if train else "first") if label_rule is None else label_rule
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
@@ -78,6 +90,8 @@ class FrameFolderDataset(Dataset):
         self.num_classes = int(num_classes)
         self.class_names = class_names
         self.num_segments = int(num_segments)
+        self.glance_segments = None if glance_segments is None else int(glance_segments)
+        self.shared_crop = bool(shared_crop)
         self.input_size = int(input_size)
         self.train = bool(train)
         self.seed = int(seed)
@@ -129,12 +143,22 @@ class FrameFolderDataset(Dataset):
                                     f"{record.path!r}, which has {record.num_frames} frames")
 
     # ------------------------------------------------------------------------------------------
-    def frame_indices(self, index: int, epoch: Optional[int] = None) -> np.ndarray:
-        """The T0 frame numbers ``(T0,)`` int64 that sample ``index`` reads (default: current epoch)."""
+    def sample_indices(self, index: int, epoch: Optional[int] = None):
+        """``(glance (G,) or None, focus (T0,))``: the frame numbers (int64) of sample ``index``
+        (default: current epoch); glance is None without ``glance_segments``."""
         record = self.records[index]
         epoch = self.epoch if epoch is None else epoch
         rng = sample_rng(self.seed, epoch, index, STREAM_TEMPORAL) if self.train else None
-        return segment_indices(record.num_frames, self.num_segments, rng=rng, start_index=self.start_index)
+        return glance_focus_indices(record.num_frames, self.num_segments, self.glance_segments, rng=rng,
+                                    start_index=self.start_index)
+
+    def frame_indices(self, index: int, epoch: Optional[int] = None) -> np.ndarray:
+        """The T0 frame numbers ``(T0,)`` int64 of ``'video'`` for sample ``index`` (default: current epoch)."""
+        return self.sample_indices(index, epoch)[1]
+
+    def glance_indices(self, index: int, epoch: Optional[int] = None) -> Optional[np.ndarray]:
+        """The G frame numbers ``(G,)`` int64 of ``'glance'`` (None without ``glance_segments``)."""
+        return self.sample_indices(index, epoch)[0]
 
     def choose_label(self, index: int, epoch: Optional[int] = None) -> int:
         """The single label of sample ``index`` under the label rule (default: current epoch)."""
@@ -151,23 +175,40 @@ class FrameFolderDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.records)} videos")
         record = self.records[index]
         epoch = self.epoch                                             # read once: set_epoch may run meanwhile
-        indices = self.frame_indices(index, epoch)
-        unique, inverse = np.unique(indices, return_inverse=True)
+        glance_indices, indices = self.sample_indices(index, epoch)
+        num_glance = 0 if glance_indices is None else len(glance_indices)
+        wanted = indices if glance_indices is None else np.concatenate([glance_indices, indices])
+        # Each distinct frame is decoded once, for both sets.
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        inverse = inverse.reshape(-1)
         reader = FrameReader(self.folder(record), self.template, missing=self.missing_frames,
                              where=f"{record.where} (video {record.path!r})", first_index=self.start_index)
         rng = sample_rng(self.seed, epoch, index, STREAM_SPATIAL) if self.train else None
-        geometry = None
+        geometry = glance_geometry = None
+        read_region = None
 
         def region(width, height):                                     # called with the first frame's size
-            nonlocal geometry
-            geometry = self.transform.draw(width, height, rng)
-            return geometry.region
+            nonlocal geometry, glance_geometry, read_region
+            geometry = self.transform.draw(width, height, rng)         # the focus candidates' crop first
+            if num_glance and self.train and not self.shared_crop:
+                glance_geometry = self.transform.draw(width, height, rng)
+            else:                                                      # shared, or the deterministic eval one
+                glance_geometry = geometry
+            read_region = _bounding_region(geometry.region, glance_geometry.region)
+            return read_region
 
         frames = reader.read(unique, crop=region)                      # (U, h, w, 3) uint8, the region only
         clip = torch.from_numpy(frames).permute(0, 3, 1, 2)            # (U, 3, h, w), channels-last memory
-        out = geometry.apply(clip, cropped=True)                       # (U, 3, S, S) contiguous
-        if len(unique) != len(indices):
-            out = out[torch.from_numpy(inverse.reshape(-1))]
+        if glance_geometry is geometry:
+            out = geometry.apply(clip, cropped=True)                   # (U, 3, S, S) contiguous
+            if num_glance:
+                glance = out[torch.from_numpy(inverse[:num_glance])]
+                out = out[torch.from_numpy(inverse[num_glance:])]
+            elif len(unique) != len(wanted):
+                out = out[torch.from_numpy(inverse)]
+        else:                                                          # independent crops of one decoded region
+            glance = _render(clip, read_region, glance_geometry, inverse[:num_glance])
+            out = _render(clip, read_region, geometry, inverse[num_glance:])
         labels = torch.zeros(self.num_classes, dtype=torch.float32)
         labels[list(record.labels)] = 1.0
         item = {
@@ -183,9 +224,32 @@ class FrameFolderDataset(Dataset):
             area = (mapped[:, 2] - mapped[:, 0]) * (mapped[:, 3] - mapped[:, 1])
             item["object_boxes"] = mapped.float()
             item["object_visible"] = torch.from_numpy(visible[rows]) & (area > 0)
+        if glance_indices is not None:
+            item["glance"] = glance
         return item
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} videos, {self.num_classes} classes, T0={self.num_segments}, "
-                f"train={self.train}, transform={self.transform!r}, frame_root={self.frame_root!r}, "
+                f"train={self.train}, glance_segments={self.glance_segments}, shared_crop={self.shared_crop}, "
+                f"transform={self.transform!r}, frame_root={self.frame_root!r}, "
                 f"template={self.template!r})")
+
+
+def _bounding_region(a, b):
+    """The smallest region ``(x, y, w, h)`` holding both regions ``a`` and ``b``."""
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _render(clip: torch.Tensor, clip_region, geometry, rows: np.ndarray) -> torch.Tensor:
+    """Frames ``rows`` of ``clip`` (which holds ``clip_region`` of the source frames) through
+    ``geometry`` -> contiguous uint8 ``(len(rows), 3, S, S)``; each distinct row is resized once."""
+    distinct, inverse = np.unique(rows, return_inverse=True)
+    x, y, w, h = geometry.region
+    left, top = x - clip_region[0], y - clip_region[1]
+    part = clip[torch.from_numpy(distinct), :, top:top + h, left:left + w]
+    out = geometry.apply(part, cropped=True)
+    if len(distinct) != len(rows):
+        out = out[torch.from_numpy(inverse.reshape(-1))]
+    return out

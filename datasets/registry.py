@@ -4,15 +4,24 @@ Each entry of :data:`DATASETS` is a :class:`DatasetSpec` giving, relative to the
 the class file, the train and val list files, the frame root and the frame-name template, plus the
 list separator, the label rule of the list format and the evaluation metric:
 
-========= ===================== ================================ ========== ==================== ===== =====
-name      class file            train / val list                 frame root template             sep   multi
-========= ===================== ================================ ========== ==================== ===== =====
-actnet    classInd.txt          actnet_{train,val}_split.txt     frames     image_{:05d}.jpg     ','   yes
-fcvid     classInd.txt          fcvid_{train,val}_split.txt      frames     image_{:05d}.jpg     ','   yes
-minik     minik_classInd.txt    mini_{train,val}_videofolder.txt .          img_{:05d}.jpg       ' '   no
-custom    classInd.txt          {train,val}_split.txt            frames     image_{:05d}.jpg     ','   yes
-synthetic classInd.txt          synthetic_{train,val}_split.txt  frames     image_{:05d}.jpg     ','   yes
-========= ===================== ================================ ========== ==================== ===== =====
+=========== ================== ================================ ==================================== ================ ===== ===== ====
+name        class file         train / val list                 frame root                           template         sep   multi flip
+=========== ================== ================================ ==================================== ================ ===== ===== ====
+actnet      classInd.txt       actnet_{train,val}_split.txt     frames                               image_{:05d}.jpg ','   yes   yes
+fcvid       classInd.txt       fcvid_{train,val}_split.txt      frames                               image_{:05d}.jpg ','   yes   yes
+minik       minik_classInd.txt mini_{train,val}_videofolder.txt .                                    img_{:05d}.jpg   ' '   no    yes
+something   category.txt       {train,val}_videofolder.txt      20bn-something-something-v1          {:05d}.jpg       ' '   no    no
+somethingv2 category.txt       {train,val}_videofolder.txt      20bn-something-something-v2-frames   {:06d}.jpg       ' '   no    no
+jester      category.txt       {train,val}_videofolder.txt      20bn-jester-v1                       {:05d}.jpg       ' '   no    no
+custom      classInd.txt       {train,val}_split.txt            frames                               image_{:05d}.jpg ','   yes   yes
+synthetic   classInd.txt       synthetic_{train,val}_split.txt  frames                               image_{:05d}.jpg ','   yes   yes
+=========== ================== ================================ ==================================== ================ ===== ===== ====
+
+``something`` (Something-Something V1), ``somethingv2`` and ``jester`` are the datasets of the TSM
+variant: the data directory is the dataset's own folder (the official ``ROOT/something-something-v1``
+and so on), Jester's class file included (the official code looks for it relative to the working
+directory). Their training crops are never flipped (left/right matters for their classes), as in the
+official code.
 
 ``custom`` follows the layout of the official ``custom_finetune.md``. Any field can be overridden
 by keyword options (``template='img_{:05d}.jpg'``, ``separator=' '``, ...), by a JSON file given as
@@ -45,7 +54,9 @@ class DatasetSpec:
 
     ``multi_label`` selects the list rule (see :mod:`.lists`); ``metric`` is ``'mAP'`` or
     ``'top1'`` (the official choice per dataset); ``boxes_file`` is the ground-truth side file with
-    ``{split}`` in its name, if the dataset has one.
+    ``{split}`` in its name, if the dataset has one; ``flip`` is the default of the training
+    transform's random left-right flip (off for direction-sensitive datasets such as Something-Something
+    and Jester).
     """
 
     name: str
@@ -59,6 +70,7 @@ class DatasetSpec:
     metric: str
     boxes_file: Optional[str] = None
     description: str = ""
+    flip: bool = True
 
     def list_file(self, split: str) -> str:
         if split not in SPLITS:
@@ -86,6 +98,15 @@ DATASETS: Dict[str, DatasetSpec] = {
     "minik": DatasetSpec("minik", "minik_classInd.txt", "mini_train_videofolder.txt", "mini_val_videofolder.txt",
                          ".", "img_{:05d}.jpg", " ", False, "top1",
                          description="Mini-Kinetics (200 classes), official splits"),
+    "something": DatasetSpec("something", "category.txt", "train_videofolder.txt", "val_videofolder.txt",
+                             "20bn-something-something-v1", "{:05d}.jpg", " ", False, "top1", flip=False,
+                             description="Something-Something V1 (174 classes), official TSM lists"),
+    "somethingv2": DatasetSpec("somethingv2", "category.txt", "train_videofolder.txt", "val_videofolder.txt",
+                               "20bn-something-something-v2-frames", "{:06d}.jpg", " ", False, "top1", flip=False,
+                               description="Something-Something V2 (174 classes), official TSM lists"),
+    "jester": DatasetSpec("jester", "category.txt", "train_videofolder.txt", "val_videofolder.txt",
+                          "20bn-jester-v1", "{:05d}.jpg", " ", False, "top1", flip=False,
+                          description="Jester (27 classes), official TSM lists; category.txt in the data directory"),
     "custom": DatasetSpec("custom", "classInd.txt", "train_split.txt", "val_split.txt",
                           "frames", "image_{:05d}.jpg", ",", True, "top1",
                           description="your own videos, laid out as in custom_finetune.md (override any field)"),
@@ -98,7 +119,7 @@ DATASETS: Dict[str, DatasetSpec] = {
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(DatasetSpec) if f.name != "name")
 #: Options of build_dataset that are not spec fields.
 DATASET_OPTIONS = ("label_rule", "missing_frames", "check_folders", "start_index", "scales", "max_distort",
-                   "flip", "scale_size", "list_file")
+                   "scale_size", "list_file", "min_frames", "glance_segments", "shared_crop")
 RESOLVE_OPTIONS = ("config", "synthetic", "generate")
 
 
@@ -139,6 +160,8 @@ def resolve_spec(name: str, data_dir: str, **options: Any) -> DatasetSpec:
         raise ValueError(f"metric must be one of {METRICS}, got {spec.metric!r}")
     if not isinstance(spec.separator, str) or not spec.separator:
         raise ValueError(f"separator must be a non-empty string, got {spec.separator!r}")
+    if isinstance(spec.flip, str) or spec.flip not in (True, False):
+        raise ValueError(f"flip must be true or false, got {spec.flip!r}")
     return spec
 
 
@@ -191,11 +214,16 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
     segment centres + resize + centre crop. Options:
 
     * spec overrides: ``class_file, train_list, val_list, frame_root, template, separator,
-      multi_label, metric, boxes_file``; ``config=PATH`` (JSON with these keys); ``list_file=PATH``
-      replaces the split's list file;
+      multi_label, metric, boxes_file, flip``; ``config=PATH`` (JSON with these keys);
+      ``list_file=PATH`` replaces the split's list file;
     * ``label_rule`` ('first' | 'random'), ``missing_frames`` ('error' | 'repeat_first'),
       ``check_folders`` (default True: every frame folder must exist, checked now),
-      ``start_index`` (default 1), ``scales``, ``max_distort``, ``flip``, ``scale_size``;
+      ``start_index`` (default 1), ``scales``, ``max_distort``, ``scale_size``;
+    * ``min_frames`` (default 1: keep every video; 3 drops the videos of fewer than 3 frames, as
+      the official code does in training and validation);
+    * ``glance_segments=G`` (default None): each item also holds ``'glance'``, G frames sampled
+      separately from the T0 focus candidates (the TSM variant); ``shared_crop`` (default False):
+      in training, give the glance frames the focus candidates' random crop instead of their own;
     * synthetic only: ``synthetic={...}`` generation options for
       :func:`~.synthetic.ensure_generated`, ``generate`` (default True).
 
@@ -210,6 +238,13 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
     list_file = options.get("list_file") or os.path.join(data_dir, spec.list_file(split))
     records = parse_list_file(list_file, separator=spec.separator, multi_label=spec.multi_label,
                               num_classes=len(class_names))
+    min_frames = int(options.get("min_frames", 1))
+    if min_frames < 1:
+        raise ValueError(f"min_frames must be at least 1, got {min_frames}")
+    if min_frames > 1:
+        records = [r for r in records if r.num_frames >= min_frames]
+        if not records:
+            raise ListFileError(f"{list_file}: no video has at least {min_frames} frames (min_frames)")
     start_index = int(options.get("start_index", 1))
     boxes = None
     if spec.boxes_file:
@@ -219,8 +254,9 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
         num_classes=len(class_names), class_names=class_names, num_segments=num_segments,
         input_size=input_size, train=train, seed=seed, label_rule=options.get("label_rule"),
         missing_frames=options.get("missing_frames", "error"), start_index=start_index, boxes=boxes,
-        spec=spec, list_file=list_file,
-        **{k: options[k] for k in ("scales", "max_distort", "flip", "scale_size") if k in options})
+        spec=spec, list_file=list_file, flip=bool(spec.flip), glance_segments=options.get("glance_segments"),
+        shared_crop=bool(options.get("shared_crop", False)),
+        **{k: options[k] for k in ("scales", "max_distort", "scale_size") if k in options})
     if options.get("check_folders", True):
         dataset.check_folders()
     return dataset

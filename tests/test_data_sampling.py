@@ -66,8 +66,27 @@ def test_train_offsets_cover_each_segment_uniformly():
 def test_train_indices_match_the_formula_with_the_same_uniforms():
     n, t0 = 123, 16
     u = np.random.default_rng(5).random(t0)
-    want = np.floor((np.arange(t0) + u) * n / t0).astype(int) + 1
+    # The official operation order: (k + U_k) divided by T0, then multiplied by n, in float64.
+    want = np.floor((np.arange(t0) + u) / t0 * n).astype(int) + 1
     assert segment_indices(n, t0, rng=np.random.default_rng(5)).tolist() == want.tolist()
+    # Any generator with random(size) works, e.g. the legacy RandomState of the official code.
+    u = np.random.RandomState(5).random(t0)
+    want = np.floor((np.arange(t0) + u) / t0 * n).astype(int) + 1
+    assert segment_indices(n, t0, rng=np.random.RandomState(5)).tolist() == want.tolist()
+
+
+def test_train_operation_order_matters_where_the_exact_value_is_an_integer():
+    class Constant:
+        def __init__(self, value):
+            self.value = value
+
+        def random(self, size):
+            return np.full(size, self.value)
+
+    # U = 0.5 at T0 = 48, n = 480, k = 24: 24.5 / 48 * 480 = 244.99999999999997 (frame 245), while
+    # 24.5 * 480 / 48 = 245.0 exactly (frame 246): the official order gives the segment centres.
+    assert segment_indices(480, 48, rng=Constant(0.5))[24] == 245
+    assert segment_indices(480, 48, rng=Constant(0.5)).tolist() == segment_indices(480, 48).tolist()
 
 
 def test_start_index_and_validation():
