@@ -40,6 +40,7 @@ from typing import Dict, List, Optional
 import torch
 
 from datasets.files import atomic_write, write_text_atomic
+from models import get_variant
 from ops import config, engine
 from ops import distributed as dist_ops
 from ops import early_exit
@@ -64,8 +65,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--no-threshold_augmentation uses the evaluation transform")
     g.add_argument("--threshold_subset", type=int, default=0,
                    help="fit on a seeded random subset of this many threshold-set videos (0: all)")
-    g.add_argument("--p_values", type=float, nargs="+", default=list(early_exit.DEFAULT_P_VALUES),
-                   help="geometric exit parameters of the sweep")
+    g.add_argument("--p_values", type=float, nargs="+", default=None,
+                   help="geometric exit parameters of the sweep (default: the variant's official grid, "
+                        "0.05..0.95 for mn2_r50, 1..399 and 4e3..4e6 over --p_scale 100 for tsm)")
+    g.add_argument("--p_scale", type=float, default=None,
+                   help="the exit ratio of p is float32(p / p_scale) (default: the variant's official scale)")
+    g.add_argument("--random_baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help="random exits with the same counts next to every budget (default: as the variant's "
+                        "official sweep: on for mn2_r50, off for tsm)")
     g.add_argument("--budget", type=float, nargs="+", default=None,
                    help="GFLOPs budget(s): write deployable thresholds meeting each on the threshold set")
     g.add_argument("--logits", default=None, help="sweep from a cached logits file; no model or data needed")
@@ -129,6 +136,7 @@ def generate_logits(args, info, log: RunLog) -> Dict:
                  f"{time.time() - started:.1f}s; last exit {metrics['metric']} {metrics['score']:.3f}")
         sets[name] = {"logits": rows["stages"].float(), "label": rows["label"], "labels": rows["labels"].bool()}
     return {"version": CACHE_VERSION, "metric": engine.dataset_metric(val_set), "flops": flops,
+            "exit_grid": get_variant(args.variant).exit_grid,
             "num_classes": val_set.num_classes, "settings": {k: getattr(args, k, None) for k in LOGIT_SETTINGS},
             "checkpoint": os.path.abspath(args.resume), **sets}
 
@@ -168,7 +176,8 @@ def plot_sweep(path: str, sweep, title: str) -> None:
     points = sorted(sweep.points, key=lambda p: p.expected_gflops)
     gf = [p.expected_gflops for p in points]
     ax.plot(gf, [p.metric for p in points], "o-", color="tab:red", label=f"early exit ({sweep.criterion})")
-    ax.plot(gf, [p.random_metric for p in points], "s--", color="tab:gray", label="random exit (same counts)")
+    if sweep.seed is not None:  # with a random baseline
+        ax.plot(gf, [p.random_metric for p in points], "s--", color="tab:gray", label="random exit (same counts)")
     ax.plot([f.gflops for f in sweep.fixed_exits], [f.metric for f in sweep.fixed_exits], "^:", color="tab:blue",
             label="fixed exit (stage k)")
     ax.set_xlabel("GFLOPs / video")
@@ -188,9 +197,13 @@ def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, ob
     results = {}
     for criterion in args.criterion:
         started = time.time()
+        p_values, p_scale, random_baseline = early_exit.P_GRIDS[data.get("exit_grid", "geometric")]
         sweep = early_exit.budget_sweep(thr["logits"], targets_for(thr, metric), ev["logits"], targets_for(ev, metric),
                                         data["flops"], criterion=criterion, metric=metric,
-                                        p_values=args.p_values, seed=args.seed, absent=args.absent_classes)
+                                        p_values=args.p_values or p_values, seed=args.seed, absent=args.absent_classes,
+                                        p_scale=args.p_scale or p_scale,
+                                        random_baseline=random_baseline if args.random_baseline is None
+                                        else args.random_baseline)
         elapsed = time.time() - started
         base = os.path.join(out_dir, criterion)
         write_csv(base + ".csv", sweep.to_rows())
@@ -202,8 +215,8 @@ def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, ob
         log.info(f"{criterion}: swept {len(sweep.points)} budgets in {elapsed:.2f}s; last exit {metric} "
                  f"{sweep.last_stage_metric:.3f} at {data['flops'][-1]:.2f} GFLOPs")
         for p in sweep.points:
-            log.info(f"  p={p.p:.2f}  {p.expected_gflops:7.3f} GFLOPs  {metric} {p.metric:7.3f}  "
-                     f"(random exits {p.random_metric:7.3f})")
+            log.info(f"  p={p.p:.2f}  {p.expected_gflops:7.3f} GFLOPs  {metric} {p.metric:7.3f}"
+                     + (f"  (random exits {p.random_metric:7.3f})" if sweep.seed is not None else ""))
         results[criterion] = sweep
         for budget in args.budget or ():
             solve_budget(data, criterion, metric, budget, out_dir, args, log)

@@ -73,6 +73,9 @@ class Variant:
     checkpoint: CheckpointLayout
     datasets: Tuple[str, ...]  # the datasets of its released checkpoints
     presets: Tuple[str, ...] = field(default=())  # configs/{name}.yaml reproducing the paper's runs
+    exit_grid: str = "geometric"  # the official early-exit sweep grid (``ops.early_exit.P_GRIDS``)
+    defaults: Dict[str, Any] = field(default_factory=dict)  # flag values when the command line sets none
+    choices: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)  # flags this variant restricts
 
     def __post_init__(self):
         if self.frame_source not in FRAME_SOURCES:

@@ -1,25 +1,32 @@
 """MSDNet-style threshold solving: which stage every sample of a threshold set leaves at.
 
-The network has K exits ("stages"; K = 17 for Uni-AdaFocus: stage 0 is the last glance exit, stage k
-follows k focus frames). Thresholds are fitted on a threshold set (the official code uses the
-augmented training clips) so that a prescribed fraction q_k of it leaves at stage k, with q_k
-proportional to p**k; a sample then leaves at the first stage whose score reaches that stage's
-threshold, and at the last stage otherwise. Everything is vectorised over samples; only the K stages
-are looped over.
+The network has K exits ("stages"). Uni-AdaFocus has K = 17: stage 0 is the last glance exit, stage
+k follows k focus frames. Uni-AdaFocus-TSM has K = 2: stage 0 is the glance-only prediction (the
+glance network's auxiliary head averaged over frames), stage 1 the full model (glance plus focus
+heads). Thresholds are fitted on a threshold set (the official code uses the augmented training
+clips) so that a prescribed fraction q_k of it leaves at stage k, with q_k proportional to r**k
+(:func:`geometric_exit_distribution`; r = p for Uni-AdaFocus, r = p/100 for the TSM grid); a sample
+then leaves at the first stage whose score reaches that stage's threshold, and at the last stage
+otherwise. Everything is vectorised over samples; only the K stages are looped over.
 
 Official behaviour reproduced (see docs/official-behaviour.md, "Early exit"; checked against
-``early_exit_parity.pt``):
+``early_exit_parity.pt`` and, for the TSM procedure, ``early_exit_tsm_parity.pt``):
 
-* q comes from ``exp(log(p) * k)`` in float32, normalised once by :func:`geometric_exit_distribution`
-  and once more inside :func:`solve_thresholds` (the official normalises twice); the per-stage quota
-  is ``floor(N * q_k)`` with the product rounded to float32. (Rounding in float64 instead changes the
-  quota at p = 0.05, 0.10, 0.30 for N = 300 and breaks parity.)
+* q comes from ``exp(log(r) * k)`` in float32 with r = float32(p / p_scale), normalised once by
+  :func:`geometric_exit_distribution` and once more inside :func:`solve_thresholds` (the official
+  normalises twice, :func:`normalised_distribution`); the per-stage quota is ``floor(N * q_k)``
+  with the product rounded to float32. Both float32 steps matter: a float64 product changes the
+  quota at p = 0.05, 0.10, 0.30 for N = 300 on the Uni-AdaFocus grid and at p = 20, 140 on the TSM
+  grid (250 and 125 officially); q itself in float64 (or exactly) changes it at p = 275 on the TSM
+  grid, where float32 q_0 = 0.26666665 lies just below 4/15 and the official quota is 79, not 80.
 * At stage k < K-1 with quota n > 0, the n samples with the largest stage-k score among those not yet
   taken are taken (ties: lower sample index first; the official's ``torch.sort`` leaves the order
   of ties unspecified), and the threshold is the n-th of those scores. Stages with quota 0 keep 1e8;
-  the last stage gets -1e8. When the quota exceeds the samples left, the official code raises
-  ``IndexError``; here ``on_overflow='clamp'`` (default) takes all that are left and ``'error'``
-  raises ``ValueError``. (With geometric q this happens only through float rounding.)
+  the last stage gets -1e8. With K = 2 this is the TSM rule: T_0 is the score of the
+  floor(N q_0)-th most confident sample (1e8 if that is 0), T_1 = -1e8. When the quota exceeds the
+  samples left, the official code raises ``IndexError``; here ``on_overflow='clamp'`` (default)
+  takes all that are left and ``'error'`` raises ``ValueError``. (With geometric q this happens
+  only through float rounding.)
 * Every sample has an exit: the last stage takes whoever is left, NaN scores included (the official
   fallback ``logits[k]`` crashes).
 """
@@ -34,7 +41,9 @@ import torch
 __all__ = [
     "NO_EXIT_THRESHOLD",
     "LAST_STAGE_THRESHOLD",
+    "exit_distribution_ratio",
     "geometric_exit_distribution",
+    "normalised_distribution",
     "exit_quota",
     "descending_order",
     "solve_thresholds",
@@ -46,36 +55,77 @@ NO_EXIT_THRESHOLD = 1e8          # a stage nobody is assigned to (official)
 LAST_STAGE_THRESHOLD = -1e8      # the last stage accepts everyone (official)
 
 
-def geometric_exit_distribution(p: float, num_stages: int) -> torch.Tensor:
-    """Target exit distribution q_k proportional to p**k, k = 0..K-1, normalised (float32).
+def exit_distribution_ratio(p: float, p_scale: float = 1.0) -> float:
+    """The ratio r of the geometric exit distribution for grid value ``p``: float32(p / p_scale).
 
-    Computed as the official: ``exp(log(p) * k)`` in float32, divided by its sum. For p > 1 the
-    exponent is shifted by its maximum first (same q up to rounding, no float32 overflow for large p;
-    the official sweep only uses p < 1, where nothing is shifted).
+    The division is done in float64 (Python floats), then rounded to float32, as the official
+    ``FloatTensor(1).fill_(p * 1.0 / scale)``. Raises ``ValueError`` unless r is positive and finite
+    in float32.
     """
-    p = float(p)
+    p, p_scale = float(p), float(p_scale)
+    if not (p_scale > 0 and math.isfinite(p_scale)):
+        raise ValueError(f"p_scale must be a positive finite number, got {p_scale}")
     if not (p > 0 and math.isfinite(p)):
         raise ValueError(f"p must be a positive finite number, got {p}")
+    with np.errstate(over="ignore", under="ignore"):
+        ratio = float(np.float32(p / p_scale))
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise ValueError(f"p / p_scale = {p / p_scale} is not a positive finite float32 number")
+    return ratio
+
+
+def geometric_exit_distribution(p: float, num_stages: int, *, p_scale: float = 1.0) -> torch.Tensor:
+    """Target exit distribution q_k proportional to r**k, k = 0..K-1, normalised (float32).
+
+    r = float32(p / p_scale) (:func:`exit_distribution_ratio`). q is the official float32
+    expression ``exp(log(r) * [0, 1, ..., K-1])`` divided by its sum. This one function is the exit
+    distribution of both official procedures:
+
+    * Uni-AdaFocus (K = 17): grid p = 1/20, ..., 19/20 with ``p_scale=1`` (the same float32 r as the
+      official p = 1..19 divided by 20), so q_k is proportional to p**k
+      (docs/official-behaviour.md, "Early exit");
+    * Uni-AdaFocus-TSM (K = 2, glance-only exit and full model): grid p = 1..399, 4e3, 4e4, 4e5,
+      4e6 with ``p_scale=100``, i.e. q = (1, r) / (1 + r), q_0 about 1 / (1 + p/100).
+
+    The official expression overflows float32 when r**(K-1) does (r > 1 and K large; neither
+    official grid gets there); only then is the exponent shifted by K-1 first (the same q up to
+    rounding), so the result stays finite.
+    """
     if num_stages < 1:
         raise ValueError(f"num_stages must be >= 1, got {num_stages}")
-    log_p = torch.log(torch.tensor([p], dtype=torch.float32))
+    ratio = exit_distribution_ratio(p, p_scale)
+    log_r = torch.log(torch.tensor([ratio], dtype=torch.float32))
     k = torch.arange(num_stages, dtype=torch.float32)
-    if p > 1:
-        k = k - (num_stages - 1)
-    q = torch.exp(log_p * k)
+    q = torch.exp(log_r * k)
+    total = q.sum()
+    if not torch.isfinite(total):
+        q = torch.exp(log_r * (k - (num_stages - 1)))
+        total = q.sum()
+    return q / total
+
+
+def normalised_distribution(q: torch.Tensor) -> torch.Tensor:
+    """q as the official solver uses it: float32, divided by its sum once more (in place officially).
+
+    :func:`geometric_exit_distribution` already normalises; the official threshold solver divides
+    again, which can move q by an ulp, and the quota is taken from this second result (it is the
+    ``probs`` the official leaves behind).
+    """
+    q = torch.as_tensor(q, dtype=torch.float32).detach().cpu().reshape(-1)
+    if not torch.isfinite(q).all() or (q < 0).any() or float(q.sum()) <= 0:
+        raise ValueError("q must be finite, non-negative and not all zero")
     return q / q.sum()
 
 
 def exit_quota(q: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Official per-stage quota floor(N * q_k), with q normalised (again) and the product in float32.
 
-    The last entry is informative only (the last stage takes whatever is left).
+    q goes through :func:`normalised_distribution` first. Float32 matters (see the module notes):
+    for N = 300 and the TSM grid value p = 275, float32 q_0 is just below 4/15 and the quota is 79
+    where exact arithmetic gives 80. The last entry is informative only (the last stage takes
+    whatever is left).
     """
-    q = torch.as_tensor(q, dtype=torch.float32).detach().cpu().reshape(-1)
-    if not torch.isfinite(q).all() or (q < 0).any() or float(q.sum()) <= 0:
-        raise ValueError("q must be finite, non-negative and not all zero")
-    q = q / q.sum()
-    return torch.floor(q * num_samples).long()
+    return torch.floor(normalised_distribution(q) * num_samples).long()
 
 
 def descending_order(scores: torch.Tensor) -> torch.Tensor:

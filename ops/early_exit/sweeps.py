@@ -1,11 +1,22 @@
 """Budget sweeps: the official early-exit experiment, vectorised.
 
-For every p of a grid (:data:`DEFAULT_P_VALUES`, the official 0.05, 0.10, ..., 0.95) the thresholds
-are solved on a threshold set for the exit distribution q_k proportional to p**k (:mod:`.solver`),
-the evaluation set exits with them, and the sweep records the metric, the expected GFLOPs, the exit
-counts and a random baseline with the same counts (:mod:`.evaluation`); the fixed-exit curve and
-the last-stage metric come with it. The per-stage work (criterion, softmax table, sort) is done once
-for all budgets.
+For every p of a grid the thresholds are solved on a threshold set for the exit distribution q_k
+proportional to r**k, r = float32(p / p_scale) (:func:`.solver.geometric_exit_distribution`), the
+evaluation set exits with them, and the sweep records the metric, the expected GFLOPs, the exit
+counts, the normalised q and (optionally) a random baseline with the same counts
+(:mod:`.evaluation`); the fixed-exit curve and the last-stage metric come with it. The per-stage
+work (criterion, softmax table, sort) is done once for all budgets.
+
+The two official grids:
+
+* Uni-AdaFocus (17 exits, docs/official-behaviour.md, "Early exit"): :data:`DEFAULT_P_VALUES` =
+  0.05, 0.10, ..., 0.95 with ``p_scale=1``; mAP (ActivityNet, FCVID) or top-1 (Mini-Kinetics), and
+  a random baseline with the same exit counts.
+* Uni-AdaFocus-TSM (2 exits: glance only, full model): :data:`TSM_P_VALUES` = 1, 2, ..., 399, 4e3,
+  4e4, 4e5, 4e6 (403 values) with ``p_scale=TSM_P_SCALE`` (100), so q_0 is about 1 / (1 + p/100)
+  (0.990 at p = 1 down to 2.5e-5 at p = 4e6); top-1 on the class ids; the official procedure has no
+  random baseline (``random_baseline=False`` skips it). Thresholds and quotas follow the same
+  float32 rules as Uni-AdaFocus (:mod:`.solver`).
 """
 from __future__ import annotations
 
@@ -23,13 +34,27 @@ from .criteria import check_criterion, exit_scores, softmax_table
 from .evaluation import (FixedExitPoint, Generator, StageMetric, check_logits, check_metric, expected_gflops,
                          exit_ratios, fixed_exit_curve, random_exit_baseline)
 from .solver import (assign_exits, count_exits, descending_order, exit_quota, geometric_exit_distribution,
-                     solve_thresholds)
+                     normalised_distribution, solve_thresholds)
 
 write_text_atomic = sibling("datasets.files").write_text_atomic
 
-__all__ = ["DEFAULT_P_VALUES", "BudgetPoint", "SweepResult", "budget_sweep"]
+__all__ = ["DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "P_GRIDS", "BudgetPoint", "SweepResult", "budget_sweep"]
 
+#: Uni-AdaFocus grid (use with ``p_scale=1``): 1/20, ..., 19/20, q_k proportional to p**k.
 DEFAULT_P_VALUES = tuple(i / 20 for i in range(1, 20))
+
+#: Uni-AdaFocus-TSM grid (use with ``p_scale=TSM_P_SCALE``): 1, ..., 399, then 4e3, 4e4, 4e5, 4e6.
+TSM_P_VALUES = tuple(float(i) for i in range(1, 400)) + (4e3, 4e4, 4e5, 4e6)
+
+#: The TSM grid's divisor: r = float32(p / 100).
+TSM_P_SCALE = 100.0
+
+#: The official sweep grid of each variant, by the name its registry entry gives (``Variant.exit_grid``):
+#: (p values, p scale, whether a random-exit baseline is drawn next to each point).
+P_GRIDS = {
+    "geometric": (DEFAULT_P_VALUES, 1.0, True),  # the main variant: 19 budgets, 17 exits
+    "tsm": (TSM_P_VALUES, TSM_P_SCALE, False),  # two exits, 403 budgets, no random baseline officially
+}
 
 
 @dataclass
@@ -38,11 +63,12 @@ class BudgetPoint:
     p: float
     expected_gflops: float         # on the evaluation set, float32 as the official
     metric: float                  # percent
-    random_metric: float           # random exits with the same counts
+    random_metric: float           # random exits with the same counts (NaN when not computed)
     exit_counts: List[int]         # evaluation-set exits per stage
     exit_ratios: List[float]       # float32 count / N, as floats
     thresholds: List[float]        # (K,) fitted on the threshold set; 1e8 = nobody, -1e8 = last
     quota: List[int]               # threshold-set quota floor(N_train * q_k)
+    q: List[float] = field(default_factory=list)   # (K,) float32 q as the solver used it (normalised twice)
 
 
 @dataclass
@@ -60,6 +86,7 @@ class SweepResult:
     fixed_exits: List[FixedExitPoint]
     last_stage_metric: float
     timings: Dict[str, float] = field(default_factory=dict)
+    p_scale: float = 1.0           # r = float32(p / p_scale)
 
     # official-style lists
     @property
@@ -116,16 +143,22 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
                  criterion: str = "confidence", metric: str = "mAP",
                  p_values: Sequence[float] = DEFAULT_P_VALUES, seed: Optional[int] = 0,
                  generator: Generator = None, absent: str = "exclude",
-                 on_overflow: str = "clamp") -> SweepResult:
+                 on_overflow: str = "clamp", p_scale: float = 1.0,
+                 random_baseline: bool = True) -> SweepResult:
     """The official early-exit experiment (``early_exit``), vectorised.
 
-    For every p: q = :func:`.solver.geometric_exit_distribution` (p, K), thresholds from the
-    threshold set (``train_logits`` (N1, K, C); ``train_targets`` is not used, as officially), exits
-    of the evaluation set (``val_logits`` (N2, K, C)), its metric (``'mAP'`` or ``'top1'``) and
-    expected GFLOPs; then the random baseline with the same counts (permutations drawn in budget
-    order from ``generator``, by default ``torch.Generator().manual_seed(seed)``; pass
-    ``random.Random(s)`` to replay the official ``random.shuffle`` draws). Also the fixed-exit curve
-    and the last-stage metric. ``timings`` holds a breakdown in seconds.
+    For every p: q = :func:`.solver.geometric_exit_distribution` (p, K, p_scale=p_scale),
+    thresholds from the threshold set (``train_logits`` (N1, K, C); ``train_targets`` is not used,
+    as officially), exits of the evaluation set (``val_logits`` (N2, K, C)), its metric (``'mAP'``
+    or ``'top1'``) and expected GFLOPs; then, when ``random_baseline``, the random baseline with the
+    same counts (permutations drawn in budget order from ``generator``, by default
+    ``torch.Generator().manual_seed(seed)``; pass ``random.Random(s)`` to replay the official
+    ``random.shuffle`` draws); otherwise ``random_metric`` is NaN and nothing is drawn. Also the
+    fixed-exit curve and the last-stage metric. ``timings`` holds a breakdown in seconds.
+
+    Uni-AdaFocus: the defaults (``p_values=DEFAULT_P_VALUES``, ``p_scale=1``). Uni-AdaFocus-TSM
+    (2 exits): ``p_values=TSM_P_VALUES, p_scale=TSM_P_SCALE, metric='top1',
+    random_baseline=False``.
     """
     check_criterion(criterion)
     check_metric(metric)
@@ -160,12 +193,13 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
     order = descending_order(train_scores)
     timings["sort"] = time.perf_counter() - t
 
-    gen = _generator_from_seed(seed, generator)
+    gen = _generator_from_seed(seed, generator) if random_baseline else None
     points: List[BudgetPoint] = []
     t_solve = t_eval = t_rand = 0.0
     for p in p_values:
         t = time.perf_counter()
-        quota = exit_quota(geometric_exit_distribution(p, k_stages), n1)
+        q = geometric_exit_distribution(p, k_stages, p_scale=p_scale)
+        quota = exit_quota(q, n1)
         thresholds = solve_thresholds(train_scores, quota=quota, order=order, on_overflow=on_overflow)
         t_solve += time.perf_counter() - t
 
@@ -176,14 +210,15 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
         t_eval += time.perf_counter() - t
 
         t = time.perf_counter()
-        random_value = stage_metric(random_exit_baseline(counts, gen))
+        random_value = (stage_metric(random_exit_baseline(counts, gen)) if random_baseline
+                        else float("nan"))
         t_rand += time.perf_counter() - t
 
         points.append(BudgetPoint(
             p=float(p), expected_gflops=expected_gflops(counts, flops), metric=value,
             random_metric=random_value, exit_counts=counts.tolist(),
             exit_ratios=exit_ratios(counts).tolist(), thresholds=thresholds.tolist(),
-            quota=quota.tolist()))
+            quota=quota.tolist(), q=normalised_distribution(q).tolist()))
     timings.update(solve=t_solve, evaluate=t_eval, random_baseline=t_rand)
 
     t = time.perf_counter()
@@ -192,5 +227,6 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
     timings["total"] = time.perf_counter() - t_start
     return SweepResult(criterion=criterion, metric=metric, absent=absent, num_stages=k_stages,
                        num_train=n1, num_val=n2, flops=flops,
-                       seed=None if generator is not None else seed, points=points,
-                       fixed_exits=fixed, last_stage_metric=fixed[-1].metric, timings=timings)
+                       seed=None if (generator is not None or not random_baseline) else seed,
+                       points=points, fixed_exits=fixed, last_stage_metric=fixed[-1].metric,
+                       timings=timings, p_scale=float(p_scale))
