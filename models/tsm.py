@@ -387,7 +387,7 @@ TSM = register_variant(Variant(
     hyper_parameters=("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
                       "stn_hidden_dim", "temporal_hidden_dim", "dropout", "temperature", "shift_div", "glance_arch",
                       "focus_arch", "pretrained", "glance_weights", "focus_weights"),
-    encoders={"glance": ("mbv2",), "focus": ("resnet50",)},
+    encoders={"glance": ("mbv2",), "focus": ("resnet18", "resnet34", "resnet50")},
     policy="spatial: one deformable patch per video from all T_G glance maps, the same box on every focus "
            "frame; temporal: frame weights over the T_G glance frames (detached input), T_L of the T0 "
            "candidates at their CDF quantiles",
@@ -400,5 +400,11 @@ TSM = register_variant(Variant(
     checkpoint=CheckpointLayout(name="official TSM", detect=is_official_layout, convert=convert_official_state_dict,
                                 manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
     datasets=("something", "somethingv2", "jester"),
-    presets=(),
+    presets=tuple(f"{name}_p{patch}_8x{focus}" for name in ("sthv1", "sthv2") for patch, focus in
+                  ((96, 8), (96, 12), (128, 12), (128, 16))) + ("jester_p128_8x12",),
+    exit_grid="tsm",
+    # The official tsm defaults of the architecture (the README commands set the rest).
+    defaults={"num_segments": 36, "num_glance_segments": 8, "num_focus_segments": 12, "patch_size": 128,
+              "dropout": 0.5, "dataset": "something"},
+    choices={"spatial_objective": ("official",)},  # one patch per video: no per-frame spatial term
 ))

@@ -33,6 +33,11 @@ UNUSED_OFFICIAL_FLAGS = {
     "scale_factor": "unused officially",
     "normal_sig": "unused officially",
     "fold_id": "unused officially",
+    "arch": "unused officially but in the run name (the tsm backbones are fixed)",
+    "consensus_type": "the average over frames is the only consensus, as officially",
+    "npb": "accepted: BatchNorm layers are never frozen here (the official tsm runs pass it)",
+    "shift": "accepted: the tsm variant always shifts (shift_div and shift_place set how)",
+    "shift_place": "accepted: blockres is the only placement, as in every official command",
 }
 
 
@@ -52,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_dir", default="", help="dataset root (list files, class file, frames)")
     g.add_argument("--workers", "-j", type=int, default=16, help="data-loading workers per process")
     g.add_argument("--prefetch_factor", type=int, default=2, help="batches prefetched per worker")
-    g.add_argument("--num_segments", type=int, default=48, help="T0: candidate frames sampled per video")
+    g.add_argument("--num_segments", "--num_input_focus_segments", dest="num_segments", type=int, default=48,
+                   help="T0: candidate frames sampled per video (the focus frames are chosen among them)")
     g.add_argument("--label_rule", choices=("first", "random"), default=None,
                    help="which label of a multi-label video trains cross-entropy (default: random in training, "
                         "first in evaluation)")
@@ -74,7 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--stn_hidden_dim", type=int, default=128, help="spatial policy channels")
     g.add_argument("--temporal_hidden_dim", type=int, default=64, help="temporal policy channels")
     g.add_argument("--classifier_dim", type=int, default=4096, help="exit classifier MLP width (official 4096)")
-    g.add_argument("--dropout", type=float, default=0.2, help="dropout before every exit head")
+    g.add_argument("--dropout", "--do", dest="dropout", type=float, default=0.2,
+                   help="dropout before every exit head (tsm: on the encoders' pooled features)")
     g.add_argument("--fc_dropout", type=float, default=0.2, help="dropout before the glance and focus heads")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of frame selection")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
@@ -82,9 +89,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--glance_weights", "--glance_ckpt_path", dest="glance_weights", default=None,
                    help="local ImageNet MobileNetV2 weights (torchvision or the official file layout)")
     g.add_argument("--focus_weights", default=None, help="local ImageNet ResNet weights (torchvision layout)")
+    g.add_argument("--shift_div", type=int, default=8, help="tsm: 1/shift_div of the channels shift each way")
+    g.add_argument("--shift", action="store_true", help="tsm (official flag): the tsm variant always shifts")
+    g.add_argument("--shift_place", choices=("blockres",), default="blockres",
+                   help="tsm (official flag): the shift sits on the residual branch of every block")
+    g.add_argument("--shared_crop", action="store_true",
+                   help="tsm: crop the glance frames where the focus candidates are cropped in training "
+                        "(official: independent random crops)")
     g.add_argument("--detach_temporal_input", action="store_true",
-                   help="stop gradients before the temporal policy (official: not detached); half of "
-                        "--paper_stop_gradient")
+                   help="stop gradients before the temporal policy (official: not detached; the tsm "
+                        "variant always detaches); half of --paper_stop_gradient")
 
     g = p.add_argument_group("objective")
     g.add_argument("--KL_ratio", type=float, default=0.0, help="weight of KL(frame weights || uniform)")
@@ -104,7 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=50)
-    g.add_argument("--batch_size", "-b", type=int, default=32, help="global batch size (split over processes)")
+    g.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=int, default=32,
+                   help="global batch size (split over processes)")
     g.add_argument("--val_batch_size", type=int, default=64, help="global evaluation batch size")
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.002, help="base learning rate")
     g.add_argument("--lr_type", choices=("cos", "step"), default="cos")
@@ -112,7 +127,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="SGD with momentum (official) or AdamW (useful from random initialisation)")
     g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", "--wd", dest="weight_decay", type=float, default=2e-4)
+    g.add_argument("--weight_decay", "--wd", "--weight-decay", dest="weight_decay", type=float, default=2e-4)
+    g.add_argument("--clip_gradient", "--gd", "--clip-gradient", dest="clip_gradient", type=float, default=None,
+                   help="clip the gradient's global norm to this value (official tsm: 20; off otherwise)")
     g.add_argument("--global_lr_ratio", type=float, default=0.5, help="LR multiplier of the glance network and heads")
     g.add_argument("--stn_lr_ratio", type=float, default=0.2, help="LR multiplier of the spatial policy")
     g.add_argument("--stn_start_epoch", type=int, default=0,
@@ -136,7 +153,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run folder name (default UniAdaFocus_{dataset}_{glance_arch}_segment{T0}_e{epochs})")
     g.add_argument("--resume", default="", help="checkpoint to continue from or evaluate; 'auto' = this run's last")
     g.add_argument("--evaluate", action="store_true", help="evaluate --resume once and exit")
-    g.add_argument("--eval_freq", type=int, default=1, help="validate every N epochs (and after the last)")
+    g.add_argument("--eval_freq", "--eval-freq", dest="eval_freq", type=int, default=1,
+                   help="validate every N epochs (and after the last)")
     g.add_argument("--eval_suffix", default="eval", help="--evaluate writes metrics_{suffix}.json")
     g.add_argument("--eval_amp", action="store_true",
                    help="evaluate under --amp_dtype autocast too (faster on GPUs; not the official numbers, "
@@ -147,7 +165,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=20, help="log every N steps")
     g.add_argument("--seed", type=int, default=1007, help="seed of every random choice")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    g.add_argument("--dist_url", default="env://", help="process-group initialisation (env://, file://...)")
+    g.add_argument("--dist_url", "--dist-url", dest="dist_url", default="env://",
+                   help="process-group initialisation (env://, file://...)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--num_visualised", type=int, default=4, help="videos drawn to TensorBoard at each evaluation")
     g.add_argument("--save_predictions", action="store_true",
@@ -165,6 +184,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale_factor", type=float, default=0.3)
     g.add_argument("--normal_sig", type=float, default=0.0)
     g.add_argument("--fold_id", type=int, default=None)
+    g.add_argument("--arch", default="resnet50")
+    g.add_argument("--consensus_type", choices=("avg",), default="avg")
+    g.add_argument("--npb", "--no_partialbn", dest="npb", action="store_true")
+
+    g = p.add_argument_group("official launcher flags (refused with the equivalent torchrun command)")
+    g.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true")
+    g.add_argument("--world-size", dest="world_size", type=int, default=None)
+    g.add_argument("--rank", type=int, default=None)
+    g.add_argument("--dist-backend", dest="dist_backend", default=None)
+    g.add_argument("--pretrain", choices=("imagenet", "scratch"), default=None,
+                   help="official tsm flag: imagenet = --pretrained, anything else = --no-pretrained")
     return p
 
 
@@ -213,9 +243,26 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
     return values
 
 
+#: The official TSM command starts with two positionals: ``something RGB`` (dataset, modality).
+OFFICIAL_POSITIONAL_DATASETS = ("something", "somethingv2", "jester")
+
+
+def official_positionals(argv: List[str]) -> List[str]:
+    """The official tsm command line ``DATASET MODALITY --flags...`` as ``--variant tsm --dataset DATASET ...``."""
+    if len(argv) >= 2 and argv[0] in OFFICIAL_POSITIONAL_DATASETS and not argv[1].startswith("-"):
+        if argv[1] != "RGB":
+            raise SystemExit(f"modality {argv[1]!r}: only RGB frames are supported (the official tsm commands use RGB)")
+        return ["--variant", "tsm", "--dataset", argv[0]] + argv[2:]
+    return argv
+
+
 def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None) -> argparse.Namespace:
-    """Parse ``argv`` with ``parser`` (default: main.py's), defaults from ``--config FILE`` first."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Parse ``argv`` with ``parser`` (default: main.py's), defaults from ``--config FILE`` first.
+
+    The variant's own defaults (``Variant.defaults``) apply to the flags neither the command line nor
+    the config file sets.
+    """
+    argv = official_positionals(list(sys.argv[1:] if argv is None else argv))
     parser = parser or get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -226,6 +273,9 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
         parser.set_defaults(**from_config)
     args = parser.parse_args(argv)
     explicit = _given_dests(parser, argv) | set(from_config)
+    for key, value in models.get_variant(args.variant).defaults.items():
+        if key not in explicit:
+            setattr(args, key, value)
     validate(args, explicit, parser)
     args.explicit = sorted(explicit)
     return args
@@ -235,6 +285,15 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
     """Checks across flags, and the flags that imply others (a parser error names the flag)."""
     if args.stn_start_epoch < 0:
         parser.error(f"--stn_start_epoch must be 0 or more, got {args.stn_start_epoch}")
+    if getattr(args, "multiprocessing_distributed", False):
+        nodes = f"--nnodes={args.world_size} " if args.world_size and args.world_size > 1 else ""
+        parser.error("--multiprocessing-distributed: processes are started by torchrun here; run "
+                     f"torchrun {nodes}--nproc_per_node=NUM_GPUS main.py with the same flags, without "
+                     "--multiprocessing-distributed, --world-size, --rank, --dist-url and --dist-backend")
+    if getattr(args, "pretrain", None):
+        args.pretrained = args.pretrain == "imagenet"
+    if args.clip_gradient is not None and args.clip_gradient <= 0:
+        parser.error(f"--clip_gradient must be positive, got {args.clip_gradient}")
     if getattr(args, "paper_stop_gradient", False):
         if "temporal_objective" in explicit and args.temporal_objective != "paper":
             parser.error("--paper_stop_gradient uses --temporal_objective paper; "
@@ -245,6 +304,9 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
         arch = getattr(args, f"{role}_arch")
         if arch not in variant.encoders.get(role, ()):
             parser.error(f"--{role}_arch {arch}: the {variant.name} variant offers {', '.join(variant.encoders[role])}")
+    for name, allowed in variant.choices.items():
+        if getattr(args, name) not in allowed:
+            parser.error(f"--{name} {getattr(args, name)}: the {variant.name} variant offers {', '.join(allowed)}")
 
 
 def plain_config(args: argparse.Namespace) -> Dict:
@@ -253,8 +315,15 @@ def plain_config(args: argparse.Namespace) -> Dict:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    """The run folder's name: ``--store_name``, else the official rule."""
-    return args.store_name or f"UniAdaFocus_{args.dataset}_{args.glance_arch}_segment{args.num_segments}_e{args.epochs}"
+    """The run folder's name: ``--store_name``, else the official rule of the main variant; other
+    variants name the patch size and frame counts too (the official tsm name holds neither, so two
+    of its README runs share one folder)."""
+    if args.store_name:
+        return args.store_name
+    if args.variant == "mn2_r50":
+        return f"UniAdaFocus_{args.dataset}_{args.glance_arch}_segment{args.num_segments}_e{args.epochs}"
+    return (f"UniAdaFocus-{args.variant}_{args.dataset}_p{args.patch_size}_{args.num_glance_segments}+"
+            f"{args.num_focus_segments}_segment{args.num_segments}_e{args.epochs}")
 
 
 def run_folder(args: argparse.Namespace) -> str:

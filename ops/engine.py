@@ -41,8 +41,11 @@ from .visualize import ground_truth_boxes, selection_strip
 # Building a run
 # ------------------------------------------------------------------------------------------------
 def dataset_options(args) -> Dict:
-    """The dataset options the flags set (see ``datasets.build_dataset``)."""
+    """The dataset options the flags set (see ``datasets.build_dataset``); a variant whose glance frames
+    are sampled apart from the focus candidates gets them from the dataset (``item['glance']``)."""
     options = {"missing_frames": args.missing_frames}
+    if models.get_variant(args.variant).frame_source == "separate":
+        options.update(glance_segments=args.num_glance_segments, shared_crop=args.shared_crop)
     if args.label_rule:
         options["label_rule"] = args.label_rule
     if args.dataset_config:
@@ -185,6 +188,13 @@ def check_finite(terms, info: dist_ops.DistInfo, epoch: int, step: int, float16:
             + (" or --amp_dtype bfloat16." if float16 else "."))
 
 
+def model_inputs(batch, device: torch.device):
+    """(focus candidates, {'glance': glance frames} or {}) of a batch, on ``device``."""
+    video = batch["video"].to(device, non_blocking=True)
+    glance = {"glance": batch["glance"].to(device, non_blocking=True)} if "glance" in batch else {}
+    return video, glance
+
+
 def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, args, info, log: RunLog) -> Dict[str, float]:
     """One epoch (or ``--iters_per_epoch`` steps); returns the epoch's mean loss terms and top-1."""
     model.train()
@@ -200,19 +210,24 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
     for step, batch in enumerate(bar):
         if step >= steps:
             break
-        video = batch["video"].to(info.device, non_blocking=True)
+        video, glance = model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
         with autocast(args, info.device, training=True):
-            out = model(video, generator=generator)
+            out = model(video, generator=generator, **glance)
         terms = objective(out, target, generator=generator)
         check_finite(terms, info, epoch, step, float16=args.amp and args.amp_dtype == "float16")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(terms.total).backward()
+            if args.clip_gradient:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_gradient)
             scaler.step(optimizer)
             scaler.update()
         else:
             terms.total.backward()
+            if args.clip_gradient:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_gradient)
             optimizer.step()
         values = terms.as_floats()
         values["top1"] = topk_accuracy(out.logits.detach().float(), target, ks=(1,))[0]
@@ -302,10 +317,10 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     images: List = []
     loss_sum = torch.zeros((), dtype=torch.float64)
     for batch in progress(loader, info.is_main, desc="eval"):
-        video = batch["video"].to(info.device, non_blocking=True)
+        video, glance = model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
         with autocast(args, info.device, training=False):
-            out = net(video)
+            out = net(video, **glance)
         loss_sum += validation_loss(out, target).double().cpu() * target.shape[0]
         for k, v in _batch_rows(batch, out, collect_stages).items():
             local.setdefault(k, []).append(v)
