@@ -173,6 +173,9 @@ class UniAdaFocusTSM(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
+    #: Two exits: the glance alone, then glance and focus.
+    num_exit_stages = 2
+
     @property
     def patch_size(self) -> int:
         return self.geometry.patch_size
@@ -204,16 +207,21 @@ class UniAdaFocusTSM(nn.Module):
             return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
         return frames
 
-    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
-                glance: Optional[torch.Tensor] = None) -> TSMOutput:
+    def _inputs(self, video: torch.Tensor, glance: Optional[torch.Tensor]):
+        """(candidates (B, T0, 3, H, W), glance frames (B, T_G, 3, H, W)) in either layout, checked;
+        without glance frames, T_G evenly spaced candidates stand in for a separately sampled clip."""
         video = self._frames(video, self.num_segments, "video")
-        b, t0 = video.shape[:2]
-        device_type = video.device.type
-        amp = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
-        if glance is None:  # T_G evenly spaced candidates stand in for a separately sampled glance clip
+        if glance is None:
+            b, t0 = video.shape[:2]
             rows = frame_selection.glance_frame_indices(t0, self.num_glance, b, device=video.device)
             glance = video[torch.arange(b, device=video.device).unsqueeze(1), rows]
-        glance = self._frames(glance, self.num_glance, "glance")
+        return video, self._frames(glance, self.num_glance, "glance")
+
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                glance: Optional[torch.Tensor] = None) -> TSMOutput:
+        video, glance = self._inputs(video, glance)
+        device_type = video.device.type
+        amp = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
             return self._forward(video, glance, amp, generator)
 
@@ -224,47 +232,74 @@ class UniAdaFocusTSM(nn.Module):
             out = encoder(images)
         return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
-    def _forward(self, video, glance, amp, generator) -> TSMOutput:
-        b, g, num_focus, c = glance.shape[0], self.num_glance, self.num_focus, self.num_classes
+    # ------------------------------------------------------------------------------------------
+    # stages (shared by forward and the adaptive early-exit runtime)
+    # ------------------------------------------------------------------------------------------
+    def glance_stage(self, glance: torch.Tensor, amp):
+        """Step 1: glance frames (B, T_G, 3, H, W) -> maps (B, T_G, Dg, h, w) detached, features (B, T_G, Dg)
+        (after dropout)."""
+        b, g = glance.shape[:2]
+        fmap, feats = self._encode(self.glance, self.normalise(glance).flatten(0, 1), amp)
+        return fmap.detach().view(b, g, *fmap.shape[1:]), self.feature_dropout(feats).view(b, g, -1)
 
-        # 1. glance: maps (B*T_G, Dg, h, w), features (B*T_G, Dg)
-        fmap, gfeat = self._encode(self.glance, self.normalise(glance).flatten(0, 1), amp)
-        gfeat = self.feature_dropout(gfeat)
-        glance_logits = self.glance_head(gfeat).view(b, g, c)
-        glance_prediction = self.glance_prediction_head(gfeat.detach()).view(b, g, c)
-        fmap = fmap.detach().view(b, g, *fmap.shape[1:])  # (B, T_G, Dg, h, w)
+    def policy_stage(self, fmap: torch.Tensor, feats: torch.Tensor, num_candidates: int,
+                     generator: Optional[torch.Generator] = None, auxiliary: bool = True):
+        """Steps 2-3 on detached glance maps and features (any subset of the batch, n videos).
 
-        # 2. policy on detached glance features: weights (B, T_G), one action per video (B, 4)
-        scores = self.policy.temporal(gfeat.detach().view(b, g, -1))
+        Returns (frame weights (n, T_G), selection weights (n, T_G), actions (n, 4), auxiliary spatial
+        logits (n, C) or None, focus indices (n, T_L) into the ``num_candidates`` = T0 candidates).
+        """
+        n, g = feats.shape[:2]
+        scores = self.policy.temporal(feats.detach())  # (n, T_G)
         frame_weights = torch.softmax(scores, dim=1)
         selection_weights = torch.softmax(scores / self.temperature, dim=1)
-        actions = self.policy.spatial(fmap)[:, 0]  # (B, 4)
-        crops = self.geometry.crop_features(fmap.flatten(1, 2), actions)  # (B, T_G*Dg, p, p)
-        spatial_logits = self.spatial_head(crops.view(b, g, -1, *crops.shape[-2:]).mean(dim=(1, 3, 4)))
-
-        # 3. frame selection: T_L of the T0 candidates, (B, T_L)
-        focus_indices = frame_selection.select_focus_frames(selection_weights, video.shape[1], num_focus,
+        actions = self.policy.spatial(fmap)[:, 0]  # (n, 4): one action per video
+        spatial_logits = None
+        if auxiliary:  # the glance maps cropped by that box, averaged over frames and space
+            crops = self.geometry.crop_features(fmap.flatten(1, 2), actions)  # (n, T_G*Dg, p, p)
+            spatial_logits = self.spatial_head(crops.view(n, g, -1, *crops.shape[-2:]).mean(dim=(1, 3, 4)))
+        focus_indices = frame_selection.select_focus_frames(selection_weights, num_candidates, self.num_focus,
                                                             random=self.training, generator=generator)
-        rows = torch.arange(b, device=video.device).unsqueeze(1)
-        frames = self.normalise(video[rows, focus_indices.to(video.device)]).flatten(0, 1)  # (B*T_L, 3, H, W)
+        return frame_weights, selection_weights, actions, spatial_logits, focus_indices
 
-        # 4. focus on the policy's patches (+ random patches of native size in training, one encoder call)
-        focus_actions = actions.detach().unsqueeze(1).expand(b, num_focus, 4)  # (B, T_L, 4)
-        sets = [focus_actions]
+    def focus_stage(self, video: torch.Tensor, focus_indices: torch.Tensor, action_sets: torch.Tensor, amp,
+                    rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Step 4: the focus encoder on the patches of the videos ``rows`` (n,) (default all) of
+        ``video`` (B, T0, 3, H, W): focus_indices (n, T_L); action_sets (S, n, 4), S boxes per video that
+        share one encoder call. Returns features (S, n, T_L, Df) after dropout."""
+        if rows is None:
+            rows = torch.arange(video.shape[0], device=video.device)
+        n, num_focus = focus_indices.shape
+        frames = self.normalise(video[rows.unsqueeze(1), focus_indices.to(video.device)]).flatten(0, 1)  # (n*T_L, ...)
+        boxes = action_sets.detach().unsqueeze(2).expand(-1, n, num_focus, 4)  # (S, n, T_L, 4)
+        patches = torch.cat([self.geometry.crop(frames, a.reshape(-1, 4)) for a in boxes])  # (S*n*T_L, 3, P, P)
+        feats = self._encode(self.focus, patches, amp)
+        return self.feature_dropout(feats).view(len(action_sets), n, num_focus, -1)
+
+    def _forward(self, video, glance, amp, generator) -> TSMOutput:
+        b, g, num_focus = glance.shape[0], self.num_glance, self.num_focus
+        fmap, gfeat = self.glance_stage(glance, amp)  # (B, T_G, Dg, h, w), (B, T_G, Dg)
+        glance_logits = self.glance_head(gfeat)  # (B, T_G, C)
+        glance_prediction = self.glance_prediction_head(gfeat.detach())  # (B, T_G, C)
+        frame_weights, selection_weights, actions, spatial_logits, focus_indices = self.policy_stage(
+            fmap, gfeat, video.shape[1], generator)
+
+        # the policy's boxes (+ random boxes of native size in training, in the same encoder call)
+        sets = [actions.detach()]
         if self.training:
             gen_device = generator.device if generator is not None else video.device
             random_actions = torch.rand(b, 4, generator=generator, device=gen_device).to(video.device)
             random_actions[:, 2:] = self.geometry.native_scale
-            sets.append(random_actions.unsqueeze(1).expand(b, num_focus, 4))
-        patches = torch.cat([self.geometry.crop(frames, a.reshape(-1, 4)) for a in sets])  # (S*B*T_L, 3, P, P)
-        ffeat = self.feature_dropout(self._encode(self.focus, patches, amp)).view(len(sets), b, num_focus, -1)
-        focus_logits = self.focus_head(ffeat).view(len(sets), b, num_focus, c)
-        focus_prediction = self.focus_prediction_head(ffeat.detach()).view(len(sets), b, num_focus, c)
+            sets.append(random_actions)
+        ffeat = self.focus_stage(video, focus_indices, torch.stack(sets), amp)  # (S, B, T_L, Df)
+        focus_logits = self.focus_head(ffeat)  # (S, B, T_L, C)
+        focus_prediction = self.focus_prediction_head(ffeat.detach())
         predictions = glance_prediction.mean(dim=1) + focus_prediction.mean(dim=2)  # (S, B, C)
 
+        focus_actions = sets[0].unsqueeze(1).expand(b, num_focus, 4)  # (B, T_L, 4)
         random_pass = None
         if self.training:
-            random_pass = TSMFocusPass(predictions[1], focus_logits[1], sets[1])
+            random_pass = TSMFocusPass(predictions[1], focus_logits[1], sets[1].unsqueeze(1).expand(b, num_focus, 4))
         return TSMOutput(
             exit_logits=torch.stack((glance_logits.mean(dim=1), predictions[0]), dim=1),
             glance_logits=glance_logits, focus_logits=focus_logits[0],
@@ -272,7 +307,24 @@ class UniAdaFocusTSM(nn.Module):
             spatial_logits=spatial_logits, frame_weights=frame_weights, selection_weights=selection_weights,
             glance_indices=torch.arange(g, device=video.device).expand(b, g), focus_indices=focus_indices,
             actions=actions, focus_actions=focus_actions, patch_boxes=self.geometry.boxes(focus_actions),
-            glance_features=gfeat.view(b, g, -1), focus_features=ffeat[0], random_pass=random_pass)
+            glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass)
+
+    def early_exit_steps(self, video: torch.Tensor, amp, glance: Optional[torch.Tensor] = None, lap=None):
+        """The two exits one at a time, for the adaptive runtime (a generator; evaluation only).
+
+        Yields exit 0's logits (B, C) (the live glance head, averaged); sent the positions (m,) of the
+        videos that continue, yields the prediction (m, C) for those only: the policy and the focus
+        encoder never see a video that left at the glance. ``lap(name)`` marks the end of the policy.
+        """
+        video, glance = self._inputs(video, glance)
+        fmap, gfeat = self.glance_stage(glance, amp)
+        keep = yield self.glance_head(gfeat).mean(dim=1)
+        fmap, gfeat = fmap[keep], gfeat[keep]
+        *_, actions, _, focus_indices = self.policy_stage(fmap, gfeat, video.shape[1], auxiliary=False)
+        if lap is not None:
+            lap("policy")
+        ffeat = self.focus_stage(video, focus_indices, actions.unsqueeze(0), amp, rows=keep)[0]  # (m, T_L, Df)
+        yield self.glance_prediction_head(gfeat).mean(dim=1) + self.focus_prediction_head(ffeat).mean(dim=1)
 
 
 # --------------------------------------------------------------------------------------------------

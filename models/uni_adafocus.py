@@ -230,6 +230,11 @@ class UniAdaFocus(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
     @property
+    def num_exit_stages(self) -> int:
+        """T_L + 1: the last glance exit, then one after each focus frame."""
+        return self.num_focus + 1
+
+    @property
     def patch_size(self) -> int:
         return self.geometry.patch_size
 
@@ -388,6 +393,38 @@ class UniAdaFocus(nn.Module):
         feats = self.run_backbone(self.focus, patches, amp)  # (S*n*K, Df)
         feats = feats.view(*sets.shape[:-1], feats.shape[-1])  # (S, n, K, Df)
         return feats[0] if focus_actions.dim() == 3 else feats
+
+    def early_exit_steps(self, video: torch.Tensor, amp, lap=None):
+        """The T_L + 1 early-exit stages one at a time, for the adaptive runtime (a generator; evaluation).
+
+        Yields stage 0's logits (B, C): the last glance exit, from the glance encoder and the glance
+        MLP's running maximum alone (no glance head, no other glance exit, no auxiliary head). Each
+        time it is sent the positions (m,) (long, on the device) of the videos of its last yield that
+        continue, it yields the next stage's logits (m, C) for those only: the policy runs once, for
+        the videos that passed stage 0, then one focus frame per stage, continuing each video's
+        running-max focus state. ``amp``: the caller's autocast setting, with autocast turned off
+        around the whole run. ``lap(name)`` marks the end of the policy.
+        """
+        clf = self.classifier
+        frames = self.frames_view(video)
+        glance = self.glance_stage(frames, amp, head=False)
+        glance_final = clf.glance_states(glance.features)[:, -1]  # (B, H)
+        keep = yield clf.glance_exits[-1](glance_final)  # (B, C)
+        rows, glance_final = keep, glance_final[keep]
+        policy = self.policy_stage(glance.select(keep), frames.shape[1], auxiliary=False)
+        indices, actions = policy.focus_indices, policy.focus_actions  # (n, T_L), (n, T_L, 4)
+        del glance, policy
+        if lap is not None:
+            lap("policy")
+        state = None  # (n, H) the running-max focus state
+        for k in range(self.num_focus):
+            feats = self.focus_features(frames, indices[:, k:k + 1], actions[:, k:k + 1], amp, rows=rows)  # (n, 1, Df)
+            states = clf.focus_states(feats, previous=state)  # (n, 1, H)
+            keep = yield clf.focus_logits(states, glance_final, first_step=k)[:, 0]  # (n, C)
+            if keep.numel() < rows.numel():
+                rows, glance_final, indices, actions = rows[keep], glance_final[keep], indices[keep], actions[keep]
+                states = states[keep]
+            state = states[:, 0]
 
     # ------------------------------------------------------------------------------------------
     # forward

@@ -109,17 +109,21 @@ def test_two_process_evaluation_equals_one_process(data_dir, tmp_path):
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
 
 
+VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"]}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("launcher", [["torch.distributed.run"], ["torch.distributed.launch"]])
-def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launcher):
+def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launcher, variant):
     root = tmp_path / "runs"
     _run([sys.executable, "-m", launcher[0], "--nproc_per_node=2", "--standalone"]
                   + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "2", "--batch_size", "4",
-                               "--store_name", "ddp", "--eval_freq", "0"))
+                               "--store_name", "ddp", "--eval_freq", "0", *VARIANTS[variant]))
     log = (root / "ddp" / "log.txt").read_text()
     assert "training on 2 process(es)" in log and "(2 per process)" in log
     assert "epoch 0 [2/2]" in log
     ckpt = torch.load(root / "ddp" / "ckpt.pth.tar", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["format"] == "uniadafocus"
+    assert ckpt["epoch"] == 1 and ckpt["format"] == "uniadafocus" and ckpt["config"]["variant"] == variant
 
 
 def test_batch_size_must_divide_by_the_processes(data_dir, tmp_path):
@@ -148,9 +152,10 @@ def test_spatial_policy_waits_for_its_start_epoch(data_dir, tmp_path):
     assert not all(torch.equal(held_2[k], moving[k]) for k in held_2)  # without the hold it learns
 
 
-def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path):
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path, variant):
     root = tmp_path / "runs"
-    args = ["--epochs", "3", "--iters_per_epoch", "3", "--batch_size", "4", "--seed", "5"]
+    args = ["--epochs", "3", "--iters_per_epoch", "3", "--batch_size", "4", "--seed", "5", *VARIANTS[variant]]
     _run([sys.executable] + _main_args(data_dir, root, *args, "--store_name", "straight"))
 
     cmd = [sys.executable] + _main_args(data_dir, root, *args, "--store_name", "killed")

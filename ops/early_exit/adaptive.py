@@ -98,12 +98,12 @@ class AdaptiveRunner:
     def __init__(self, model, thresholds: ThresholdsLike, criterion: Optional[str] = None,
                  flops: Optional[Sequence[float]] = None):
         self.model = model
-        self.num_stages = model.num_focus + 1
+        self.num_stages = model.num_exit_stages
         self.thresholds, self.criterion = _thresholds_and_criterion(thresholds, criterion)
         check_criterion(self.criterion)
         if self.thresholds.numel() != self.num_stages:
             raise ValueError(f"{self.thresholds.numel()} thresholds for {self.num_stages} stages "
-                             f"(T_L + 1 with T_L = {model.num_focus})")
+                             f"({models.variant_of(model).exits})")
         if flops is None:
             flops = models.variant_of(model).flops(model).stages()
         self.flops = torch.tensor([float(f) for f in flops], dtype=torch.float64)
@@ -127,12 +127,13 @@ class AdaptiveRunner:
         return scores[:, 0], exiting
 
     @torch.no_grad()
-    def run(self, video: torch.Tensor, forced_exits: Optional[torch.Tensor] = None,
-            timing: bool = False) -> AdaptiveResult:
+    def run(self, video: torch.Tensor, forced_exits: Optional[torch.Tensor] = None, timing: bool = False,
+            glance: Optional[torch.Tensor] = None) -> AdaptiveResult:
         """Classify a batch with early exits.
 
-        video: (B, T0, 3, H, W) or (B, T0*3, H, W), as :meth:`UniAdaFocus.forward` takes it (uint8
-        or normalised float; autocast of the caller applies to the backbones, as in forward).
+        video: (B, T0, 3, H, W) or (B, T0*3, H, W), as the model's forward takes it (uint8 or
+        normalised float; autocast of the caller applies to the backbones, as in forward); glance: the
+        separately sampled glance frames of a variant that has them (tsm), else None.
         forced_exits: optional (B,) stage per video that overrides the thresholds (benchmarks: it
         makes the exit distribution independent of the weights; criteria are still computed, so the
         work is the same). timing: record the wall time of every stage (synchronising the device).
@@ -140,88 +141,58 @@ class AdaptiveRunner:
         model = self.model
         if model.training:
             raise RuntimeError("AdaptiveRunner needs the model in eval mode (model.eval())")
-        frames = model.frames_view(video)
+        b = video.shape[0]
         if forced_exits is not None:
             forced_exits = torch.as_tensor(forced_exits).long().cpu().reshape(-1)
-            if forced_exits.numel() != frames.shape[0] or (forced_exits.numel() and (
+            if forced_exits.numel() != b or (forced_exits.numel() and (
                     int(forced_exits.min()) < 0 or int(forced_exits.max()) >= self.num_stages)):
-                raise ValueError(f"forced_exits must be {frames.shape[0]} stages in [0, {self.num_stages})")
-        device_type = frames.device.type
-        amp = model.autocast_setting(device_type)
+                raise ValueError(f"forced_exits must be {b} stages in [0, {self.num_stages})")
+        device_type = video.device.type
+        amp = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+        extra = {} if glance is None else {"glance": glance}
         with torch.autocast(device_type, enabled=False):
-            return self._run(frames, amp, forced_exits, timing)
+            return self._run(video, extra, amp, forced_exits, timing)
 
-    def _run(self, frames: torch.Tensor, amp, forced: Optional[torch.Tensor], timing: bool) -> AdaptiveResult:
-        model, clf = self.model, self.model.classifier
-        device = frames.device
-        b, t0 = frames.shape[:2]
-        k_stages = self.num_stages
+    def _run(self, video: torch.Tensor, extra, amp, forced: Optional[torch.Tensor], timing: bool) -> AdaptiveResult:
+        """Drive the model's ``early_exit_steps``: decide after every stage, send on those who stay."""
+        model, device = self.model, video.device
+        b, k_stages = video.shape[0], self.num_stages
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         seconds = [0.0] * k_stages if timing else None
-        policy_seconds = 0.0 if timing else None
+        laps = {}
         batch_sizes = [0] * k_stages
         out_logits = torch.empty(b, model.num_classes, device=device)
         exit_stage = torch.full((b,), k_stages - 1, dtype=torch.long)
         out_scores = torch.empty(b)
-
         rows = torch.arange(b)  # CPU: original batch positions of the videos still running
         rows_dev = rows.to(device)
 
-        def finish(stage: int, logits: torch.Tensor, scores: torch.Tensor, exiting: torch.Tensor):
-            """Record the exits of ``stage``; return the positions (device, CPU) of those who stay."""
+        def lap(name: str) -> None:
+            if timing:
+                sync()
+                laps[name] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        steps = model.early_exit_steps(video, amp, lap=lap, **extra)
+        logits = next(steps)
+        for stage in range(k_stages):
+            batch_sizes[stage] = rows.numel()
+            scores, exiting = self._exiting(logits, stage, rows, forced)
             leaving = exiting.nonzero().squeeze(1)
             if leaving.numel():
                 out_logits[rows_dev[leaving.to(device)]] = logits[leaving.to(device)]
                 exit_stage[rows[leaving]] = stage
                 out_scores[rows[leaving]] = scores[leaving]
-            staying = (~exiting).nonzero().squeeze(1)
-            return staying.to(device), staying
-
-        t_start = time.perf_counter()
-        # stage 0: glance, the glance MLP's running maximum, the last glance exit only
-        batch_sizes[0] = b
-        glance = model.glance_stage(frames, amp, head=False)
-        glance_final = clf.glance_states(glance.features)[:, -1]  # (B, H)
-        logits = clf.glance_exits[-1](glance_final)  # (B, C)
-        scores, exiting = self._exiting(logits, 0, rows, forced)
-        keep_dev, keep = finish(0, logits, scores, exiting)
-        if timing:
-            sync()
-            seconds[0] = time.perf_counter() - t_start
-
-        if keep.numel():
-            t_start = time.perf_counter()
-            rows, rows_dev = rows[keep], rows_dev[keep_dev]
-            glance_final = glance_final[keep_dev]
-            policy = model.policy_stage(glance.select(keep_dev), t0, auxiliary=False)
-            focus_indices, focus_actions = policy.focus_indices, policy.focus_actions  # (n, T_L), (n, T_L, 4)
+            keep = (~exiting).nonzero().squeeze(1)
             if timing:
                 sync()
-                policy_seconds = time.perf_counter() - t_start
-            del glance, policy
-            state = None  # (n, H) running-max focus state
-            for k in range(1, k_stages):
-                if k > 1:
-                    t_start = time.perf_counter()
-                batch_sizes[k] = rows.numel()
-                feats = model.focus_features(frames, focus_indices[:, k - 1:k], focus_actions[:, k - 1:k], amp,
-                                             rows=rows_dev)  # (n, 1, Df)
-                states = clf.focus_states(feats, previous=state)  # (n, 1, H)
-                logits = clf.focus_logits(states, glance_final, first_step=k - 1)[:, 0]  # (n, C)
-                scores, exiting = self._exiting(logits, k, rows, forced)
-                keep_dev, keep = finish(k, logits, scores, exiting)
-                if timing:
-                    sync()
-                    seconds[k] = time.perf_counter() - t_start
-                if not keep.numel():
-                    break
-                if keep.numel() < rows.numel():
-                    rows, rows_dev = rows[keep], rows_dev[keep_dev]
-                    state, glance_final = states[keep_dev, 0], glance_final[keep_dev]
-                    focus_indices, focus_actions = focus_indices[keep_dev], focus_actions[keep_dev]
-                else:
-                    state = states[:, 0]
-
+                seconds[stage] = time.perf_counter() - started
+            if not keep.numel() or stage == k_stages - 1:
+                break
+            started = time.perf_counter()
+            rows, rows_dev = rows[keep], rows_dev[keep.to(device)]
+            logits = steps.send(keep.to(device))
+        steps.close()
         return AdaptiveResult(logits=out_logits, exit_stage=exit_stage, gflops=self.flops[exit_stage],
                               scores=out_scores, stage_batch_sizes=batch_sizes, stage_seconds=seconds,
-                              policy_seconds=policy_seconds, num_stages=k_stages)
+                              policy_seconds=laps.get("policy") if timing else None, num_stages=k_stages)
