@@ -455,6 +455,7 @@ TSM = register_variant(Variant(
     presets=tuple(f"{name}_p{patch}_8x{focus}" for name in ("sthv1", "sthv2") for patch, focus in
                   ((96, 8), (96, 12), (128, 12), (128, 16))) + ("jester_p128_8x12",),
     exit_grid="tsm",
+    mc_draws=lambda num_segments, num_glance, num_focus: num_glance // 3,  # official: T_G // 3 whatever T0 and T_L
     # The official tsm defaults of the architecture (the README commands set the rest).
     defaults={"num_segments": 36, "num_glance_segments": 8, "num_focus_segments": 12, "patch_size": 128,
               "dropout": 0.5, "dataset": "something"},

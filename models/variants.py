@@ -74,6 +74,9 @@ class Variant:
     datasets: Tuple[str, ...]  # the datasets of its released checkpoints
     presets: Tuple[str, ...] = field(default=())  # configs/{name}.yaml reproducing the paper's runs
     exit_grid: str = "geometric"  # the official early-exit sweep grid (``ops.early_exit.P_GRIDS``)
+    #: T1, the Monte-Carlo temporal term's removal steps, from (T0, T_G, T_L); None: paper App. C,
+    #: floor(T_L * T_G / T0) (``ops.objective.default_mc_draws``).
+    mc_draws: Optional[Callable[[int, int, int], int]] = None
     defaults: Dict[str, Any] = field(default_factory=dict)  # flag values when the command line sets none
     choices: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)  # flags this variant restricts
 

@@ -113,11 +113,13 @@ def build_model(args, num_classes: int, info: dist_ops.DistInfo):
 
 def build_objective(args) -> UniAdaFocusObjective:
     """The training objective with the terms of ``--variant`` and the loss flags."""
-    return UniAdaFocusObjective(args.num_segments, args.num_glance_segments, args.num_focus_segments,
-                                terms=models.get_variant(args.variant).objective_terms, kl_ratio=args.KL_ratio,
-                                norm_ratio=args.norm_ratio, temporal_form=args.temporal_objective,
-                                spatial_form=args.spatial_objective, mc_samples=args.mc_samples,
-                                kl_reference=args.kl_reference)
+    variant = models.get_variant(args.variant)
+    sizes = (args.num_segments, args.num_glance_segments, args.num_focus_segments)
+    return UniAdaFocusObjective(*sizes, terms=variant.objective_terms,
+                                mc_draws=variant.mc_draws(*sizes) if variant.mc_draws else None,
+                                kl_ratio=args.KL_ratio, norm_ratio=args.norm_ratio,
+                                temporal_form=args.temporal_objective, spatial_form=args.spatial_objective,
+                                mc_samples=args.mc_samples, kl_reference=args.kl_reference)
 
 
 def build_optimizer(args, model) -> torch.optim.Optimizer:

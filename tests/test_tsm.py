@@ -117,3 +117,10 @@ def test_adaptive_runtime_matches_the_full_pass_and_skips_the_focus_for_glance_e
     torch.testing.assert_close(result.logits, stages[torch.arange(6), expected], atol=1e-5, rtol=1e-5)
     staying = int((expected == 1).sum())
     assert patches_seen == [staying * model.num_focus] and result.stage_batch_sizes == [6, staying]
+
+
+def test_monte_carlo_removal_steps_follow_each_variant():
+    """T1: T_G // 3 for tsm whatever T0 and T_L (official); App. C's floor(T_L T_G / T0) for mn2_r50."""
+    sizes = ["--num_segments", "8", "--num_glance_segments", "8", "--num_focus_segments", "4"]
+    assert engine.build_objective(config.parse_args(["--variant", "tsm"] + sizes)).mc_draws == 2
+    assert engine.build_objective(config.parse_args(sizes)).mc_draws == 4
