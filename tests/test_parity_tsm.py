@@ -117,7 +117,7 @@ def test_temporal_policy_weights_and_spatial_actions(run):
 def test_glance_features_and_both_glance_heads(run):
     fx, model, glance, video, out, info, manifest = run
     torch.testing.assert_close(out.glance_features.flatten(0, 1), fx["global_feat"], **LOGITS)
-    torch.testing.assert_close(out.glance_prediction_logits, fx["global_frame_logits_new_fc"], **LOGITS)
+    torch.testing.assert_close(out.glance_prediction, fx["global_final_logit"], **LOGITS)
     torch.testing.assert_close(out.glance_logits, fx["global_frame_logits_new_new_fc"], **LOGITS)
     torch.testing.assert_close(out.glance_logits.mean(dim=1), fx["global_avg_logit"], **LOGITS)
 
@@ -140,7 +140,7 @@ def test_patches_given_the_official_action_are_bit_identical(run):
 def test_focus_features_both_focus_heads_and_the_prediction(run):
     fx, model, glance, video, out, info, manifest = run
     torch.testing.assert_close(out.focus_features.flatten(0, 1), fx["local_feat"], **FOCUS_END_TO_END)
-    torch.testing.assert_close(out.focus_prediction_logits, fx["local_frame_logits_new_fc"], **FOCUS_END_TO_END)
+    torch.testing.assert_close(out.focus_prediction, fx["local_final_logit"], **FOCUS_END_TO_END)
     torch.testing.assert_close(out.focus_logits, fx["local_frame_logits_new_new_fc"], **FOCUS_END_TO_END)
     torch.testing.assert_close(out.logits, fx["outputs"]["prediction"], **FOCUS_END_TO_END)
     torch.testing.assert_close(out.stage_logits[:, 0], fx["global_avg_logit"], **LOGITS)
