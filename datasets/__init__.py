@@ -8,7 +8,8 @@ Public entry points::
     synthetic.generate(root, ...), synthetic.ensure_generated(root, ...)
     python -m datasets.extract VIDEOS OUT ...   (module datasets.extract, function main(argv))
 
-Workers return uint8 clips ``(T0, 3, H, W)``; normalise on the device. See ``docs/data.md``.
+Workers return uint8 clips ``(T0, 3, H, W)`` (``(3, T0, 3, H, W)``, views first, for the three-crop
+evaluation ``test_crops=3``); normalise on the device. See ``docs/data.md``.
 The package imports its own modules relatively only, so it also works installed as
 ``uniadafocus.datasets``.
 """

@@ -17,6 +17,13 @@ Each item is a dict:
   and flip actually applied, clipped to the clip) and ``'object_visible'`` bool ``(T0,)``: the
   object is drawn in that frame and its box keeps a positive area inside the crop.
 
+Multi-view evaluation (``test_crops=3``, evaluation only): the official three-crop test
+(``GroupFullResSample``: short side to ``scale_size``, then left, right and centre ``S × S`` views, in
+that order) is applied to both frame sets, and every spatial tensor gets a leading view axis:
+``'video'`` uint8 ``(3, T0, 3, S, S)``, ``'glance'`` uint8 ``(3, G, 3, S, S)`` and, with boxes,
+``'object_boxes'`` ``(3, T0, 4)`` / ``'object_visible'`` ``(3, T0)``. ``'label'``, ``'labels'`` and
+``'index'`` are unchanged. With ``test_crops=1`` (default) items are exactly those of the one centre crop.
+
 Label rule (single label for cross-entropy): ``'first'`` takes the smallest class id of the video;
 ``'random'`` takes one of the video's labels uniformly at random from the per-sample generator (the
 official code also picks a random one, but with a 2/3–1/3 bias for two labels). The
@@ -43,9 +50,11 @@ from .errors import ListFileError
 from .frames import MISSING_POLICIES, FrameReader, check_template
 from .lists import VideoRecord
 from .sampling import STREAM_LABEL, STREAM_SPATIAL, STREAM_TEMPORAL, glance_focus_indices, sample_rng
-from .transforms import OFFICIAL_SCALES, MultiScaleCrop, ResizeCenterCrop
+from .transforms import OFFICIAL_SCALES, FullResSample, MultiScaleCrop, ResizeCenterCrop
 
 LABEL_RULES = ("first", "random")
+#: Spatial views of one video in evaluation: 1 (centre crop) or 3 (left, right, centre).
+TEST_CROPS = (1, 3)
 
 
 class FrameFolderDataset(Dataset):
@@ -60,7 +69,9 @@ class FrameFolderDataset(Dataset):
     crop settings; scale_size: evaluation resize (default ``input_size*256//224``); glance_segments:
     G, the size of the separately sampled glance set (None: no glance set); shared_crop: in training,
     crop the glance frames like the focus candidates (default: an independent draw, as the official
-    code does); spec, list_file: where the records came from (kept as attributes for the caller).
+    code does); test_crops: spatial views per video in evaluation, 1 (the centre crop) or 3 (left,
+    right, centre; a leading view axis on ``'video'`` and ``'glance'``), refused in training; spec,
+    list_file: where the records came from (kept as attributes for the caller).
     """
 
     def __init__(self, records: Sequence[VideoRecord], *, frame_root: str, template: str, num_classes: int,
@@ -69,7 +80,8 @@ class FrameFolderDataset(Dataset):
                  boxes: Optional[BoxTable] = None, class_names: Optional[List[str]] = None,
                  scales: Sequence[float] = OFFICIAL_SCALES, max_distort: int = 1, flip: bool = True,
                  scale_size: Optional[int] = None, glance_segments: Optional[int] = None,
-                 shared_crop: bool = False, spec: Any = None, list_file: Optional[str] = None):
+                 shared_crop: bool = False, test_crops: int = 1, spec: Any = None,
+                 list_file: Optional[str] = None):
         if not records:
             raise ValueError("a dataset needs at least one record")
         if num_segments < 1 or input_size < 1 or num_classes < 1:
@@ -79,6 +91,13 @@ class FrameFolderDataset(Dataset):
             raise ValueError(f"seed must be non-negative, got {seed}")
         if glance_segments is not None and int(glance_segments) < 1:
             raise ValueError(f"glance_segments must be positive (or None), got {glance_segments}")
+        if isinstance(test_crops, bool) or test_crops not in TEST_CROPS:
+            raise ValueError(f"test_crops must be one of {TEST_CROPS} (spatial views per video in evaluation; "
+                             f"the official 5- and 10-view tests are not implemented), got {test_crops!r}")
+        if train and test_crops != 1:
+            raise ValueError(f"test_crops={test_crops} asks for multi-view evaluation, but this dataset is built "
+                             f"for training, whose transform draws one random crop per clip; use test_crops=1 "
+                             f"(the default) for training and test_crops={test_crops} for the evaluation set only")
         label_rule = ("random" if train else "first") if label_rule is None else label_rule
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
@@ -98,8 +117,13 @@ class FrameFolderDataset(Dataset):
         self.label_rule = label_rule
         self.missing_frames = missing_frames
         self.start_index = int(start_index)
-        self.transform = (MultiScaleCrop(input_size, scales, max_distort, flip=flip) if self.train
-                          else ResizeCenterCrop(input_size, scale_size))
+        self.test_crops = int(test_crops)
+        if self.train:
+            self.transform = MultiScaleCrop(input_size, scales, max_distort, flip=flip)
+        elif self.test_crops == 1:
+            self.transform = ResizeCenterCrop(input_size, scale_size)
+        else:
+            self.transform = FullResSample(input_size, scale_size)
         self.spec = spec
         self.list_file = list_file
         self.boxes = boxes
@@ -200,12 +224,12 @@ class FrameFolderDataset(Dataset):
         frames = reader.read(unique, crop=region)                      # (U, h, w, 3) uint8, the region only
         clip = torch.from_numpy(frames).permute(0, 3, 1, 2)            # (U, 3, h, w), channels-last memory
         if glance_geometry is geometry:
-            out = geometry.apply(clip, cropped=True)                   # (U, 3, S, S) contiguous
+            out = geometry.apply(clip, cropped=True)                   # (U, 3, S, S) or views (V, U, 3, S, S)
             if num_glance:
-                glance = out[torch.from_numpy(inverse[:num_glance])]
-                out = out[torch.from_numpy(inverse[num_glance:])]
+                glance = _take_frames(out, inverse[:num_glance])
+                out = _take_frames(out, inverse[num_glance:])
             elif len(unique) != len(wanted):
-                out = out[torch.from_numpy(inverse)]
+                out = _take_frames(out, inverse)
         else:                                                          # independent crops of one decoded region
             glance = _render(clip, read_region, glance_geometry, inverse[:num_glance])
             out = _render(clip, read_region, geometry, inverse[num_glance:])
@@ -221,7 +245,7 @@ class FrameFolderDataset(Dataset):
             boxes, visible = self.boxes[record.path]
             rows = indices - self.start_index
             mapped = geometry.map_boxes(torch.from_numpy(boxes[rows]))
-            area = (mapped[:, 2] - mapped[:, 0]) * (mapped[:, 3] - mapped[:, 1])
+            area = (mapped[..., 2] - mapped[..., 0]) * (mapped[..., 3] - mapped[..., 1])  # (T0,) or (V, T0)
             item["object_boxes"] = mapped.float()
             item["object_visible"] = torch.from_numpy(visible[rows]) & (area > 0)
         if glance_indices is not None:
@@ -229,10 +253,17 @@ class FrameFolderDataset(Dataset):
         return item
 
     def __repr__(self) -> str:
+        views = f"test_crops={self.test_crops}, " if self.test_crops != 1 else ""
         return (f"{type(self).__name__}({len(self)} videos, {self.num_classes} classes, T0={self.num_segments}, "
                 f"train={self.train}, glance_segments={self.glance_segments}, shared_crop={self.shared_crop}, "
-                f"transform={self.transform!r}, frame_root={self.frame_root!r}, "
+                f"{views}transform={self.transform!r}, frame_root={self.frame_root!r}, "
                 f"template={self.template!r})")
+
+
+def _take_frames(clip: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Frames ``rows`` of a clip ``(U, 3, S, S)`` or of every view of ``(V, U, 3, S, S)`` (contiguous)."""
+    rows = torch.from_numpy(rows)
+    return clip[rows] if clip.dim() == 4 else clip.index_select(1, rows)
 
 
 def _bounding_region(a, b):

@@ -18,6 +18,12 @@ of the source frame (pixel ``i`` covers ``[i, i+1)``) into the output clip.
   ``GroupCenterCrop(S)``: the short side is resized to ``scale_size`` (default ``S·256//224``,
   the long side ``int(scale_size·long/short)``, torchvision's rule), then the centre ``S × S`` is cut
   (offsets ``round((size - S)/2)``, torchvision's rule).
+* :class:`FullResSample` (multi-view evaluation) reproduces ``GroupFullResSample(S, scale_size,
+  flip=False)``: the same short-side resize, then three ``S × S`` views at ``(x, y) = (0, 2·h_step)``
+  (left), ``(4·w_step, 2·h_step)`` (right) and ``(2·w_step, 2·h_step)`` (centre), in that order, with
+  ``w_step = (W' - S)//4``, ``h_step = (H' - S)//4`` on the resized frame ``W' × H'``. Its geometry
+  returns ``(3, T, 3, S, S)``, views first. Its centre view can sit a pixel or two away from
+  :class:`ResizeCenterCrop`'s crop (``2·((W' - S)//4)`` against ``round((W' - S)/2)``).
 
 Resizing uses ``torchvision.transforms.v2.functional`` with ``antialias=True``, which follows
 Pillow's bilinear filter; only the draw of the multi-scale crop is written here, since torchvision
@@ -173,6 +179,60 @@ class MultiScaleCrop:
                 f"more_fix_crop={self.more_fix_crop}, flip={self.flip})")
 
 
+def scaled_size(width: int, height: int, scale_size: int) -> Tuple[int, int]:
+    """The frame size ``(w, h)`` after resizing the short side to ``scale_size``: the long side becomes
+    ``int(scale_size·long/short)`` (torchvision's ``Resize(int)`` rule, what the official ``GroupScale`` uses)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = scale_size, int(scale_size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def full_res_offsets(width: int, height: int, size: int) -> List[Tuple[int, int]]:
+    """The official three-crop offsets ``(x, y)`` of ``GroupFullResSample`` on a ``width × height``
+    (already resized) frame: left, right, centre, in that order."""
+    w_step = (width - size) // 4
+    h_step = (height - size) // 4
+    return [(0, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
+
+
+@dataclass(frozen=True)
+class MultiCropGeometry:
+    """Resize the whole frame to ``(resized_w, resized_h)``, then cut one ``size × size`` view at each
+    of ``offsets`` (``(x, y)`` pairs, in view order)."""
+
+    src_w: int
+    src_h: int
+    resized_w: int
+    resized_h: int
+    offsets: Tuple[Tuple[int, int], ...]
+    size: int
+
+    @property
+    def num_views(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def region(self) -> Tuple[int, int, int, int]:
+        """The part ``(x, y, w, h)`` of the source frame this geometry reads: all of it."""
+        return 0, 0, self.src_w, self.src_h
+
+    def views(self) -> List[ResizeCropGeometry]:
+        """One single-view geometry per view, in view order."""
+        return [ResizeCropGeometry(self.src_w, self.src_h, self.resized_w, self.resized_h, x, y, self.size)
+                for x, y in self.offsets]
+
+    def apply(self, clip: torch.Tensor, cropped: bool = False) -> torch.Tensor:
+        """uint8 ``(T, 3, H, W)`` -> contiguous uint8 ``(V, T, 3, size, size)``, views first
+        (``cropped`` changes nothing). The clip is resized once for all views."""
+        out = TF.resize(clip, [self.resized_h, self.resized_w], interpolation=InterpolationMode.BILINEAR,
+                        antialias=True)
+        return torch.stack([out[..., y:y + self.size, x:x + self.size] for x, y in self.offsets])
+
+    def map_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Source boxes ``(..., 4)`` -> output boxes ``(V, ..., 4)``, clipped to ``[0, size]`` per view."""
+        return torch.stack([view.map_boxes(boxes) for view in self.views()])
+
+
 class ResizeCenterCrop:
     """Evaluation policy: resize the short side to ``scale_size``, then centre-crop ``size``.
 
@@ -186,12 +246,36 @@ class ResizeCenterCrop:
             raise ValueError(f"scale_size ({self.scale_size}) must be at least the crop size ({self.size})")
 
     def draw(self, width: int, height: int, rng: Optional[np.random.Generator] = None) -> ResizeCropGeometry:
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.scale_size, int(self.scale_size * long / short)
-        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        new_w, new_h = scaled_size(width, height, self.scale_size)
         top = int(round((new_h - self.size) / 2.0))
         left = int(round((new_w - self.size) / 2.0))
         return ResizeCropGeometry(width, height, new_w, new_h, left, top, self.size)
 
     def __repr__(self) -> str:
         return f"ResizeCenterCrop(size={self.size}, scale_size={self.scale_size})"
+
+
+class FullResSample:
+    """Multi-view evaluation policy: the official ``GroupFullResSample(size, scale_size, flip=False)``.
+
+    The short side is resized to ``scale_size`` (default ``size·256//224``), then three ``size ×
+    size`` views are cut: left, right and centre (:func:`full_res_offsets`). ``draw(width, height,
+    rng=None)`` returns a :class:`MultiCropGeometry` (no randomness) whose ``apply`` gives
+    ``(3, T, 3, size, size)``.
+    """
+
+    num_views = 3
+
+    def __init__(self, size: int, scale_size: Optional[int] = None):
+        self.size = int(size)
+        self.scale_size = default_scale_size(self.size) if scale_size is None else int(scale_size)
+        if self.scale_size < self.size:
+            raise ValueError(f"scale_size ({self.scale_size}) must be at least the crop size ({self.size})")
+
+    def draw(self, width: int, height: int, rng: Optional[np.random.Generator] = None) -> MultiCropGeometry:
+        new_w, new_h = scaled_size(width, height, self.scale_size)
+        offsets = tuple(full_res_offsets(new_w, new_h, self.size))
+        return MultiCropGeometry(width, height, new_w, new_h, offsets, self.size)
+
+    def __repr__(self) -> str:
+        return f"FullResSample(size={self.size}, scale_size={self.scale_size}, views=left,right,center)"

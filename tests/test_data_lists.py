@@ -185,8 +185,8 @@ def test_custom_dataset_by_options_config_and_dataset_json(tmp_path, write_frame
 def test_unknown_options_and_names(tmp_path):
     with pytest.raises(TypeError, match="unknown dataset option"):
         build_dataset("actnet", str(tmp_path), "train", num_segments=2, tempalte="x")
-    with pytest.raises(ValueError, match="unknown dataset 'kinetics'"):
-        build_dataset("kinetics", str(tmp_path), "train", num_segments=2)
+    with pytest.raises(ValueError, match="unknown dataset 'kinetics700'"):
+        build_dataset("kinetics700", str(tmp_path), "train", num_segments=2)
     with pytest.raises(ValueError, match="split must be one of"):
         resolve_spec("actnet", str(tmp_path)).list_file("test")
 
