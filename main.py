@@ -22,6 +22,7 @@ from typing import List, Optional
 import torch
 import yaml
 
+from models import get_variant
 from ops import distributed as dist_ops
 from ops import engine
 from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint
@@ -73,8 +74,9 @@ def _resumed_epoch(args, run_dir: str) -> int:
 
 def _run(args, info, run_dir: str, log: RunLog) -> int:
     started = time.time()
+    used = set(get_variant(args.variant).hyper_parameters)  # e.g. --glance_size is x3d's
     for name in args.explicit:
-        if name in UNUSED_OFFICIAL_FLAGS:
+        if name in UNUSED_OFFICIAL_FLAGS and name not in used:
             log.warning(f"--{name}: {UNUSED_OFFICIAL_FLAGS[name]}")
     log.info(f"{'evaluating' if args.evaluate else 'training'} on {info.world_size} process(es), device "
              f"{info.device}, global batch {args.batch_size} ({args.batch_size // info.world_size} per process)")

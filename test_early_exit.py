@@ -93,8 +93,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 LOGIT_SETTINGS = ("variant", "dataset", "data_dir", "dataset_config", "synthetic", "label_rule", "missing_frames",
                   "num_segments", "num_glance_segments", "num_focus_segments", "input_size", "patch_size",
                   "glance_arch", "focus_arch", "classifier_dim", "stn_hidden_dim", "temporal_hidden_dim",
-                  "temperature", "seed", "amp", "amp_dtype", "eval_amp", "threshold_set", "threshold_augmentation",
-                  "threshold_subset")
+                  "temperature", "glance_size", "shift_div", "test_crops", "seed", "amp", "amp_dtype", "eval_amp",
+                  "threshold_set", "threshold_augmentation", "threshold_subset")
 
 
 def cache_key(args) -> str:

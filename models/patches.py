@@ -38,11 +38,18 @@ def _scale(a_size: torch.Tensor, patch_size: int, input_size: int) -> torch.Tens
     return a_size * span / patch_size + minimum / patch_size
 
 
-def _box_terms(actions: torch.Tensor, height: int, width: int, patch_size: int, input_size: int):
-    """(x1, y1, extent_w, extent_h) of the boxes in pixels of a height x width frame."""
+def _box_terms(actions: torch.Tensor, height: int, width: int, patch_size: int, input_size: int,
+               extent_base: Optional[float] = None):
+    """(x1, y1, extent_w, extent_h) of the boxes in pixels of a height x width frame.
+
+    ``extent_base``: the side, in this frame's pixels, of a box of scale 1 (P input pixels); by default
+    the same region as on the input frame, ``P * side / input_size``.
+    """
     a_y, a_x, a_h, a_w = actions.unbind(-1)
-    ext_h = (patch_size * height / input_size) * _scale(a_h, patch_size, input_size)
-    ext_w = (patch_size * width / input_size) * _scale(a_w, patch_size, input_size)
+    base_h = patch_size * height / input_size if extent_base is None else extent_base
+    base_w = patch_size * width / input_size if extent_base is None else extent_base
+    ext_h = base_h * _scale(a_h, patch_size, input_size)
+    ext_w = base_w * _scale(a_w, patch_size, input_size)
     return a_x * (width - ext_w), a_y * (height - ext_h), ext_w, ext_h
 
 
@@ -58,12 +65,14 @@ def action_boxes(actions: torch.Tensor, height: int, width: int, patch_size: int
 
 
 def crop_patches(frames: torch.Tensor, actions: torch.Tensor, output_size, patch_size: int,
-                 input_size: int) -> torch.Tensor:
+                 input_size: int, extent_base: Optional[float] = None) -> torch.Tensor:
     """Crop one deformable patch per frame and resample it to ``output_size``.
 
     frames:  (N, C, H, W) images (H = W = input_size) or feature maps of such images.
     actions: (N, 4) ``(a_y, a_x, a_h, a_w)`` in [0, 1].
     output_size: int or (out_h, out_w); P for image patches, a few cells for feature maps.
+    extent_base: see :func:`_box_terms` (the X3D variant's official feature-map crop sizes the box
+    by its rounded output size).
     Returns (N, C, out_h, out_w). Differentiable in ``frames`` and ``actions``.
     """
     if frames.dim() != 4:
@@ -72,7 +81,7 @@ def crop_patches(frames: torch.Tensor, actions: torch.Tensor, output_size, patch
         raise ValueError(f"actions must be ({frames.shape[0]}, 4), got {tuple(actions.shape)}")
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
     n, c, h, w = frames.shape
-    x1, y1, ext_w, ext_h = _box_terms(actions, h, w, patch_size, input_size)
+    x1, y1, ext_w, ext_h = _box_terms(actions, h, w, patch_size, input_size, extent_base)
     # Affine map from the output's normalised coordinates to the frame's (align_corners=False):
     # scale = extent / side, shift = box centre in [-1, 1].
     zeros = torch.zeros_like(x1)
@@ -129,6 +138,10 @@ class PatchGeometry:
     patch_size: int
     input_size: int
     feature_size: int
+    #: The feature-map crop's side in cells when it is not the default rule (:func:`feature_patch_size`);
+    #: the box then spans ``feature_patch`` cells at scale 1, as the official X3D crop does (its
+    #: round(5 P / 224) is larger than the image box's region for P = 128 and 160).
+    feature_patch: Optional[int] = None
 
     def __post_init__(self):
         if not 0 < self.patch_size <= self.input_size:
@@ -137,6 +150,8 @@ class PatchGeometry:
     @property
     def feature_patch_size(self) -> int:
         """Side of the feature-map crop (see :func:`feature_patch_size`)."""
+        if self.feature_patch is not None:
+            return self.feature_patch
         return feature_patch_size(self.patch_size, self.input_size, self.feature_size)
 
     @property
@@ -155,4 +170,5 @@ class PatchGeometry:
 
     def crop_features(self, feature_maps: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The same regions of glance feature maps (N, D, h, w) -> (N, D, p, p), p = feature_patch_size."""
-        return crop_patches(feature_maps, actions, self.feature_patch_size, self.patch_size, self.input_size)
+        return crop_patches(feature_maps, actions, self.feature_patch_size, self.patch_size, self.input_size,
+                            extent_base=self.feature_patch)

@@ -156,6 +156,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_freq", "--eval-freq", dest="eval_freq", type=int, default=1,
                    help="validate every N epochs (and after the last)")
     g.add_argument("--eval_suffix", default="eval", help="--evaluate writes metrics_{suffix}.json")
+    g.add_argument("--test_crops", type=int, choices=(1, 3), default=1,
+                   help="spatial views per video in evaluation: 1 (centre crop) or 3 (left, right, centre; "
+                        "their raw logits averaged, as officially); x3d's official 3-view figure uses 3")
     g.add_argument("--eval_amp", action="store_true",
                    help="evaluate under --amp_dtype autocast too (faster on GPUs; not the official numbers, "
                         "which are float32)")
@@ -243,16 +246,16 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
     return values
 
 
-#: The official TSM command starts with two positionals: ``something RGB`` (dataset, modality).
-OFFICIAL_POSITIONAL_DATASETS = ("something", "somethingv2", "jester")
+#: The official tsm and x3d commands start with two positionals: ``something RGB`` (dataset, modality).
+OFFICIAL_POSITIONAL_DATASETS = {"something": "tsm", "somethingv2": "tsm", "jester": "tsm", "kinetics": "x3d"}
 
 
 def official_positionals(argv: List[str]) -> List[str]:
-    """The official tsm command line ``DATASET MODALITY --flags...`` as ``--variant tsm --dataset DATASET ...``."""
+    """The official tsm / x3d command line ``DATASET MODALITY --flags...`` as ``--variant V --dataset DATASET ...``."""
     if len(argv) >= 2 and argv[0] in OFFICIAL_POSITIONAL_DATASETS and not argv[1].startswith("-"):
         if argv[1] != "RGB":
-            raise SystemExit(f"modality {argv[1]!r}: only RGB frames are supported (the official tsm commands use RGB)")
-        return ["--variant", "tsm", "--dataset", argv[0]] + argv[2:]
+            raise SystemExit(f"modality {argv[1]!r}: only RGB frames are supported (the official commands use RGB)")
+        return ["--variant", OFFICIAL_POSITIONAL_DATASETS[argv[0]], "--dataset", argv[0]] + argv[2:]
     return argv
 
 

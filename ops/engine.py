@@ -14,6 +14,7 @@ autocast there too. Policy math always runs in float32.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -61,6 +62,8 @@ def build_dataset(args, split: str, info: dist_ops.DistInfo, train: Optional[boo
     ``train``: the training (True) or evaluation (False) transforms; default: the split's own.
     """
     options = dataset_options(args)
+    if split == "val" and train is not True and getattr(args, "test_crops", 1) != 1:
+        options["test_crops"] = args.test_crops  # multi-view evaluation
     if args.dataset == "synthetic":  # rank 0 generates; the others wait (the generator also locks)
         if info.is_main:
             datasets.num_classes(args.dataset, args.data_dir, **options)
@@ -102,7 +105,12 @@ def build_loaders(args, info: dist_ops.DistInfo):
 
 
 def build_model(args, num_classes: int, info: dist_ops.DistInfo):
-    """The ``--variant`` network for ``num_classes`` classes, on the run's device."""
+    """The ``--variant`` network for ``num_classes`` classes, on the run's device.
+
+    Evaluating a checkpoint loads no pretrained backbone weights: the checkpoint replaces them all.
+    """
+    if args.evaluate and args.resume:
+        args = argparse.Namespace(**{**vars(args), "pretrained": False, "glance_weights": None, "focus_weights": None})
     model = models.get_variant(args.variant).build_from(args, num_classes)
     if args.sync_bn:
         if info.device.type != "cuda" or not info.distributed:
@@ -272,6 +280,45 @@ def sync_buffers(model, info: dist_ops.DistInfo) -> None:
             torch.distributed.broadcast(buffer, 0)
 
 
+@dataclass
+class ViewAverage:
+    """The output of a multi-view evaluation per video: each logits tensor averaged over the V views
+    (the official plain mean of raw logits); frames and patches are those of the last view (the centre
+    crop in the official order left, right, centre)."""
+
+    exit_logits: torch.Tensor  # (B, E, C) every exit
+    stage_logits: torch.Tensor  # (B, K, C) the early-exit stages
+    glance_logits: torch.Tensor  # (B, T_G, C)
+    focus_logits: torch.Tensor  # (B, T_L, C)
+    validation_logits: torch.Tensor  # (B, S, C)
+    focus_indices: torch.Tensor  # (B, T_L)
+    patch_boxes: torch.Tensor  # (B, T_L, 4)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.exit_logits[:, -1]
+
+
+def average_views(out, views: int) -> ViewAverage:
+    """The per-video :class:`ViewAverage` of an output whose rows are ``views`` consecutive views per video."""
+    def mean(t):
+        return t.view(-1, views, *t.shape[1:]).mean(dim=1)
+
+    def last(t):
+        return t.view(-1, views, *t.shape[1:])[:, -1]
+
+    return ViewAverage(exit_logits=mean(out.exit_logits), stage_logits=mean(out.stage_logits),
+                       glance_logits=mean(out.glance_logits),
+                       focus_logits=mean(out.focus_logits), validation_logits=mean(out.validation_logits),
+                       focus_indices=last(out.focus_indices), patch_boxes=last(out.patch_boxes))
+
+
+def centre_view(batch):
+    """A multi-view batch's last view (the centre crop) of every per-view entry, for drawing and scoring."""
+    per_view = ("video", "glance", "object_boxes", "object_visible")
+    return {k: v[:, -1] if k in per_view else v for k, v in batch.items()}
+
+
 def dataset_metric(dataset) -> str:
     """The metric of a dataset's registry entry ('mAP' or 'top1')."""
     return getattr(getattr(dataset, "spec", None), "metric", "top1")
@@ -321,8 +368,13 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     for batch in progress(loader, info.is_main, desc="eval"):
         video, glance = model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
+        views = video.shape[1] if video.dim() == 6 else 1  # (B, V, T0, 3, H, W): V spatial views per video
+        if views > 1:
+            video, glance = video.flatten(0, 1), {k: v.flatten(0, 1) for k, v in glance.items()}
         with autocast(args, info.device, training=False):
             out = net(video, **glance)
+        if views > 1:
+            out, batch = average_views(out, views), centre_view(batch)
         loss_sum += validation_loss(out, target).double().cpu() * target.shape[0]
         for k, v in _batch_rows(batch, out, collect_stages).items():
             local.setdefault(k, []).append(v)

@@ -1,8 +1,8 @@
-"""Early exit, Uni-AdaFocus-TSM procedure (2 exits: glance only, full model): parity with the
-official results.
+"""Early exit with two exits (glance only, full model), the official TSM and X3D procedure: parity
+with the official results.
 
-Every ``early_exit_*.pt`` in the ``tsm/`` subfolder of the reference folder is one case (the test
-ids name the file). Each file describes itself: the inputs (threshold-set and evaluation logits,
+Every ``early_exit_*.pt`` in the ``tsm/`` and ``x3d/`` subfolders of the reference folder is one case
+(the test ids name the file). Each file describes itself: the inputs (threshold-set and evaluation logits,
 class ids), the p grid, the FLOPs table and, under ``runs``, one official result per criterion.
 The sweep runs with ``p_scale=TSM_P_SCALE`` (r = float32(p / 100)), top-1 and no random baseline.
 """
@@ -18,19 +18,18 @@ from support import reference_dir, require_reference
 
 
 def _fixture_files():
-    folder = reference_dir() / "tsm"
-    return sorted(folder.glob("early_exit_*.pt")) if folder.is_dir() else []
+    return sorted(p for folder in ("tsm", "x3d") for p in (reference_dir() / folder).glob("early_exit_*.pt"))
 
 
 FILES = _fixture_files()
+#: The fixtures that also record the solver's normalised q ("probs").
+WITH_PROBS = [p for p in FILES if "probs" in next(iter(torch.load(p, weights_only=True)["runs"].values()))]
 
 
-@pytest.fixture(scope="module", params=FILES or [None], ids=[f.name for f in FILES] or ["no-tsm-early-exit-fixture"])
-def case(request):
-    path = request.param
+def _load(path):
     if path is None:
-        folder = require_reference() / "tsm"
-        reason = f"no early_exit_*.pt in {folder}"
+        folder = require_reference()
+        reason = f"no early_exit_*.pt in {folder / 'tsm'} or {folder / 'x3d'}"
         if os.environ.get("UNIADAFOCUS_REQUIRE_REFERENCE") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -47,6 +46,16 @@ def case(request):
         for criterion in data["runs"]
     }
     return data, sweeps
+
+
+@pytest.fixture(scope="module", params=FILES or [None], ids=[f.name for f in FILES] or ["no-early-exit-fixture"])
+def case(request):
+    return _load(request.param)
+
+
+@pytest.fixture(scope="module", params=WITH_PROBS or [None], ids=[f.name for f in WITH_PROBS] or ["none"])
+def case_with_probs(request):
+    return _load(request.param)
 
 
 def _stack(points, attr, dtype):
@@ -104,9 +113,9 @@ def test_exit_ratio(case):
         assert torch.equal(ours, data["runs"][criterion]["ratio_list"].float()), criterion
 
 
-def test_probs(case):
+def test_probs(case_with_probs):
     """q as the official solver leaves it (normalised twice, float32), and the quota it gives."""
-    data, sweeps = case
+    data, sweeps = case_with_probs
     n_train = data["inputs"]["train_logits"].shape[0]
     for criterion, res in sweeps.items():
         ref = data["runs"][criterion]["probs"].float()
@@ -128,9 +137,9 @@ def _exact_quota(p, p_scale, n, k_stages):
     return [(n * w / total).__floor__() for w in weights]
 
 
-def test_float32_out_n(case):
+def test_float32_out_n(case_with_probs):
     """Where float32 and exact arithmetic disagree on floor(N q_0), the official (float32) count wins."""
-    data, sweeps = case
+    data, sweeps = case_with_probs
     train = data["inputs"]["train_logits"]
     n_train, k_stages = train.shape[0], train.shape[1]
     p_values = [float(p) for p in torch.as_tensor(data["p_values"]).tolist()]
@@ -158,10 +167,24 @@ def test_float32_out_n(case):
 
 
 def test_fixed_exit_top1(case):
-    """Top-1 of every video leaving at the glance-only exit, and at the full model."""
+    """Top-1 of every video leaving at the glance-only exit, and at the full model (the tsm fixture
+    records them at the top level, the x3d one per criterion)."""
     data, sweeps = case
-    for res in sweeps.values():
-        if "glance_stage_top1" in data:
-            assert res.fixed_exits[0].metric == pytest.approx(float(data["glance_stage_top1"]), abs=1e-6)
-        if "last_stage_top1" in data:
-            assert res.last_stage_metric == pytest.approx(float(data["last_stage_top1"]), abs=1e-6)
+    for criterion, res in sweeps.items():
+        run = data["runs"][criterion]
+        glance = data.get("glance_stage_top1", run.get("stage0_acc1"))
+        last = data.get("last_stage_top1", run.get("last_stage_acc1"))
+        assert glance is not None and last is not None
+        assert res.fixed_exits[0].metric == pytest.approx(float(glance), abs=1e-6)
+        assert res.last_stage_metric == pytest.approx(float(last), abs=1e-6)
+
+
+def test_official_thresholds_let_the_float32_quota_exit(case):
+    """Confidence thresholds: exactly the solver's float32 quota of the threshold set reaches each
+    official threshold (the float32 out_n, e.g. 200 rather than 199 for p = 50 and N = 300 in x3d)."""
+    data, sweeps = case
+    scores = exit_scores(data["inputs"]["train_logits"], "confidence")
+    thresholds = data["runs"]["confidence"]["thresholds"].float()
+    for i, point in enumerate(sweeps["confidence"].points):
+        if thresholds[i, 0] < NO_EXIT_THRESHOLD:
+            assert int((scores[:, 0] >= thresholds[i, 0]).sum()) == point.quota[0], point.p

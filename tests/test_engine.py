@@ -10,6 +10,7 @@ from models import get_variant
 from models.backbones import FocusEncoder, GlanceEncoder
 from models.variants import OBJECTIVE_TERMS
 from ops import config, engine
+from ops.rng import epoch_seed, seed_everything
 from ops.metrics import head_metrics, mean_average_precision
 from reference_math import official_map
 from support import REPO, random_video, tiny_model
@@ -166,7 +167,31 @@ def test_variant_registry_names_and_checks():
     assert variant.checkpoint.detect(official) and variant.checkpoint.num_classes(official) == 3
     converted, dropped, unknown = variant.checkpoint.convert(official)
     assert unknown == [] and set(converted) == set(model.state_dict()) and dropped
-    with pytest.raises(KeyError, match="unknown variant 'x3d'; known: mn2_r50"):
-        get_variant("x3d")
+    with pytest.raises(KeyError, match="unknown variant 'i3d'; known: mn2_r50, tsm, x3d"):
+        get_variant("i3d")
     with pytest.raises(SystemExit):
         config.parse_args(["--glance_arch", "x3d_s"])
+
+
+def test_three_view_evaluation_averages_each_videos_raw_logits(data_dir, tmp_path):
+    """--test_crops 3: every video once, its prediction the mean of its three views' raw logits."""
+    flags = ["--variant", "x3d", "--glance_arch", "x3d_s", "--focus_arch", "x3d_l", "--glance_size", "32",
+             "--num_focus_segments", "2", "--test_crops", "3", "--save_predictions", "--store_name", "views"]
+    _run_main(data_dir, tmp_path, *flags, "--evaluate")
+    saved = torch.load(tmp_path / "views" / "predictions_eval.pt", weights_only=True)
+
+    # The same untrained model as main.py's (seeded the same way before it is built), view by view.
+    args = config.parse_args(TINY + ["--data_dir", str(data_dir), "--synthetic", json.dumps(SYNTHETIC), *flags,
+                                     "--evaluate"])
+    info = type("Info", (), {"is_main": True, "distributed": False, "rank": 0, "world_size": 1,
+                             "device": torch.device("cpu")})()
+    seed_everything(epoch_seed(args.seed, 0, 0))
+    dataset = engine.build_dataset(args, "val", info)
+    model = engine.build_model(args, dataset.num_classes, info).eval()
+    assert saved["index"].tolist() == list(range(len(dataset)))
+    for i in range(len(dataset)):
+        item = dataset[i]
+        assert item["video"].shape[0] == 3 and item["glance"].shape[0] == 3  # (views, frames, 3, S, S)
+        with torch.no_grad():
+            views = model(item["video"], glance=item["glance"])  # the 3 views as 3 videos
+        torch.testing.assert_close(saved["prediction"][i], views.logits.mean(dim=0), atol=1e-5, rtol=1e-5)

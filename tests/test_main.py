@@ -109,7 +109,8 @@ def test_two_process_evaluation_equals_one_process(data_dir, tmp_path):
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
 
 
-VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"]}
+VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"],
+            "x3d": ["--variant", "x3d", "--glance_arch", "x3d_s", "--focus_arch", "x3d_l", "--glance_size", "32"]}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

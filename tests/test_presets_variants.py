@@ -1,5 +1,5 @@
-"""Each tsm preset resolves to the hyper-parameters of the official command it reproduces, and the
-official command line itself runs (positional ``DATASET RGB``, ``--batch-size``, ``--wd``, ``--gd``,
+"""Each tsm and x3d preset resolves to the hyper-parameters of the official command it reproduces, and
+the official command line itself runs (positional ``DATASET RGB``, ``--batch-size``, ``--wd``, ``--gd``,
 ``--npb``, ``--shift ...``); its launcher flags are refused with the equivalent torchrun command."""
 import shlex
 
@@ -75,3 +75,30 @@ def test_tsm_run_names_hold_the_patch_and_frame_counts():
     a = config.parse_args(shlex.split(_official("sthv1_p96_8x8")))
     b = config.parse_args(shlex.split(_official("sthv1_p128_8x12")))
     assert config.run_name(a) != config.run_name(b)
+
+
+# The official x3d README command (training; evaluation adds --evaluate --test_crops 3 --resume CKPT).
+X3D_OFFICIAL = ("kinetics RGB --arch resnet50 --num_glance_segments 16 --num_input_focus_segments 96 "
+                "--num_focus_segments 32 --gd 20 -j 24 --lr_steps 0 0 --lr_type cos --epochs 50 --batch-size 64 "
+                "--lr 0.005 --wd 5e-5 --dropout 0.5 --consensus_type=avg --eval-freq=1 --shift --shift_div=8 "
+                "--shift_place=blockres --npb --print-freq=50 --glance_size 160 --patch_size 128 --stn_hidden_dim 128 "
+                "--temporal_hidden_dim 64 --global_lr_ratio 0.5 --stn_lr_ratio 0.40 --temporal_lr_ratio 0.40 "
+                "--temperature 1.0 --norm_ratio 0.50")
+# Official x3d training always runs under float16 autocast with a GradScaler (there is no flag for it).
+X3D_IMPLIED = ["--amp", "--amp_dtype", "float16"]
+
+
+def test_x3d_preset_equals_the_official_command():
+    assert get_variant("x3d").presets == ("k400_p128_16x32",)
+    official = config.parse_args(shlex.split(X3D_OFFICIAL) + X3D_IMPLIED)
+    preset = config.parse_args(["--config", str(REPO / "configs" / "k400_p128_16x32.yaml")])
+    a = {k: v for k, v in vars(official).items() if k not in IGNORED}
+    b = {k: v for k, v in vars(preset).items() if k not in IGNORED}
+    assert a == b
+    assert (preset.variant, preset.dataset, preset.glance_size, preset.clip_gradient, preset.stn_lr_ratio) == \
+        ("x3d", "kinetics", 160, 20.0, 0.4)
+
+
+def test_x3d_official_evaluation_command_asks_for_three_views():
+    args = config.parse_args(shlex.split(X3D_OFFICIAL) + ["--evaluate", "--test_crops", "3", "--resume", "ck.pth.tar"])
+    assert args.evaluate and args.test_crops == 3 and args.variant == "x3d"
