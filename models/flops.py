@@ -26,6 +26,7 @@ the official constants (27.23 GFLOPs at P=128 and 17.89 at P=96 after 16 focus f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from typing import List
@@ -41,6 +42,20 @@ def _grid_sampler_flops(input_shape, grid_shape, *args, out_shape=None, **kwargs
     # Bilinear sampling: 4 taps, a multiply-add each, per output element and channel; x2 for FLOPs.
     n, c = input_shape[0], input_shape[1]
     return 2 * 4 * n * c * grid_shape[1] * grid_shape[2]
+
+
+@contextlib.contextmanager
+def counting(model):
+    """Count a model's components: it is put in eval mode (BatchNorm in inference form; the counts do not
+    depend on the mode otherwise) and restored after; yields ``zeros(*shape)``, dummy inputs on its
+    device and dtype."""
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    try:
+        yield lambda *shape: torch.zeros(*shape, device=param.device, dtype=param.dtype)
+    finally:
+        model.train(was_training)
 
 
 def count_gmacs(fn, *inputs) -> float:
@@ -89,11 +104,7 @@ class FlopsBreakdown:
 
 def flops_breakdown(model) -> FlopsBreakdown:
     """Count every component of ``model`` (a UniAdaFocus) on dummy inputs of its configured size."""
-    was_training = model.training
-    model.eval()  # BatchNorm in inference form; the counts do not depend on the mode otherwise
-    try:
-        param = next(model.parameters())
-        zeros = lambda *shape: torch.zeros(*shape, device=param.device, dtype=param.dtype)  # noqa: E731
+    with counting(model) as zeros:
         size, p, g = model.input_size, model.patch_size, model.num_glance
         gdim, fdim = model.glance.feature_dim, model.focus.feature_dim
         hidden = model.classifier.glance_mlp.layers[0].out_features
@@ -110,8 +121,6 @@ def flops_breakdown(model) -> FlopsBreakdown:
             focus_exit=count_gmacs(model.classifier.focus_exits[-1], zeros(1, 2 * hidden)),
             num_glance=g, num_focus=model.num_focus,
         )
-    finally:
-        model.train(was_training)
 
 
 def _build_parser() -> argparse.ArgumentParser:

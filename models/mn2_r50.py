@@ -13,75 +13,38 @@ what they are (``glance``, ``focus``, ``policy.spatial`` ...); this module conve
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
-
-import torch
+from typing import List, Tuple
 
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
 from .uni_adafocus import UniAdaFocus
-from .variants import CheckpointLayout, Variant, register_variant
+from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
-# (official prefix, our prefix), most specific first; the key's remainder is kept.
-PREFIXES: Tuple[Tuple[str, str], ...] = (
-    ("global_CNN_fc.", "glance_head."),
-    ("global_CNN.", "glance."),
-    ("aux_fc.", "spatial_head."),
-    ("local_CNN_fc.", "focus_head."),
-    ("local_CNN.", "focus."),
-    ("spatial_policy.encoder.", "policy.spatial.layers."),
-    ("temporal_policy.Tconv.", "policy.temporal.layers."),
-    ("classifier.global_mlp.", "classifier.glance_mlp."),
-    ("classifier.local_mlp.", "classifier.focus_mlp."),
-    ("classifier.global_classifiers.", "classifier.glance_exits."),
-    ("classifier.local_classifiers.", "classifier.focus_exits."),
+#: The official key layout: (official prefix, our prefix), most specific first; MobileNetV2's inner
+#: names are converted from the official flat layout. The backbones' ImageNet classifiers have no
+#: counterpart here: the official forward never uses them (they only force DDP's
+#: find_unused_parameters), so loading drops them.
+OFFICIAL_KEYS = PrefixMap(
+    pairs=(
+        ("global_CNN_fc.", "glance_head."),
+        ("global_CNN.", "glance."),
+        ("aux_fc.", "spatial_head."),
+        ("local_CNN_fc.", "focus_head."),
+        ("local_CNN.", "focus."),
+        ("spatial_policy.encoder.", "policy.spatial.layers."),
+        ("temporal_policy.Tconv.", "policy.temporal.layers."),
+        ("classifier.global_mlp.", "classifier.glance_mlp."),
+        ("classifier.local_mlp.", "classifier.focus_mlp."),
+        ("classifier.global_classifiers.", "classifier.glance_exits."),
+        ("classifier.local_classifiers.", "classifier.focus_exits."),
+    ),
+    detect_prefixes=("global_CNN.features.", "local_CNN.layer1."),
+    order=("global_CNN.features.", "global_CNN.classifier.", "global_CNN_fc.", "aux_fc.", "local_CNN.",
+           "local_CNN.fc.", "local_CNN_fc.", "spatial_policy.", "temporal_policy.", "classifier.global_mlp.",
+           "classifier.local_mlp.", "classifier.global_classifiers.", "classifier.local_classifiers."),
+    inner={"global_CNN.": (mbv2_flat_to_torchvision, mbv2_torchvision_to_flat)},
+    unused=("global_CNN.classifier.", "local_CNN.fc."),
 )
-
-#: Official keys with no counterpart in our model: the backbones' ImageNet classifiers, which the
-#: official forward never uses (they only force DDP's find_unused_parameters).
-UNUSED_PREFIXES = ("global_CNN.classifier.", "local_CNN.fc.")
-
-
-def is_official_layout(keys) -> bool:
-    """Whether state-dict keys (without 'module.') are in the official layout."""
-    return any(k.startswith(("global_CNN.features.", "local_CNN.layer1.")) for k in keys)
-
-
-def _translate(key: str, to_ours: bool) -> str:
-    """Rename one key between the layouts by its prefix (MobileNetV2's inner names converted too)."""
-    for official, ours in PREFIXES:
-        source, target = (official, ours) if to_ours else (ours, official)
-        if key.startswith(source):
-            rest = key[len(source):]
-            if official == "global_CNN.":
-                rest = (mbv2_flat_to_torchvision if to_ours else mbv2_torchvision_to_flat)(rest)
-            return target + rest
-    raise KeyError(key)
-
-
-def official_to_ours(key: str) -> Optional[str]:
-    """Our name for an official key; None for the unused ImageNet heads. Raises KeyError if unknown."""
-    return None if key.startswith(UNUSED_PREFIXES) else _translate(key, to_ours=True)
-
-
-def ours_to_official(key: str) -> str:
-    """The official name of one of our keys. Raises KeyError if it has none."""
-    return _translate(key, to_ours=False)
-
-
-def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]):
-    """Official state dict -> (our state dict, dropped unused keys, unknown keys)."""
-    converted, dropped, unknown = {}, [], []
-    for key, value in state_dict.items():
-        try:
-            ours = official_to_ours(key)
-        except KeyError:
-            unknown.append(key)
-            continue
-        if ours is None:
-            dropped.append(key)
-        else:
-            converted[ours] = value
-    return converted, dropped, unknown
+ours_to_official = OFFICIAL_KEYS.to_official
 
 
 def official_manifest(model) -> List[Tuple[str, List[int], str]]:
@@ -90,21 +53,10 @@ def official_manifest(model) -> List[Tuple[str, List[int], str]]:
     It includes the unused ImageNet heads, so a synthetic checkpoint made from it
     (``make_parity_checkpoint.py``) has exactly the official keys.
     """
-    ours = model.state_dict()
-    order = ["global_CNN.features.", "global_CNN.classifier.", "global_CNN_fc.", "aux_fc.", "local_CNN.",
-             "local_CNN.fc.", "local_CNN_fc.", "spatial_policy.", "temporal_policy.", "classifier.global_mlp.",
-             "classifier.local_mlp.", "classifier.global_classifiers.", "classifier.local_classifiers."]
-    entries = {name: [] for name in order}
-    for key, value in ours.items():
-        official = ours_to_official(key)
-        group = max((g for g in order if official.startswith(g)), key=len)
-        entries[group].append([official, list(value.shape), str(value.dtype).replace("torch.", "")])
     glance_dim, focus_dim = model.glance.feature_dim, model.focus.feature_dim
-    entries["global_CNN.classifier."] = [["global_CNN.classifier.weight", [1000, glance_dim], "float32"],
-                                         ["global_CNN.classifier.bias", [1000], "float32"]]
-    entries["local_CNN.fc."] = [["local_CNN.fc.weight", [1000, focus_dim], "float32"],
-                                ["local_CNN.fc.bias", [1000], "float32"]]
-    return [tuple(e) for name in order for e in entries[name]]
+    return OFFICIAL_KEYS.manifest(model, extra=(
+        ("global_CNN.classifier.weight", [1000, glance_dim], "float32"), ("global_CNN.classifier.bias", [1000], "float32"),
+        ("local_CNN.fc.weight", [1000, focus_dim], "float32"), ("local_CNN.fc.bias", [1000], "float32")))
 
 
 def _flops(model):
@@ -131,7 +83,7 @@ MN2_R50 = register_variant(Variant(
     frame_source="candidates",
     objective_terms=("cat", "glance", "focus", "temporal", "spatial", "kl", "norm"),
     flops=_flops,
-    checkpoint=CheckpointLayout(name="official", detect=is_official_layout, convert=convert_official_state_dict,
+    checkpoint=CheckpointLayout(name="official", detect=OFFICIAL_KEYS.detect, convert=OFFICIAL_KEYS.convert,
                                 manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
     datasets=("actnet", "fcvid", "minik"),
     presets=tuple(f"{d}_p{p}" for d in ("actnet", "fcvid", "minik") for p in (96, 128, 160)),

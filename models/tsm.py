@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from .backbones import (FocusEncoder, GlanceEncoder, glance_feature_size, mbv2_flat_to_torchvision,
@@ -32,7 +31,7 @@ from .one_patch import OnePatchNetwork
 from .patches import PatchGeometry
 from .policy import SpatialPolicy, TemporalPolicy
 from .temporal_shift import shift_mobilenet_v2, shift_resnet
-from .variants import CheckpointLayout, Variant, register_variant
+from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 
 class UniAdaFocusTSM(OnePatchNetwork):
@@ -94,54 +93,25 @@ class UniAdaFocusTSM(OnePatchNetwork):
 # --------------------------------------------------------------------------------------------------
 # The official checkpoint layout (672 keys for T_G = 8; only C and T_G change shapes)
 # --------------------------------------------------------------------------------------------------
-#: (official prefix, our prefix), most specific first; the key's remainder is kept (MobileNetV2's inner
-#: names are converted from the official flat layout).
-PREFIXES = (
-    ("global_CNN.base_model.", "glance."),
-    ("global_CNN.new_fc.", "glance_prediction_head."),
-    ("global_CNN.new_new_fc.", "glance_head."),
-    ("local_CNN.base_model.", "focus."),
-    ("local_CNN.new_fc.", "focus_prediction_head."),
-    ("local_CNN.new_new_fc.", "focus_head."),
-    ("aux_fc.", "spatial_head."),
-    ("spatial_policy.encoder.", "policy.spatial.layers."),
-    ("temporal_policy.Tconv.", "policy.temporal.layers."),
+#: (official prefix, our prefix), most specific first; MobileNetV2's inner names are converted from the
+#: official flat layout. No unused keys: the TSN wrappers replace the ImageNet heads by dropout.
+OFFICIAL_KEYS = PrefixMap(
+    pairs=(
+        ("global_CNN.base_model.", "glance."),
+        ("global_CNN.new_fc.", "glance_prediction_head."),
+        ("global_CNN.new_new_fc.", "glance_head."),
+        ("local_CNN.base_model.", "focus."),
+        ("local_CNN.new_fc.", "focus_prediction_head."),
+        ("local_CNN.new_new_fc.", "focus_head."),
+        ("aux_fc.", "spatial_head."),
+        ("spatial_policy.encoder.", "policy.spatial.layers."),
+        ("temporal_policy.Tconv.", "policy.temporal.layers."),
+    ),
+    detect_prefixes=("global_CNN.base_model.", "local_CNN.base_model."),
+    order=("global_CNN.", "local_CNN.", "aux_fc.", "spatial_policy.", "temporal_policy."),
+    inner={"global_CNN.base_model.": (mbv2_flat_to_torchvision, mbv2_torchvision_to_flat)},
 )
-
-
-def _translate(key: str, to_ours: bool) -> str:
-    for official, ours in PREFIXES:
-        source, target = (official, ours) if to_ours else (ours, official)
-        if key.startswith(source):
-            rest = key[len(source):]
-            if official == "global_CNN.base_model.":
-                rest = (mbv2_flat_to_torchvision if to_ours else mbv2_torchvision_to_flat)(rest)
-            return target + rest
-    raise KeyError(key)
-
-
-def is_official_layout(keys) -> bool:
-    """Whether state-dict keys (without 'module.') are in the official TSM layout (TSN wrappers)."""
-    return any(k.startswith(("global_CNN.base_model.", "local_CNN.base_model.")) for k in keys)
-
-
-def convert_official_state_dict(state_dict):
-    """Official TSM state dict -> (our state dict, dropped keys (none: no unused heads), unknown keys)."""
-    converted, unknown = {}, []
-    for key, value in state_dict.items():
-        try:
-            converted[_translate(key, to_ours=True)] = value
-        except KeyError:
-            unknown.append(key)
-    return converted, [], unknown
-
-
-def official_manifest(model):
-    """The official ``[key, shape, dtype]`` list of a configuration, in the official module order."""
-    order = ("global_CNN.", "local_CNN.", "aux_fc.", "spatial_policy.", "temporal_policy.")
-    entries = [(_translate(k, to_ours=False), list(v.shape), str(v.dtype).replace("torch.", ""))
-               for k, v in model.state_dict().items()]
-    return sorted(entries, key=lambda e: next(i for i, prefix in enumerate(order) if e[0].startswith(prefix)))
+official_manifest = OFFICIAL_KEYS.manifest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,13 +142,9 @@ class TSMFlops:
 
 def tsm_flops(model: "UniAdaFocusTSM") -> "TSMFlops":
     """Count every component of ``model`` (a :class:`UniAdaFocusTSM`)."""
-    from .flops import count_gmacs  # models.flops imports the main network, not this one
+    from .flops import count_gmacs, counting  # models.flops imports the main network, not this one
 
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        zeros = lambda *shape: torch.zeros(*shape, device=param.device, dtype=param.dtype)  # noqa: E731
+    with counting(model) as zeros:
         g, num_focus, size, p = model.num_glance, model.num_focus, model.input_size, model.patch_size
         gdim, fdim, fs = model.glance.feature_dim, model.focus.feature_dim, model.geometry.feature_size
         return TSMFlops(
@@ -191,8 +157,6 @@ def tsm_flops(model: "UniAdaFocusTSM") -> "TSMFlops":
             focus_patch=count_gmacs(model.focus, zeros(num_focus, 3, p, p)) / num_focus,
             focus_heads=count_gmacs(model.focus_prediction_head, zeros(1, fdim)),
             num_glance=g, num_focus=num_focus)
-    finally:
-        model.train(was_training)
 
 
 TSM = register_variant(Variant(
@@ -213,8 +177,8 @@ TSM = register_variant(Variant(
     frame_source="separate",
     objective_terms=("cat", "glance", "focus", "temporal", "spatial", "norm"),
     flops=tsm_flops,
-    checkpoint=CheckpointLayout(name="official TSM", detect=is_official_layout, convert=convert_official_state_dict,
-                                manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
+    checkpoint=CheckpointLayout(name="official TSM", detect=OFFICIAL_KEYS.detect, convert=OFFICIAL_KEYS.convert,
+                                manifest=OFFICIAL_KEYS.manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
     datasets=("something", "somethingv2", "jester"),
     presets=tuple(f"{name}_p{patch}_8x{focus}" for name in ("sthv1", "sthv2") for patch, focus in
                   ((96, 8), (96, 12), (128, 12), (128, 16))) + ("jester_p128_8x12",),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .one_patch import OnePatchNetwork
 from .patches import PatchGeometry
 from .policy import SpatialPolicy, TemporalPolicy
-from .variants import CheckpointLayout, Variant, register_variant
+from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 from .x3d import X3D, load_x3d_pyth, x3d_l, x3d_s
 
 
@@ -112,48 +112,21 @@ class UniAdaFocusX3D(OnePatchNetwork):
 # --------------------------------------------------------------------------------------------------
 # The official checkpoint layout (1754 keys for C = 400, T_G = 16)
 # --------------------------------------------------------------------------------------------------
-PREFIXES = (
-    ("global_CNN_head.", "glance_head."),
-    ("global_CNN.", "glance."),
-    ("local_CNN_head.", "focus_head."),
-    ("local_CNN.", "focus."),
-    ("aux_head.0.", "spatial_head."),
-    ("spatial_policy.encoder.", "policy.spatial.layers."),
-    ("temporal_policy.Tconv.", "policy.temporal.layers."),
+OFFICIAL_KEYS = PrefixMap(
+    pairs=(
+        ("global_CNN_head.", "glance_head."),
+        ("global_CNN.", "glance."),
+        ("local_CNN_head.", "focus_head."),
+        ("local_CNN.", "focus."),
+        ("aux_head.0.", "spatial_head."),
+        ("spatial_policy.encoder.", "policy.spatial.layers."),
+        ("temporal_policy.Tconv.", "policy.temporal.layers."),
+    ),
+    detect_prefixes=("global_CNN.s1.", "global_CNN_head."),
+    order=("global_CNN.", "global_CNN_head.", "local_CNN.", "local_CNN_head.", "aux_head.", "spatial_policy.",
+           "temporal_policy."),
 )
-
-
-def _translate(key: str, to_ours: bool) -> str:
-    for official, ours in PREFIXES:
-        source, target = (official, ours) if to_ours else (ours, official)
-        if key.startswith(source):
-            return target + key[len(source):]
-    raise KeyError(key)
-
-
-def is_official_layout(keys) -> bool:
-    """Whether state-dict keys (without 'module.') are in the official X3D layout."""
-    return any(k.startswith(("global_CNN.s1.", "global_CNN_head.")) for k in keys)
-
-
-def convert_official_state_dict(state_dict):
-    """Official X3D state dict -> (our state dict, dropped keys (none), unknown keys)."""
-    converted, unknown = {}, []
-    for key, value in state_dict.items():
-        try:
-            converted[_translate(key, to_ours=True)] = value
-        except KeyError:
-            unknown.append(key)
-    return converted, [], unknown
-
-
-def official_manifest(model) -> List:
-    """The official ``[key, shape, dtype]`` list of a configuration, in the official module order."""
-    order = ("global_CNN.", "global_CNN_head.", "local_CNN.", "local_CNN_head.", "aux_head.", "spatial_policy.",
-             "temporal_policy.")
-    entries = [(_translate(k, to_ours=False), list(v.shape), str(v.dtype).replace("torch.", ""))
-               for k, v in model.state_dict().items()]
-    return sorted(entries, key=lambda e: next(i for i, prefix in enumerate(order) if e[0].startswith(prefix)))
+official_manifest = OFFICIAL_KEYS.manifest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,13 +161,9 @@ class X3DFlops:
 
 def x3d_flops(model: UniAdaFocusX3D) -> X3DFlops:
     """Count every component of ``model`` (a :class:`UniAdaFocusX3D`)."""
-    from .flops import count_gmacs  # models.flops imports the main network, not this one
+    from .flops import count_gmacs, counting  # models.flops imports the main network, not this one
 
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        zeros = lambda *shape: torch.zeros(*shape, device=param.device, dtype=param.dtype)  # noqa: E731
+    with counting(model) as zeros:
         g, num_focus, size, p, s = model.num_glance, model.num_focus, model.input_size, model.patch_size, model.glance_size
         dim, fs = model.glance.feature_dim, model.geometry.feature_size
         glance_maps = model.glance.feature_map(zeros(1, 3, g, s, s))
@@ -208,8 +177,6 @@ def x3d_flops(model: UniAdaFocusX3D) -> X3DFlops:
             patch_crop=num_focus * count_gmacs(model.geometry.crop, zeros(1, 3, size, size), zeros(1, 4) + 0.5),
             focus_clip=count_gmacs(model.focus.feature_map, zeros(1, 3, num_focus, p, p)),
             focus_clip_head=count_gmacs(model.focus.clip_logits, focus_maps))
-    finally:
-        model.train(was_training)
 
 
 def _draws(num_segments: int, num_glance: int, num_focus: int) -> int:
@@ -232,8 +199,8 @@ X3D_VARIANT = register_variant(Variant(
     frame_source="separate",
     objective_terms=("cat", "glance", "focus", "temporal", "spatial", "norm"),
     flops=x3d_flops,
-    checkpoint=CheckpointLayout(name="official X3D", detect=is_official_layout, convert=convert_official_state_dict,
-                                manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_head.0.weight")),
+    checkpoint=CheckpointLayout(name="official X3D", detect=OFFICIAL_KEYS.detect, convert=OFFICIAL_KEYS.convert,
+                                manifest=OFFICIAL_KEYS.manifest, class_weight_keys=("spatial_head.weight", "aux_head.0.weight")),
     datasets=("kinetics",),
     presets=("k400_p128_16x32",),
     exit_grid="tsm",  # the same 2-exit solver and 403-budget grid as tsm

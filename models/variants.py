@@ -118,3 +118,68 @@ def variant_of(model: nn.Module) -> Variant:
     if name is None:
         raise ValueError(f"{type(model).__name__} names no variant")
     return get_variant(name)
+
+
+@dataclass(frozen=True)
+class PrefixMap:
+    """An official key layout that maps onto ours by key prefixes: the checkpoint filter of a variant.
+
+    ``pairs``: (official prefix, our prefix), most specific first; the rest of a key is kept, or
+    converted by ``inner[official prefix] = (to ours, to official)`` (e.g. MobileNetV2's flat names).
+    ``unused``: official prefixes with no counterpart here (dropped on loading). ``detect``: prefixes
+    that only this layout has. ``order``: the official module order, for manifests.
+    """
+
+    pairs: Tuple[Tuple[str, str], ...]
+    detect_prefixes: Tuple[str, ...]
+    order: Tuple[str, ...]
+    inner: Dict[str, Tuple[Callable[[str], str], Callable[[str], str]]] = field(default_factory=dict)
+    unused: Tuple[str, ...] = ()
+
+    def _rename(self, key: str, to_ours: bool) -> str:
+        for official, ours in self.pairs:
+            source, target = (official, ours) if to_ours else (ours, official)
+            if key.startswith(source):
+                rest = key[len(source):]
+                if official in self.inner:
+                    rest = self.inner[official][0 if to_ours else 1](rest)
+                return target + rest
+        raise KeyError(key)
+
+    def to_ours(self, key: str) -> Optional[str]:
+        """Our name for an official key; None for an unused one. Raises KeyError if unknown."""
+        return None if key.startswith(self.unused) else self._rename(key, to_ours=True)
+
+    def to_official(self, key: str) -> str:
+        """The official name of one of our keys. Raises KeyError if it has none."""
+        return self._rename(key, to_ours=False)
+
+    def detect(self, keys: Iterable[str]) -> bool:
+        """Whether state-dict keys (without wrapper prefixes) are in this layout."""
+        return any(k.startswith(self.detect_prefixes) for k in keys)
+
+    def convert(self, state: Dict[str, torch.Tensor]):
+        """Official state dict -> (our state dict, dropped unused keys, unknown keys)."""
+        converted, dropped, unknown = {}, [], []
+        for key, value in state.items():
+            try:
+                ours = self.to_ours(key)
+            except KeyError:
+                unknown.append(key)
+                continue
+            if ours is None:
+                dropped.append(key)
+            else:
+                converted[ours] = value
+        return converted, dropped, unknown
+
+    def manifest(self, model: nn.Module, extra: Iterable[Tuple[str, List[int], str]] = ()) -> List[Tuple[str, List[int], str]]:
+        """The official ``(key, shape, dtype)`` list of a model, in the official module order; ``extra``
+        entries (official keys with no counterpart here) join their module's group."""
+        entries = [(self.to_official(k), list(v.shape), str(v.dtype).replace("torch.", ""))
+                   for k, v in model.state_dict().items()] + [tuple(e) for e in extra]
+
+        def group(entry):  # the longest matching module prefix
+            return self.order.index(max((p for p in self.order if entry[0].startswith(p)), key=len))
+
+        return sorted(entries, key=group)

@@ -37,6 +37,23 @@ def parity_generator():
     return module
 
 
+def fixture_generator(fixture_path: Path, fixture: dict):
+    """The checkpoint generator a parity fixture names (``checkpoint_generator``, relative to its folder)."""
+    path = (fixture_path.parent / fixture["checkpoint_generator"]).resolve()
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fixture_manifest_path(fixture_path: Path, fixture: dict) -> Path:
+    """The manifest a parity fixture names (``manifest``), in its folder or the folder above."""
+    for folder in (fixture_path.parent, fixture_path.parent.parent):
+        if (folder / fixture["manifest"]).is_file():
+            return folder / fixture["manifest"]
+    raise FileNotFoundError(f"{fixture['manifest']} (named by {fixture_path})")
+
+
 TINY = dict(num_classes=5, num_segments=8, num_glance_segments=4, num_focus_segments=4, patch_size=32,
             input_size=64, stn_hidden_dim=16, temporal_hidden_dim=8, classifier_dim=32, focus_arch="resnet18")
 

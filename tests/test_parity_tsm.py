@@ -10,8 +10,6 @@ weights and actions ``atol=1e-5, rtol=1e-4``, indices exactly, focus-side values
 """
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ from models import frame_selection
 from models.temporal_shift import temporal_shift
 from models.tsm import UniAdaFocusTSM, official_manifest, tsm_flops
 from ops.checkpoint import load_checkpoint
-from support import reference_dir, require_reference
+from support import fixture_generator, fixture_manifest_path, reference_dir, require_reference
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 WEIGHTS = dict(atol=1e-5, rtol=1e-4)
@@ -29,21 +27,6 @@ FOCUS_END_TO_END = dict(atol=5e-3, rtol=1e-3)
 def _fixtures():
     found = sorted((reference_dir() / "tsm").glob("parity_*.pt"))
     return found or [None]
-
-
-def _generator(fixture_path, fx):
-    path = (fixture_path.parent / fx["checkpoint_generator"]).resolve()
-    spec = importlib.util.spec_from_file_location("make_parity_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _manifest_path(fixture_path, fx):
-    for folder in (fixture_path.parent, fixture_path.parent.parent):
-        if (folder / fx["manifest"]).is_file():
-            return folder / fx["manifest"]
-    raise FileNotFoundError(fx["manifest"])
 
 
 def build_model(cfg) -> UniAdaFocusTSM:
@@ -62,8 +45,8 @@ def run(request, tmp_path_factory):
     fx = torch.load(request.param, weights_only=True)
     cfg = fx["config"]
     model = build_model(cfg)
-    generator = _generator(request.param, fx)
-    manifest = generator.load_manifest(_manifest_path(request.param, fx))
+    generator = fixture_generator(request.param, fx)
+    manifest = generator.load_manifest(fixture_manifest_path(request.param, fx))
     ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
     state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
     assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"

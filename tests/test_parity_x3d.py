@@ -11,8 +11,6 @@ and pooled features ``atol=2e-3, rtol=1e-3``; maps and patches ``5e-3``; weights
 """
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 from models.uni_adafocus_x3d import UniAdaFocusX3D, official_manifest, x3d_flops
 from ops.checkpoint import load_checkpoint
 from ops.engine import average_views
-from support import reference_dir, require_reference
+from support import fixture_generator, fixture_manifest_path, reference_dir, require_reference
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 MAPS = dict(atol=5e-3, rtol=1e-3)
@@ -36,21 +34,6 @@ def _fixtures(three_crop=None):
     return found or [None]
 
 
-def _generator_module(fixture_path, fx):
-    spec = importlib.util.spec_from_file_location("make_parity_checkpoint_x3d",
-                                                  (fixture_path.parent / fx["checkpoint_generator"]).resolve())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _manifest_path(fixture_path, fx):
-    for folder in (fixture_path.parent, fixture_path.parent.parent):
-        if (folder / fx["manifest"]).is_file():
-            return folder / fx["manifest"]
-    raise FileNotFoundError(fx["manifest"])
-
-
 def _model(fixture_path, fx, tmp_path):
     cfg = fx["config"]
     model = UniAdaFocusX3D(num_classes=cfg["num_classes"], num_segments=cfg["num_input_focus_segments"],
@@ -58,8 +41,8 @@ def _model(fixture_path, fx, tmp_path):
                            patch_size=cfg["patch_size"], input_size=cfg["input_size"], glance_size=cfg["glance_size"],
                            stn_hidden_dim=cfg.get("stn_hidden_dim", 128), temporal_hidden_dim=cfg.get("temporal_hidden_dim", 64),
                            dropout=cfg.get("dropout", 0.5))
-    generator = _generator_module(fixture_path, fx)
-    manifest = generator.load_manifest(_manifest_path(fixture_path, fx))
+    generator = fixture_generator(fixture_path, fx)
+    manifest = generator.load_manifest(fixture_manifest_path(fixture_path, fx))
     ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
     state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
     assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
