@@ -33,7 +33,7 @@ from .one_patch import OnePatchNetwork
 from .patches import PatchGeometry
 from .policy import SpatialPolicy, TemporalPolicy
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
-from .x3d import X3D, load_x3d_pyth, x3d_l, x3d_s
+from .x3d import X3D, X3DWeightsError, load_x3d_pyth, x3d_l, x3d_s
 
 
 def _frame_head(feature_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -63,8 +63,8 @@ class UniAdaFocusX3D(OnePatchNetwork):
         self.focus = x3d_l(num_classes)
         if pretrained or glance_weights or focus_weights:
             if not (glance_weights and focus_weights):
-                raise ValueError("X3D weights are not downloaded: pass the SlowFast files with --glance_weights "
-                                 "x3d_s.pyth --focus_weights x3d_l.pyth, or train from scratch with --no-pretrained")
+                raise X3DWeightsError("X3D weights are not downloaded: pass the SlowFast files with --glance_weights "
+                                      "x3d_s.pyth --focus_weights x3d_l.pyth, or train from scratch with --no-pretrained")
             for encoder, path in ((self.glance, glance_weights), (self.focus, focus_weights)):
                 for note in load_x3d_pyth(encoder, path):  # e.g. a projection for another class count
                     warnings.warn(note)

@@ -124,3 +124,26 @@ def test_adaptive_runtime_skips_x3d_l_for_videos_that_leave_at_the_glance(monkey
 def test_flops_follow_the_configuration():
     small, large = (x3d_flops(tiny_x3d(num_focus_segments=n, num_segments=6)).stages() for n in (2, 4))
     assert small[0] == pytest.approx(large[0]) and large[1] > small[1] > small[0]
+
+
+def test_pretrained_initialisation_from_slowfast_files(tmp_path):
+    """A synthetic .pyth pair (the fixtures' generator, --pyth) initialises both encoders with every key,
+    and the per-frame heads start as copies of the loaded clip heads; without the files, one clear error."""
+    import subprocess
+    import sys
+
+    from models.x3d import X3DWeightsError, read_x3d_pyth
+    from support import require_reference
+
+    folder = require_reference() / "x3d"
+    subprocess.run([sys.executable, str(folder / "make_parity_checkpoint_x3d.py"),
+                    str(folder / "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"), "--seed", "0",
+                    "--pyth", str(tmp_path)], check=True, capture_output=True)
+    small, large = tmp_path / "x3d_s.pyth", tmp_path / "x3d_l.pyth"
+    model = UniAdaFocusX3D(num_classes=400, pretrained=True, glance_weights=str(small), focus_weights=str(large))
+    for x3d, head, path in ((model.glance, model.glance_head, small), (model.focus, model.focus_head, large)):
+        state = read_x3d_pyth(str(path))
+        assert all(torch.equal(x3d.state_dict()[k], v) for k, v in state.items())
+        assert torch.equal(head[3].weight, state["head.projection.weight"])
+    with pytest.raises(X3DWeightsError, match="--glance_weights x3d_s.pyth --focus_weights x3d_l.pyth"):
+        UniAdaFocusX3D(num_classes=400, pretrained=True)
