@@ -10,11 +10,15 @@ Every official flag keeps its name and meaning (``ops/config.py``); ``--batch_si
 batch, split over the processes. A run folder ``{root_log}/{store_name}`` receives ``ckpt.pth.tar``
 (last epoch), ``ckpt.best.pth.tar``, ``config.yaml``, ``log.txt``, ``summary.csv``, ``metrics.json``
 and TensorBoard logs in ``tb/``. ``--resume`` continues a run exactly where its last checkpoint
-left it. The machinery is in ``ops/engine.py``.
+left it. A training run refuses to start in a folder that holds one (``--resume auto`` continues it,
+``--overwrite`` starts over); ``--evaluate`` writes only its own files; a kill at any instant leaves
+every file complete or absent (README, "Run folders"). The machinery is in ``ops/engine.py``.
 """
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import time
 from typing import List, Optional
@@ -22,11 +26,13 @@ from typing import List, Optional
 import torch
 import yaml
 
+from datasets.files import write_text_atomic
 from models import get_variant
+from ops import cli, engine
 from ops import distributed as dist_ops
-from ops import engine
 from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from ops.config import UNUSED_OFFICIAL_FLAGS, parse_args, plain_config, run_folder
+from ops.config import (UNUSED_OFFICIAL_FLAGS, adopt_checkpoint_config, get_args_parser, parse_args, plain_config,
+                        run_folder)
 from ops.cpu import tune_cpu_allocator
 from ops.rng import epoch_seed, seed_everything
 from ops.run_log import RunLog
@@ -35,30 +41,88 @@ from ops.visualize import stack_rows
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = get_args_parser()
+    args = parse_args(argv, parser)
+    adopt_checkpoint_config(args, parser)  # --resume OWN_CHECKPOINT: the model sizes no flag sets
     info = dist_ops.init_distributed(args.local_rank, args.device, args.dist_url)
     try:
-        return run(args, info)
+        return run(args, info, command=[sys.argv[0] or "main.py"] + argv)
     finally:
         dist_ops.cleanup()
 
 
-def run(args, info: dist_ops.DistInfo) -> int:
+#: The files of a training run that ``--overwrite`` deletes (a new run would replace them piecemeal).
+TRAINING_FILES = ("ckpt.pth.tar", "ckpt.best.pth.tar", "metrics.json", "summary.csv", "config.yaml")
+
+
+def check_run_folder(args, run_dir: str) -> None:
+    """Refuse to start a training run over a finished or interrupted one (every rank checks, none writes)."""
+    if args.evaluate or args.resume or args.overwrite:
+        return
+    if os.path.isfile(os.path.join(run_dir, "ckpt.pth.tar")):
+        raise SystemExit(f"{run_dir} already holds a run (ckpt.pth.tar): pass --resume auto to continue it, "
+                         f"--overwrite to start it over, or another --store_name / --root_log")
+
+
+def prepare_run_folder(args, run_dir: str) -> None:
+    """Main process: remove the temporary files an interrupted write left, and with ``--overwrite`` the
+    previous run's files."""
+    if not os.path.isdir(run_dir):
+        return
+    for folder in (run_dir, os.path.join(run_dir, "early_exit")):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-") and os.path.isfile(os.path.join(folder, name)):
+                    os.remove(os.path.join(folder, name))
+    if args.overwrite and not args.evaluate and not args.resume:
+        for name in TRAINING_FILES:
+            if os.path.isfile(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
+        shutil.rmtree(os.path.join(run_dir, "tb"), ignore_errors=True)
+
+
+def _kept_files(args) -> List[str]:
+    """The files whose presence makes a run folder worth keeping after a failure."""
+    return ["ckpt.pth.tar", "ckpt.best.pth.tar", "metrics.json", f"metrics_{args.eval_suffix}.json"]
+
+
+def run(args, info: dist_ops.DistInfo, command: Optional[List[str]] = None) -> int:
     if args.batch_size % info.world_size:
         raise SystemExit(f"--batch_size {args.batch_size} is the global batch; it must divide by the "
                          f"{info.world_size} processes")
     run_dir = run_folder(args)
+    check_run_folder(args, run_dir)
+    created = [d for d in (args.root_log, run_dir) if d and not os.path.isdir(d)]
     if info.is_main:
-        os.makedirs(run_dir, exist_ok=True)
+        prepare_run_folder(args, run_dir)
     dist_ops.barrier(info)
-    log = RunLog(run_dir, enabled=info.is_main, tensorboard=args.tensorboard, resume_epoch=_resumed_epoch(args, run_dir))
+    log = RunLog(run_dir, enabled=info.is_main, tensorboard=args.tensorboard and not args.evaluate,
+                 resume_epoch=_resumed_epoch(args, run_dir))
+    if command:
+        log.info("=" * 24 + f" {time.strftime('%Y-%m-%d %H:%M:%S %Z')} session: {shlex.join(command)}")
+    failed = True
     try:
-        return _run(args, info, run_dir, log)
+        status = _run(args, info, run_dir, log)
+        failed = False
+        return status
     except FloatingPointError as exc:
         log.info(f"ERROR: {exc}")
         raise SystemExit(f"stopped: {exc}") from None
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            failed = False
+        elif info.is_main:
+            log.info(f"ERROR: {cli.user_message(exc) if not isinstance(exc, SystemExit) else exc.code}")
+        raise
     finally:
         log.close()
+        # A run that failed before it wrote anything that lasts leaves no folder behind.
+        if failed and run_dir in created and info.is_main and os.path.isdir(run_dir) and not any(
+                os.path.isfile(os.path.join(run_dir, name)) for name in _kept_files(args)):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if args.root_log in created and os.path.isdir(args.root_log) and not os.listdir(args.root_log):
+                os.rmdir(args.root_log)
 
 
 def _resumed_epoch(args, run_dir: str) -> int:
@@ -82,6 +146,10 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
              f"{info.device}, global batch {args.batch_size} ({args.batch_size // info.world_size} per process)")
     if info.device.type == "cpu" and tune_cpu_allocator():
         log.info("CPU run: glibc allocator tuned to reuse activation memory (ops/cpu.py)")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.workers > cpus:
+        log.info(f"--workers {args.workers}: capped to the {cpus} CPUs available to this process")
+        args.workers = cpus
     seed_everything(epoch_seed(args.seed, 0, info.rank))
     train_set, train_loader, val_set, val_loader = engine.build_loaders(args, info)
     model = engine.build_model(args, val_set.num_classes, info)
@@ -97,9 +165,9 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
     log.info(f"{val_set.num_classes} classes; {len(val_set)} validation videos"
              + (f", {len(train_set)} training videos" if train_set is not None else "")
              + f"; GFLOPs per video {stages[-1]:.2f} (glance only {stages[0]:.2f})")
-    if info.is_main:
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(plain_config(args), f, sort_keys=True)
+    if info.is_main:  # an evaluation writes its own configuration, never the training run's
+        name = f"config_{args.eval_suffix}.yaml" if args.evaluate else "config.yaml"
+        write_text_atomic(os.path.join(run_dir, name), yaml.safe_dump(plain_config(args), sort_keys=True))
     if info.distributed:
         ddp_kwargs = {"device_ids": [info.local_rank]} if info.device.type == "cuda" else {}
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
@@ -116,7 +184,7 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)
         is_best = False
         if epoch == args.epochs - 1 or (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0):
-            result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised)
+            result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log)
             final = result.metrics
             if best is None or final["score"] > best:
                 best, best_epoch = final["score"], epoch
@@ -129,14 +197,18 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
             if result.images:
                 log.image("val/selected_frames_and_patches", stack_rows(result.images), epoch)
             log.info(f"epoch {epoch} validation: {engine.summarise(final)}  (best {best:.3f} at epoch {best_epoch})")
-        if info.is_main:
-            names = ["ckpt.pth.tar"] + (["ckpt.best.pth.tar"] if is_best else [])
-            for name in names:
-                engine.save_run_checkpoint(os.path.join(run_dir, name), model, optimizer, scaler, epoch + 1, best,
-                                           best_epoch, args)
+        # The last checkpoint is written last: a run killed before it ends redoes this epoch on
+        # --resume auto (and rewrites the best checkpoint, the summary row and metrics.json), so a
+        # run that resumes as finished has written every file of its last epoch.
+        if info.is_main and is_best:
+            engine.save_run_checkpoint(os.path.join(run_dir, "ckpt.best.pth.tar"), model, optimizer, scaler,
+                                       epoch + 1, best, best_epoch, args)
         log.epoch_row(row)
         log.json("metrics.json", {"final": final, "best": {"score": best, "epoch": best_epoch},
                                   "epochs_done": epoch + 1, "gflops": stages[-1], "time_s": time.time() - started})
+        if info.is_main:
+            engine.save_run_checkpoint(os.path.join(run_dir, "ckpt.pth.tar"), model, optimizer, scaler, epoch + 1,
+                                       best, best_epoch, args)
         dist_ops.barrier(info)
     log.info(f"done in {time.time() - started:.1f}s; best {final['metric'] if final else 'score'} "
              f"{best if best is not None else float('nan'):.3f} at epoch {best_epoch}")
@@ -147,7 +219,7 @@ def evaluate_once(args, info, model, val_loader, stages, run_dir: str, log: RunL
     """``--evaluate``: the metrics (and early exit with ``--thresholds``) of the loaded weights."""
     thresholds = engine.load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
     result = engine.evaluate(model, val_loader, args, info, collect_stages=thresholds is not None,
-                             visualise=args.num_visualised)
+                             visualise=args.num_visualised, log=log)
     metrics, rows = result.metrics, result.rows
     log.info("evaluation: " + engine.summarise(metrics))
     if thresholds is not None:
@@ -164,4 +236,4 @@ def evaluate_once(args, info, model, val_loader, stages, run_dir: str, log: RunL
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

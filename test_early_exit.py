@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Dict, List, Optional
@@ -41,7 +42,7 @@ import torch
 
 from datasets.files import atomic_write, write_text_atomic
 from models import get_variant
-from ops import config, engine
+from ops import cli, config, engine
 from ops import distributed as dist_ops
 from ops import early_exit
 from ops.checkpoint import atomic_save, read_checkpoint
@@ -84,7 +85,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    return config.parse_args(argv, get_args_parser())
+    """The flags; the model sizes no flag sets come from ``--resume``'s saved configuration (our checkpoints)."""
+    parser = get_args_parser()
+    args = config.parse_args(argv, parser)
+    if not args.logits:
+        config.adopt_checkpoint_config(args, parser)
+    return args
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def generate_logits(args, info, log: RunLog) -> Dict:
     sets = {}
     for name, loader in (("threshold", _threshold_loader(args, info, val_loader)), ("eval", val_loader)):
         started = time.time()
-        result = engine.evaluate(model, loader, args, info, collect_stages=True)
+        result = engine.evaluate(model, loader, args, info, collect_stages=True, log=log)
         metrics, rows = result.metrics, result.rows
         log.info(f"{name} set: {rows['stages'].shape[0]} videos, {rows['stages'].shape[1]} exits in "
                  f"{time.time() - started:.1f}s; last exit {metrics['metric']} {metrics['score']:.3f}")
@@ -142,7 +148,15 @@ def generate_logits(args, info, log: RunLog) -> Dict:
 
 
 def read_logits(path: str) -> Dict:
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not os.path.isfile(path):
+        raise SystemExit(f"--logits {path}: file not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or not a torch file at all
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SystemExit(f"--logits {path}: not a readable early-exit logits file ({detail})") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"--logits {path}: not an early-exit logits file (a {type(data).__name__})")
     missing = [k for k in ("threshold", "eval", "flops", "metric") if k not in data]
     if missing:
         raise SystemExit(f"{path} is not an early-exit logits file (missing {missing})")
@@ -257,20 +271,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             log.close()
         return 0
-    if not args.resume or not os.path.isfile(args.resume):
+    if not args.resume:
         raise SystemExit("test_early_exit.py needs --resume CHECKPOINT (or --logits FILE)")
+    if not os.path.isfile(args.resume):
+        raise SystemExit(f"--resume {args.resume}: checkpoint not found")
+    read_checkpoint(args.resume)  # a clear error before any work or folder
     info = dist_ops.init_distributed(args.local_rank, args.device, args.dist_url)
     if info.device.type == "cpu":
         tune_cpu_allocator()
     try:
         run_dir = config.run_folder(args)
         out_dir = os.path.join(run_dir, "early_exit")
+        created = [d for d in (run_dir, out_dir) if not os.path.isdir(d)]
         if info.is_main:
             os.makedirs(out_dir, exist_ok=True)
+            for name in os.listdir(out_dir):  # what an interrupted atomic write left
+                if name.startswith(".tmp-"):
+                    os.remove(os.path.join(out_dir, name))
         dist_ops.barrier(info)
         log = RunLog(run_dir, enabled=info.is_main, tensorboard=False)
         try:
-            read_checkpoint(args.resume)  # a clear error before any work
             path = os.path.join(out_dir, f"logits_{cache_key(args)}.pt")
             if os.path.isfile(path):
                 log.info(f"using cached logits {path}")
@@ -282,6 +302,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                     log.info(f"cached logits -> {path}")
             if info.is_main:
                 sweep_and_write(data, args, out_dir, log)
+        except BaseException:
+            log.close()
+            if info.is_main:  # a failure before anything was written leaves no folder behind
+                for folder in reversed(created):
+                    if os.path.isdir(folder) and all(n == "log.txt" or n.startswith(".tmp-") for n in os.listdir(folder)):
+                        shutil.rmtree(folder, ignore_errors=True)
+            raise
         finally:
             log.close()
     finally:
@@ -290,4 +317,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

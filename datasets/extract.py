@@ -183,7 +183,7 @@ def extract_video(task: Dict) -> Result:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m datasets.extract", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m datasets.extract", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("source", help="folder of videos (flat, class folders, or train/val of class folders) or a list file")
     p.add_argument("out", help="output data directory")
@@ -334,5 +334,20 @@ def _summarise(out: str, results: List[Result], failed: List[Result], written: L
         os.remove(report)
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m datasets.extract``: a data or file error is one ``error:`` line and exit status 2
+    (its traceback only with ``UNIADAFOCUS_DEBUG=1``). The package does not import ``ops``, so this
+    is its own small copy of ``ops.cli.run_main``."""
+    from .errors import DataError
+
+    try:
+        return main(argv)
+    except (DataError, ExtractionError, ValueError, OSError) as exc:
+        if os.environ.get("UNIADAFOCUS_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

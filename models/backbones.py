@@ -88,10 +88,11 @@ def _download(weights_enum, flag: str) -> Dict[str, torch.Tensor]:
         return weights_enum.get_state_dict(progress=False, check_hash=False)
     except Exception as exc:
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+        missing = os.path.join(cache, os.path.basename(weights_enum.url))
         raise BackboneWeightsError(
-            f"could not fetch ImageNet weights {weights_enum} from {weights_enum.url} ({exc.__class__.__name__}: {exc}).\n"
-            f"Offline? Download that file on a connected machine and either place it in {cache} "
-            f"(torchvision's cache) or pass it with {flag} PATH.") from exc
+            f"ImageNet weights {missing} are missing and could not be downloaded ({exc.__class__.__name__}); "
+            f"either download {weights_enum.url} to {missing} (torchvision's cache) or pass the file with "
+            f"{flag} PATH (or train from scratch with --no-pretrained)") from exc
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import sys
 from dataclasses import asdict, dataclass
 from typing import List
 
@@ -35,6 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .uni_adafocus import UniAdaFocus
+from .weights import WeightsError
 
 
 
@@ -125,7 +128,7 @@ def flops_breakdown(model) -> FlopsBreakdown:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m models.flops",
+        prog="python -m models.flops", allow_abbrev=False,
         description="Print the GFLOPs (multiply-accumulates) of every Uni-AdaFocus exit, counted from the model.")
     parser.add_argument("--num_classes", type=int, default=200)
     parser.add_argument("--patch_size", type=int, nargs="+", default=[96, 128, 160],
@@ -144,21 +147,29 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """``python -m models.flops``: a size that does not validate is one ``error:`` line and exit status 2
+    (its traceback only with ``UNIADAFOCUS_DEBUG=1``; ``models`` does not import ``ops.cli``)."""
     args = _build_parser().parse_args(argv)
     table = {}
     for p in args.patch_size:
-        model = UniAdaFocus(num_classes=args.num_classes, num_segments=args.num_segments,
-                            num_glance_segments=args.num_glance_segments, num_focus_segments=args.num_focus_segments,
-                            patch_size=p, input_size=args.input_size, classifier_dim=args.classifier_dim,
-                            stn_hidden_dim=args.stn_hidden_dim, temporal_hidden_dim=args.temporal_hidden_dim,
-                            focus_arch=args.focus_arch)
+        try:
+            model = UniAdaFocus(num_classes=args.num_classes, num_segments=args.num_segments,
+                                num_glance_segments=args.num_glance_segments, num_focus_segments=args.num_focus_segments,
+                                patch_size=p, input_size=args.input_size, classifier_dim=args.classifier_dim,
+                                stn_hidden_dim=args.stn_hidden_dim, temporal_hidden_dim=args.temporal_hidden_dim,
+                                focus_arch=args.focus_arch)
+        except (ValueError, WeightsError) as exc:
+            if os.environ.get("UNIADAFOCUS_DEBUG", "") not in ("", "0"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         breakdown = flops_breakdown(model)
         table[p] = {"components": asdict(breakdown), "stages": breakdown.stages(args.accounting)}
     if args.json:
         print(json.dumps({"accounting": args.accounting, "num_classes": args.num_classes,
                           "patch_sizes": {str(p): v for p, v in table.items()}}, indent=2))
-        return
+        return 0
     sizes = list(table)
     print(f"Uni-AdaFocus GFLOPs (multiply-accumulates) per video; {args.accounting} accounting; "
           f"C={args.num_classes}, T0={args.num_segments}, T_G={args.num_glance_segments}, "
@@ -171,7 +182,8 @@ def main(argv=None) -> None:
     for k in range(args.num_focus_segments + 1):
         label = "0 (glance only)" if k == 0 else str(k)
         print(f"  {label:23s}" + "".join(f"{table[p]['stages'][k]:14.4f}" for p in sizes))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

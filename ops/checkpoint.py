@@ -124,8 +124,11 @@ def model_state_from_checkpoint(ckpt: Dict[str, Any], path: str = "checkpoint",
     return state, fmt, dropped
 
 
-def _shape_hints(model: torch.nn.Module, state: Dict[str, torch.Tensor]):
+def _shape_hints(model: torch.nn.Module, state: Dict[str, torch.Tensor], has_config: bool = True):
     own = model.state_dict()
+    if not has_config and any(k in state and tuple(own[k].shape) != tuple(state[k].shape) for k in own):
+        yield ("  (this file carries no configuration: the model's sizes come from the flags; pass the preset of "
+               "the release it belongs to, e.g. --config configs/actnet_p128.yaml)")
     heads = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)
              and (".glance_exits." in k or ".focus_exits." in k or k.endswith("_head.1.weight"))]
     if heads:
@@ -143,7 +146,7 @@ def load_checkpoint(path: str, model: torch.nn.Module, strict: bool = True) -> L
     target = unwrap(model)
     state, fmt, dropped = model_state_from_checkpoint(ckpt, path, target)
     weights.load_fitting(target, state, path, strict=strict, error=CheckpointError, kind="checkpoint",
-                         hints=_shape_hints(target, state))
+                         hints=_shape_hints(target, state, isinstance(ckpt.get("config"), dict)))
     if fmt == FORMAT_NAME:
         epoch, best, optimizer = ckpt.get("epoch", 0), ckpt.get("best_metric"), ckpt.get("optimizer")
         extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "model", "epoch",

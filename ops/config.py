@@ -46,9 +46,18 @@ def _architectures(role: str) -> List[str]:
     return sorted({arch for variant in models.VARIANTS.values() for arch in variant.encoders.get(role, ())})
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: ...``, status 2) instead of the usage
+    text; ``--help`` still prints everything."""
+
+    def error(self, message: str):
+        own = message.startswith(("unrecognized arguments", "argument ", "the following arguments"))
+        self.exit(2, f"{self.prog}: error: {message}{' (--help lists the flags)' if own else ''}\n")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """main.py's flags: every official flag with its name and meaning, and ours."""
-    p = argparse.ArgumentParser("Uni-AdaFocus", description=DESCRIPTION,
+    p = ArgumentParser("Uni-AdaFocus", description=DESCRIPTION, allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of defaults (configs/*.yaml); the command line overrides it")
 
@@ -153,6 +162,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run folder name (default UniAdaFocus_{dataset}_{glance_arch}_segment{T0}_e{epochs})")
     g.add_argument("--resume", default="", help="checkpoint to continue from or evaluate; 'auto' = this run's last")
     g.add_argument("--evaluate", action="store_true", help="evaluate --resume once and exit")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a training run over in a run folder that already holds one (its checkpoints, "
+                        "metrics, summary and configuration are deleted); without it such a run refuses to start")
     g.add_argument("--eval_freq", "--eval-freq", dest="eval_freq", type=int, default=1,
                    help="validate every N epochs (and after the last)")
     g.add_argument("--eval_suffix", default="eval", help="--evaluate writes metrics_{suffix}.json")
@@ -228,7 +240,8 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
         parser.error(f"--config {path}: expected a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions}
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(k for k in values if k not in actions or k == "config")
+    values.pop("config", None)  # a run's saved config.yaml names the preset it started from
+    unknown = sorted(k for k in values if k not in actions)
     if unknown:
         parser.error(f"--config {path}: unknown keys {unknown}")
     for key, value in values.items():  # YAML reads 1e-4 as a string: convert like the command line would
@@ -241,6 +254,8 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
         except (TypeError, ValueError) as exc:
             parser.error(f"--config {path}: {key}: {exc}")
         choices = actions[key].choices
+        if values[key] is None and actions[key].default is None:
+            continue  # a saved configuration holds the unset optional flags too
         if choices is not None and values[key] not in choices:
             parser.error(f"--config {path}: {key} must be one of {sorted(choices)}, got {values[key]!r}")
     return values
@@ -267,7 +282,7 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
     """
     argv = official_positionals(list(sys.argv[1:] if argv is None else argv))
     parser = parser or get_args_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     from_config = {}
@@ -284,10 +299,30 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
     return args
 
 
+#: Flags that must be positive / zero or more.
+POSITIVE = ("batch_size", "val_batch_size", "epochs", "num_segments", "num_glance_segments", "num_focus_segments",
+            "input_size", "patch_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "mc_samples",
+            "print_freq", "prefetch_factor", "shift_div", "glance_size")
+NON_NEGATIVE = ("workers", "eval_freq", "iters_per_epoch", "num_visualised", "weight_decay", "threshold_subset")
+
+
 def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentParser) -> None:
     """Checks across flags, and the flags that imply others (a parser error names the flag)."""
     if args.stn_start_epoch < 0:
         parser.error(f"--stn_start_epoch must be 0 or more, got {args.stn_start_epoch}")
+    for name in POSITIVE:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            parser.error(f"--{name} must be positive, got {value}")
+    for name in NON_NEGATIVE:
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            parser.error(f"--{name} must be 0 or more, got {value}")
+    if args.num_focus_segments > args.num_segments:
+        parser.error(f"--num_focus_segments {args.num_focus_segments} must not exceed --num_segments "
+                     f"{args.num_segments} (the focus frames are chosen among the candidates)")
+    if args.patch_size > args.input_size:
+        parser.error(f"--patch_size {args.patch_size} must not exceed --input_size {args.input_size}")
     if getattr(args, "multiprocessing_distributed", False):
         nodes = f"--nnodes={args.world_size} " if args.world_size and args.world_size > 1 else ""
         parser.error("--multiprocessing-distributed: processes are started by torchrun here; run "
@@ -310,6 +345,61 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
     for name, allowed in variant.choices.items():
         if getattr(args, name) not in allowed:
             parser.error(f"--{name} {getattr(args, name)}: the {variant.name} variant offers {', '.join(allowed)}")
+
+
+#: Flags that set the model's shapes. An own checkpoint's saved configuration supplies those that no
+#: flag (nor ``--config``) sets; one that contradicts it is an error naming both values.
+MODEL_KEYS = ("variant", "glance_arch", "focus_arch", "num_segments", "num_glance_segments", "num_focus_segments",
+              "patch_size", "input_size", "glance_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim",
+              "shift_div")
+
+
+def model_keys(variant_name: str) -> List[str]:
+    """The :data:`MODEL_KEYS` that matter to a variant."""
+    used = set(models.get_variant(variant_name).hyper_parameters) | {"variant", "glance_arch", "focus_arch"}
+    return [k for k in MODEL_KEYS if k in used]
+
+
+def adopt_model_config(current: Dict, explicit: set, saved: Dict, source: str) -> Dict:
+    """The model sizes of ``saved`` (a checkpoint's configuration) merged under the ``explicit`` ones of
+    ``current``; raises ``ValueError`` naming both values when an explicit one contradicts ``saved``."""
+    merged = {}
+    variant = saved.get("variant", current.get("variant"))
+    for key in model_keys(variant if variant in models.VARIANTS else current["variant"]):
+        if key not in saved or saved[key] is None:
+            continue
+        if key in explicit and current.get(key) is not None and current[key] != saved[key]:
+            raise ValueError(f"--{key} {current[key]} contradicts {source}, whose model has {key} {saved[key]} "
+                             f"(drop --{key}: the checkpoint's configuration sets it)")
+        merged[key] = saved[key]
+    return merged
+
+
+def adopt_checkpoint_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                            path: Optional[str] = None) -> bool:
+    """Take the model sizes that no flag sets from the configuration saved in our checkpoint ``path``
+    (default ``--resume``); official release files carry none and leave ``args`` as it is."""
+    path = path or getattr(args, "resume", "")
+    if not path or path == "auto" or not os.path.isfile(path):
+        return False
+    from .checkpoint import read_checkpoint  # late: the checkpoint module needs torch
+
+    saved = read_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        return False
+    explicit = set(getattr(args, "explicit", ()))
+    try:
+        merged = adopt_model_config(vars(args), explicit, saved, f"the checkpoint {path}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if merged.get("variant", args.variant) != args.variant:  # the variant's own defaults follow it
+        for key, value in models.get_variant(merged["variant"]).defaults.items():
+            if key not in explicit:
+                setattr(args, key, value)
+    for key, value in merged.items():
+        setattr(args, key, value)
+    validate(args, explicit | set(merged), parser)
+    return True
 
 
 def plain_config(args: argparse.Namespace) -> Dict:

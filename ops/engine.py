@@ -355,7 +355,8 @@ def _selection_images(batch, out, class_names, limit: int) -> List:
 
 
 @torch.no_grad()
-def evaluate(model, loader, args, info, collect_stages: bool = False, visualise: int = 0) -> EvalResult:
+def evaluate(model, loader, args, info, collect_stages: bool = False, visualise: int = 0,
+             log: Optional[RunLog] = None) -> EvalResult:
     """Evaluate every sample of ``loader.dataset`` exactly once over all processes (float32 unless
     ``--eval_amp``); ``visualise``: draw that many videos of this process's shard."""
     net = unwrap(model)
@@ -365,7 +366,7 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     local: Dict[str, List[torch.Tensor]] = {}
     images: List = []
     loss_sum = torch.zeros((), dtype=torch.float64)
-    for batch in progress(loader, info.is_main, desc="eval"):
+    for batch in progress(loader, info.is_main, log=log, desc="eval"):  # log: progress lines off a terminal
         video, glance = model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
         views = video.shape[1] if video.dim() == 6 else 1  # (B, V, T0, 3, H, W): V spatial views per video

@@ -114,10 +114,29 @@ class RunLog:
             self.logger.removeHandler(handler)
 
 
-def progress(iterable, enabled: bool, **kwargs):
-    """A tqdm progress bar on the main process when stderr is a terminal; the bare iterable otherwise."""
-    if not enabled or not sys.stderr.isatty():
+def progress(iterable, enabled: bool, log: "RunLog" = None, every_s: float = 60.0, **kwargs):
+    """A tqdm progress bar on the main process when stderr is a terminal. Otherwise the bare iterable,
+    or with ``log`` one plain line ``desc [i/n] elapsed`` in the log about every tenth of the way and
+    at least every ``every_s`` seconds (a log file has no bar)."""
+    if not enabled:
         return iterable
+    if not sys.stderr.isatty():
+        return iterable if log is None else _logged(iterable, log, every_s, kwargs.get("desc", ""),
+                                                     kwargs.get("total"))
     from tqdm import tqdm
 
     return tqdm(iterable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def _logged(iterable, log: "RunLog", every_s: float, desc: str, total=None):
+    import time
+
+    total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+    step_every = max(1, total // 10) if total else None
+    started = last = time.time()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = time.time()
+        if (step_every and (i % step_every == 0 or i == total)) or now - last >= every_s:
+            last = now
+            log.info(f"{desc} [{i}/{total if total else '?'}] {now - started:.1f}s")

@@ -23,17 +23,16 @@ from datasets import DataError, class_names
 from datasets.clip import load_clip
 from models import get_variant
 from models.inference import prepare_for_inference
-from ops import config, engine
+from ops import cli, config, engine
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint
 from ops.cpu import tune_cpu_allocator
-from ops.early_exit import AdaptiveRunner, ThresholdsFileError, load_thresholds
+from ops.early_exit import AdaptiveRunner, load_thresholds
 
-MODEL_KEYS = ("variant", "num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
-              "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "glance_arch", "focus_arch", "temperature")
+MODEL_KEYS = config.MODEL_KEYS + ("temperature",)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m scripts.predict", description=__doc__.split("\n\n")[0])
+    p = config.ArgumentParser("python -m scripts.predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("video", help="video file (mp4, avi, mkv, webm, ...) or folder of frames")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
     p.add_argument("--config", default=None, help="YAML preset with the model's sizes (needed for official files)")
@@ -52,15 +51,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def model_config(args, ckpt: dict) -> dict:
-    """Model sizes: command line > --config > the checkpoint's saved configuration > main.py defaults."""
+    """Model sizes: the checkpoint's saved configuration (ours), else command line > --config > main.py's
+    defaults. A flag or preset value that contradicts the checkpoint's configuration is an error."""
     defaults = vars(config.parse_args([]))
     saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     preset = config.load_config_file(args.config, config.get_args_parser()) if args.config else {}
+    flags = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
     cfg = {k: defaults[k] for k in MODEL_KEYS}
-    for source in (saved, preset, {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}):
+    for source in (preset, flags):
         cfg.update({k: v for k, v in source.items() if k in MODEL_KEYS})
+    if saved:
+        explicit = set(flags) | {k for k in preset if k in MODEL_KEYS}
+        cfg.update(config.adopt_model_config(cfg, explicit, saved, f"the checkpoint {args.checkpoint}"))
+        if "temperature" not in explicit and "temperature" in saved:
+            cfg["temperature"] = saved["temperature"]
     cfg["_dataset"] = preset.get("dataset", saved.get("dataset"))
     cfg["_data_dir"] = preset.get("data_dir", saved.get("data_dir"))
+    cfg["_saved"] = bool(saved)
     return cfg
 
 
@@ -87,7 +94,10 @@ def main(argv=None) -> int:
     try:
         load_checkpoint(args.checkpoint, model)
     except CheckpointError as exc:
-        raise SystemExit(f"{exc}\n(the model sizes come from --config / the size flags; they must match the checkpoint)")
+        if cfg["_saved"]:
+            raise
+        raise SystemExit(f"{exc} (the model sizes come from --config / the size flags and must match the checkpoint: "
+                         f"pass the release's preset, --config configs/<preset>.yaml)") from None
     try:
         names = class_names(num_classes, path=args.class_names, dataset=cfg["_dataset"], data_dir=cfg["_data_dir"])
     except DataError as exc:
@@ -102,10 +112,10 @@ def main(argv=None) -> int:
     video = clip.unsqueeze(0).to(device)
     with torch.no_grad():
         if args.thresholds:
-            try:
-                thresholds = load_thresholds(args.thresholds)
-            except ThresholdsFileError as exc:
-                raise SystemExit(str(exc)) from None
+            thresholds = load_thresholds(args.thresholds)
+            if thresholds.thresholds.numel() != len(stages):
+                raise SystemExit(f"--thresholds {args.thresholds}: {thresholds.thresholds.numel()} thresholds for a "
+                                 f"model with {len(stages)} exits (the last glance exit and one per focus frame)")
             result = AdaptiveRunner(model, thresholds, flops=stages).run(video)
             logits, step, gflops = result.logits[0], int(result.exit_stage[0]), float(result.gflops[0])
             criterion = thresholds.criterion
@@ -133,4 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

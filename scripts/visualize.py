@@ -26,7 +26,7 @@ import torch
 from datasets import DataError, class_names
 from datasets.clip import load_clip
 from datasets.files import atomic_write
-from ops import config, engine
+from ops import cli, config, engine
 from ops import distributed as dist_ops
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpoint
 from ops.cpu import tune_cpu_allocator
@@ -52,7 +52,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = config.parse_args(argv, get_args_parser())
+    parser = get_args_parser()
+    args = config.parse_args(argv, parser)
+    if args.resume and not os.path.isfile(args.resume):
+        raise SystemExit(f"--resume {args.resume}: checkpoint not found")
+    config.adopt_checkpoint_config(args, parser)  # the model sizes no flag sets, from our checkpoints
     args.evaluate = True
     info = dist_ops.init_distributed(None, args.device, "env://")
     if info.device.type == "cpu":
@@ -121,4 +125,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,69 @@
+"""One clear line, no traceback, for the errors a user can fix: the command-line wrapper of the entry points.
+
+    if __name__ == "__main__":
+        sys.exit(cli.run_main(main))
+
+A user error (bad data, a bad checkpoint or thresholds file, missing weights, an argument that does
+not validate) prints ``error: <message>`` to stderr and exits with status 2; ``SystemExit("text")``
+raised by the entry points is reported the same way. ``UNIADAFOCUS_DEBUG=1`` re-raises instead, with
+the traceback. Anything else is a bug and keeps its traceback.
+
+An error raised in a ``DataLoader`` worker process reaches the main process re-raised by PyTorch
+with the worker's traceback inside the message; :func:`user_message` keeps the original message only.
+``models`` and ``datasets`` do not import ``ops``: ``models/flops.py`` and ``datasets/extract.py``
+have their own small copies of this wrapper.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from .packages import sibling
+
+DEBUG_ENV = "UNIADAFOCUS_DEBUG"
+EXIT_STATUS = 2
+
+
+def user_error_types() -> tuple:
+    """The project's exception types that describe a user's mistake (their messages name the culprit)."""
+    errors = sibling("datasets.errors")
+    weights = sibling("models.weights")
+    thresholds = sibling("ops.early_exit.thresholds_file")
+    # WeightsError covers CheckpointError, BackboneWeightsError and X3DWeightsError; DataError covers
+    # ListFileError and FrameError; ValueError covers the arguments the constructors validate.
+    return (errors.DataError, weights.WeightsError, thresholds.ThresholdsFileError, ValueError, FileNotFoundError)
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of ``exc``; for an error PyTorch re-raised from a DataLoader worker, the original one."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        marker = f"{type(exc).__name__}: "
+        at = text.rfind(marker)
+        if at >= 0:
+            text = text[at + len(marker):]
+    return text.strip()
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def report(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT_STATUS
+
+
+def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``main(argv)``; a user error becomes one ``error:`` line and exit status 2."""
+    try:
+        return main(argv) or 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str) and not debugging():
+            return report(exc.code)
+        raise
+    except user_error_types() as exc:
+        if debugging():
+            raise
+        return report(user_message(exc))
