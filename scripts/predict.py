@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Classify one raw video file (or frame folder) with a Uni-AdaFocus checkpoint.
+"""Classify raw video files (or frame folders) with a Uni-AdaFocus checkpoint.
 
-    python -m scripts.predict VIDEO.mp4 --checkpoint exp/RUN/ckpt.best.pth.tar
+    python -m scripts.predict VIDEO.mp4 [MORE.mp4 FRAMES/ VIDEOS/ ...] --checkpoint exp/RUN/ckpt.best.pth.tar
     python -m scripts.predict VIDEO.mp4 --checkpoint ckpt/actnet_p128.pth.tar --config configs/actnet_p128.yaml \\
         --class_names DATA/classInd.txt --thresholds exp/RUN/early_exit/thresholds_entropy_18.1gflops.json --json
 
-Prints the top-5 classes with their names and probabilities, the exit step (how many focus frames
-were used: 0 = the glance alone) and the GFLOPs spent. Without ``--thresholds`` every focus frame
+The model is built once; for every video (a folder of video files stands for those files) it prints
+the top-5 classes with their names and probabilities, the exit step (how many focus frames were
+used: 0 = the glance alone), the GFLOPs spent and the seconds taken (decoding and the model). Without ``--thresholds`` every focus frame
 is used. The model's configuration comes from our checkpoints themselves; official release files
 need ``--config`` (a preset) or the size flags. Class names come from ``--class_names`` (one per
 line), else from the class file of the checkpoint's dataset when it can be found, else numbers.
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from typing import List
 
 import torch
 
 from datasets import DataError, class_names
 from datasets.clip import load_clip
+from datasets.extract import VIDEO_EXTENSIONS
 from models import get_variant
 from models.inference import prepare_for_inference
 from ops import cli, config, engine
@@ -33,7 +38,8 @@ MODEL_KEYS = config.MODEL_KEYS + ("temperature",)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = config.ArgumentParser("python -m scripts.predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("video", help="video file (mp4, avi, mkv, webm, ...) or folder of frames")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files (mp4, avi, mkv, webm, ...), folders of frames, or folders of video files")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
     p.add_argument("--config", default=None, help="YAML preset with the model's sizes (needed for official files)")
     p.add_argument("--num_classes", type=int, default=None, help="class count (default: from the checkpoint)")
@@ -43,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="frame file pattern for a frame folder, e.g. image_{:05d}.jpg")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--json", action="store_true", help="print one JSON object per video (one per line) instead of text")
     for key in MODEL_KEYS:
         p.add_argument("--" + key, type=str if key in ("variant", "glance_arch", "focus_arch") else
                        (float if key == "temperature" else int), default=None)
@@ -105,41 +111,75 @@ def main(argv=None) -> int:
     names = names or [str(i) for i in range(num_classes)]
     stages = engine.exit_gflops(model)  # counted on the model itself, not on its inference copy
     model = prepare_for_inference(model.to(device).eval())
-    try:
-        clip, info = load_clip(args.video, model.num_segments, model.input_size, args.short_side, args.template)
-    except DataError as exc:
-        raise SystemExit(str(exc)) from None
+    runner = None
+    if args.thresholds:
+        thresholds = load_thresholds(args.thresholds)
+        if thresholds.thresholds.numel() != len(stages):
+            raise SystemExit(f"--thresholds {args.thresholds}: {thresholds.thresholds.numel()} thresholds for a "
+                             f"model with {len(stages)} exits ({variant.exits})")
+        runner = AdaptiveRunner(model, thresholds, flops=stages)
+    for path in expand_videos(args.videos):
+        started = time.perf_counter()
+        result = predict(path, model, variant, runner, stages, names, args, device)
+        result["seconds"] = time.perf_counter() - started  # decoding and the model
+        show(result, args.json)
+    return 0
+
+
+def expand_videos(paths: List[str]) -> List[str]:
+    """Video files and frame folders as given; a folder holding video files stands for those files."""
+    found = []
+    for path in paths:
+        videos = sorted(os.path.join(path, n) for n in os.listdir(path)
+                        if n.lower().endswith(VIDEO_EXTENSIONS)) if os.path.isdir(path) else []
+        found.extend(videos or [path])
+    return found
+
+
+def focus_frames_used(stage: int, model) -> int:
+    """Focus frames a video used when it left at exit ``stage`` (one per stage, or all at the last of two)."""
+    if model.num_exit_stages == model.num_focus + 1:
+        return stage
+    return 0 if stage == 0 else model.num_focus
+
+
+def predict(path: str, model, variant, runner, stages, names, args, device) -> dict:
+    """Classify one video: top-k classes, the exit taken and its GFLOPs."""
+    clip, info = load_clip(path, model.num_segments, model.input_size, args.short_side, args.template)
+    inputs = {}
+    if variant.frame_source == "separate":  # the glance frames are sampled apart, as the datasets do
+        glance, _ = load_clip(path, model.num_glance, model.input_size, args.short_side, args.template)
+        inputs["glance"] = glance.unsqueeze(0).to(device)
     video = clip.unsqueeze(0).to(device)
     with torch.no_grad():
-        if args.thresholds:
-            thresholds = load_thresholds(args.thresholds)
-            if thresholds.thresholds.numel() != len(stages):
-                raise SystemExit(f"--thresholds {args.thresholds}: {thresholds.thresholds.numel()} thresholds for a "
-                                 f"model with {len(stages)} exits (the last glance exit and one per focus frame)")
-            result = AdaptiveRunner(model, thresholds, flops=stages).run(video)
-            logits, step, gflops = result.logits[0], int(result.exit_stage[0]), float(result.gflops[0])
-            criterion = thresholds.criterion
+        if runner is not None:
+            result = runner.run(video, **inputs)
+            logits, stage, gflops = result.logits[0], int(result.exit_stage[0]), float(result.gflops[0])
         else:
-            out = model(video)
-            logits, step, gflops, criterion = out.logits[0], model.num_focus, stages[-1], None
+            logits, stage, gflops = model(video, **inputs).logits[0], len(stages) - 1, stages[-1]
     probs = torch.softmax(logits.float(), dim=0).cpu()
-    top = probs.topk(min(args.topk, num_classes))
-    result = {
-        "video": args.video, "frames_in_video": info.num_frames, "frames_sampled": info.frame_indices,
+    top = probs.topk(min(args.topk, len(names)))
+    return {
+        "video": path, "frames_in_video": info.num_frames, "frames_sampled": info.frame_indices,
         "top": [{"class": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
-        "exit_step": step, "focus_frames_used": step, "max_focus_frames": model.num_focus,
-        "gflops": gflops, "gflops_all_exits": stages[-1], "early_exit_criterion": criterion,
+        "exit_stage": stage, "exit_step": focus_frames_used(stage, model), "focus_frames_used": focus_frames_used(stage, model),
+        "max_focus_frames": model.num_focus, "gflops": gflops, "gflops_all_exits": stages[-1],
+        "early_exit_criterion": runner.criterion if runner is not None else None,
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"{args.video}: {info.num_frames} frames, {len(info.frame_indices)} sampled")
-        for rank, item in enumerate(result["top"], 1):
-            print(f"  {rank}. {item['name']:<30s} {100 * item['probability']:6.2f}%")
-        how = f"early exit ({criterion})" if criterion else "all exits"
-        print(f"exit step {step} of {model.num_focus} focus frames ({how}); {gflops:.2f} GFLOPs "
-              f"(all exits: {stages[-1]:.2f})")
-    return 0
+
+
+def show(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    print(f"{result['video']}: {result['frames_in_video']} frames, {len(result['frames_sampled'])} sampled")
+    for rank, item in enumerate(result["top"], 1):
+        print(f"  {rank}. {item['name']:<30s} {100 * item['probability']:6.2f}%")
+    criterion = result["early_exit_criterion"]
+    how = f"early exit ({criterion})" if criterion else "all exits"
+    print(f"exit step {result['exit_step']} of {result['max_focus_frames']} focus frames ({how}); "
+          f"{result['gflops']:.2f} GFLOPs (all exits: {result['gflops_all_exits']:.2f}); {result['seconds']:.2f} s",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ real video from Debian's opencv-doc and on synthetic videos, the launch scripts,
 dataset recipe: videos in class folders -> datasets.extract -> main.py train -> evaluate.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -85,6 +86,19 @@ def test_predict_on_a_real_video_file(trained, test_videos):
     assert len(out["top"]) == 3  # top-5 of 3 classes
     assert out["exit_step"] == 4 and out["frames_in_video"] > 100 and len(out["frames_sampled"]) == 8
     assert abs(sum(t["probability"] for t in out["top"]) - 1) < 1e-5
+
+
+def test_predict_builds_once_for_many_videos_and_folders_of_videos(trained, test_videos, tmp_path):
+    data, root, ckpt = trained
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "tree.avi").symlink_to(test_videos / "tree.avi")
+    (folder / "notes.txt").write_text("not a video")
+    result = _run([sys.executable, "-m", "scripts.predict", str(test_videos / "vtest.avi"), str(folder),
+                   str(data / "frames" / "val_00001"), "--checkpoint", str(ckpt), "--json", "--device", "cpu"])
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [os.path.basename(r["video"]) for r in lines] == ["vtest.avi", "tree.avi", "val_00001"]
+    assert all(r["seconds"] > 0 and r["exit_step"] == 4 and len(r["top"]) == 3 for r in lines)
 
 
 def test_predict_with_early_exit_thresholds(trained):

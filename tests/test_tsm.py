@@ -124,3 +124,10 @@ def test_monte_carlo_removal_steps_follow_each_variant():
     sizes = ["--num_segments", "8", "--num_glance_segments", "8", "--num_focus_segments", "4"]
     assert engine.build_objective(config.parse_args(["--variant", "tsm"] + sizes)).mc_draws == 2
     assert engine.build_objective(config.parse_args(sizes)).mc_draws == 4
+
+
+def test_prediction_reports_focus_frames_of_the_two_exits():
+    from scripts.predict import focus_frames_used
+
+    model = tiny_tsm()
+    assert [focus_frames_used(stage, model) for stage in (0, 1)] == [0, model.num_focus]
