@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -331,6 +332,20 @@ def _default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def _progress(items, total: int, desc: str):
+    """``items`` with progress: a bar on a terminal, else a plain line on stderr about every tenth of the way."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, unit="video", leave=False)
+        return
+    step, started = max(1, total // 10), time.time()
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % step == 0 or i == total:
+            print(f"{desc}: {i}/{total} videos ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+
+
 def _write_split(tmp: str, split: str, params: Dict[str, Any], pool) -> None:
     count = params[f"{split}_videos"]
     code = SPLIT_CODES[split]
@@ -339,12 +354,8 @@ def _write_split(tmp: str, split: str, params: Dict[str, Any], pool) -> None:
     names = [f"{split}_{i:05d}" for i in range(count)]
     jobs = [(os.path.join(tmp, "frames", name), (params["seed"], code, i), int(label), params)
             for i, (name, label) in enumerate(zip(names, labels))]
-    results = pool.imap(_video_job, jobs, chunksize=4) if pool else map(_video_job, jobs)
-    try:
-        from tqdm import tqdm
-        results = tqdm(results, total=count, desc=f"synthetic {split}", unit="video", disable=None, leave=False)
-    except ImportError:
-        pass
+    results = _progress(pool.imap(_video_job, jobs, chunksize=4) if pool else map(_video_job, jobs), count,
+                        f"synthetic {split}")
     rows = [(name, boxes, visible) for name, (boxes, visible) in zip(names, results)]
     write_boxes(os.path.join(tmp, f"object_boxes_{split}.csv"), rows)
     n = params["frames_per_video"]

@@ -193,3 +193,13 @@ def test_default_size_generates_in_under_a_minute(tmp_path):
     params = synthetic.read_marker(str(tmp_path / "default"))
     assert params["train_videos"] == synthetic.DEFAULTS["train_videos"]
     assert seconds < 60, f"default synthetic set took {seconds:.1f} s"
+
+
+def test_generation_reports_progress_outside_a_terminal(tmp_path, capsys):
+    from datasets import synthetic as synthetic_module
+
+    synthetic_module.generate(str(tmp_path / "d"), train_videos=20, val_videos=4, frames_per_video=4, frame_size=32,
+                              num_classes=2, workers=1)
+    err = capsys.readouterr().err
+    assert "synthetic train: 2/20 videos" in err and "synthetic train: 20/20 videos" in err
+    assert "synthetic val: 4/4 videos" in err
