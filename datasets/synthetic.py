@@ -340,10 +340,10 @@ def _progress(items, total: int, desc: str):
         yield from tqdm(items, total=total, desc=desc, unit="video", leave=False)
         return
     step, started = max(1, total // 10), time.time()
-    for i, item in enumerate(items, 1):
-        yield item
+    for i, item in enumerate(items, 1):  # (reported when made: a consumer may stop after the last one)
         if i % step == 0 or i == total:
             print(f"{desc}: {i}/{total} videos ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+        yield item
 
 
 def _write_split(tmp: str, split: str, params: Dict[str, Any], pool) -> None:
