@@ -94,6 +94,15 @@ def _as_number(value) -> Optional[float]:
     return float(value)
 
 
+def official_state(ckpt: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
+    """The state dict of a checkpoint in an official layout (``state_dict`` or a plain state dict),
+    wrapper prefixes removed; None for our own format."""
+    if ckpt.get("format") == FORMAT_NAME:
+        return None
+    state = weights.nested_state_dict(ckpt, ("state_dict",))
+    return weights.strip_wrapper_prefixes(state) if state is not None else None
+
+
 def model_state_from_checkpoint(ckpt: Dict[str, Any], path: str = "checkpoint",
                                 model: Optional[torch.nn.Module] = None):
     """(our-layout state dict, format name, dropped keys) from a raw checkpoint dict.

@@ -375,19 +375,34 @@ def adopt_model_config(current: Dict, explicit: set, saved: Dict, source: str) -
     return merged
 
 
+def official_variant(ckpt: Dict) -> Optional[str]:
+    """The variant whose official key layout a checkpoint without configuration is in (None: unknown,
+    or our own layout). Sizes that change no shape (frame counts, patch size) cannot be told from it."""
+    from .checkpoint import official_state  # late: the checkpoint module needs torch
+
+    state = official_state(ckpt)
+    found = [name for name, v in models.VARIANTS.items() if state is not None and v.checkpoint.detect(state)]
+    return found[0] if len(found) == 1 else None
+
+
 def adopt_checkpoint_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
                             path: Optional[str] = None) -> bool:
     """Take the model sizes that no flag sets from the configuration saved in our checkpoint ``path``
-    (default ``--resume``); official release files carry none and leave ``args`` as it is."""
+    (default ``--resume``). Official release files carry none: their key layout gives the variant
+    (with its defaults) when ``--variant`` is not set, and the preset gives the rest."""
     path = path or getattr(args, "resume", "")
     if not path or path == "auto" or not os.path.isfile(path):
         return False
     from .checkpoint import read_checkpoint  # late: the checkpoint module needs torch
 
-    saved = read_checkpoint(path).get("config")
-    if not isinstance(saved, dict):
-        return False
+    ckpt = read_checkpoint(path)
+    saved = ckpt.get("config")
     explicit = set(getattr(args, "explicit", ()))
+    if not isinstance(saved, dict):  # an official file: its key layout tells the variant, nothing more
+        recognised = official_variant(ckpt)
+        if recognised is None or recognised == args.variant or "variant" in explicit:
+            return False
+        saved = {"variant": recognised}
     try:
         merged = adopt_model_config(vars(args), explicit, saved, f"the checkpoint {path}")
     except ValueError as exc:

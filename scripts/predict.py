@@ -66,8 +66,12 @@ def model_config(args, ckpt: dict) -> dict:
     cfg = {k: defaults[k] for k in MODEL_KEYS}
     for source in (preset, flags):
         cfg.update({k: v for k, v in source.items() if k in MODEL_KEYS})
+    explicit = set(flags) | {k for k in preset if k in MODEL_KEYS}
+    recognised = None if saved else config.official_variant(ckpt)
+    if recognised and "variant" not in explicit:  # an official file's key layout tells its variant
+        cfg["variant"] = recognised
+        cfg.update({k: v for k, v in get_variant(recognised).defaults.items() if k in MODEL_KEYS and k not in explicit})
     if saved:
-        explicit = set(flags) | {k for k in preset if k in MODEL_KEYS}
         cfg.update(config.adopt_model_config(cfg, explicit, saved, f"the checkpoint {args.checkpoint}"))
         if "temperature" not in explicit and "temperature" in saved:
             cfg["temperature"] = saved["temperature"]

@@ -174,3 +174,23 @@ def test_atomic_files_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+
+
+def test_an_official_checkpoint_tells_its_variant(tmp_path):
+    """A checkpoint without configuration in the official tsm layout selects the tsm variant (and its
+    defaults) when --variant is not given; an explicit --variant is kept."""
+    import torch
+
+    from models.tsm import OFFICIAL_KEYS, UniAdaFocusTSM
+    from ops import config
+
+    model = UniAdaFocusTSM(num_classes=5, focus_arch="resnet18")
+    path = tmp_path / "official_tsm.pth.tar"
+    torch.save({"epoch": 1, "state_dict": {"module." + OFFICIAL_KEYS.to_official(k): v
+                                           for k, v in model.state_dict().items()}}, path)
+    parser = config.get_args_parser()
+    args = config.parse_args(["--evaluate", "--resume", str(path)], parser)
+    assert config.adopt_checkpoint_config(args, parser)
+    assert (args.variant, args.num_glance_segments, args.num_segments) == ("tsm", 8, 36)
+    args = config.parse_args(["--evaluate", "--resume", str(path), "--variant", "mn2_r50"], parser)
+    assert not config.adopt_checkpoint_config(args, parser) and args.variant == "mn2_r50"
