@@ -9,8 +9,11 @@ Launchers (the official code's limits: docs/official-behaviour.md, "Launchers an
   ``--local-rank=N`` (or, on old versions, ``--local_rank N``) argument that main.py accepts.
 * SLURM ``srun``: SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID when WORLD_SIZE is not set.
 
-NCCL on GPUs, gloo on CPU. Evaluation shards the dataset without padding (``ShardSampler``) and
-``gather_by_index`` reassembles exactly the dataset's samples, once each, in dataset order.
+NCCL on GPUs, gloo on CPU. On CUDA every process binds to the GPU of its LOCAL_RANK
+(``torch.cuda.set_device``, the NCCL group's ``device_id``, DDP's ``device_ids`` in main.py), so the
+processes of a node use one GPU each. Evaluation shards the dataset without padding
+(``ShardSampler``) and ``gather_by_index`` reassembles exactly the dataset's samples, once each, in
+dataset order.
 """
 from __future__ import annotations
 
@@ -67,9 +70,10 @@ def init_distributed(local_rank_arg: Optional[int] = None, device: str = "auto",
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
+            raise SystemExit("--device cuda: no CUDA device is available to this process (pass --device cpu)")
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible")
+            raise SystemExit(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible to this "
+                             f"process; start at most that many processes per node (or pass --device cpu)")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     elif device == "cpu":
@@ -81,9 +85,21 @@ def init_distributed(local_rank_arg: Optional[int] = None, device: str = "auto",
     if world_size > 1:
         info.backend = "nccl" if dev.type == "cuda" else "gloo"
         if not dist.is_initialized():
+            # NCCL: bound to this process's GPU at once (collectives and barriers then never guess a device).
+            bound = {"device_id": dev} if info.backend == "nccl" else {}
             dist.init_process_group(info.backend, init_method=init_method, rank=rank, world_size=world_size,
-                                    timeout=datetime.timedelta(minutes=timeout_minutes))
+                                    timeout=datetime.timedelta(minutes=timeout_minutes), **bound)
     return info
+
+
+def cuda_bf16_problem(device: torch.device) -> Optional[str]:
+    """Why the GPU ``device`` cannot run bfloat16 autocast (one line), or None when it can: bfloat16
+    arithmetic needs compute capability 8.0 (Ampere) or later; older GPUs only emulate it, slowly."""
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return None
+    return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bfloat16 "
+            f"arithmetic (8.0 or later)")
 
 
 def cleanup() -> None:

@@ -72,3 +72,31 @@ def random_video(batch=2, frames=8, size=64, seed=0, dtype=torch.float32):
     if dtype == torch.uint8:
         return torch.randint(0, 256, (batch, frames, 3, size, size), generator=g, dtype=torch.uint8)
     return torch.randn(batch, frames, 3, size, size, generator=g, dtype=dtype)
+
+
+class RandomVideos(torch.utils.data.Dataset):
+    """``size`` seeded random uint8 videos (frames, 3, side, side) with labels, as the datasets give items
+    (``video``, ``label``, ``index``); ``set_epoch`` as the training loop calls it."""
+
+    def __init__(self, size=8, frames=8, side=64, num_classes=5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.videos = torch.randint(0, 256, (size, frames, 3, side, side), generator=g, dtype=torch.uint8)
+        self.labels = torch.randint(0, num_classes, (size,), generator=g)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"video": self.videos[index], "label": int(self.labels[index]), "index": index}
+
+
+def random_video_loader(batch_size=2, pin_memory=False, **dataset_options):
+    """A one-process training loader over :class:`RandomVideos` (DistributedSampler, as main.py builds it)."""
+    dataset = RandomVideos(**dataset_options)
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       pin_memory=pin_memory)
