@@ -24,6 +24,17 @@ that order) is applied to both frame sets, and every spatial tensor gets a leadi
 ``'object_boxes'`` ``(3, T0, 4)`` / ``'object_visible'`` ``(3, T0)``. ``'label'``, ``'labels'`` and
 ``'index'`` are unchanged. With ``test_crops=1`` (default) items are exactly those of the one centre crop.
 
+Selected-frame decoding (evaluation only, see :mod:`.selected_frames`): with ``decode_positions``
+(positions of the T0 candidates, e.g. the model's glance frames) an item decodes only the frames at
+those positions and holds no ``'video'``; instead ``'frames'`` uint8 ``(P, 3, S, S)`` (``(V, P, 3,
+S, S)`` with views), the frames at the P positions in their order, and ``'frame_size'`` int64 ``(2,)``,
+the video's frame size ``(w, h)``. :meth:`FrameFolderDataset.decode_frames` decodes any other frame
+later, exactly as the full clip holds it. With ``jpeg_bytes=True`` an item holds, instead of
+``'frames'``, the undecoded files for decoding on the device: ``'jpeg'`` uint8 ``(n,)``, the bytes of
+the distinct files concatenated, and ``'jpeg_spans'`` int64 ``(P, 2)``, where each position's file
+starts and ends in it (``decode_positions`` None means all T0 positions). ``'label'``, ``'labels'``,
+``'index'`` and the boxes are unchanged. Collate such items with :func:`.selected_frames.collate_items`.
+
 Label rule (single label for cross-entropy): ``'first'`` takes the smallest class id of the video;
 ``'random'`` takes one of the video's labels uniformly at random from the per-sample generator (the
 official code also picks a random one, but with a 2/3–1/3 bias for two labels). The
@@ -39,7 +50,7 @@ shared memory, so persistent ``DataLoader`` workers see it too; call it before i
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -70,8 +81,11 @@ class FrameFolderDataset(Dataset):
     G, the size of the separately sampled glance set (None: no glance set); shared_crop: in training,
     crop the glance frames like the focus candidates (default: an independent draw, as the official
     code does); test_crops: spatial views per video in evaluation, 1 (the centre crop) or 3 (left,
-    right, centre; a leading view axis on ``'video'`` and ``'glance'``), refused in training; spec,
-    list_file: where the records came from (kept as attributes for the caller).
+    right, centre; a leading view axis on ``'video'`` and ``'glance'``), refused in training;
+    decode_positions: the positions (of T0) an item decodes, the others being left for
+    :meth:`decode_frames` (None: all; evaluation only, see the module doc); jpeg_bytes: items hold the
+    JPEG files' bytes instead of decoded frames (evaluation only); spec, list_file: where the records
+    came from (kept as attributes for the caller).
     """
 
     def __init__(self, records: Sequence[VideoRecord], *, frame_root: str, template: str, num_classes: int,
@@ -80,8 +94,8 @@ class FrameFolderDataset(Dataset):
                  boxes: Optional[BoxTable] = None, class_names: Optional[List[str]] = None,
                  scales: Sequence[float] = OFFICIAL_SCALES, max_distort: int = 1, flip: bool = True,
                  scale_size: Optional[int] = None, glance_segments: Optional[int] = None,
-                 shared_crop: bool = False, test_crops: int = 1, spec: Any = None,
-                 list_file: Optional[str] = None):
+                 shared_crop: bool = False, test_crops: int = 1, decode_positions: Optional[Sequence[int]] = None,
+                 jpeg_bytes: bool = False, spec: Any = None, list_file: Optional[str] = None):
         if not records:
             raise ValueError("a dataset needs at least one record")
         if num_segments < 1 or input_size < 1 or num_classes < 1:
@@ -98,6 +112,16 @@ class FrameFolderDataset(Dataset):
             raise ValueError(f"test_crops={test_crops} asks for multi-view evaluation, but this dataset is built "
                              f"for training, whose transform draws one random crop per clip; use test_crops=1 "
                              f"(the default) for training and test_crops={test_crops} for the evaluation set only")
+        if decode_positions is not None or jpeg_bytes:
+            if train or glance_segments is not None:
+                raise ValueError("decode_positions and jpeg_bytes are for evaluation clips of the T0 candidates only "
+                                 "(train=False, no glance_segments)")
+            if decode_positions is not None:
+                positions = np.asarray(decode_positions, dtype=np.int64).reshape(-1)
+                if (not len(positions) or len(np.unique(positions)) != len(positions) or positions.min() < 0
+                        or positions.max() >= num_segments):
+                    raise ValueError(f"decode_positions must be distinct positions in [0, {num_segments}), "
+                                     f"got {list(decode_positions)}")
         label_rule = ("random" if train else "first") if label_rule is None else label_rule
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
@@ -118,6 +142,8 @@ class FrameFolderDataset(Dataset):
         self.missing_frames = missing_frames
         self.start_index = int(start_index)
         self.test_crops = int(test_crops)
+        self.decode_positions = None if decode_positions is None else np.asarray(decode_positions, dtype=np.int64)
+        self.jpeg_bytes = bool(jpeg_bytes)
         if self.train:
             self.transform = MultiScaleCrop(input_size, scales, max_distort, flip=flip)
         elif self.test_crops == 1:
@@ -166,6 +192,73 @@ class FrameFolderDataset(Dataset):
                 raise ListFileError(f"{record.where}: the object box file has {found} for video "
                                     f"{record.path!r}, which has {record.num_frames} frames")
 
+    @property
+    def deferred(self) -> bool:
+        """Whether items leave frames undecoded (``decode_positions`` or ``jpeg_bytes``): no ``'video'``."""
+        return self.decode_positions is not None or self.jpeg_bytes
+
+    @property
+    def item_positions(self) -> np.ndarray:
+        """The positions (of T0) whose frames (or bytes) a deferred item holds, in item order."""
+        return np.arange(self.num_segments) if self.decode_positions is None else self.decode_positions
+
+    def reader(self, index: int) -> FrameReader:
+        """The frame reader of video ``index`` (its messages name the list line and the video)."""
+        record = self.records[index]
+        return FrameReader(self.folder(record), self.template, missing=self.missing_frames,
+                           where=f"{record.where} (video {record.path!r})", first_index=self.start_index)
+
+    def frame_geometry(self, width: int, height: int):
+        """The evaluation transform's geometry for frames of ``width x height`` (deterministic)."""
+        if self.train:
+            raise ValueError("frame_geometry is the evaluation transform's; this dataset is built for training")
+        return self.transform.draw(width, height, None)
+
+    def decode_frames(self, index: int, frames: Sequence[int],
+                      expected: Optional[Tuple[Tuple[int, int], int]] = None) -> torch.Tensor:
+        """Decode the frames numbered ``frames`` (distinct) of video ``index`` through the evaluation
+        transform -> uint8 ``(n, 3, S, S)``, or ``(V, n, 3, S, S)`` with ``test_crops=V``.
+
+        Each frame is exactly the one the full clip of :meth:`__getitem__` holds for it: the same
+        reader, the geometry drawn from the same frame size, the same resize. ``expected``: ``((w, h),
+        frame)``, the video's frame size as found on frame ``frame`` before (a frame of another size
+        raises :class:`FrameError`, like a mismatch inside one clip).
+        """
+        return self._decode(index, frames, expected)[0]
+
+    def _decode(self, index: int, frames: Sequence[int], expected=None):
+        """(:meth:`decode_frames`, the frame size (w, h))."""
+        geometry, size = None, None
+
+        def region(width, height):                                     # called with the first frame's size
+            nonlocal geometry, size
+            geometry, size = self.frame_geometry(width, height), (width, height)
+            return geometry.region
+
+        pixels = self.reader(index).read(frames, crop=region, expected=expected)  # (n, h, w, 3)
+        return geometry.apply(torch.from_numpy(pixels).permute(0, 3, 1, 2), cropped=True), size
+
+    def read_jpeg(self, index: int, frames: Sequence[int],
+                  expected: Optional[Tuple[Tuple[int, int], int]] = None) -> Tuple[List[torch.Tensor], Tuple[int, int]]:
+        """The undecoded JPEG files of frames ``frames`` of video ``index``: ``(list of uint8 (n,)
+        tensors, frame size (w, h) from the files' headers)``. Missing files, files that are not JPEGs
+        and sizes that differ (from each other or from ``expected``) are reported as :meth:`decode_frames`
+        reports them."""
+        reader = self.reader(index)
+        files, size, first = [], None, None
+        for frame in frames:
+            data, frame_size = reader.read_jpeg(int(frame))
+            if size is None:
+                size, first = frame_size, int(frame)
+                if expected is not None:
+                    reader.check_size(first, size, *expected)
+            else:
+                reader.check_size(int(frame), frame_size, size, first)
+            files.append(data)
+        if size is None:
+            raise ValueError("no frame indices given")
+        return files, size
+
     # ------------------------------------------------------------------------------------------
     def sample_indices(self, index: int, epoch: Optional[int] = None):
         """``(glance (G,) or None, focus (T0,))``: the frame numbers (int64) of sample ``index``
@@ -200,13 +293,51 @@ class FrameFolderDataset(Dataset):
         record = self.records[index]
         epoch = self.epoch                                             # read once: set_epoch may run meanwhile
         glance_indices, indices = self.sample_indices(index, epoch)
+        if self.deferred:
+            item, geometry = self._deferred_frames(index, indices)
+        else:
+            item, geometry = self._clip(index, epoch, glance_indices, indices)
+        labels = torch.zeros(self.num_classes, dtype=torch.float32)
+        labels[list(record.labels)] = 1.0
+        item.update({
+            "label": torch.tensor(self.choose_label(index, epoch), dtype=torch.int64),
+            "labels": labels,
+            "index": torch.tensor(index, dtype=torch.int64),
+        })
+        if self.boxes is not None:
+            boxes, visible = self.boxes[record.path]
+            rows = indices - self.start_index
+            mapped = geometry.map_boxes(torch.from_numpy(boxes[rows]))
+            area = (mapped[..., 2] - mapped[..., 0]) * (mapped[..., 3] - mapped[..., 1])  # (T0,) or (V, T0)
+            item["object_boxes"] = mapped.float()
+            item["object_visible"] = torch.from_numpy(visible[rows]) & (area > 0)
+        return item
+
+    def _deferred_frames(self, index: int, indices: np.ndarray):
+        """({'frames' or 'jpeg', 'frame_size'}, geometry) of a deferred item: the frames (or files) at
+        :attr:`item_positions` only, each distinct file read once."""
+        numbers = indices[self.item_positions]                          # (P,) frame numbers
+        distinct, inverse = np.unique(numbers, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if self.jpeg_bytes:  # one tensor per item (a DataLoader worker shares each tensor through a file descriptor)
+            files, size = self.read_jpeg(index, distinct)
+            lengths = np.array([f.numel() for f in files], dtype=np.int64)
+            spans = np.stack([np.cumsum(lengths) - lengths, np.cumsum(lengths)], axis=1)  # (U, 2) start, end
+            item = {"jpeg": torch.cat(files), "jpeg_spans": torch.from_numpy(spans[inverse])}
+        else:
+            frames, size = self._decode(index, distinct)                # (U, 3, S, S) or (V, U, 3, S, S)
+            item = {"frames": _take_frames(frames, inverse) if len(distinct) != len(numbers) else frames}
+        item["frame_size"] = torch.tensor(size, dtype=torch.int64)
+        return item, self.frame_geometry(*size)
+
+    def _clip(self, index: int, epoch: int, glance_indices: Optional[np.ndarray], indices: np.ndarray):
+        """({'video'[, 'glance']}, the candidates' geometry): every sampled frame, each distinct file once."""
         num_glance = 0 if glance_indices is None else len(glance_indices)
         wanted = indices if glance_indices is None else np.concatenate([glance_indices, indices])
         # Each distinct frame is decoded once, for both sets.
         unique, inverse = np.unique(wanted, return_inverse=True)
         inverse = inverse.reshape(-1)
-        reader = FrameReader(self.folder(record), self.template, missing=self.missing_frames,
-                             where=f"{record.where} (video {record.path!r})", first_index=self.start_index)
+        reader = self.reader(index)
         rng = sample_rng(self.seed, epoch, index, STREAM_SPATIAL) if self.train else None
         geometry = glance_geometry = None
         read_region = None
@@ -233,27 +364,17 @@ class FrameFolderDataset(Dataset):
         else:                                                          # independent crops of one decoded region
             glance = _render(clip, read_region, glance_geometry, inverse[:num_glance])
             out = _render(clip, read_region, geometry, inverse[num_glance:])
-        labels = torch.zeros(self.num_classes, dtype=torch.float32)
-        labels[list(record.labels)] = 1.0
-        item = {
-            "video": out,
-            "label": torch.tensor(self.choose_label(index, epoch), dtype=torch.int64),
-            "labels": labels,
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
-        if self.boxes is not None:
-            boxes, visible = self.boxes[record.path]
-            rows = indices - self.start_index
-            mapped = geometry.map_boxes(torch.from_numpy(boxes[rows]))
-            area = (mapped[..., 2] - mapped[..., 0]) * (mapped[..., 3] - mapped[..., 1])  # (T0,) or (V, T0)
-            item["object_boxes"] = mapped.float()
-            item["object_visible"] = torch.from_numpy(visible[rows]) & (area > 0)
+        item = {"video": out}
         if glance_indices is not None:
             item["glance"] = glance
-        return item
+        return item, geometry
 
     def __repr__(self) -> str:
         views = f"test_crops={self.test_crops}, " if self.test_crops != 1 else ""
+        if self.decode_positions is not None:
+            views += f"decode_positions={self.decode_positions.tolist()}, "
+        if self.jpeg_bytes:
+            views += "jpeg_bytes=True, "
         return (f"{type(self).__name__}({len(self)} videos, {self.num_classes} classes, T0={self.num_segments}, "
                 f"train={self.train}, glance_segments={self.glance_segments}, shared_crop={self.shared_crop}, "
                 f"{views}transform={self.transform!r}, frame_root={self.frame_root!r}, "

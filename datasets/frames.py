@@ -1,18 +1,21 @@
 """Decoding of frame files from a frame folder.
 
 :func:`read_frames` decodes the requested frames of one video with Pillow (libjpeg-turbo for
-JPEG) into one uint8 array ``(N, H, W, 3)``. A frame that is missing or cannot be decoded raises
+JPEG) into one uint8 array ``(N, H, W, 3)``; :meth:`FrameReader.read_jpeg` reads a JPEG file's bytes
+undecoded, for decoding on the device. A frame that is missing or cannot be decoded raises
 :class:`~.errors.FrameError` naming the frame file and the list line, unless
 ``missing='repeat_first'`` is asked for: then, as in the official code, the first frame of the video
 is used instead, and every substitution is logged as a warning.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .errors import FrameError
@@ -21,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 MISSING_POLICIES = ("error", "repeat_first")
 Box = Tuple[int, int, int, int]
+#: What reading or decoding a bad frame file raises.
+FRAME_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+#: The first bytes of every JPEG file (start-of-image marker).
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def check_template(template: str) -> str:
@@ -41,6 +48,20 @@ def open_frame(path: str) -> Image.Image:
             return image.convert("RGB")
         image.load()
         return image
+
+
+def read_jpeg_file(path: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """The bytes of a JPEG file, undecoded, as uint8 ``(n,)``, and its image size ``(w, h)`` from its
+    header. Raises ``ValueError`` for a file that is not a JPEG (decoding on the device reads JPEG
+    frames only) and what Pillow raises for a header it cannot parse."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(JPEG_MAGIC):
+        raise ValueError(("an empty file" if not data else "not a JPEG file") +
+                         "; decoding on the device reads JPEG frames only")
+    with Image.open(io.BytesIO(data)) as image:  # parses the header only
+        size = image.size
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8), size
 
 
 #: Pixels are copied out of Pillow in row bands of at most this many bytes (see copy_pixels).
@@ -103,37 +124,60 @@ class FrameReader:
             return f"{prefix}frame {index} is missing: {path} ({describe_folder(self.folder, self.template)})"
         return f"{prefix}frame {index} cannot be decoded: {path} ({type(error).__name__}: {error})"
 
-    def _open(self, index: int) -> Image.Image:
+    def load(self, index: int, loader: Callable[[str], Any]):
+        """``loader(path)`` of frame ``index``; a failure (missing file, bad data) is :meth:`unusable`."""
         try:
-            return open_frame(self.path(index))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            problem = self._problem(index, e)
+            return loader(self.path(index))
+        except FRAME_ERRORS as e:
+            return self.unusable(index, e, loader)
+
+    def unusable(self, index: int, error: Exception, loader: Callable[[str], Any]):
+        """Frame ``index`` failed with ``error``: raise :class:`FrameError` naming it, or, with
+        ``missing='repeat_first'``, log the substitution and return ``loader`` of the first frame."""
+        problem = self._problem(index, error)
         if self.missing == "repeat_first" and index != self.first_index:
             logger.warning("%s; substituting frame %d (missing_frames='repeat_first')", problem, self.first_index)
             try:
-                return open_frame(self.path(self.first_index))
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                return loader(self.path(self.first_index))
+            except FRAME_ERRORS as e:
                 raise FrameError(f"{problem}; the substitute is unusable too: {self._problem(self.first_index, e)}") from None
         raise FrameError(problem)
 
-    def read(self, indices: Sequence[int], crop: Optional[Callable[[int, int], Box]] = None) -> np.ndarray:
+    def _open(self, index: int) -> Image.Image:
+        return self.load(index, open_frame)
+
+    def read_jpeg(self, index: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """:func:`read_jpeg_file` of frame ``index`` (missing files and files that are not JPEGs as :meth:`load`)."""
+        return self.load(index, read_jpeg_file)
+
+    def check_size(self, index: int, size: Tuple[int, int], expected: Tuple[int, int], first: int) -> None:
+        """Raise :class:`FrameError` when frame ``index`` has ``size`` (w, h) but frame ``first`` has ``expected``."""
+        if tuple(size) != tuple(expected):
+            prefix = f"{self.where}: " if self.where else ""
+            raise FrameError(f"{prefix}frame {index} has size {size[0]}x{size[1]} but frame "
+                             f"{first} has {expected[0]}x{expected[1]}: {self.path(index)}")
+
+    def read(self, indices: Sequence[int], crop: Optional[Callable[[int, int], Box]] = None,
+             expected: Optional[Tuple[Tuple[int, int], int]] = None) -> np.ndarray:
         """Decode frames ``indices`` (distinct) -> uint8 ``(len(indices), h, w, 3)``.
 
         ``crop(width, height)``, called once with the size of the first frame, may return the
         region ``(x, y, w, h)`` to keep of every frame (copying less); by default the whole frame.
         All frames must have the same size; a frame of another size raises :class:`FrameError`.
+        ``expected``: ``((w, h), frame)``, the size the video's frames have, as found on frame
+        ``frame`` in an earlier call (the first frame of this call must have it too).
         """
         out: Optional[np.ndarray] = None
         for i, index in enumerate(indices):
             image = self._open(int(index))
             if out is None:
                 size, first = image.size, int(index)
+                if expected is not None:
+                    self.check_size(first, size, *expected)
                 x, y, w, h = crop(*size) if crop else (0, 0) + size
                 out = np.empty((len(indices), h, w, 3), dtype=np.uint8)
-            elif image.size != size:
-                prefix = f"{self.where}: " if self.where else ""
-                raise FrameError(f"{prefix}frame {index} has size {image.size[0]}x{image.size[1]} but frame "
-                                 f"{first} has {size[0]}x{size[1]}: {self.path(index)}")
+            else:
+                self.check_size(int(index), image.size, size, first)
             copy_pixels(image, (x, y, w, h), out[i])
         if out is None:
             raise ValueError("no frame indices given")

@@ -164,7 +164,8 @@ DATASETS: Dict[str, DatasetSpec] = {
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(DatasetSpec) if f.name != "name")
 #: Options of build_dataset that are not spec fields.
 DATASET_OPTIONS = ("label_rule", "missing_frames", "check_folders", "start_index", "scales", "max_distort",
-                   "scale_size", "list_file", "min_frames", "glance_segments", "shared_crop", "test_crops")
+                   "scale_size", "list_file", "min_frames", "glance_segments", "shared_crop", "test_crops",
+                   "decode_positions", "jpeg_bytes")
 RESOLVE_OPTIONS = ("config", "synthetic", "generate")
 
 
@@ -279,6 +280,9 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
     * ``test_crops`` (default 1): spatial views per video in evaluation, 1 (resize + centre crop) or 3
       (the official three-crop test: left, right, centre views, a leading view axis on ``'video'``
       ``(3, T0, 3, S, S)`` and ``'glance'`` ``(3, G, 3, S, S)``); a training dataset refuses views;
+    * ``decode_positions`` (default None), ``jpeg_bytes`` (default False), evaluation only: items that
+      decode only the frames at those positions of the T0 candidates, or hold the JPEG files' bytes,
+      the rest being decoded when needed (:mod:`~.selected_frames`; see :mod:`~.frame_dataset`);
     * synthetic only: ``synthetic={...}`` generation options for
       :func:`~.synthetic.ensure_generated`, ``generate`` (default True).
 
@@ -311,6 +315,7 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
         missing_frames=options.get("missing_frames", "error"), start_index=start_index, boxes=boxes,
         spec=spec, list_file=list_file, flip=bool(spec.flip), glance_segments=options.get("glance_segments"),
         shared_crop=bool(options.get("shared_crop", False)), test_crops=options.get("test_crops", 1),
+        decode_positions=options.get("decode_positions"), jpeg_bytes=bool(options.get("jpeg_bytes", False)),
         **{k: options[k] for k in ("scales", "max_distort", "scale_size") if k in options})
     if options.get("check_folders", True):
         dataset.check_folders()

@@ -459,3 +459,17 @@ def test_corrupted_thresholds_file_is_rejected_with_a_clear_error(tmp_path, corr
     corrupt(path, doc)
     with pytest.raises(ThresholdsFileError, match=message):
         load_thresholds(path)
+
+
+def test_geometric_p_for_a_cost_meets_it_and_quantile_stages_follow_the_distribution():
+    from ops.early_exit import geometric_exit_distribution, geometric_p_for_cost, quantile_exit_stages
+
+    flops = torch.tensor([5.0, 6.3, 7.7, 9.0, 10.4])
+    p = geometric_p_for_cost(flops, 7.1)
+    q = geometric_exit_distribution(p, 5).double()
+    assert float((q * flops.double()).sum()) == pytest.approx(7.1, abs=1e-6)  # q is float32
+    with pytest.raises(ValueError, match="outside"):
+        geometric_p_for_cost(flops, 11.0)
+    stages = quantile_exit_stages(q, 1000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(stages, minlength=5).double() / 1000
+    assert torch.allclose(counts, q, atol=1e-3)

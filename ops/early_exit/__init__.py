@@ -32,7 +32,7 @@ Modules:
 * :mod:`.adaptive` — :class:`AdaptiveRunner`, inference that stops computing for a video once it exits.
 """
 from .adaptive import AdaptiveResult, AdaptiveRunner
-from .budget import BudgetThresholds, thresholds_for_budget
+from .budget import BudgetThresholds, geometric_p_for_cost, quantile_exit_stages, thresholds_for_budget
 from .criteria import CRITERIA, exit_scores
 from .evaluation import (METRICS, ExitEvaluation, FixedExitPoint, StageMetric, evaluate_exits, exit_ratios,
                          expected_gflops, fixed_exit_curve, random_exit_baseline)
@@ -54,7 +54,7 @@ __all__ = [
     # sweeps
     "DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "P_GRIDS", "BudgetPoint", "SweepResult", "budget_sweep",
     # budget
-    "BudgetThresholds", "thresholds_for_budget",
+    "BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages",
     # thresholds file
     "ThresholdsFile", "ThresholdsFileError", "save_thresholds", "load_thresholds",
     # adaptive runtime

@@ -29,6 +29,12 @@ Use::
 
     runner = AdaptiveRunner(model.eval(), thresholds, criterion="entropy")   # or a thresholds file
     result = runner.run(video)          # result.logits (B, C), result.exit_stage (B,), result.gflops (B,)
+
+On a CPU, give it the inference copy (``models.inference.evaluation_model`` /
+``prepare_for_inference``: the same logits to rounding, about twice as fast), with the FLOPs table
+counted on the original model (``flops=``): the copy's traced glance hides its convolutions from the
+counter, so a copy without ``flops`` is refused. ``scripts/predict.py`` and
+``scripts/bench_adaptive.py`` do so.
 """
 from __future__ import annotations
 
@@ -105,6 +111,9 @@ class AdaptiveRunner:
             raise ValueError(f"{self.thresholds.numel()} thresholds for {self.num_stages} stages "
                              f"({models.variant_of(model).exits})")
         if flops is None:
+            if getattr(model, "is_inference_copy", False):
+                raise ValueError("an inference copy cannot count its own FLOPs (its traced glance hides them): "
+                                 "pass flops= counted on the original model")
             flops = models.variant_of(model).flops(model).stages()
         self.flops = torch.tensor([float(f) for f in flops], dtype=torch.float64)
         if self.flops.numel() != self.num_stages:
@@ -128,7 +137,7 @@ class AdaptiveRunner:
 
     @torch.no_grad()
     def run(self, video: torch.Tensor, forced_exits: Optional[torch.Tensor] = None, timing: bool = False,
-            glance: Optional[torch.Tensor] = None) -> AdaptiveResult:
+            glance: Optional[torch.Tensor] = None, before_focus=None) -> AdaptiveResult:
         """Classify a batch with early exits.
 
         video: (B, T0, 3, H, W) or (B, T0*3, H, W), as the model's forward takes it (uint8 or
@@ -137,6 +146,10 @@ class AdaptiveRunner:
         forced_exits: optional (B,) stage per video that overrides the thresholds (benchmarks: it
         makes the exit distribution independent of the weights; criteria are still computed, so the
         work is the same). timing: record the wall time of every stage (synchronising the device).
+        before_focus: the model's hook for frames left undecoded (variants whose glance frames are among
+        the candidates): called before every focus step with the step's frames (n, 1) and the rows (n,)
+        of ``video`` still running, e.g. ``datasets.FrameFeed`` batches' ``require``, so that a video
+        that leaves after k steps has k focus frames decoded (one at a time, the one the step reads).
         """
         model = self.model
         if model.training:
@@ -150,6 +163,8 @@ class AdaptiveRunner:
         device_type = video.device.type
         amp = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
         extra = {} if glance is None else {"glance": glance}
+        if before_focus is not None:
+            extra["before_focus"] = before_focus
         with torch.autocast(device_type, enabled=False):
             return self._run(video, extra, amp, forced_exits, timing)
 

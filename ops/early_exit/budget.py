@@ -16,7 +16,7 @@ import torch
 from .solver import (assign_exits, check_scores, count_exits, descending_order, exit_quota,
                      geometric_exit_distribution, solve_thresholds)
 
-__all__ = ["BudgetThresholds", "thresholds_for_budget"]
+__all__ = ["BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages"]
 
 
 @dataclass
@@ -99,3 +99,30 @@ def thresholds_for_budget(train_scores: torch.Tensor, flops: Sequence[float], bu
     best = max(feasible, key=lambda v: (v[0], -v[1]))
     return BudgetThresholds(thresholds=best[2], p=best[1], expected_gflops=best[0],
                             budget_gflops=budget, exit_counts=best[3], evaluations=len(cache))
+
+
+def geometric_p_for_cost(flops: Sequence[float], budget_gflops: float, low: float = 1e-4, high: float = 1e4) -> float:
+    """p of the geometric exit distribution over ``len(flops)`` stages whose expected cost is ``budget_gflops``
+    (no threshold set involved: for simulations and benchmarks). Raises ValueError outside the reachable range."""
+    flops = torch.as_tensor(flops, dtype=torch.float64)
+
+    def cost(p: float) -> float:
+        return float((geometric_exit_distribution(p, flops.numel()).double() * flops).sum())
+
+    if not cost(low) <= budget_gflops <= cost(high):
+        raise ValueError(f"budget {budget_gflops} GFLOPs is outside [{cost(low):.4f}, {cost(high):.4f}] "
+                         f"(geometric exit distributions over these stages)")
+    a, b = math.log(low), math.log(high)
+    for _ in range(200):  # the expected cost grows with p
+        mid = 0.5 * (a + b)
+        a, b = (mid, b) if cost(math.exp(mid)) < budget_gflops else (a, mid)
+    return math.exp(0.5 * (a + b))
+
+
+def quantile_exit_stages(q: torch.Tensor, count: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(count,) exit stages that follow the distribution q (K,) as closely as ``count`` videos can: the
+    (i + 0.5) / count quantiles of q, in a random order."""
+    cdf = torch.cumsum(q.double(), 0)
+    cdf[-1] = 1.0
+    stages = torch.searchsorted(cdf, (torch.arange(count, dtype=torch.float64) + 0.5) / count).clamp_(max=q.numel() - 1)
+    return stages[torch.randperm(count, generator=generator)]
