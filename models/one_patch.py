@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import frame_selection
+from .inference import call_in_chunks
 from .patches import PatchGeometry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -208,15 +209,32 @@ class OnePatchNetwork(nn.Module, abc.ABC):
             return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
         return frames
 
-    @staticmethod
-    def run_encoder(encoder, x: torch.Tensor, amp):
-        """Run an encoder under the caller's autocast setting ``amp = (enabled, dtype)``; float32 results."""
+    #: In evaluation, run the encoders on at most this many images at a time, in whole clips (at least
+    #: one clip per call; None: all at once). ``models.inference.prepare_for_inference`` sets it on CPUs.
+    encoder_chunk: Optional[int] = None
+
+    def chunk_rows(self, images_per_row: int = 1, rows_per_clip: int = 1) -> Optional[int]:
+        """Rows of an encoder input per call under ``encoder_chunk`` (None: one call): whole clips of
+        ``rows_per_clip`` rows of ``images_per_row`` images each. Never chunked in training (BatchNorm
+        statistics)."""
+        if self.training or not self.encoder_chunk:
+            return None
+        return max(1, self.encoder_chunk // (images_per_row * rows_per_clip)) * rows_per_clip
+
+    def run_encoder(self, encoder, x: torch.Tensor, amp, frames_per_clip: int = 1):
+        """Run an encoder on frames ``x`` (N*T, ...) under the caller's autocast setting ``amp = (enabled,
+        dtype)``, in chunks of whole clips of ``frames_per_clip`` consecutive rows (see
+        :attr:`encoder_chunk`); float32 results."""
         enabled, dtype = amp
-        with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
-            out = encoder(x)
-        if isinstance(out, torch.Tensor):
-            return out.float()
-        return tuple(o.float() for o in out)
+
+        def run(part):
+            with torch.autocast(part.device.type, dtype=dtype, enabled=enabled):
+                out = encoder(part)
+            if isinstance(out, torch.Tensor):
+                return out.float()
+            return tuple(o.float() for o in out)
+
+        return call_in_chunks(run, x, self.chunk_rows(rows_per_clip=frames_per_clip))
 
     # ------------------------------------------------------------------------------------------
     # stages (shared by forward and the adaptive early-exit runtime)

@@ -51,6 +51,12 @@ speed-up below the prediction; and each incremental step reads the focus MLP's a
 weights again for a smaller batch. A larger batch (the default 48) keeps the per-step batches large.
 The cores may be shared with other work: timings then vary by tens of percent between runs.
 
+Output: the conditions (torch version, CPU, CPU count, threads, ``OMP_WAIT_POLICY``, autocast,
+inference copy, allocator tuning, B, criterion) first, then the times of both paths and their ratios:
+the measured speed-up (median / median, best / best and the median of the per-repeat ratios), the
+speed-ups the FLOPs predict (for the distribution and for this batch's exits) and measured / predicted.
+Set ``OMP_WAIT_POLICY=PASSIVE`` on shared cores (unset, this script sets it before torch loads).
+
 Exit status 1 when the ratio is below --target (``--no-check`` to only report).
 """
 from __future__ import annotations
@@ -62,12 +68,14 @@ import statistics
 import sys
 import time
 
+from ops.cpu import cpu_name, prefer_passive_omp_wait, tune_cpu_allocator
+
 # OpenMP threads that spin while they wait turn every small parallel region into a scheduler time
 # slice when the cores are shared with other work (measured here: ResNet-50 on one 128-px patch
 # 2.2 s with 2 spinning threads vs 0.07 s passive). Both paths run under the same setting; set
 # OMP_WAIT_POLICY yourself to override. Must be set before torch is imported (OpenMP reads it when it
 # is loaded), hence the imports below this line.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+prefer_passive_omp_wait()
 
 import torch  # noqa: E402
 
@@ -75,39 +83,12 @@ from models import UniAdaFocus  # noqa: E402
 from models.flops import flops_breakdown  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
 from models.uni_adafocus import stage_logits  # noqa: E402
-from ops.cpu import tune_cpu_allocator  # noqa: E402
 from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner,  # noqa: E402
-                            geometric_exit_distribution)
+                            geometric_exit_distribution, geometric_p_for_cost, quantile_exit_stages)
 
 
 def expected_cost(q: torch.Tensor, flops: torch.Tensor) -> float:
     return float((q.double() * flops).sum())
-
-
-def solve_p(flops: torch.Tensor, budget: float, lo: float = 1e-4, hi: float = 1e4) -> float:
-    """p of the geometric distribution over len(flops) stages whose expected cost is ``budget``."""
-    k = flops.numel()
-    cost = lambda p: expected_cost(geometric_exit_distribution(p, k), flops)  # noqa: E731
-    if not cost(lo) <= budget <= cost(hi):
-        raise SystemExit(f"budget {budget} GFLOPs is outside [{cost(lo):.4f}, {cost(hi):.4f}] "
-                         f"(geometric distributions over these stages)")
-    a, b = math.log(lo), math.log(hi)
-    for _ in range(200):  # the expected cost grows with p
-        mid = 0.5 * (a + b)
-        if cost(math.exp(mid)) < budget:
-            a = mid
-        else:
-            b = mid
-    return math.exp(0.5 * (a + b))
-
-
-def assign_stages(q: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """(B,) stages: the (i + 0.5) / B quantiles of q, shuffled over the batch."""
-    cdf = torch.cumsum(q.double(), 0)
-    cdf[-1] = 1.0
-    stages = torch.searchsorted(cdf, (torch.arange(batch, dtype=torch.float64) + 0.5) / batch)
-    stages = stages.clamp_(max=q.numel() - 1)
-    return stages[torch.randperm(batch, generator=generator)]
 
 
 def main(argv=None) -> int:
@@ -157,13 +138,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"--distribution needs {k_stages} non-negative weights")
         q, p = q / q.sum(), None
     else:
-        p = args.p if args.p is not None else solve_p(flops, args.budget)
+        try:  # the geometric exit distribution whose mean cost is the budget
+            p = args.p if args.p is not None else geometric_p_for_cost(flops, args.budget)
+        except ValueError as exc:
+            raise SystemExit(f"--budget: {exc}") from None
         q = geometric_exit_distribution(p, k_stages).double()
     expected = expected_cost(q, flops)
     predicted = float(flops[-1]) / expected
 
     gen = torch.Generator().manual_seed(args.seed)
-    stages = assign_stages(q, args.batch, gen)
+    stages = quantile_exit_stages(q, args.batch, gen)
     batch_cost = float(flops[stages].mean())
     predicted_batch = float(flops[-1]) / batch_cost
     video = torch.randint(0, 256, (args.batch, model.num_segments, 3, model.input_size, model.input_size),
@@ -215,6 +199,8 @@ def main(argv=None) -> int:
         sync()
         return time.perf_counter() - t
 
+    print(f"conditions: torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} CPUs (they may be shared with "
+          f"other work: times vary by tens of percent between runs; the alternated ratios less)")
     print(f"Uni-AdaFocus adaptive early exit vs full forward: C={args.num_classes}, P={args.patch_size}, "
           f"T0={model.num_segments}, T_G={model.num_glance}, T_L={model.num_focus}; device {device}, "
           f"{args.threads} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "

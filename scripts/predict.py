@@ -5,7 +5,9 @@
     python -m scripts.predict VIDEO.mp4 --checkpoint ckpt/actnet_p128.pth.tar --config configs/actnet_p128.yaml \\
         --class_names DATA/classInd.txt --thresholds exp/RUN/early_exit/thresholds_entropy_18.1gflops.json --json
 
-The model is built once; for every video (a folder of video files stands for those files) it prints
+The model is built once (on a CPU as its inference copy, ``models/inference.py``: ``--plain_model``
+runs it as trained, ``--bf16_focus`` runs the focus encoder in bfloat16; stderr says which); for
+every video (a folder of video files stands for those files) it prints
 the top-5 classes with their names and probabilities, the exit step (how many focus frames were
 used: 0 = the glance alone), the GFLOPs spent and the seconds taken (decoding and the model). Without ``--thresholds`` every focus frame
 is used. The model's configuration comes from our checkpoints themselves; official release files
@@ -21,17 +23,20 @@ import sys
 import time
 from typing import List
 
-import torch
+from ops.cpu import prefer_passive_omp_wait, tune_cpu_allocator
 
-from datasets import DataError, class_names
-from datasets.clip import load_clip
-from datasets.extract import VIDEO_EXTENSIONS
-from models import get_variant
-from models.inference import prepare_for_inference
-from ops import cli, config, engine
-from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint
-from ops.cpu import tune_cpu_allocator
-from ops.early_exit import AdaptiveRunner, load_thresholds
+prefer_passive_omp_wait()  # before torch loads OpenMP, which reads OMP_WAIT_POLICY once (ops/cpu.py)
+
+import torch  # noqa: E402
+
+from datasets import DataError, class_names  # noqa: E402
+from datasets.clip import load_clip  # noqa: E402
+from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
+from models import get_variant  # noqa: E402
+from models.inference import bf16_focus_problem, evaluation_model  # noqa: E402
+from ops import cli, config, engine  # noqa: E402
+from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint  # noqa: E402
+from ops.early_exit import AdaptiveRunner, load_thresholds  # noqa: E402
 
 MODEL_KEYS = config.MODEL_KEYS + ("temperature",)
 
@@ -50,6 +55,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object per video (one per line) instead of text")
+    p.add_argument("--plain_model", action="store_true",
+                   help="run the model as trained instead of its CPU inference copy (models/inference.py)")
+    p.add_argument("--bf16_focus", action="store_true",
+                   help="CPU: the focus encoder under bfloat16 autocast, the glance in float32 (AVX512-BF16 or AMX)")
     for key in MODEL_KEYS:
         p.add_argument("--" + key, type=str if key in ("variant", "glance_arch", "focus_arch") else
                        (float if key == "temperature" else int), default=None)
@@ -85,6 +94,9 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
+    problem = bf16_focus_problem(args.plain_model, device.type) if args.bf16_focus else None
+    if problem:
+        raise SystemExit(problem)
     if device.type == "cpu":
         tune_cpu_allocator()
     try:
@@ -114,7 +126,8 @@ def main(argv=None) -> int:
         raise SystemExit(str(exc)) from None
     names = names or [str(i) for i in range(num_classes)]
     stages = engine.exit_gflops(model)  # counted on the model itself, not on its inference copy
-    model = prepare_for_inference(model.to(device).eval())
+    model, which = evaluation_model(model.to(device).eval(), plain=args.plain_model, bf16_focus=args.bf16_focus)
+    print(which, file=sys.stderr, flush=True)  # stdout holds the results only
     runner = None
     if args.thresholds:
         thresholds = load_thresholds(args.thresholds)

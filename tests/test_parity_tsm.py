@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from models import frame_selection
+from models.inference import prepare_for_inference
 from models.temporal_shift import temporal_shift
 from models.tsm import UniAdaFocusTSM, official_manifest, tsm_flops
 from ops.checkpoint import load_checkpoint
@@ -37,20 +38,18 @@ def build_model(cfg) -> UniAdaFocusTSM:
                           dropout=cfg["dropout"], temperature=cfg["temperature"], shift_div=cfg["shift_div"])
 
 
-@pytest.fixture(scope="module", params=_fixtures(), ids=lambda p: p.name if p else "none")
-def run(request, tmp_path_factory):
-    if request.param is None:
-        require_reference()
-        pytest.fail(f"no parity_*.pt fixtures in {reference_dir() / 'tsm'}")
-    fx = torch.load(request.param, weights_only=True)
+def load_fixture(fixture_path, folder):
+    """A parity fixture, its model with the fixture's synthetic official checkpoint loaded (written into
+    ``folder``; CPU, eval mode) and its recorded inputs: (fx, model, glance, video, info, manifest)."""
+    fx = torch.load(fixture_path, weights_only=True)
     cfg = fx["config"]
     model = build_model(cfg)
-    generator = fixture_generator(request.param, fx)
-    manifest = generator.load_manifest(fixture_manifest_path(request.param, fx))
+    generator = fixture_generator(fixture_path, fx)
+    manifest = generator.load_manifest(fixture_manifest_path(fixture_path, fx))
     ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
     state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
     assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    path = tmp_path_factory.mktemp("tsm_parity") / "ckpt.pth.tar"
+    path = folder / "ckpt.pth.tar"
     torch.save(ckpt, path)
     info = load_checkpoint(str(path), model)
 
@@ -58,7 +57,15 @@ def run(request, tmp_path_factory):
     g = torch.Generator().manual_seed(fx["input_seed"])
     glance = torch.randn((b, 3 * cfg["num_glance_segments"], size, size), generator=g, dtype=torch.float32)
     video = torch.randn((b, 3 * cfg["num_input_focus_segments"], size, size), generator=g, dtype=torch.float32)
-    model.eval()
+    return fx, model.eval(), glance, video, info, manifest
+
+
+@pytest.fixture(scope="module", params=_fixtures(), ids=lambda p: p.name if p else "none")
+def run(request, tmp_path_factory):
+    if request.param is None:
+        require_reference()
+        pytest.fail(f"no parity_*.pt fixtures in {reference_dir() / 'tsm'}")
+    fx, model, glance, video, info, manifest = load_fixture(request.param, tmp_path_factory.mktemp("tsm_parity"))
     with torch.no_grad():
         out = model(video, glance=glance)
     return fx, model, glance, video, out, info, manifest
@@ -168,6 +175,48 @@ def test_unit_cases_frame_selection(run):
         indices = frame_selection.select_focus_frames(weights, case["T0"], case["L"], random=case["rand_sample"])
         flat = (indices + case["T0"] * torch.arange(weights.shape[0]).unsqueeze(1)).flatten()
         assert torch.equal(flat, case["out"]), (case["T0"], case["G"], case["L"], case["rand_sample"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The same checks through the inference copy (models.inference: BatchNorm folded into the shifted
+# convolutions too, channels-last, chunked encoder calls in whole clips; the shifted glance stays
+# eager), which CPU evaluation runs by default, within the same tolerances.
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inference_run(run):
+    fx, model, glance, video, out, info, manifest = run
+    fast = prepare_for_inference(model)
+    with torch.no_grad():
+        return fx, model, fast, fast(video, glance=glance)
+
+
+def test_inference_copy_frames_weights_and_actions_match(inference_run):
+    fx, model, fast, out = inference_run
+    assert torch.equal(out.focus_indices, fx["focus_indices"])
+    torch.testing.assert_close(out.frame_weights, fx["weights"], **WEIGHTS)
+    torch.testing.assert_close(out.selection_weights, fx["weights_T"], **WEIGHTS)
+    torch.testing.assert_close(out.actions, fx["action"], **WEIGHTS)
+
+
+def test_inference_copy_logits_and_features_match(inference_run):
+    fx, model, fast, out = inference_run
+    torch.testing.assert_close(out.glance_features.flatten(0, 1), fx["global_feat"], **LOGITS)
+    torch.testing.assert_close(out.glance_prediction, fx["global_final_logit"], **LOGITS)
+    torch.testing.assert_close(out.glance_logits, fx["global_frame_logits_new_new_fc"], **LOGITS)
+    torch.testing.assert_close(out.spatial_logits, fx["spatial_sample_logits_3"], **LOGITS)
+    torch.testing.assert_close(out.focus_features.flatten(0, 1), fx["local_feat"], **FOCUS_END_TO_END)
+    torch.testing.assert_close(out.focus_prediction, fx["local_final_logit"], **FOCUS_END_TO_END)
+    torch.testing.assert_close(out.focus_logits, fx["local_frame_logits_new_new_fc"], **FOCUS_END_TO_END)
+    torch.testing.assert_close(out.logits, fx["outputs"]["prediction"], **FOCUS_END_TO_END)
+    torch.testing.assert_close(out.stage_logits[:, 0], fx["global_avg_logit"], **LOGITS)
+
+
+def test_inference_copy_focus_path_given_the_official_patches(inference_run):
+    fx, model, fast, out = inference_run
+    b, num_focus = fx["patches"].shape[0], fx["config"]["num_focus_segments"]
+    with torch.no_grad():
+        feats = fast.focus(fx["patches"].reshape(b * num_focus, 3, model.patch_size, model.patch_size))
+    torch.testing.assert_close(feats, fx["local_feat"], atol=2e-4, rtol=1e-4)
 
 
 OFFICIAL_GFLOPS = {(96, 8): 8.824464128, (96, 12): 11.830215168, (128, 12): 18.836734464, (128, 16): 24.177991936}

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.inference import prepare_for_inference
 from models.uni_adafocus_x3d import UniAdaFocusX3D, official_manifest, x3d_flops
 from ops.checkpoint import load_checkpoint
 from ops.engine import average_views
@@ -201,6 +202,42 @@ def test_three_crops_average_raw_logits_per_video(crop_run):
     torch.testing.assert_close(averaged.logits, fx["outputs_averaged"]["final_logits"], **LOGITS)
     torch.testing.assert_close(averaged.stage_logits, fx["early_exit_stage_logits"], **LOGITS)
     torch.testing.assert_close(averaged.focus_logits.mean(dim=1), fx["outputs_averaged"]["local_avg_logit"], **LOGITS)
+
+
+# ------------------------------------------------------------------------------------------------
+# The same checks through the inference copy (models.inference: BatchNorm3d folded into the 3-D
+# convolutions, channels_last_3d, chunked encoder calls in whole clips; the glance stays eager), which
+# CPU evaluation runs by default, within the same tolerances.
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inference_run(run):
+    fx, model, glance, video, out, info, manifest, three_crop = run
+    fast = prepare_for_inference(model)
+    with torch.no_grad():
+        return fx, fast, fast(video, glance=glance), three_crop
+
+
+def test_inference_copy_frames_weights_and_actions_match(inference_run):
+    fx, fast, out, three_crop = inference_run
+    assert torch.equal(out.focus_indices, fx["focus_indices_per_crop"] if three_crop else fx["focus_indices"])
+    torch.testing.assert_close(out.frame_weights, fx["weights_per_crop"] if three_crop else fx["weights"], **WEIGHTS)
+    torch.testing.assert_close(out.actions, _per_video(fx, "action", three_crop), **WEIGHTS)
+
+
+def test_inference_copy_every_head_and_the_prediction(inference_run):
+    fx, fast, out, three_crop = inference_run
+    torch.testing.assert_close(out.exit_logits[:, 0], _per_video(fx, "global_avg_logit", three_crop), **LOGITS)
+    torch.testing.assert_close(out.focus_logits.mean(dim=1), _per_video(fx, "local_avg_logit", three_crop), **LOGITS)
+    torch.testing.assert_close(out.spatial_logits, _per_video(fx, "spatial_sample_logits_3", three_crop), **LOGITS)
+    torch.testing.assert_close(out.logits, _per_video(fx, "final_logits", three_crop), **LOGITS)
+    if three_crop:
+        averaged = average_views(out, len(fx["crop_offsets_xy"]))
+        torch.testing.assert_close(averaged.logits, fx["outputs_averaged"]["final_logits"], **LOGITS)
+        torch.testing.assert_close(averaged.stage_logits, fx["early_exit_stage_logits"], **LOGITS)
+    else:
+        torch.testing.assert_close(out.glance_features.flatten(0, 1), fx["global_feat"], **LOGITS)
+        torch.testing.assert_close(out.focus_features.flatten(0, 1), fx["local_feat"], **LOGITS)
+        torch.testing.assert_close(out.focus_prediction, fx["local_final_logit"], **LOGITS)
 
 
 def test_flops_of_the_released_configuration_are_the_official_table():
