@@ -23,21 +23,24 @@ import sys
 import time
 from typing import List, Optional
 
-import torch
-import yaml
+from ops.cpu import prefer_passive_omp_wait, tune_cpu_allocator
 
-from datasets.files import write_text_atomic
-from models import get_variant
-from ops import cli, engine
-from ops import distributed as dist_ops
-from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from ops.config import (UNUSED_OFFICIAL_FLAGS, adopt_checkpoint_config, get_args_parser, parse_args, plain_config,
-                        run_folder)
-from ops.cpu import tune_cpu_allocator
-from ops.rng import epoch_seed, seed_everything
-from ops.run_log import RunLog
-from ops.schedule import adjust_learning_rate
-from ops.visualize import stack_rows
+prefer_passive_omp_wait()  # before torch loads OpenMP, which reads OMP_WAIT_POLICY once (ops/cpu.py)
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from datasets.files import write_text_atomic  # noqa: E402
+from models import get_variant  # noqa: E402
+from ops import cli, engine  # noqa: E402
+from ops import distributed as dist_ops  # noqa: E402
+from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint  # noqa: E402
+from ops.config import (UNUSED_OFFICIAL_FLAGS, adopt_checkpoint_config, get_args_parser, parse_args,  # noqa: E402
+                        plain_config, run_folder)
+from ops.rng import epoch_seed, seed_everything  # noqa: E402
+from ops.run_log import RunLog  # noqa: E402
+from ops.schedule import adjust_learning_rate  # noqa: E402
+from ops.visualize import legend, stack_rows  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -144,6 +147,8 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
             log.warning(f"--{name}: {UNUSED_OFFICIAL_FLAGS[name]}")
     log.info(f"{'evaluating' if args.evaluate else 'training'} on {info.world_size} process(es), device "
              f"{info.device}, global batch {args.batch_size} ({args.batch_size // info.world_size} per process)")
+    settings = engine.device_settings(args, info)  # a flag this device cannot honour stops the run here
+    log.info(f"device settings: {settings.describe()}")
     if info.device.type == "cpu" and tune_cpu_allocator():
         log.info("CPU run: glibc allocator tuned to reuse activation memory (ops/cpu.py)")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -165,6 +170,9 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
     log.info(f"{val_set.num_classes} classes; {len(val_set)} validation videos"
              + (f", {len(train_set)} training videos" if train_set is not None else "")
              + f"; GFLOPs per video {stages[-1]:.2f} (glance only {stages[0]:.2f})")
+    if settings.compile:  # after counting the FLOPs: compiled code hides its operations from the counter
+        log.info(f"--compile: the {' and '.join(engine.compile_encoders(model))} encoders compile at their first "
+                 f"call for each input shape")
     if info.is_main:  # an evaluation writes its own configuration, never the training run's
         name = f"config_{args.eval_suffix}.yaml" if args.evaluate else "config.yaml"
         write_text_atomic(os.path.join(run_dir, name), yaml.safe_dump(plain_config(args), sort_keys=True))
@@ -184,7 +192,8 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)
         is_best = False
         if epoch == args.epochs - 1 or (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0):
-            result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log)
+            result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log,
+                                     ablation=args.policy_ablation and epoch == args.epochs - 1)
             final = result.metrics
             if best is None or final["score"] > best:
                 best, best_epoch = final["score"], epoch
@@ -195,7 +204,8 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
             if "policy" in final:
                 log.scalars({f"policy/{k}": v for k, v in final["policy"].items()}, epoch)
             if result.images:
-                log.image("val/selected_frames_and_patches", stack_rows(result.images), epoch)
+                key = legend(object_boxes="policy" in final)  # ground truth is drawn where there is some
+                log.image("val/selected_frames_and_patches", stack_rows(result.images + [key]), epoch)
             log.info(f"epoch {epoch} validation: {engine.summarise(final)}  (best {best:.3f} at epoch {best_epoch})")
         # The last checkpoint is written last: a run killed before it ends redoes this epoch on
         # --resume auto (and rewrites the best checkpoint, the summary row and metrics.json), so a
@@ -219,7 +229,7 @@ def evaluate_once(args, info, model, val_loader, stages, run_dir: str, log: RunL
     """``--evaluate``: the metrics (and early exit with ``--thresholds``) of the loaded weights."""
     thresholds = engine.load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
     result = engine.evaluate(model, val_loader, args, info, collect_stages=thresholds is not None,
-                             visualise=args.num_visualised, log=log)
+                             visualise=args.num_visualised, log=log, ablation=args.policy_ablation)
     metrics, rows = result.metrics, result.rows
     log.info("evaluation: " + engine.summarise(metrics))
     if thresholds is not None:

@@ -11,7 +11,8 @@ Takes the arguments of main.py (the same command with ``--evaluate --resume CKPT
 1. Logits. The exit logits of every video (stage 0 = the last glance exit, stage k = after k focus
    frames: T_L + 1 stages) are computed for the threshold set (the training videos with the training
    augmentation by default, as officially; ``--threshold_set val`` or a seeded ``--threshold_subset``
-   as options) and for the evaluation set, through main.py's exact distributed evaluation, and cached
+   as options) and for the evaluation set, through main.py's exact distributed evaluation (on a CPU
+   the inference copy of ``models/inference.py``; ``--plain_model``, ``--bf16_focus``), and cached
    in ``{root_log}/{store_name}/early_exit/logits_<key>.pt`` (atomic; the key covers the checkpoint
    file and every setting that changes the logits), so a re-sweep never runs the model again.
 2. Sweep. For each criterion (``entropy`` by default; ``confidence`` is the official max raw
@@ -38,16 +39,19 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-import torch
+from ops.cpu import prefer_passive_omp_wait, tune_cpu_allocator
 
-from datasets.files import atomic_write, write_text_atomic
-from models import get_variant
-from ops import cli, config, engine
-from ops import distributed as dist_ops
-from ops import early_exit
-from ops.checkpoint import atomic_save, read_checkpoint
-from ops.cpu import tune_cpu_allocator
-from ops.run_log import RunLog
+prefer_passive_omp_wait()  # before torch loads OpenMP, which reads OMP_WAIT_POLICY once (ops/cpu.py)
+
+import torch  # noqa: E402
+
+from datasets.files import atomic_write, write_text_atomic  # noqa: E402
+from models import get_variant  # noqa: E402
+from ops import cli, config, engine  # noqa: E402
+from ops import distributed as dist_ops  # noqa: E402
+from ops import early_exit  # noqa: E402
+from ops.checkpoint import atomic_save, read_checkpoint  # noqa: E402
+from ops.run_log import RunLog  # noqa: E402
 
 CACHE_VERSION = 1
 
@@ -100,7 +104,8 @@ LOGIT_SETTINGS = ("variant", "dataset", "data_dir", "dataset_config", "synthetic
                   "num_segments", "num_glance_segments", "num_focus_segments", "input_size", "patch_size",
                   "glance_arch", "focus_arch", "classifier_dim", "stn_hidden_dim", "temporal_hidden_dim",
                   "temperature", "glance_size", "shift_div", "test_crops", "seed", "amp", "amp_dtype", "eval_amp",
-                  "threshold_set", "threshold_augmentation", "threshold_subset")
+                  "threshold_set", "threshold_augmentation", "threshold_subset", "plain_model", "bf16_focus",
+                  "gpu_decode")  # (not decode_all_frames: decoding the selected frames only gives identical logits)
 
 
 def cache_key(args) -> str:
@@ -115,7 +120,7 @@ def _threshold_loader(args, info, val_loader):
     """The loader of the threshold set (sharded without padding, like evaluation)."""
     if args.threshold_set == "val":
         return val_loader
-    dataset = engine.build_dataset(args, "train", info, train=args.threshold_augmentation)
+    dataset = engine.build_dataset(args, "train", info, train=args.threshold_augmentation, decode_on_demand=True)
     indices = list(range(len(dataset)))
     if args.threshold_subset and args.threshold_subset < len(dataset):
         generator = torch.Generator().manual_seed(args.seed)
@@ -179,8 +184,12 @@ def write_csv(path: str, rows: List[Dict]) -> None:
     write_text_atomic(path, out.getvalue())
 
 
-def plot_sweep(path: str, sweep, title: str) -> None:
-    """Metric against GFLOPs: dynamic exits, random exits with the same counts, fixed exits."""
+def plot_sweep(path: str, sweep, title: str, budgets=()) -> None:
+    """Metric against GFLOPs: dynamic exits, random exits with the same counts, fixed exits, and each
+    ``--budget``'s deployed thresholds (``budgets``: (GFLOPs, metric) on the evaluation set).
+
+    The y axis stays inside the metric's range (0-100); markers differ in shape and size and the early-exit
+    curve is drawn last, so a curve that coincides with another stays visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,16 +198,29 @@ def plot_sweep(path: str, sweep, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     points = sorted(sweep.points, key=lambda p: p.expected_gflops)
     gf = [p.expected_gflops for p in points]
-    ax.plot(gf, [p.metric for p in points], "o-", color="tab:red", label=f"early exit ({sweep.criterion})")
-    if sweep.seed is not None:  # with a random baseline
-        ax.plot(gf, [p.random_metric for p in points], "s--", color="tab:gray", label="random exit (same counts)")
+    values = [p.metric for p in points] + [f.metric for f in sweep.fixed_exits]
     ax.plot([f.gflops for f in sweep.fixed_exits], [f.metric for f in sweep.fixed_exits], "^:", color="tab:blue",
-            label="fixed exit (stage k)")
+            markersize=8, markerfacecolor="none", label="fixed exit (stage k)", zorder=2, clip_on=False)
+    if sweep.seed is not None:  # with a random baseline
+        ax.plot(gf, [p.random_metric for p in points], "s--", color="tab:gray", markersize=9, markerfacecolor="none",
+                label="random exits (same counts)", zorder=3, clip_on=False)
+        values += [p.random_metric for p in points]
+    ax.plot(gf, [p.metric for p in points], "o-", color="tab:red", markersize=4, linewidth=1.5,
+            label=f"early exit ({sweep.criterion})", zorder=4, clip_on=False)
+    for k, (gflops, metric) in enumerate(budgets):
+        ax.plot([gflops], [metric], "*", color="black", markersize=14, zorder=5, clip_on=False,
+                label="--budget thresholds" if k == 0 else None)
+        ax.annotate(f"{metric:.1f} at {gflops:.3g}", (gflops, metric), textcoords="offset points", xytext=(6, -14),
+                    fontsize=8)
+        values.append(metric)
+    low, high = min(values), max(values)
+    pad = max(1.0, 0.08 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
     ax.set_xlabel("GFLOPs / video")
     ax.set_ylabel("mAP (%)" if sweep.metric == "mAP" else "top-1 accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, pad=12)  # (markers on the top edge are drawn unclipped)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
@@ -223,7 +245,6 @@ def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, ob
         write_csv(base + ".csv", sweep.to_rows())
         sweep.to_json(base + ".json")
         write_csv(base + "_fixed_exits.csv", sweep.fixed_rows())
-        plot_sweep(base + ".png", sweep, f"{os.path.basename(os.path.dirname(out_dir))}: {criterion}")
         official = "flops_list,metric_list\n" + "".join(f"{p.expected_gflops:.6f},{p.metric:.6f}\n" for p in sweep.points)
         write_text_atomic(os.path.join(os.path.dirname(out_dir), f"log_early_exit_{criterion}.csv"), official)
         log.info(f"{criterion}: swept {len(sweep.points)} budgets in {elapsed:.2f}s; last exit {metric} "
@@ -232,8 +253,9 @@ def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, ob
             log.info(f"  p={p.p:.2f}  {p.expected_gflops:7.3f} GFLOPs  {metric} {p.metric:7.3f}"
                      + (f"  (random exits {p.random_metric:7.3f})" if sweep.seed is not None else ""))
         results[criterion] = sweep
-        for budget in args.budget or ():
-            solve_budget(data, criterion, metric, budget, out_dir, args, log)
+        budgets = [solve_budget(data, criterion, metric, budget, out_dir, args, log)[1] for budget in args.budget or ()]
+        plot_sweep(base + ".png", sweep, f"{os.path.basename(os.path.dirname(out_dir))}: {criterion}",
+                   budgets=[(e.expected_gflops, e.metric) for e in budgets])
     return results
 
 
@@ -253,7 +275,7 @@ def solve_budget(data: Dict, criterion: str, metric: str, budget: float, out_dir
     log.info(f"--budget {budget:g} ({criterion}): p={found.p:.4g}, {found.expected_gflops:.3f} GFLOPs on the "
              f"threshold set; evaluation set {evaluation.expected_gflops:.3f} GFLOPs, {metric} "
              f"{evaluation.metric:.3f}; thresholds -> {path}")
-    return path
+    return path, evaluation
 
 
 # ------------------------------------------------------------------------------------------------

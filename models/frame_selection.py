@@ -34,8 +34,9 @@ def glance_frame_indices(num_segments: int, num_glance: int, batch_size: int = 1
     g = torch.arange(num_glance, dtype=torch.float64)
     if random:
         u = torch.rand(batch_size, num_glance, generator=generator, dtype=torch.float64,
-                       device=generator.device if generator is not None else "cpu").cpu()
-        idx = torch.floor((g + u) * num_segments / num_glance).long()
+                       device=generator.device if generator is not None else "cpu")
+        # computed where the draws are (float64 arithmetic is the same on every device): no host sync
+        idx = torch.floor((g.to(u.device) + u) * num_segments / num_glance).long()
     else:
         if num_segments % num_glance == 0:
             r = num_segments // num_glance

@@ -4,7 +4,8 @@ Data flow for a batch of B videos of T0 candidate frames (docs/official-behaviou
 
 1. **glance** — T_G frames (evenly spaced in evaluation, one random frame per segment in training) go
    through MobileNetV2: feature maps (B*T_G, 1280, h, w), pooled features (B*T_G, 1280), and the
-   glance head's logits.
+   glance head's logits. The glance sees the whole frame at ``input_size`` as officially, or, with
+   ``glance_size`` set, downscaled to ``glance_size`` (the paper's cheap, coarse global view).
 2. **policy** — on the glance features: the spatial branch gives one patch per glance frame (from the
    *detached* maps), linearly interpolated to all T0 frames; the temporal branch gives frame weights
    (a softmax, and a tempered softmax for selection).
@@ -30,6 +31,11 @@ The forward is built from three reusable stages, which the adaptive early-exit r
 
 Backbone stages expect the caller to have turned autocast off and to pass the caller's setting as
 ``amp = (enabled, dtype)`` (see :meth:`UniAdaFocus.autocast_setting`), as :meth:`forward` does.
+
+Frames are only ever read by index from the (B, T0, 3, H, W) input. :meth:`forward` and
+:meth:`early_exit_steps` take a ``before_focus(indices, rows)`` hook, called with the focus frames
+(n, K) of the videos ``rows`` (n,) (None: all) before the focus encoder reads them, so that a caller
+may leave frames undecoded until the policy has chosen (``datasets.selected_frames``).
 """
 from __future__ import annotations
 
@@ -39,9 +45,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
+from .backbones import FocusEncoder, GlanceEncoder, downscale, glance_feature_size
 from .classifier import ExitClassifier
 from . import frame_selection
+from .inference import call_in_chunks
 from .patches import PatchGeometry
 from .policy import Policy
 
@@ -189,11 +196,13 @@ class UniAdaFocusOutput:
 class UniAdaFocus(nn.Module):
     """The Uni-AdaFocus network. Keyword names match the command-line flags.
 
-    forward(video, generator=None) with video (B, T0, 3, H, W) or the official flattened layout
-    (B, T0*3, H, W); uint8 frames are normalised here (ImageNet mean/std), floating-point frames are
-    taken as already normalised. H = W = input_size. The training draws (glance frames, stratified
-    selection offsets, random patches) come from ``generator`` or, when it is None, from the global
-    torch RNG; dropout always uses the global RNG.
+    forward(video, generator=None, before_focus=None) with video (B, T0, 3, H, W) or the official
+    flattened layout (B, T0*3, H, W); uint8 frames are normalised here (ImageNet mean/std),
+    floating-point frames are taken as already normalised. H = W = input_size. The training draws
+    (glance frames, stratified selection offsets, random patches) come from ``generator`` or, when it
+    is None, from the global torch RNG; dropout always uses the global RNG. ``before_focus(indices,
+    rows)``: called once with the T_L focus frames (B, T_L) and ``rows=None`` after the policy chose
+    them and before they are read (see the module doc).
     """
 
     #: The registry entry of this network (``models.mn2_r50``).
@@ -205,7 +214,7 @@ class UniAdaFocus(nn.Module):
                  dropout: float = 0.2, fc_dropout: float = 0.2, temperature: float = 1.0,
                  glance_arch: str = "mbv2", focus_arch: str = "resnet50", pretrained: bool = False,
                  glance_weights: Optional[str] = None, focus_weights: Optional[str] = None,
-                 detach_temporal_input: bool = False):
+                 detach_temporal_input: bool = False, glance_size: Optional[int] = None):
         super().__init__()
         if num_focus_segments > num_segments:
             raise ValueError(f"num_focus_segments ({num_focus_segments}) > num_segments ({num_segments})")
@@ -215,7 +224,11 @@ class UniAdaFocus(nn.Module):
         self.num_segments, self.num_glance, self.num_focus = num_segments, num_glance_segments, num_focus_segments
         self.temperature = temperature
         self.detach_temporal_input = detach_temporal_input
-        self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(input_size))
+        if glance_size is not None and not 0 < glance_size <= input_size:
+            raise ValueError(f"glance_size must be in 1..input_size ({input_size}), got {glance_size}")
+        #: Side of the frames the glance encoder sees: ``input_size`` (official) or a smaller ``glance_size``.
+        self.glance_size = glance_size or input_size
+        self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(self.glance_size))
 
         self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights)
         self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights)
@@ -297,17 +310,13 @@ class UniAdaFocus(nn.Module):
         not depend on it: no BatchNorm statistics are computed in evaluation).
         """
         enabled, dtype = amp
-        chunk = self.encoder_chunk if not self.training and self.encoder_chunk else x.shape[0]
-        outs = []
-        for part in x.split(max(1, chunk)):
+
+        def run(part):
             with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
                 out = module(part)
-            outs.append(tuple(o.float() for o in out) if isinstance(out, tuple) else out.float())
-        if len(outs) == 1:
-            return outs[0]
-        if isinstance(outs[0], tuple):
-            return tuple(torch.cat(parts) for parts in zip(*outs))
-        return torch.cat(outs)
+            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+        return call_in_chunks(run, x, None if self.training else self.encoder_chunk)
 
     def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P)."""
@@ -336,8 +345,9 @@ class UniAdaFocus(nn.Module):
         indices = frame_selection.glance_frame_indices(t0, self.num_glance, b, random=self.training,
                                                        generator=generator, device=frames.device)  # (B, T_G)
         glance_frames = self.normalise(self.gather_frames(frames, indices))  # (B, T_G, 3, H, W)
+        glance_frames = downscale(glance_frames.flatten(0, 1), self.glance_size, antialias=True)  # (B*T_G, 3, S_g, S_g)
         # (B*T_G, Dg, h, w), (B*T_G, Dg)
-        fmap, feats = self.run_backbone(self.glance, glance_frames.flatten(0, 1), amp)
+        fmap, feats = self.run_backbone(self.glance, glance_frames, amp)
         logits = self.glance_head(feats).view(b, self.num_glance, -1) if head else None  # (B, T_G, C)
         fmap = fmap.detach()
         return GlanceStage(indices=indices, features=feats.view(b, self.num_glance, -1),
@@ -394,7 +404,7 @@ class UniAdaFocus(nn.Module):
         feats = feats.view(*sets.shape[:-1], feats.shape[-1])  # (S, n, K, Df)
         return feats[0] if focus_actions.dim() == 3 else feats
 
-    def early_exit_steps(self, video: torch.Tensor, amp, lap=None):
+    def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
         """The T_L + 1 early-exit stages one at a time, for the adaptive runtime (a generator; evaluation).
 
         Yields stage 0's logits (B, C): the last glance exit, from the glance encoder and the glance
@@ -403,7 +413,9 @@ class UniAdaFocus(nn.Module):
         continue, it yields the next stage's logits (m, C) for those only: the policy runs once, for
         the videos that passed stage 0, then one focus frame per stage, continuing each video's
         running-max focus state. ``amp``: the caller's autocast setting, with autocast turned off
-        around the whole run. ``lap(name)`` marks the end of the policy.
+        around the whole run. ``lap(name)`` marks the end of the policy. ``before_focus(indices, rows)``
+        is called before every focus step with the step's frame (n, 1) of each video still running and
+        those videos' rows (n,) of ``video``.
         """
         clf = self.classifier
         frames = self.frames_view(video)
@@ -418,6 +430,8 @@ class UniAdaFocus(nn.Module):
             lap("policy")
         state = None  # (n, H) the running-max focus state
         for k in range(self.num_focus):
+            if before_focus is not None:
+                before_focus(indices[:, k:k + 1], rows)
             feats = self.focus_features(frames, indices[:, k:k + 1], actions[:, k:k + 1], amp, rows=rows)  # (n, 1, Df)
             states = clf.focus_states(feats, previous=state)  # (n, 1, H)
             keep = yield clf.focus_logits(states, glance_final, first_step=k)[:, 0]  # (n, C)
@@ -429,14 +443,16 @@ class UniAdaFocus(nn.Module):
     # ------------------------------------------------------------------------------------------
     # forward
     # ------------------------------------------------------------------------------------------
-    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> UniAdaFocusOutput:
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                before_focus=None) -> UniAdaFocusOutput:
         frames = self.frames_view(video)
         device_type = frames.device.type
         amp = self.autocast_setting(device_type)
         with torch.autocast(device_type, enabled=False):
-            return self._forward(frames, amp, generator)
+            return self._forward(frames, amp, generator, before_focus)
 
-    def _forward(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator]) -> UniAdaFocusOutput:
+    def _forward(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator],
+                 before_focus=None) -> UniAdaFocusOutput:
         b, t0, _, height, width = frames.shape
         training = self.training
 
@@ -445,6 +461,8 @@ class UniAdaFocus(nn.Module):
         policy = self.policy_stage(glance, t0, generator, auxiliary=True)
 
         # 5. focus (+ the random-patch pass in training, in the same backbone call)
+        if before_focus is not None:
+            before_focus(policy.focus_indices, None)
         actions, random_actions = policy.focus_actions, None  # (B, T_L, 4)
         if training:
             random_actions = self.random_actions((b, self.num_focus), frames.device, generator)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .packages import datasets, models
+from .packages import datasets, models, sibling
 
 DESCRIPTION = "Train and evaluate Uni-AdaFocus: one process on a CPU or GPU, or many under torch.distributed."
 
@@ -24,7 +24,7 @@ DESCRIPTION = "Train and evaluate Uni-AdaFocus: one process on a CPU or GPU, or 
 UNUSED_OFFICIAL_FLAGS = {
     "num_steps": "unused officially",
     "sample_sigma": "unused officially",
-    "glance_size": "unused officially (glance frames are full input_size frames)",
+    "glance_size": "unused by this variant (its glance sees full input_size frames, as officially)",
     "hidden_dim": "unused officially: the official classifier is 4096 wide whatever --hidden_dim says "
                   "(the README commands pass 1024); use --classifier_dim to change the width",
     "sample": "unused officially",
@@ -98,6 +98,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--glance_weights", "--glance_ckpt_path", dest="glance_weights", default=None,
                    help="local ImageNet MobileNetV2 weights (torchvision or the official file layout)")
     g.add_argument("--focus_weights", default=None, help="local ImageNet ResNet weights (torchvision layout)")
+    g.add_argument("--glance_size", type=int, default=None,
+                   help="side of the frames the glance sees: mn2_r50 downscales (antialiased) to it when set "
+                        "(the paper's coarse glance; official: full input_size frames, the flag unused); x3d: 160 "
+                        "(bilinear, as officially); tsm: unused")
     g.add_argument("--shift_div", type=int, default=8, help="tsm: 1/shift_div of the channels shift each way")
     g.add_argument("--shift", action="store_true", help="tsm (official flag): the tsm variant always shifts")
     g.add_argument("--shift_place", choices=("blockres",), default="blockres",
@@ -150,7 +154,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true",
                    help="mixed precision for the backbones in training (policy math stays float32); evaluation "
                         "stays float32 as officially unless --eval_amp")
-    g.add_argument("--amp_dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    g.add_argument("--amp_dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                   help="autocast type of --amp / --eval_amp; float16 training adds a gradient scaler and needs "
+                        "CUDA, bfloat16 needs a GPU with bfloat16 arithmetic (compute capability 8.0+) on CUDA")
     g.add_argument("--sync_bn", action="store_true",
                    help="synchronise BatchNorm statistics across GPUs (official: off, so BatchNorm sees the "
                         "per-process batch, --batch_size / processes)")
@@ -174,6 +180,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_amp", action="store_true",
                    help="evaluate under --amp_dtype autocast too (faster on GPUs; not the official numbers, "
                         "which are float32)")
+    g.add_argument("--policy_ablation", action="store_true",
+                   help="the final evaluation also scores the model with uniformly spaced focus frames, with its "
+                        "patches at random positions, and both, at equal GFLOPs, and its glance exit alone "
+                        "(metrics.json 'policy_ablation'; mn2_r50)")
     g.add_argument("--thresholds", default=None,
                    help="early-exit thresholds file (test_early_exit.py --budget): --evaluate also reports the "
                         "metric, GFLOPs and exit distribution of early exit with them")
@@ -188,10 +198,42 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --evaluate: also write predictions_{suffix}.pt (per-video logits, labels, frames, patches)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
+    g = p.add_argument_group("CPU evaluation (models/inference.py)")
+    g.add_argument("--plain_model", action="store_true",
+                   help="evaluate with the model as trained; by default a CPU evaluation runs an inference copy "
+                        "of the current weights (BatchNorm folded, channels-last, 32 images per encoder call, "
+                        "traced glance where safe), equal to rounding and about twice as fast")
+    g.add_argument("--bf16_focus", action="store_true",
+                   help="CPU evaluation: the focus encoder under bfloat16 autocast, the glance in float32 (CPUs "
+                        "with AVX512-BF16 or AMX; moves logits by ~0.05, not the official float32 numbers)")
+
+    g = p.add_argument_group("frame decoding in evaluation (datasets/selected_frames.py)")
+    g.add_argument("--decode_all_frames", action="store_true",
+                   help="decode all T0 candidate frames of every evaluated video, as before; by default the "
+                        "mn2_r50 variant's loader decodes its T_G glance frames and the T_L focus frames its "
+                        "policy selects are decoded afterwards, only those (identical predictions; tsm and x3d "
+                        "always decode all)")
+    g.add_argument("--gpu_decode", action="store_true",
+                   help="evaluation on CUDA: the loader reads the JPEG frames' bytes and they are decoded "
+                        "(nvjpeg) and resized on the GPU, in one call per batch; equal to the CPU path up to "
+                        "the decoders' rounding (mn2_r50; with or without --decode_all_frames)")
+
+    g = p.add_argument_group("GPU speed (CUDA runs; ops/engine.py device_settings)")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the 2-D encoders (MobileNetV2, ResNet, with or without the temporal shift) in "
+                        "channels-last memory format (default: on CUDA, off on a CPU; X3D's 3-D encoders keep "
+                        "their layout)")
+    g.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN time the convolution algorithms of each input shape and use the fastest on "
+                        "CUDA (the choice may differ between runs: --no-cudnn_benchmark keeps cuDNN's fixed "
+                        "choice, for reproducing a run)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the glance and focus encoders (the first steps of each input shape are "
+                        "slow while compiling; checkpoints keep their keys)")
+
     g = p.add_argument_group("official flags the official code never read (accepted, with a warning)")
     g.add_argument("--num_steps", type=int, default=1)
     g.add_argument("--sample_sigma", type=float, default=0.015)
-    g.add_argument("--glance_size", type=int, default=96)
     g.add_argument("--hidden_dim", type=int, default=1024)
     g.add_argument("--sample", action="store_true")
     g.add_argument("--save", default="")
@@ -306,6 +348,13 @@ POSITIVE = ("batch_size", "val_batch_size", "epochs", "num_segments", "num_glanc
 NON_NEGATIVE = ("workers", "eval_freq", "iters_per_epoch", "num_visualised", "weight_decay", "threshold_subset")
 
 
+def cuda_available() -> bool:
+    """Whether ``--device auto`` picks CUDA (``ops.distributed.init_distributed``'s rule)."""
+    import torch  # late, as this module's other uses of torch
+
+    return torch.cuda.is_available()
+
+
 def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentParser) -> None:
     """Checks across flags, and the flags that imply others (a parser error names the flag)."""
     if args.stn_start_epoch < 0:
@@ -337,6 +386,12 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
             parser.error("--paper_stop_gradient uses --temporal_objective paper; "
                          f"--temporal_objective {args.temporal_objective} contradicts it")
         args.detach_temporal_input, args.temporal_objective = True, "paper"
+    if getattr(args, "bf16_focus", False):
+        evaluates_on = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda_available()) else "cpu"
+        problem = sibling("models.inference").bf16_focus_problem(args.plain_model, evaluates_on,
+                                                                 args.amp and args.eval_amp)
+        if problem:
+            parser.error(problem)
     variant = models.get_variant(args.variant)
     for role in ("glance", "focus"):
         arch = getattr(args, f"{role}_arch")
@@ -345,6 +400,13 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
     for name, allowed in variant.choices.items():
         if getattr(args, name) not in allowed:
             parser.error(f"--{name} {getattr(args, name)}: the {variant.name} variant offers {', '.join(allowed)}")
+    if getattr(args, "gpu_decode", False):
+        if variant.frame_source != "candidates":
+            parser.error(f"--gpu_decode: the {variant.name} variant samples its glance frames apart from the "
+                         f"candidates and decodes on the CPU; --gpu_decode is for mn2_r50")
+        if not (args.device == "cuda" or (args.device == "auto" and cuda_available())):
+            parser.error(f"--gpu_decode decodes on a CUDA device, but this run evaluates on the CPU (--device "
+                         f"{args.device}{'' if args.device == 'cpu' else ', no CUDA device found'})")
 
 
 #: Flags that set the model's shapes. An own checkpoint's saved configuration supplies those that no

@@ -11,6 +11,12 @@ these functions, in the manner of torchvision's reference scripts::
 Precision: ``--amp`` runs the backbones under autocast in **training** only, as the official
 semi-AMP code does; evaluation runs in float32 (the official numbers) unless ``--eval_amp`` asks for
 autocast there too. Policy math always runs in float32.
+
+Device: :func:`device_settings` resolves the speed flags for the run's device in one place
+(``--channels_last``, on by default on CUDA; ``--cudnn_benchmark``; ``--compile``; the autocast type
+and gradient scaler of ``--amp``; ``--sync_bn``) and stops with one line on a combination the device
+cannot run; :func:`build_model` applies them. Training never waits for the device between print steps
+(:func:`train_one_epoch`).
 """
 from __future__ import annotations
 
@@ -28,9 +34,10 @@ from . import distributed as dist_ops
 from . import early_exit
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from .config import plain_config
-from .metrics import head_metrics, topk_accuracy
+from .metrics import head_metrics, mean_average_precision, topk_accuracy
 from .objective import UniAdaFocusObjective, validation_loss
-from .packages import datasets, models
+from .packages import datasets, models, sibling
+from . import policy_ablation
 from .policy_quality import policy_quality
 from .rng import epoch_seed, rng_state, seed_everything, set_rng_state
 from .run_log import RunLog, progress
@@ -56,14 +63,38 @@ def dataset_options(args) -> Dict:
     return options
 
 
-def build_dataset(args, split: str, info: dist_ops.DistInfo, train: Optional[bool] = None):
+def frame_decoding_options(args) -> Dict:
+    """The dataset options of an evaluation loader that decodes only the frames the model reads
+    (``datasets.selected_frames``): for a variant whose glance frames are among the candidates, the
+    workers decode the T_G glance positions (the model's evaluation rule) and the focus frames are
+    decoded when the policy has chosen them; ``--decode_all_frames``: every candidate (the previous
+    path); ``--gpu_decode``: the workers read the JPEG bytes of those frames for decoding on the GPU.
+    Other variants: none (they decode every frame in the workers)."""
+    if models.get_variant(args.variant).frame_source != "candidates":
+        return {}
+    options = {}
+    if not getattr(args, "decode_all_frames", False):
+        glance = sibling("models.frame_selection").glance_frame_indices(args.num_segments, args.num_glance_segments)
+        options["decode_positions"] = glance[0].tolist()
+    if getattr(args, "gpu_decode", False):
+        options["jpeg_bytes"] = True
+    return options
+
+
+def build_dataset(args, split: str, info: dist_ops.DistInfo, train: Optional[bool] = None,
+                  decode_on_demand: bool = False):
     """One split of ``--dataset`` (the synthetic set is generated on first use, by rank 0).
 
     ``train``: the training (True) or evaluation (False) transforms; default: the split's own.
+    ``decode_on_demand``: with the evaluation transforms, items of :func:`frame_decoding_options`
+    (for :func:`evaluate`, which decodes the rest when the model needs it).
     """
     options = dataset_options(args)
+    evaluation = train is False or (train is None and split != "train")
     if split == "val" and train is not True and getattr(args, "test_crops", 1) != 1:
         options["test_crops"] = args.test_crops  # multi-view evaluation
+    if decode_on_demand and evaluation:
+        options.update(frame_decoding_options(args))
     if args.dataset == "synthetic":  # rank 0 generates; the others wait (the generator also locks)
         if info.is_main:
             datasets.num_classes(args.dataset, args.data_dir, **options)
@@ -86,7 +117,8 @@ def build_eval_loader(dataset, batch_size: int, args, info: dist_ops.DistInfo):
     """
     sampler = dist_ops.ShardSampler(len(dataset), info.rank, info.world_size)
     return torch.utils.data.DataLoader(dataset, batch_size=max(1, math.ceil(batch_size / info.world_size)),
-                                       sampler=sampler, **_loader_options(args, info))
+                                       sampler=sampler, collate_fn=datasets.collate_items,
+                                       **_loader_options(args, info))
 
 
 def build_loaders(args, info: dist_ops.DistInfo):
@@ -100,23 +132,125 @@ def build_loaders(args, info: dist_ops.DistInfo):
                                                       shuffle=True, seed=args.seed, drop_last=True)
         train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size // info.world_size,
                                                    sampler=sampler, drop_last=True, **_loader_options(args, info))
-    val_set = build_dataset(args, "val", info)
+    val_set = build_dataset(args, "val", info, decode_on_demand=True)
     return train_set, train_loader, val_set, build_eval_loader(val_set, args.val_batch_size, args, info)
 
 
+# ------------------------------------------------------------------------------------------------
+# Device settings: what the speed flags mean on the run's device, checked and applied in one place
+# ------------------------------------------------------------------------------------------------
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How a run uses its device, resolved from the flags by :func:`device_settings`."""
+
+    device_type: str  # 'cuda' or 'cpu'
+    channels_last: bool  # the 2-D encoders in channels-last memory format (--channels_last)
+    cudnn_benchmark: bool  # cuDNN times the convolution algorithms and keeps the fastest (CUDA only)
+    compile: bool  # the encoders torch.compile'd (--compile)
+    train_autocast: Optional[torch.dtype]  # the backbones' autocast type in training (None: float32)
+    eval_autocast: Optional[torch.dtype]  # the same in evaluation (--eval_amp)
+    grad_scaler: bool  # float16 training scales its loss (CUDA's GradScaler)
+    sync_bn: bool  # BatchNorm synchronised over the processes in training (--sync_bn)
+
+    def describe(self) -> str:
+        """One log line."""
+        def precision(dtype):
+            return "float32" if dtype is None else f"{str(dtype).replace('torch.', '')} autocast"
+
+        parts = [f"backbones in {precision(self.train_autocast)}"
+                 + (" with a gradient scaler" if self.grad_scaler else "") + " for training, "
+                 + f"{precision(self.eval_autocast)} for evaluation",
+                 "channels-last 2-D encoders" if self.channels_last else "encoders in the default memory format",
+                 "torch.compile'd encoders" if self.compile else "eager encoders"]
+        if self.sync_bn:
+            parts.append("synchronised BatchNorm")
+        if self.device_type == "cuda":
+            parts += [f"cudnn.benchmark {'on' if self.cudnn_benchmark else 'off'}", "pinned-memory loaders"]
+        return "; ".join(parts)
+
+
+def device_settings(args, info: dist_ops.DistInfo, bf16_problem=dist_ops.cuda_bf16_problem) -> DeviceSettings:
+    """The speed and precision flags resolved for this process's device (``--channels_last`` defaults to
+    on for CUDA); a combination the device cannot run stops with one line naming the flag.
+
+    ``bf16_problem(device)``: why a GPU cannot run bfloat16 (None: it can); asked only when needed.
+    """
+    cuda = info.device.type == "cuda"
+    training = not args.evaluate
+    dtype = AUTOCAST_DTYPES[args.amp_dtype]
+    train_autocast = dtype if args.amp and training else None
+    eval_autocast = dtype if args.amp and args.eval_amp else None
+    if train_autocast == torch.float16 and not cuda:
+        raise SystemExit("--amp --amp_dtype float16: float16 training needs CUDA's gradient scaler and this run "
+                         "trains on the CPU; pass --amp_dtype bfloat16 there (or drop --amp)")
+    if cuda and torch.bfloat16 in (train_autocast, eval_autocast):
+        problem = bf16_problem(info.device)
+        if problem:
+            raise SystemExit(f"--amp_dtype bfloat16: {problem}; pass --amp_dtype float16")
+    sync_bn = bool(args.sync_bn) and training  # evaluation uses the running statistics: nothing to synchronise
+    if sync_bn and not (cuda and info.distributed):
+        raise SystemExit(f"--sync_bn synchronises BatchNorm over several CUDA processes; this run trains on "
+                         f"{info.world_size} process(es) on {info.device.type}")
+    channels_last = getattr(args, "channels_last", None)
+    return DeviceSettings(device_type=info.device.type, channels_last=cuda if channels_last is None else channels_last,
+                          cudnn_benchmark=cuda and getattr(args, "cudnn_benchmark", True),
+                          compile=getattr(args, "compile", False), train_autocast=train_autocast,
+                          eval_autocast=eval_autocast, grad_scaler=train_autocast == torch.float16, sync_bn=sync_bn)
+
+
+def apply_device_settings(settings: DeviceSettings) -> None:
+    """The process-wide part of the settings: cuDNN's algorithm search on CUDA (nothing on a CPU)."""
+    if settings.device_type == "cuda":
+        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+
+
+def use_channels_last(model) -> List[str]:
+    """Put the model's 2-D encoders in channels-last memory format (their 4-D weights now, their input at
+    every call through the encoders' ``memory_format``); returns their names. Encoders without that
+    attribute (X3D's 3-D networks) keep their layout."""
+    converted = []
+    for name in ("glance", "focus"):
+        encoder = getattr(unwrap(model), name, None)
+        if encoder is not None and hasattr(encoder, "memory_format"):
+            encoder.to(memory_format=torch.channels_last)
+            encoder.memory_format = torch.channels_last
+            converted.append(name)
+    return converted
+
+
+def compile_encoders(model) -> List[str]:
+    """``torch.compile`` the glance and focus encoders in place (``nn.Module.compile``: parameter names, and
+    so checkpoint keys, stay as they are); returns their names. Compiling happens at each encoder's first
+    call for each input shape. Count FLOPs before (compiled code hides its operations from the counter)."""
+    compiled = []
+    for name in ("glance", "focus"):
+        encoder = getattr(unwrap(model), name, None)
+        if encoder is not None:
+            encoder.compile()
+            compiled.append(name)
+    return compiled
+
+
 def build_model(args, num_classes: int, info: dist_ops.DistInfo):
-    """The ``--variant`` network for ``num_classes`` classes, on the run's device.
+    """The ``--variant`` network for ``num_classes`` classes, on the run's device and set up for it
+    (:func:`device_settings`: synchronised BatchNorm, channels-last encoders, cuDNN's algorithm search).
 
     Evaluating a checkpoint loads no pretrained backbone weights: the checkpoint replaces them all.
     """
+    settings = device_settings(args, info)
+    apply_device_settings(settings)
     if args.evaluate and args.resume:
         args = argparse.Namespace(**{**vars(args), "pretrained": False, "glance_weights": None, "focus_weights": None})
     model = models.get_variant(args.variant).build_from(args, num_classes)
-    if args.sync_bn:
-        if info.device.type != "cuda" or not info.distributed:
-            raise SystemExit("--sync_bn needs several CUDA processes")
+    if settings.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model.to(info.device)
+    model = model.to(info.device)
+    if settings.channels_last:
+        use_channels_last(model)
+    return model
 
 
 def build_objective(args) -> UniAdaFocusObjective:
@@ -140,17 +274,14 @@ def build_optimizer(args, model) -> torch.optim.Optimizer:
 
 
 def build_scaler(args, info: dist_ops.DistInfo) -> Optional[torch.amp.GradScaler]:
-    """A gradient scaler for float16 AMP on CUDA (the official semi-AMP), else None."""
-    if args.amp and args.amp_dtype == "float16" and info.device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
-    return None
+    """A gradient scaler for float16 AMP training on CUDA (the official semi-AMP), else None."""
+    return torch.amp.GradScaler("cuda") if device_settings(args, info).grad_scaler else None
 
 
 def autocast(args, device: torch.device, training: bool):
     """The backbones' autocast: ``--amp`` in training; in evaluation only with ``--eval_amp``."""
-    dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     enabled = args.amp if training else args.amp and args.eval_amp
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[args.amp_dtype], enabled=enabled)
 
 
 def exit_gflops(model) -> List[float]:
@@ -183,19 +314,30 @@ class Meters:
         return {k: totals[i].item() / count for i, k in enumerate(names)}
 
 
-def check_finite(terms, info: dist_ops.DistInfo, epoch: int, step: int, float16: bool = False) -> None:
-    """Stop every process within the step when any loss term is NaN or infinite anywhere."""
-    values = torch.stack([v.detach().float() for v in vars(terms).values()])
-    bad = (~torch.isfinite(values)).any().float().reshape(1)
+def check_finite(values: torch.Tensor, names: List[str], info: dist_ops.DistInfo, epoch: int, first_step: int,
+                 total_steps: int, float16: bool = False) -> None:
+    """Stop every process when a loss term was NaN or infinite, on any process, in the steps just read.
+
+    values: (S, T) the T terms ``names`` of the S steps read together at a print step, from the 0-based
+    step ``first_step`` of this epoch of ``total_steps`` on (steps are numbered from 1 in the message,
+    as in the log).
+    """
+    bad = ~torch.isfinite(values)  # (S, T)
+    anywhere = bad.any().to(torch.float32).reshape(1)
     if info.distributed:
-        bad = dist_ops.all_reduce_sum(bad, info)
-    if bad.item() > 0:
-        names = [k for k, v in vars(terms).items() if not torch.isfinite(v.detach()).all()]
-        raise FloatingPointError(
-            f"non-finite loss at epoch {epoch}, step {step}" + (f" (terms: {', '.join(names)})" if names else
-                                                                " (on another process)")
-            + "; the run stops and keeps its last good checkpoint. Try a lower --lr"
-            + (" or --amp_dtype bfloat16." if float16 else "."))
+        anywhere = dist_ops.all_reduce_sum(anywhere, info)
+    if anywhere.item() == 0:
+        return
+    read = f"steps {first_step + 1}-{first_step + values.shape[0]}" if values.shape[0] > 1 else f"step {first_step + 1}"
+    if bad.any():
+        row = int(bad.any(dim=1).nonzero()[0])  # the first bad step, and its bad terms
+        terms = ", ".join(name for name, b in zip(names, bad[row].tolist()) if b)
+        where = (f"step {first_step + row + 1}/{total_steps} (terms: {terms}; found when {read} were read, every "
+                 f"--print-freq steps)")
+    else:
+        where = f"{read}/{total_steps}, on another process"
+    raise FloatingPointError(f"non-finite loss at epoch {epoch}, {where}; the run stops and keeps its last good "
+                             "checkpoint. Try a lower --lr" + (" or --amp_dtype bfloat16." if float16 else "."))
 
 
 def model_inputs(batch, device: torch.device):
@@ -205,8 +347,27 @@ def model_inputs(batch, device: torch.device):
     return video, glance
 
 
+def _read_steps(pending: List, names: List[str], meters: Meters, info: dist_ops.DistInfo, epoch: int,
+                first_step: int, total_steps: int, float16: bool) -> None:
+    """Read the loss terms and logits that the ``pending`` steps left on the device (the only place where
+    training waits for the device), stop on a non-finite loss, and add every step to ``meters`` exactly as
+    it would have been added at its own step. pending: [(terms (T,) float64, logits (B, C), target (B,))]."""
+    values = torch.stack([terms for terms, _, _ in pending]).cpu()  # (S, T)
+    check_finite(values, names, info, epoch, first_step, total_steps, float16)
+    for row, (_, logits, target) in zip(values.tolist(), pending):
+        step_values = dict(zip(names, row))
+        step_values["top1"] = topk_accuracy(logits.float().cpu(), target.cpu(), ks=(1,))[0]
+        meters.update(step_values, target.shape[0])
+
+
 def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, args, info, log: RunLog) -> Dict[str, float]:
-    """One epoch (or ``--iters_per_epoch`` steps); returns the epoch's mean loss terms and top-1."""
+    """One epoch (or ``--iters_per_epoch`` steps); returns the epoch's mean loss terms and top-1.
+
+    The host never waits for the device between print steps: each step's loss terms and logits stay on
+    the device until a print step (every ``--print_freq`` steps, and the last) reads them all at once,
+    checks them for NaN / infinity on every process and logs the running means. (float16 AMP's gradient
+    scaler still reads its overflow flag inside every ``scaler.step``.)
+    """
     model.train()
     loader.sampler.set_epoch(epoch)
     loader.dataset.set_epoch(epoch)
@@ -214,7 +375,11 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
     seed_everything(seed)  # dropout and anything else on the global RNGs
     generator = torch.Generator(device=info.device).manual_seed(seed)
     meters = Meters()
+    float16 = args.amp and args.amp_dtype == "float16"
     steps = len(loader) if not args.iters_per_epoch else min(len(loader), args.iters_per_epoch)
+    names: List[str] = []  # the loss terms, in the objective's order
+    pending: List = []  # the steps since the last print step (see _read_steps)
+    first_pending = 0
     start = time.time()
     bar = progress(loader, info.is_main, total=steps, desc=f"epoch {epoch}")
     for step, batch in enumerate(bar):
@@ -225,7 +390,6 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
         with autocast(args, info.device, training=True):
             out = model(video, generator=generator, **glance)
         terms = objective(out, target, generator=generator)
-        check_finite(terms, info, epoch, step, float16=args.amp and args.amp_dtype == "float16")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(terms.total).backward()
@@ -239,16 +403,20 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
             if args.clip_gradient:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_gradient)
             optimizer.step()
-        values = terms.as_floats()
-        values["top1"] = topk_accuracy(out.logits.detach().float(), target, ks=(1,))[0]
-        meters.update(values, target.shape[0])
-        if info.is_main and (step % args.print_freq == 0 or step == steps - 1):
-            averages = meters.averages()
-            log.info(f"epoch {epoch} [{step + 1}/{steps}] lr {optimizer.param_groups[-1]['lr']:.5g} "
-                     f"{(time.time() - start) / (step + 1):.2f}s/step "
-                     + " ".join(f"{k} {v:.4f}" for k, v in averages.items()))
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{averages['total']:.3f}")
+        names = names or list(vars(terms))
+        pending.append((torch.stack([v.detach().double() for v in vars(terms).values()]), out.logits.detach(), target))
+        if step % args.print_freq == 0 or step == steps - 1:  # the same steps on every process
+            _read_steps(pending, names, meters, info, epoch, first_pending, steps, float16)
+            pending, first_pending = [], step + 1
+            if info.is_main:
+                averages = meters.averages()
+                log.info(f"epoch {epoch} [{step + 1}/{steps}] lr {optimizer.param_groups[-1]['lr']:.5g} "
+                         f"{(time.time() - start) / (step + 1):.2f}s/step "
+                         + " ".join(f"{k} {v:.4f}" for k, v in averages.items()))
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{averages['total']:.3f}")
+    if pending:  # a loader that ended early
+        _read_steps(pending, names, meters, info, epoch, first_pending, steps, float16)
     averages = meters.averages(info)
     averages["time_s"] = time.time() - start
     return averages
@@ -354,42 +522,109 @@ def _selection_images(batch, out, class_names, limit: int) -> List:
     return images
 
 
+def evaluation_network(net, args, log: Optional[RunLog] = None):
+    """The network :func:`evaluate` runs for ``net`` (unwrapped, eval mode), with one log line saying which.
+
+    On a CPU, a fresh inference copy of the current weights (``models.inference``: BatchNorm folded,
+    channels-last, chunked encoder calls, a traced glance where safe; the focus encoder in bfloat16 with
+    ``--bf16_focus``), made at every call so that validation between epochs never sees stale weights;
+    ``net`` itself with ``--plain_model`` or on CUDA. ``--eval_amp`` keeps its meaning on the copy.
+    """
+    try:
+        chosen, line = sibling("models.inference").evaluation_model(
+            net, plain=getattr(args, "plain_model", False), bf16_focus=getattr(args, "bf16_focus", False),
+            eval_amp=args.amp and args.eval_amp)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if log is not None:
+        log.info(line)
+    return chosen
+
+
+def frame_feed(loader, info: dist_ops.DistInfo):
+    """A ``datasets.FrameFeed`` on the run's device for a loader whose items leave frames undecoded, else None."""
+    base = datasets.selected_frames.frame_dataset_of(loader.dataset)
+    return datasets.FrameFeed(base, info.device) if getattr(base, "deferred", False) else None
+
+
 @torch.no_grad()
 def evaluate(model, loader, args, info, collect_stages: bool = False, visualise: int = 0,
-             log: Optional[RunLog] = None) -> EvalResult:
+             log: Optional[RunLog] = None, ablation: bool = False) -> EvalResult:
     """Evaluate every sample of ``loader.dataset`` exactly once over all processes (float32 unless
-    ``--eval_amp``); ``visualise``: draw that many videos of this process's shard."""
+    ``--eval_amp``); ``visualise``: draw that many videos of this process's shard; ``ablation``: also
+    evaluate the model with its policy replaced (:mod:`.policy_ablation`; ``metrics["policy_ablation"]``).
+
+    A loader whose items leave frames undecoded (:func:`frame_decoding_options`) is fed through
+    ``datasets.FrameFeed``: the model's ``before_focus`` hook decodes the focus frames its policy chose
+    (identical logits); the videos drawn, and every video with ``ablation``, get all their frames."""
     net = unwrap(model)
     net.eval()
     sync_buffers(model, info)
+    net = evaluation_network(net, args, log)  # on a CPU: a fresh inference copy of the current weights
     dataset = loader.dataset
+    if ablation and not policy_ablation.supports(net):
+        raise SystemExit(f"--policy_ablation: the {getattr(net, 'variant', type(net).__name__)} variant has no "
+                         f"candidate-frame policy to replace (available for mn2_r50)")
+    ablation_rng = torch.Generator(device=info.device).manual_seed(epoch_seed(args.seed, 0, info.rank))
     local: Dict[str, List[torch.Tensor]] = {}
     images: List = []
     loss_sum = torch.zeros((), dtype=torch.float64)
+    feed = frame_feed(loader, info)  # None: the items hold every frame
     for batch in progress(loader, info.is_main, log=log, desc="eval"):  # log: progress lines off a terminal
-        video, glance = model_inputs(batch, info.device)
+        part = feed.batch(batch) if feed is not None else None  # the glance frames decoded, the rest on demand
+        video, glance = (part.video, {}) if part is not None else model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
-        views = video.shape[1] if video.dim() == 6 else 1  # (B, V, T0, 3, H, W): V spatial views per video
-        if views > 1:
+        # (B, V, T0, 3, H, W): V spatial views per video (a feed's video is (B*V, T0, 3, H, W) already)
+        views = part.views if part is not None else (video.shape[1] if video.dim() == 6 else 1)
+        if views > 1 and part is None:
             video, glance = video.flatten(0, 1), {k: v.flatten(0, 1) for k, v in glance.items()}
+        hook = {"before_focus": part.require} if part is not None else {}
         with autocast(args, info.device, training=False):
-            out = net(video, **glance)
+            out = net(video, **glance, **hook)
+            if ablation and part is not None:
+                part.complete(len(part.indices))  # the ablation reads frames the policy did not choose
+            extra = policy_ablation.ablation_logits(net, video, out, generator=ablation_rng) if ablation else {}
         if views > 1:
             out, batch = average_views(out, views), centre_view(batch)
+            extra = {k: v.view(-1, views, *v.shape[1:]).mean(dim=1) for k, v in extra.items()}  # raw logits, as the views
         loss_sum += validation_loss(out, target).double().cpu() * target.shape[0]
         for k, v in _batch_rows(batch, out, collect_stages).items():
             local.setdefault(k, []).append(v)
+        for k, v in extra.items():
+            local.setdefault(f"ablation_{k}", []).append(v.cpu())
         if len(images) < visualise:
+            if part is not None:  # a strip shows every candidate frame
+                batch["video"] = part.complete(visualise - len(images))
             images += _selection_images(batch, out, getattr(dataset, "class_names", None), visualise - len(images))
+    if feed is not None:
+        feed.close()
     total = len(dataset)
     indices = torch.cat(local["index"])
     rows = {k: dist_ops.gather_by_index(torch.cat(chunks), indices, total, info) for k, chunks in local.items()}
     loss = dist_ops.all_reduce_sum(loss_sum, info).item() / total
     metrics = head_metrics(rows, dataset_metric(dataset), loss)
+    if ablation:
+        metrics["policy_ablation"] = ablation_metrics(rows, metrics)
     if "object_boxes" in rows:
         metrics["policy"] = policy_quality(rows["focus_indices"], rows["patch_boxes"], rows["object_boxes"],
                                            rows["object_visible"], (args.input_size, args.input_size), seed=args.seed)
     return EvalResult(metrics, rows, images)
+
+
+def ablation_metrics(rows: Dict[str, torch.Tensor], metrics: Dict) -> Dict[str, float]:
+    """The dataset's metric for the full model and every ``ablation_*`` row (B, S, C), averaged over the S draws."""
+    metric = metrics["metric"]
+
+    def value(logits: torch.Tensor) -> float:
+        if metric == "mAP":
+            return mean_average_precision(torch.softmax(logits.float(), dim=-1), rows["labels"].bool())[0]
+        return topk_accuracy(logits, rows["label"], ks=(1,))[0]
+
+    out = {"metric": metric, "full": metrics["score"]}
+    for key, logits in rows.items():
+        if key.startswith("ablation_"):
+            out[key[len("ablation_"):]] = sum(value(draw) for draw in logits.unbind(1)) / logits.shape[1]
+    return out
 
 
 def summarise(metrics: Dict) -> str:
@@ -401,6 +636,11 @@ def summarise(metrics: Dict) -> str:
         p = metrics["policy"]
         text += (f"  | frames show object {p['frames_show_object']:.1f}% (uniform {p['uniform_frames_show_object']:.1f}%)"
                  f", patches cover it {p['patches_cover_object']:.1f}% (random {p['random_patches_cover_object']:.1f}%)")
+    if "policy_ablation" in metrics:
+        a = metrics["policy_ablation"]
+        text += (f"  | {a['metric']} at equal GFLOPs: uniform frames {a['uniform_frames']:.1f}, random patches "
+                 f"{a['random_patches']:.1f}, both {a['uniform_frames_random_patches']:.1f}; glance exit alone "
+                 f"{a['glance_exit']:.1f}")
     return text
 
 
