@@ -15,7 +15,12 @@ Each video shows (design and knobs in ``docs/synthetic.md``):
 * the class object: a fully saturated object whose shape and hue are those of its class, at most
   ``object_size[1]`` (default 1/5) of the frame side, visible in one contiguous run of at most
   ``visible_fraction[1]`` (default 1/3) of the frames, moving smoothly (constant speed, slowly
-  turning, bouncing) inside the central square of the frame, and drawn on top of everything else.
+  turning, bouncing) inside the central square of the frame, and drawn on top of everything else;
+* optionally (``twin_classes`` = k > 0), k pairs of *twin* classes that share shape, hue and sizes
+  and differ only in a fine detail: the second twin is covered with a checker of 2-pixel cells
+  alternating between the class colour and 0.4 of it, the first is flat in their mean colour.
+  Seen whole at a lower resolution (a glance) the twins look the same; a patch at full resolution
+  tells them apart.
 
 Determinism: video ``i`` of a split is rendered from ``SeedSequence([seed, split, i])`` only, so the
 files are identical whatever the number of workers. :func:`generate` writes into a temporary folder
@@ -53,6 +58,7 @@ SPLIT_CODES = {"train": 0, "val": 1}
 DEFAULTS: Dict[str, Any] = dict(
     seed=0, num_classes=10, train_videos=500, val_videos=200, frames_per_video=48, frame_size=128,
     object_size=(0.125, 0.2), visible_fraction=(1 / 6, 1 / 3), num_distractors=(3, 5), quality=90,
+    twin_classes=0,
 )
 MAX_OBJECT_SIZE = Fraction(1, 3)       # of the frame's short side
 MAX_VISIBLE_FRACTION = Fraction(1, 2)  # of the frames
@@ -136,12 +142,47 @@ DISTRACTOR_SHAPES: List[Tuple[str, Shape]] = [
 ]
 
 
-def class_appearance(label: int, num_classes: int) -> Tuple[str, Shape, Tuple[int, int, int]]:
-    """(name, shape, RGB colour) of a class: shape ``label % 10``, hue ``label / num_classes``."""
-    shape_name, shape = CLASS_SHAPES[label % len(CLASS_SHAPES)]
-    hue = label / num_classes
-    rgb = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 1.0, 1.0))
-    return f"{shape_name}_hue{int(round(360 * hue)):03d}", shape, rgb
+#: Brightness of the checker's dark cells (the class colour times this) on the second of twin classes;
+#: the first twin is flat in the mean of the two shades.
+CHECKER_DARK = 0.4
+CHECKER_CELL = 2  # pixels
+
+
+def appearance_group(label: int, num_classes: int, twin_classes: int = 0) -> Tuple[int, int, bool]:
+    """``(group, num_groups, checkered)`` of a class: the first ``2 * twin_classes`` classes form twin
+    pairs that share a group (shape and hue); every other class is a group of its own."""
+    if label < 2 * twin_classes:
+        group, checkered = label // 2, label % 2 == 1
+    else:
+        group, checkered = label - twin_classes, False
+    return group, num_classes - twin_classes, checkered
+
+
+def class_appearance(label: int, num_classes: int, twin_classes: int = 0) -> Tuple[str, Shape, Tuple[int, int, int]]:
+    """(name, shape, RGB colour) of a class: its group's shape (``group % 10``) and hue (``group /
+    num_groups``); see :func:`appearance_group`. Names read like "disk hue 0" or "square hue 90 checkered". The colour is the object's mean colour (a twin's
+    flat colour, the mean of a checkered twin's two shades)."""
+    group, num_groups, checkered = appearance_group(label, num_classes, twin_classes)
+    shape_name, shape = CLASS_SHAPES[group % len(CLASS_SHAPES)]
+    hue = group / num_groups
+    value = (1.0 + CHECKER_DARK) / 2 if label < 2 * twin_classes else 1.0
+    rgb = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 1.0, value))
+    name = f"{shape_name} hue {int(round(360 * hue))}"
+    if label < 2 * twin_classes:
+        name += " checkered" if checkered else " flat"
+    return name, shape, rgb
+
+
+def class_texture(label: int, num_classes: int, twin_classes: int, size: int) -> np.ndarray:
+    """The object's colours ``(size, size, 3)`` float32: flat, or the checker of a checkered twin."""
+    group, num_groups, checkered = appearance_group(label, num_classes, twin_classes)
+    bright = np.asarray(colorsys.hsv_to_rgb(group / num_groups, 1.0, 1.0), dtype=np.float32) * 255
+    if not checkered:
+        _, _, mean = class_appearance(label, num_classes, twin_classes)
+        return np.broadcast_to(np.asarray(mean, dtype=np.float32), (size, size, 3))
+    cells = (np.arange(size) // CHECKER_CELL) % 2
+    dark = (cells[:, None] ^ cells[None, :]).astype(bool)  # (size, size)
+    return np.where(dark[..., None], bright * CHECKER_DARK, bright).astype(np.float32)
 
 
 def render_alpha(shape: Shape, size: int, angle: float = 0.0, supersample: int = 4) -> np.ndarray:
@@ -162,16 +203,20 @@ def _tight_extent(alpha: np.ndarray) -> Tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _blend(frame: np.ndarray, alpha: np.ndarray, colour: Sequence[int], x: int, y: int) -> None:
-    """Alpha-blend a flat-coloured sprite into ``frame`` (H, W, 3) uint8 at top-left (x, y), clipped."""
+def _blend(frame: np.ndarray, alpha: np.ndarray, colour, x: int, y: int) -> None:
+    """Alpha-blend a sprite into ``frame`` (H, W, 3) uint8 at top-left (x, y), clipped; ``colour`` is
+    one RGB colour or the sprite's colours (d, d, 3)."""
     h, w = frame.shape[:2]
     d = alpha.shape[0]
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + d, w), min(y + d, h)
     if x0 >= x1 or y0 >= y1:
         return
     a = alpha[y0 - y:y1 - y, x0 - x:x1 - x, None]
+    colour = np.asarray(colour, dtype=np.float32)
+    if colour.ndim == 3:
+        colour = colour[y0 - y:y1 - y, x0 - x:x1 - x]
     region = frame[y0:y1, x0:x1].astype(np.float32)
-    region += (np.asarray(colour, dtype=np.float32) - region) * a
+    region += (colour - region) * a
     frame[y0:y1, x0:x1] = (region + 0.5).astype(np.uint8)
 
 
@@ -259,9 +304,10 @@ def render_video(seed_words: Sequence[int], label: int, params: Dict[str, Any], 
                               speed=side * rng.uniform(0.005, 0.03), turn=rng.uniform(-0.05, 0.05))
         distractors.append((alpha, colour, np.rint(path).astype(int)))
 
-    _, shape, colour = class_appearance(label, params["num_classes"])
+    _, shape, _ = class_appearance(label, params["num_classes"], params["twin_classes"])
     d = max(4, int(side * rng.uniform(*params["object_size"])))
     alpha = render_alpha(shape, d)
+    colour = class_texture(label, params["num_classes"], params["twin_classes"], d)
     ex0, ey0, ex1, ey1 = _tight_extent(alpha)
     origin = np.array([(width - side) / 2, (height - side) / 2])
     path = np.rint(_bouncing_path(rng, n, origin, origin + side - d, speed=side * rng.uniform(0.01, 0.025),
@@ -307,12 +353,14 @@ def resolve_params(**overrides: Any) -> Dict[str, Any]:
         p[key] = [float(v) if key != "num_distractors" else int(v) for v in p[key]]
         if len(p[key]) != 2 or p[key][0] > p[key][1] or p[key][0] < 0:
             raise ValueError(f"{key} must be a range (low, high) with 0 <= low <= high, got {p[key]}")
-    for key in ("seed", "num_classes", "train_videos", "val_videos", "frames_per_video", "quality"):
+    for key in ("seed", "num_classes", "train_videos", "val_videos", "frames_per_video", "quality", "twin_classes"):
         p[key] = int(p[key])
     if p["seed"] < 0:
         raise ValueError(f"seed must be non-negative, got {p['seed']}")
     if p["num_classes"] < 2:
         raise ValueError(f"num_classes must be at least 2, got {p['num_classes']}")
+    if not 0 <= 2 * p["twin_classes"] <= p["num_classes"]:
+        raise ValueError(f"twin_classes must be in 0..num_classes // 2 ({p['num_classes'] // 2}), got {p['twin_classes']}")
     if p["train_videos"] < 1 or p["val_videos"] < 1:
         raise ValueError("train_videos and val_videos must be at least 1")
     if p["frames_per_video"] < 3:
@@ -371,7 +419,7 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
              object_size: Sequence[float] = DEFAULTS["object_size"],
              visible_fraction: Sequence[float] = DEFAULTS["visible_fraction"],
              num_distractors: Sequence[int] = DEFAULTS["num_distractors"], quality: int = DEFAULTS["quality"],
-             overwrite: bool = False) -> str:
+             twin_classes: int = DEFAULTS["twin_classes"], overwrite: bool = False) -> str:
     """Generate the dataset into ``root`` (atomically: a temporary sibling folder, then a rename).
 
     ``frame_size`` is an int (square) or ``(width, height)``; ``workers`` processes render videos
@@ -380,7 +428,8 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
     """
     params = resolve_params(seed=seed, num_classes=num_classes, train_videos=train_videos, val_videos=val_videos,
                             frames_per_video=frames_per_video, frame_size=frame_size, object_size=object_size,
-                            visible_fraction=visible_fraction, num_distractors=num_distractors, quality=quality)
+                            visible_fraction=visible_fraction, num_distractors=num_distractors, quality=quality,
+                            twin_classes=twin_classes)
     root = os.path.abspath(root)
     if os.path.exists(root) and not overwrite:
         raise DataError(f"{root} already exists; pass overwrite=True or use ensure_generated()")
@@ -401,7 +450,8 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
             for split in SPLIT_CODES:
                 _write_split(tmp, split, params, None)
         write_lines_atomic(os.path.join(tmp, "classInd.txt"),
-                           (class_appearance(c, params["num_classes"])[0] for c in range(params["num_classes"])))
+                           (class_appearance(c, params["num_classes"], params["twin_classes"])[0]
+                            for c in range(params["num_classes"])))
         marker = {"format": FORMAT_VERSION, "params": params, "seconds": round(time.time() - started, 2)}
         write_lines_atomic(os.path.join(tmp, MARKER), [json.dumps(marker, indent=1)])
         if os.path.exists(root):
@@ -468,6 +518,8 @@ def ensure_generated(root: str, *, workers: Optional[int] = None, **params: Any)
         found = read_marker(root)
         if found is None:
             return False
+        for key, value in json.loads(json.dumps(resolve_params())).items():  # options added since it was made
+            found.setdefault(key, value)
         if found != json.loads(json.dumps(wanted)):
             diff = {k: (found.get(k), wanted[k]) for k in wanted if found.get(k) != json.loads(json.dumps(wanted[k]))}
             raise DataError(f"{root} holds a synthetic dataset generated with other parameters "

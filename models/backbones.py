@@ -18,6 +18,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 from .weights import WeightsError, load_fitting, nested_state_dict, read_weight_file, strip_wrapper_prefixes
@@ -165,6 +166,18 @@ class FocusEncoder(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(patches.contiguous(memory_format=self.memory_format)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, D, P/32, P/32)
         return x.mean(dim=(2, 3))  # (N, D)
+
+
+def downscale(frames: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """Frames (N, C, H, W) resized to ``size x size`` with bilinear interpolation (``align_corners=False``).
+
+    ``antialias=True`` low-pass filters first when shrinking, as a camera of that resolution would see the
+    scene (fine detail is averaged away instead of aliased); ``False`` samples the frame as the official
+    X3D variant does. Frames already of that size pass through unchanged.
+    """
+    if frames.shape[-2:] == (size, size):
+        return frames
+    return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def glance_feature_size(input_size: int) -> int:

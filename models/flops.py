@@ -4,7 +4,7 @@ GFLOPs follow the video papers' convention: multiply-accumulates (MACs), as coun
 ``torch.utils.flop_counter.FlopCounterMode`` (which reports 2 FLOPs per MAC) divided by two. Each
 component of the model is run once on a dummy input of the configured size and counted:
 
-    glance_frame      MobileNetV2 on one full frame          (x T_G)
+    glance_frame      MobileNetV2 on one glance frame        (x T_G)
     glance_mlp        classifier MLP on one glance feature   (x T_G)
     glance_exit       one glance exit head
     spatial_policy    spatial branch on all T_G maps         (once, before the first focus step)
@@ -113,7 +113,7 @@ def flops_breakdown(model) -> FlopsBreakdown:
         hidden = model.classifier.glance_mlp.layers[0].out_features
         frame = zeros(1, 3, size, size)
         return FlopsBreakdown(
-            glance_frame=count_gmacs(model.glance, frame),
+            glance_frame=count_gmacs(model.glance, zeros(1, 3, model.glance_size, model.glance_size)),
             glance_mlp=count_gmacs(model.classifier.glance_mlp, zeros(1, 1, gdim)),
             glance_exit=count_gmacs(model.classifier.glance_exits[-1], zeros(1, hidden)),
             spatial_policy=count_gmacs(model.policy.spatial, zeros(1, g, gdim, model.feature_size, model.feature_size)),

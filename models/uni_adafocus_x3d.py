@@ -27,8 +27,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .backbones import downscale
+from .inference import call_in_chunks
 from .one_patch import OnePatchNetwork
 from .patches import PatchGeometry
 from .policy import SpatialPolicy, TemporalPolicy
@@ -86,16 +87,20 @@ class UniAdaFocusX3D(OnePatchNetwork):
     # ------------------------------------------------------------------------------------------
     def _clip(self, encoder: X3D, frames: torch.Tensor, amp):
         """Frames (n, T, 3, H, W) as one clip each -> (maps (n, T, 432, h, w), features (n, T, 432), clip
-        logits (n, C)), float32; the encoder runs under the caller's autocast setting ``amp``."""
+        logits (n, C)), float32; the encoder runs under the caller's autocast setting ``amp``, on whole
+        clips of at most ``encoder_chunk`` frames per call in evaluation (at least one clip)."""
         enabled, dtype = amp
-        with torch.autocast(frames.device.type, dtype=dtype, enabled=enabled):
-            out = encoder(frames.transpose(1, 2))  # clip (n, 3, T, H, W)
-        return out.feature_maps.float().transpose(1, 2), out.frame_features.float(), out.final_logits.float()
+
+        def run(clips):  # (m, T, 3, H, W)
+            with torch.autocast(clips.device.type, dtype=dtype, enabled=enabled):
+                out = encoder(clips.transpose(1, 2))  # clip (m, 3, T, H, W)
+            return out.feature_maps.float().transpose(1, 2), out.frame_features.float(), out.final_logits.float()
+
+        return call_in_chunks(run, frames, self.chunk_rows(images_per_row=frames.shape[1]))
 
     def encode_glance(self, frames, amp):
         b, g = frames.shape[:2]
-        small = F.interpolate(frames.flatten(0, 1), size=(self.glance_size, self.glance_size), mode="bilinear",
-                              align_corners=False)  # (B*T_G, 3, S_g, S_g)
+        small = downscale(frames.flatten(0, 1), self.glance_size, antialias=False)  # (B*T_G, 3, S_g, S_g)
         return self._clip(self.glance, small.view(b, g, *small.shape[1:]), amp)
 
     def glance_heads(self, features, state):

@@ -2,8 +2,9 @@
 
 ``selection_strip`` draws one video as a row of its T0 candidate frames: frames chosen by the
 focus network are framed and carry their patch box; the others are dimmed; frames after the exit
-step (when early exit is used) are greyed out. ``stack_rows`` joins several strips into one image,
-and ``save_gif`` writes an animation that walks through the focus frames.
+step (when early exit is used) are greyed out. ``legend`` is the key to those marks, ``stack_rows``
+joins several strips (and the key) into one image, and ``focus_frames_gif`` writes an animation that
+walks through the focus frames.
 """
 from __future__ import annotations
 
@@ -86,6 +87,28 @@ def selection_strip(video: torch.Tensor, focus_indices: Sequence[int], patch_box
     if label:
         ImageDraw.Draw(strip).text((2, 1), label, fill=(0, 0, 0))
     return strip
+
+
+def legend(exit_marks: bool = False, object_boxes: bool = False, width: int = 0) -> Image.Image:
+    """A key to the strips' marks: one line per mark actually drawn (swatch and words)."""
+    items = [("frame", FRAME_COLOUR, "focus frame (processed by the focus network)"),
+             ("box", FOCUS_COLOUR, "its patch (the region the focus network saw)"),
+             ("fade", (255, 255, 255), "faded: a frame the focus network skipped")]
+    if object_boxes:
+        items.append(("box", OBJECT_COLOUR, "the object (ground truth, where visible)"))
+    if exit_marks:
+        items.append(("fade", (128, 128, 128), "greyed: a focus frame after the early exit (not computed)"))
+    line = 16
+    image = Image.new("RGB", (max(width, 340), line * len(items) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for i, (kind, colour, text) in enumerate(items):
+        y = 2 + i * line
+        if kind == "fade":
+            draw.rectangle([4, y + 1, 24, y + 12], fill=tuple((c + 160) // 2 for c in colour), outline=(0, 0, 0))
+        else:
+            draw.rectangle([4, y + 1, 24, y + 12], outline=colour, width=2)
+        draw.text((32, y + 1), text, fill=(0, 0, 0))
+    return image
 
 
 def stack_rows(rows: List[Image.Image], gap: int = 4) -> Image.Image:

@@ -32,7 +32,7 @@ from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpo
 from ops.cpu import tune_cpu_allocator
 from ops.early_exit import AdaptiveRunner, ThresholdsFileError, load_thresholds
 from ops.run_log import RunLog
-from ops.visualize import focus_frames_gif, ground_truth_boxes, selection_strip, stack_rows
+from ops.visualize import focus_frames_gif, ground_truth_boxes, legend, selection_strip, stack_rows
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,8 +118,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             path = f"{stem}_{args.videos[number] if not args.files else number}.gif"
             focus_frames_gif(path, video, out.focus_indices[0].cpu(), out.patch_boxes[0].cpu(), exit_step=exit_step)
             print(f"wrote {path}")
+    key = legend(exit_marks=runner is not None, object_boxes=any("object_boxes" in item for _, item in videos))
     with atomic_write(args.out, "wb") as f:
-        stack_rows(rows).save(f, format="PNG")
+        stack_rows(rows + [key]).save(f, format="PNG")
     print(f"wrote {args.out} ({len(rows)} videos)")
     return 0
 

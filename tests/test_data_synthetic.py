@@ -203,3 +203,23 @@ def test_generation_reports_progress_outside_a_terminal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "synthetic train: 2/20 videos" in err and "synthetic train: 20/20 videos" in err
     assert "synthetic val: 4/4 videos" in err
+
+
+def test_twin_classes_differ_only_in_a_fine_checker():
+    """Twins share shape, hue and mean colour; the second is checkered in 2-pixel cells, which a 2x
+    antialiased downscale (a coarse glance) averages away."""
+    import torch
+    from models.backbones import downscale
+
+    names = [synthetic.class_appearance(c, 5, twin_classes=2)[0] for c in range(5)]
+    assert names == ["disk hue 0 flat", "disk hue 0 checkered", "square hue 120 flat", "square hue 120 checkered",
+                     "triangle hue 240"]
+    assert [synthetic.appearance_group(c, 5, 2)[0] for c in range(5)] == [0, 0, 1, 1, 2]
+    flat, checkered = (synthetic.class_texture(c, 5, 2, 16) for c in (0, 1))
+    assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(checkered, axis=(0, 1)).max() > 100
+    assert np.abs(checkered.mean(axis=(0, 1)) - flat[0, 0]).max() <= 1.0           # the same mean colour
+    assert np.array_equal(checkered[:2, :2], np.broadcast_to(checkered[0, 0], (2, 2, 3)))  # 2-pixel cells
+    small = downscale(torch.from_numpy(np.ascontiguousarray(checkered)).permute(2, 0, 1)[None], 8, antialias=True)
+    assert (small[0, :, 1:-1, 1:-1] - torch.tensor(flat[0, 0]).view(3, 1, 1)).abs().max() < 0.2 * 255
+    with pytest.raises(ValueError, match="twin_classes"):
+        synthetic.resolve_params(num_classes=5, twin_classes=3)

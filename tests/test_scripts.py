@@ -81,7 +81,7 @@ def test_predict_on_a_real_video_file(trained, test_videos):
     result = _run([sys.executable, "-m", "scripts.predict", str(test_videos / "Megamind.avi"), "--checkpoint", str(ckpt),
                    "--class_names", str(data / "classInd.txt"), "--json", "--device", "cpu"])
     out = json.loads(result.stdout)
-    names = (data / "classInd.txt").read_text().split()
+    names = (data / "classInd.txt").read_text().splitlines()
     assert [t["name"] for t in out["top"]] and all(t["name"] in names for t in out["top"])
     assert len(out["top"]) == 3  # top-5 of 3 classes
     assert out["exit_step"] == 4 and out["frames_in_video"] > 100 and len(out["frames_sampled"]) == 8

@@ -1,0 +1,106 @@
+"""The policy ablation (the trained model with its policy replaced, at equal cost) and the coarse glance."""
+import json
+
+import pytest
+import torch
+
+import main
+from models import frame_selection
+from models.flops import flops_breakdown
+from ops import policy_ablation
+from support import random_video, tiny_model
+
+TINY = ["--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "2", "--input_size", "64",
+        "--patch_size", "32", "--focus_arch", "resnet18", "--classifier_dim", "32", "--stn_hidden_dim", "16",
+        "--temporal_hidden_dim", "8", "--no-pretrained", "--workers", "0", "--device", "cpu", "--no-tensorboard",
+        "--num_visualised", "0", "--batch_size", "4", "--val_batch_size", "3", "--epochs", "1"]
+SYNTHETIC = {"train_videos": 8, "val_videos": 5, "frames_per_video": 10, "frame_size": 64, "num_classes": 4,
+             "twin_classes": 1}
+
+
+def test_keeping_the_policy_reproduces_the_model(monkeypatch):
+    """The replacement machinery with nothing replaced gives the forward's own last-exit logits."""
+    torch.manual_seed(0)
+    model = tiny_model(num_focus_segments=3).eval()
+    video = random_video(batch=3)
+    with torch.no_grad():
+        out = model(video)
+    monkeypatch.setattr(policy_ablation, "SETTINGS", {"same": ("policy", "policy")})
+    logits = policy_ablation.ablation_logits(model, video, out)
+    torch.testing.assert_close(logits["same"][:, 0], out.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits["glance_exit"][:, 0], out.stage_logits[:, 0])
+
+
+def test_uniform_frames_are_evenly_spaced_and_patches_keep_their_sizes():
+    frames = policy_ablation.uniform_frames(2, 4, 16, 4, torch.device("cpu"))
+    assert frames.tolist() == [[2, 6, 10, 14]] * 2
+    reference = frame_selection.select_focus_frames(torch.full((1, 8), 1 / 8), 16, 4)
+    assert frames[0].tolist() == reference[0].tolist()
+    actions = torch.rand(2, 3, 4)
+    moved = policy_ablation.random_positions(actions, 5, torch.Generator().manual_seed(0))
+    assert moved.shape == (5, 2, 3, 4)
+    assert torch.equal(moved[..., 2:], actions.expand(5, -1, -1, -1)[..., 2:])   # same width and height
+    assert ((moved[..., :2] >= 0) & (moved[..., :2] <= 1)).all()                  # boxes stay inside the frame
+    assert not torch.equal(moved[0, ..., :2], moved[1, ..., :2])                  # independent draws
+
+
+def test_replaced_settings_spend_the_same_focus_compute(monkeypatch):
+    """Every setting runs the focus encoder on exactly T_L patches of P x P per video (and draw)."""
+    torch.manual_seed(0)
+    model = tiny_model(num_focus_segments=2).eval()
+    video = random_video(batch=2)
+    with torch.no_grad():
+        out = model(video)
+    shapes = []
+    forward = type(model.focus).forward
+    monkeypatch.setattr(type(model.focus), "forward", lambda self, x: (shapes.append(tuple(x.shape)), forward(self, x))[1])
+    logits = policy_ablation.ablation_logits(model, video, out, draws=3)
+    assert shapes == [(2 * 2, 3, 32, 32), (3 * 2 * 2, 3, 32, 32), (3 * 2 * 2, 3, 32, 32)]
+    assert {k: v.shape[1] for k, v in logits.items()} == {"glance_exit": 1, "uniform_frames": 1, "random_patches": 3,
+                                                         "uniform_frames_random_patches": 3}
+
+
+def test_the_job_reports_the_ablation(tmp_path):
+    argv = TINY + ["--dataset", "synthetic", "--data_dir", str(tmp_path / "data"), "--synthetic", json.dumps(SYNTHETIC),
+                   "--root_log", str(tmp_path / "exp"), "--store_name", "run", "--policy_ablation"]
+    assert main.main(argv) == 0
+    final = json.loads((tmp_path / "exp" / "run" / "metrics.json").read_text())["final"]
+    ablation = final["policy_ablation"]
+    assert set(ablation) == {"metric", "full", "glance_exit", "uniform_frames", "random_patches",
+                             "uniform_frames_random_patches"}
+    assert ablation["full"] == final["prediction_top1"] and ablation["metric"] == "top1"
+    for key in ("glance_exit", "uniform_frames", "random_patches", "uniform_frames_random_patches"):
+        assert 0.0 <= ablation[key] <= 100.0
+    log = (tmp_path / "exp" / "run" / "log.txt").read_text()
+    assert "top1 at equal GFLOPs: uniform frames" in log
+
+
+def test_the_ablation_needs_the_candidate_frame_flow(tmp_path):
+    argv = TINY + ["--dataset", "synthetic", "--data_dir", str(tmp_path / "data"), "--synthetic", json.dumps(SYNTHETIC),
+                   "--root_log", str(tmp_path / "exp"), "--policy_ablation", "--variant", "tsm", "--glance_arch",
+                   "mbv2", "--focus_arch", "resnet50", "--evaluate"]
+    with pytest.raises(SystemExit, match="--policy_ablation: the tsm variant"):
+        main.main(argv)
+
+
+def test_a_coarse_glance_sees_downscaled_frames_and_costs_less():
+    """--glance_size: the glance encoder sees antialiased downscaled frames (the paper's coarse glance);
+    the patches are still cut from the full-resolution frames."""
+    torch.manual_seed(0)
+    full, coarse = tiny_model(), tiny_model(glance_size=32)
+    seen = []
+    coarse.glance.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    coarse.focus.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    with torch.no_grad():
+        coarse.eval()(random_video(batch=1))
+    assert seen == [(4, 3, 32, 32), (4, 3, 32, 32)]  # 4 glance frames at 32 px, 4 patches of P = 32
+    assert coarse.feature_size == 1 and full.feature_size == 2
+    assert flops_breakdown(coarse).glance_frame < 0.3 * flops_breakdown(full).glance_frame
+    # Fine detail is averaged away, not aliased: a 1-pixel checker becomes flat grey.
+    checker = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2).float().expand(1, 3, 64, 64)
+    from models.backbones import downscale
+    small = downscale(checker, 32, antialias=True)
+    inner = small[..., 1:-1, 1:-1]  # (the border pixels see the frame edge)
+    assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=1e-6)
+    with pytest.raises(ValueError, match="glance_size must be in 1..input_size"):
+        tiny_model(glance_size=65)
