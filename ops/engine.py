@@ -354,9 +354,13 @@ def _read_steps(pending: List, names: List[str], meters: Meters, info: dist_ops.
     it would have been added at its own step. pending: [(terms (T,) float64, logits (B, C), target (B,))]."""
     values = torch.stack([terms for terms, _, _ in pending]).cpu()  # (S, T)
     check_finite(values, names, info, epoch, first_step, total_steps, float16)
-    for row, (_, logits, target) in zip(values.tolist(), pending):
+    # one copy each for all the steps' logits and targets (a copy per step would wait on the device per step)
+    sizes = [target.shape[0] for _, _, target in pending]
+    logits = torch.cat([step_logits.float() for _, step_logits, _ in pending]).cpu().split(sizes)
+    targets = torch.cat([target for _, _, target in pending]).cpu().split(sizes)
+    for row, step_logits, target in zip(values.tolist(), logits, targets):
         step_values = dict(zip(names, row))
-        step_values["top1"] = topk_accuracy(logits.float().cpu(), target.cpu(), ks=(1,))[0]
+        step_values["top1"] = topk_accuracy(step_logits, target, ks=(1,))[0]
         meters.update(step_values, target.shape[0])
 
 

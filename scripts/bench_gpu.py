@@ -46,7 +46,9 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -159,23 +161,52 @@ def eval_round(side: Side, video: torch.Tensor, iters: int) -> float:
     return iters * video.shape[0] / (time.perf_counter() - started)
 
 
-def syncs_per_training_step(side: Side, batch: Dict[str, torch.Tensor], log: RunLog, lengths=(2, 6)) -> float:
-    """Host synchronisations per training step outside the print steps (CUDA's sync debug mode counts
-    them; two epochs of ``lengths`` steps read their values at the same two print steps)."""
-    counts = []
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sync_site(stack: List[traceback.FrameSummary]) -> str:
+    """Where a synchronising call was made: the innermost frame of this repository's code (this script
+    excluded), and the innermost frame outside the warnings machinery when that one is elsewhere (a library)."""
+    frames = [f for f in stack if not f.filename.endswith(("warnings.py", "bench_gpu.py"))]
+    ours = [f for f in frames if os.path.abspath(f.filename).startswith(REPO + os.sep)]
+    site = ours[-1] if ours else (frames[-1] if frames else None)
+    if site is None:
+        return "unknown"
+    text = f"{os.path.relpath(site.filename, REPO) if ours else site.filename}:{site.lineno} ({(site.line or '').strip()})"
+    if ours and frames and frames[-1] is not site:
+        text += f" -> {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} ({(frames[-1].line or '').strip()})"
+    return text
+
+
+def syncs_per_training_step(side: Side, batch: Dict[str, torch.Tensor], log: RunLog, lengths=(2, 6)) -> Dict:
+    """Host synchronisations per training step outside the print steps (CUDA's sync debug mode reports them;
+    two epochs of ``lengths`` steps read their values at the same two print steps): ``count`` per step, and
+    ``sites``, the calls that synchronised, each with its count per step."""
+    counts, sites = [], []
     for steps in lengths:
         loader = DeviceBatches(batch, steps)
         side.args.print_freq = steps
-        with warnings.catch_warnings(record=True) as caught:
+        seen: Counter = Counter()
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            if "synchroniz" in str(message):
+                seen[sync_site(traceback.extract_stack()[:-1])] += 1
+
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = record
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 engine.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, 0, side.args,
                                        side.info, log)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    return (counts[1] - counts[0]) / (lengths[1] - lengths[0])
+        counts.append(sum(seen.values()))
+        sites.append(seen)
+    per_step = lengths[1] - lengths[0]
+    extra = {site: (sites[1][site] - sites[0][site]) / per_step for site in sites[1]}
+    return {"count": (counts[1] - counts[0]) / per_step,
+            "sites": dict(sorted(((k, v) for k, v in extra.items() if v), key=lambda kv: -kv[1]))}
 
 
 def model_benchmark(opts, device: torch.device) -> Dict:
@@ -229,7 +260,7 @@ def model_benchmark(opts, device: torch.device) -> Dict:
         side = sides[-1]
         try:
             result["syncs_per_training_step"] = {"side": side.name,
-                                                 "count": syncs_per_training_step(side, train_batch, log)}
+                                                 **syncs_per_training_step(side, train_batch, log)}
         except Exception as exc:  # a diagnostic: its failure must not cost the figures above
             result["syncs_per_training_step"] = {"side": side.name, "error": f"{type(exc).__name__}: {exc}"}
     log_line(f"median of {len(rates[first]['train'])} round(s):")
@@ -243,6 +274,8 @@ def model_benchmark(opts, device: torch.device) -> Dict:
     if syncs:
         log_line(f"  host synchronisations per training step outside the print steps ({syncs['side']}): "
                  f"{syncs.get('count', syncs.get('error'))}")
+        for site, count in syncs.get("sites", {}).items():
+            log_line(f"    {count:g} per step at {site}")
     return result
 
 

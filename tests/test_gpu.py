@@ -2,8 +2,9 @@
 
 * **Parity on CUDA**: every variant's parity fixtures, loaded by the CPU parity tests' own loaders, run
   on the GPU in IEEE float32 (TF32 off for convolutions and matrix products, cuDNN's default
-  algorithms) and match the official outputs within the CPU tests' tolerances; the 2-D variants also
-  with channels-last encoders, the layout CUDA runs use by default.
+  algorithms) and match the official outputs within the CPU tests' tolerances (mn2_r50's focus side end
+  to end: see CUDA_ACTIONS); the 2-D variants also with channels-last encoders, the layout CUDA runs use
+  by default.
 * **AMP training steps**: float16 (with its gradient scaler) and bfloat16 steps of a small model through
   ``ops.engine.train_one_epoch`` give finite losses and gradients, the mean total loss within 5 % of
   float32's (learning rate 0, so every step starts from the same weights).
@@ -72,6 +73,22 @@ def _ids(path):
 # ------------------------------------------------------------------------------------------------
 # Parity on CUDA
 # ------------------------------------------------------------------------------------------------
+#: CUDA's float32 kernels sum in other orders than the CPU's. Measured on an H200 (contiguous / channels-last):
+#: glance actions moved by 3.8e-5 / 3.0e-5 (relative 1.4e-4, beyond ACTIONS' rtol) and glance features by
+#: 5.1e-5 / 3.9e-5. As for the CPU inference copy (test_parity.COPY_*), the random ResNet-50 amplifies such patch
+#: moves: end to end, focus features moved by 1.4e-2 / 8.8e-3, exit logits by 5.1e-3 / 4.1e-3 and the final
+#: logits by 3.1e-3. Given the fixture's own patches, the CUDA focus features are within 7.6e-6 and the exit
+#: logits within 2.0e-5 (asserted to LOGITS): the whole deviation is the patch positions.
+CUDA_ACTIONS = dict(atol=1e-4, rtol=1e-4)
+CUDA_FOCUS_END_TO_END = dict(atol=3e-2, rtol=1e-3)
+CUDA_EXITS = dict(atol=1e-2, rtol=1e-3)
+
+
+def _deviations(pairs):
+    """Print the largest absolute deviation of each (name, got, expected) pair (read in the check's log)."""
+    print(", ".join(f"{name} {(got.double() - want.double()).abs().max().item():.2e}" for name, got, want in pairs))
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("path", test_parity._fixtures(), ids=_ids)
 def test_mn2_r50_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
@@ -80,22 +97,37 @@ def test_mn2_r50_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
     model = model.to(cuda_float32)
     if channels_last:
         assert engine.use_channels_last(model) == ["glance", "focus"]
+    b, c = fx["patches"].shape[0] // model.num_focus, model.num_classes
     with torch.no_grad():
         out = on_cpu(model(images.to(cuda_float32)))
-    t, ref, c = test_parity, fx["outputs"], model.num_classes
+        given_feat = model.focus(fx["patches"].to(cuda_float32))  # the focus path on the official patches
+        given_exits = model.classifier(fx["global_feat"].view(b, model.num_glance, -1).to(cuda_float32),
+                                       given_feat.view(b, model.num_focus, -1)).cpu()
+        given_feat = given_feat.cpu()
+    t, ref = test_parity, fx["outputs"]
+    _deviations([("glance actions", out.glance_actions.flatten(0, 1), fx["glance_actions"]),
+                 ("final logits", out.logits, ref["cat_pred"]),
+                 ("focus actions", out.focus_actions.flatten(0, 1), fx["focus_actions"]),
+                 ("glance features", out.glance_features.flatten(0, 1), fx["global_feat"]),
+                 ("focus features", out.focus_features.flatten(0, 1), fx["local_feat"]),
+                 ("exit logits", out.exit_logits.reshape(-1, c), ref["cat_logits"]),
+                 ("focus features given patches", given_feat, fx["local_feat"]),
+                 ("exit logits given patches", given_exits.reshape(-1, c), ref["cat_logits"])])
     assert torch.equal(out.glance_indices, fx["glance_indices"])
     assert torch.equal(out.focus_indices, fx["focus_indices"])
     torch.testing.assert_close(out.frame_weights, ref["weights"], **t.WEIGHTS)
     torch.testing.assert_close(out.selection_weights, fx["weights_T"], **t.WEIGHTS)
-    torch.testing.assert_close(out.glance_actions.flatten(0, 1), fx["glance_actions"], **t.ACTIONS)
-    torch.testing.assert_close(out.focus_actions.flatten(0, 1), fx["focus_actions"], **t.ACTIONS)
+    torch.testing.assert_close(out.glance_actions.flatten(0, 1), fx["glance_actions"], **CUDA_ACTIONS)
+    torch.testing.assert_close(out.focus_actions.flatten(0, 1), fx["focus_actions"], **CUDA_ACTIONS)
     torch.testing.assert_close(out.glance_features.flatten(0, 1), fx["global_feat"], **t.LOGITS)
     torch.testing.assert_close(out.glance_logits.reshape(-1, c), ref["global_logits"], **t.LOGITS)
     torch.testing.assert_close(out.spatial_logits, ref["spatial_sample_logits_3"], **t.LOGITS)
-    torch.testing.assert_close(out.focus_features.flatten(0, 1), fx["local_feat"], **t.FOCUS_END_TO_END)
-    torch.testing.assert_close(out.focus_logits.reshape(-1, c), ref["local_logits"], **t.FOCUS_END_TO_END)
-    torch.testing.assert_close(out.exit_logits.reshape(-1, c), ref["cat_logits"], **t.LOGITS)
-    torch.testing.assert_close(out.logits, ref["cat_pred"], **t.LOGITS)
+    torch.testing.assert_close(given_feat, fx["local_feat"], **t.LOGITS)
+    torch.testing.assert_close(given_exits.reshape(-1, c), ref["cat_logits"], **t.LOGITS)
+    torch.testing.assert_close(out.focus_features.flatten(0, 1), fx["local_feat"], **CUDA_FOCUS_END_TO_END)
+    torch.testing.assert_close(out.focus_logits.reshape(-1, c), ref["local_logits"], **CUDA_FOCUS_END_TO_END)
+    torch.testing.assert_close(out.exit_logits.reshape(-1, c), ref["cat_logits"], **CUDA_EXITS)
+    torch.testing.assert_close(out.logits, ref["cat_pred"], **CUDA_EXITS)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
@@ -173,11 +205,14 @@ AMP_LOSS_RTOL = 5e-2
 AMP_FLAGS = ["--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "4", "--input_size", "64",
              "--patch_size", "32", "--focus_arch", "resnet18", "--classifier_dim", "32", "--stn_hidden_dim", "16",
              "--temporal_hidden_dim", "8", "--no-pretrained", "--device", "cuda", "--lr", "0", "--dropout", "0",
-             "--fc_dropout", "0", "--temperature", "1000", "--iters_per_epoch", "4", "--print-freq", "2"]
+             "--fc_dropout", "0", "--temperature", "1000", "--print-freq", "4"]
+#: Steps per run: float16's scaler starts at a scale of 2**16 and halves it at every step whose gradients
+#: overflow; on an H200 this model's first steps all overflowed (2 steps were too few for any to be taken).
+AMP_STEPS = 16
 
 
 def _training_steps(extra, device, tmp_path):
-    """(epoch averages, [flattened gradients at every optimizer step], scaler) of 4 training steps."""
+    """(epoch averages, [flattened gradients at every optimizer step], scaler) of AMP_STEPS training steps."""
     args = config.parse_args(AMP_FLAGS + extra)
     info = dist_ops.DistInfo(device=device)
     torch.manual_seed(0)
@@ -191,8 +226,9 @@ def _training_steps(extra, device, tmp_path):
         return plain_step(*a, **kw)
 
     optimizer.step = recording_step
-    stats = engine.train_one_epoch(model, objective, random_video_loader(batch_size=4, pin_memory=True), optimizer,
-                                   scaler, 0, args, info, RunLog(str(tmp_path), enabled=False))
+    loader = random_video_loader(batch_size=2, pin_memory=True, size=2 * AMP_STEPS)
+    stats = engine.train_one_epoch(model, objective, loader, optimizer, scaler, 0, args, info,
+                                   RunLog(str(tmp_path), enabled=False))
     return stats, grads, scaler
 
 
@@ -206,7 +242,9 @@ def test_amp_training_steps_are_finite_and_close_to_float32(amp_dtype, cuda_floa
     assert all(math.isfinite(v) for v in stats.values()), stats
     assert stats["total"] != reference["total"]  # autocast took effect
     assert stats["total"] == pytest.approx(reference["total"], rel=AMP_LOSS_RTOL)
-    assert grads, "the gradient scaler skipped every step"
+    assert grads, f"the gradient scaler skipped all {AMP_STEPS} steps (scale now {scaler and scaler.get_scale()})"
+    print(f"{amp_dtype}: {len(grads)} of {AMP_STEPS} steps taken; mean total loss {stats['total']:.4f} "
+          f"(float32 {reference['total']:.4f})")
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 
 

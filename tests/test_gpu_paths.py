@@ -370,7 +370,8 @@ def test_gpu_check_summary_and_verdict(tmp_path):
     model = {"status": "ok", "result": {"config": "mn2_r50, P=128", "sides": {"fp32": side, "fast": {
         **side, "train_videos_per_s": 25.0, "eval_videos_per_s": 120.0}}, "ratios": {"fast/fp32": {"train": 2.5,
                                                                                                     "eval": 3.0}},
-        "syncs_per_training_step": {"side": "fast", "count": 1.0}}}
+        "syncs_per_training_step": {"side": "fast", "count": 1.0,
+                                    "sites": {"ops/engine.py:12 (x.item())": 1.0}}}}
     loader = {"status": "ok", "result": {"clips_per_s": 50.0, "clip": "T0=48", "workers": 16, "batch": 8,
                                          "pin_memory": True}}
     report = {"environment": {"torch": "2.x", "cuda_runtime": "13.0", "cudnn": 9, "python": "3.11", "cpus": 16,
@@ -381,6 +382,7 @@ def test_gpu_check_summary_and_verdict(tmp_path):
     assert "1 passed, 1 failed, 0 errors, 2 skipped" in text and "* failed: `tests.test_gpu::b`" in text
     assert "| settings: fast | 25.0 | 120.0 | 2.50x | 3.00x | 3 s |" in text
     assert "Host synchronisations per training step outside the print steps (fast): 1.0." in text
+    assert "* 1 per step at `ops/engine.py:12 (x.item())`" in text
     assert "the loader delivers 2.00x that (enough)" in text and "torch.compile: not measured (--no-compile)" in text
     assert not gpu_check.passed(report)
     tests.update(failed=0, failures=[], status="ok")
@@ -388,4 +390,33 @@ def test_gpu_check_summary_and_verdict(tmp_path):
     report["compile"] = {"status": "timed out after 100 s"}
     assert gpu_check.passed(report)
     report["compile"] = {"status": "exit status 1"}
+    assert not gpu_check.passed(report)
+
+
+def test_gpu_check_runs_the_loader_benchmark_as_its_loader_part(tmp_path, monkeypatch):
+    """The loader part is ``bench_gpu --loader`` (without the flag it would time the model a second time), and a
+    loader part without clips/s fails the check instead of breaking the summary."""
+    from scripts import gpu_check
+
+    calls = {}
+
+    def fake_bench(name, args, out_dir, timeout):
+        calls[name] = args
+        side = {"train_videos_per_s": 10.0, "eval_videos_per_s": 40.0, "warmup_s": 3.0, "flags": []}
+        if "--loader" in args:
+            return {"status": "ok", "seconds": 1.0, "result": {"clips_per_s": 50.0, "clip": "T0=48", "workers": 16,
+                                                               "batch": 8, "pin_memory": True}}
+        return {"status": "ok", "seconds": 1.0, "result": {"config": "c", "sides": {"fp32": side}, "ratios": {}}}
+
+    environment = {"torch": "2.x", "cuda_runtime": "13.0", "cudnn": 9, "python": "3.11", "cpus": 16, "cuda": True,
+                   "gpus": [{"name": "NVIDIA H200", "capability": "9.0", "memory_gib": 139.8}]}
+    monkeypatch.setattr(gpu_check, "environment", lambda: environment)
+    monkeypatch.setattr(gpu_check, "run_bench", fake_bench)
+    assert gpu_check.main([str(tmp_path), "--no-tests", "--no-compile"]) == 0
+    assert "--loader" in calls["loader"] and "--loader" not in calls["model"]
+    assert "Loader: 50.0 clips/s" in (tmp_path / "gpu_check.md").read_text()
+
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    report["loader"]["result"] = {"config": "c", "sides": {}, "ratios": {}}  # the model's figures, as before the fix
+    assert "Loader: ok: no clips/s in its figures." in gpu_check.summary_markdown(report)
     assert not gpu_check.passed(report)

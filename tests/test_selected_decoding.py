@@ -275,18 +275,50 @@ def test_device_decoding_runs_on_the_cpu_and_equals_the_pillow_path_exactly(data
         assert part.decoded.tolist() == [distinct_files(full, v, range(T0)) for v in range(len(VIDEOS))]
 
 
+def decoder_and_geometry_differences(full, device):
+    """Per video of ``full``: its T0 frame files decoded by torchvision on the CPU (libjpeg-turbo) and on
+    ``device``; returns (absolute differences of the two decoders' images, flattened; the largest difference
+    between the evaluation geometry applied on ``device`` to the CPU decoder's images and the CPU path)."""
+    from datasets.frames import read_jpeg_file
+    from datasets.selected_frames import decode_jpeg_files
+
+    expected, decoder, geometry_max = full_videos(full).int(), [], 0
+    for v in range(len(full)):
+        files = [read_jpeg_file(full.reader(v).path(i))[0] for i in full.frame_indices(v)]
+        on_cpu = torch.stack(decode_jpeg_files(files, "cpu"))  # (T0, 3, H, W)
+        on_device = torch.stack(decode_jpeg_files(files, device)).cpu()
+        decoder.append((on_device.int() - on_cpu.int()).abs().flatten())
+        geometry = full.frame_geometry(on_cpu.shape[-1], on_cpu.shape[-2])
+        resized = geometry.apply(on_cpu.to(device), cropped=True).cpu().int()
+        geometry_max = max(geometry_max, int((resized - expected[v]).abs().max()))
+    return torch.cat(decoder).float(), geometry_max
+
+
+def test_decoder_and_geometry_differences_are_zero_on_the_cpu(data):
+    """The measurement of the GPU test below, on the CPU: both differences vanish (the CPU decoder is
+    Pillow's libjpeg-turbo, the geometry the CPU path's own)."""
+    full = build_dataset("actnet", str(data), "val", num_segments=T0, input_size=64)
+    decoder, geometry_max = decoder_and_geometry_differences(full, "cpu")
+    assert decoder.numel() > 0 and decoder.max() == 0 and geometry_max == 0
+
+
 @pytest.mark.gpu
-def test_gpu_decoding_matches_the_cpu_path_within_the_decoders_rounding(data, tmp_path):
-    """nvjpeg's inverse DCT and chroma upsampling are not libjpeg-turbo's, and the CUDA resize rounds after
-    interpolating in float32 (on a CPU the two resize kernels differ by at most 1 level). The frames must stay
-    within a mean absolute difference of 2 levels of the CPU path (the bound torchvision holds its CUDA decoder
-    to against its CPU one; the resize averages decoder noise down) and much closer to it than the same frames
-    shifted by one pixel (a geometry error)."""
+def test_gpu_decoding_differs_from_the_cpu_path_by_the_decoder_alone(data, tmp_path):
+    """nvjpeg's inverse DCT and chroma upsampling are not libjpeg-turbo's, so --gpu_decode's frames differ
+    from the CPU path's; the geometry must add
+    nothing beyond rounding. Measured on the fixture's files: the device geometry (crop, resize) applied to
+    the CPU decoder's images is within 1 level of the CPU path (the CUDA resize interpolates in float32 and
+    rounds); end to end, the frames are no further from the CPU path than the two decoders are from each
+    other (plus half a level of that rounding), and far closer than the same frames shifted by one pixel
+    (a geometry error) or than what a colour-channel mix-up gives. On an H200 with these noisy frames: decoders
+    4.7 levels apart on average (max 29), device geometry within 1, end to end 3.0 (one-pixel shift 11.0,
+    channels swapped 65.6)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: --gpu_decode decodes with nvjpeg on the GPU")
     full = build_dataset("actnet", str(data), "val", num_segments=T0, input_size=64)
     jpeg = build_dataset("actnet", str(data), "val", num_segments=T0, input_size=64, decode_positions=GLANCE,
                          jpeg_bytes=True)
+    decoder, geometry_max = decoder_and_geometry_differences(full, "cuda")
     expected = full_videos(full).int()
     with FrameFeed(jpeg, "cuda") as feed:
         part = feed_batch(feed, jpeg)
@@ -295,9 +327,14 @@ def test_gpu_decoding_matches_the_cpu_path_within_the_decoders_rounding(data, tm
         got = part.video.cpu().int()
     difference = (got - expected).abs().float()
     shifted = (expected.roll(1, dims=-1) - expected).abs().float().mean()
-    print(f"GPU vs CPU path: mean |diff| {difference.mean():.3f}, max {difference.max():.0f}, "
-          f"{(difference > 0).float().mean():.1%} of the values differ; one-pixel shift: {shifted:.2f}")
-    assert difference.mean() <= 2.0 and difference.mean() < shifted / 4
+    swapped = (expected.flip(-3) - expected).abs().float().mean()
+    print(f"decoders (nvjpeg vs libjpeg-turbo, full frames): mean |diff| {decoder.mean():.3f}, max "
+          f"{decoder.max():.0f}; device geometry on the CPU decoder's images: max |diff| {geometry_max}; "
+          f"end to end: mean |diff| {difference.mean():.3f}, max {difference.max():.0f}; one-pixel shift "
+          f"{shifted:.2f}, channels swapped {swapped:.2f}")
+    assert geometry_max <= 1
+    assert difference.mean() <= decoder.mean() + 0.5
+    assert difference.mean() < min(shifted, swapped) / 2
     # the evaluation loop with --gpu_decode: bytes from a worker, frames decoded on the GPU
     jpeg_set, on_gpu = _evaluate(data, tmp_path, "--workers", "1", "--gpu_decode", device="cuda")
     _, on_cpu = _evaluate(data, tmp_path, "--workers", "0", device="cuda")
