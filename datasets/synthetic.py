@@ -58,8 +58,11 @@ SPLIT_CODES = {"train": 0, "val": 1}
 DEFAULTS: Dict[str, Any] = dict(
     seed=0, num_classes=10, train_videos=500, val_videos=200, frames_per_video=48, frame_size=128,
     object_size=(0.125, 0.2), visible_fraction=(1 / 6, 1 / 3), num_distractors=(3, 5), quality=90,
-    twin_classes=0,
+    twin_classes=0, chroma_subsampling="4:2:0",
 )
+#: JPEG chroma subsampling (Pillow's names). 4:2:0 halves the colour resolution, which blends a fine
+#: coloured checker into other colours (and clips them), so a twin's mean colour would give it away.
+CHROMA_SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
 MAX_OBJECT_SIZE = Fraction(1, 3)       # of the frame's short side
 MAX_VISIBLE_FRACTION = Fraction(1, 2)  # of the frames
 
@@ -144,7 +147,7 @@ DISTRACTOR_SHAPES: List[Tuple[str, Shape]] = [
 
 #: Brightness of the checker's dark cells (the class colour times this) on the second of twin classes;
 #: the first twin is flat in the mean of the two shades.
-CHECKER_DARK = 0.4
+CHECKER_DARK = 0.0
 CHECKER_CELL = 2  # pixels
 
 
@@ -327,7 +330,8 @@ def render_video(seed_words: Sequence[int], label: int, params: Dict[str, Any], 
         if visible[f]:
             _blend(frame, alpha, colour, path[f, 0], path[f, 1])
         if folder:
-            Image.fromarray(frame).save(os.path.join(folder, FRAME_TEMPLATE.format(f + 1)), quality=params["quality"])
+            Image.fromarray(frame).save(os.path.join(folder, FRAME_TEMPLATE.format(f + 1)), quality=params["quality"],
+                                        subsampling=params["chroma_subsampling"])
         else:
             frames[f] = frame
     return frames, boxes, visible
@@ -373,6 +377,9 @@ def resolve_params(**overrides: Any) -> Dict[str, Any]:
         raise ValueError(f"visible_fraction must lie in (0, {MAX_VISIBLE_FRACTION}], got {p['visible_fraction']}")
     if not 1 <= p["quality"] <= 100:
         raise ValueError(f"quality must be in 1..100, got {p['quality']}")
+    if p["chroma_subsampling"] not in CHROMA_SUBSAMPLING:
+        raise ValueError(f"chroma_subsampling must be one of {', '.join(CHROMA_SUBSAMPLING)}, "
+                         f"got {p['chroma_subsampling']!r}")
     return p
 
 
@@ -419,7 +426,8 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
              object_size: Sequence[float] = DEFAULTS["object_size"],
              visible_fraction: Sequence[float] = DEFAULTS["visible_fraction"],
              num_distractors: Sequence[int] = DEFAULTS["num_distractors"], quality: int = DEFAULTS["quality"],
-             twin_classes: int = DEFAULTS["twin_classes"], overwrite: bool = False) -> str:
+             twin_classes: int = DEFAULTS["twin_classes"],
+             chroma_subsampling: str = DEFAULTS["chroma_subsampling"], overwrite: bool = False) -> str:
     """Generate the dataset into ``root`` (atomically: a temporary sibling folder, then a rename).
 
     ``frame_size`` is an int (square) or ``(width, height)``; ``workers`` processes render videos
@@ -429,7 +437,7 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
     params = resolve_params(seed=seed, num_classes=num_classes, train_videos=train_videos, val_videos=val_videos,
                             frames_per_video=frames_per_video, frame_size=frame_size, object_size=object_size,
                             visible_fraction=visible_fraction, num_distractors=num_distractors, quality=quality,
-                            twin_classes=twin_classes)
+                            twin_classes=twin_classes, chroma_subsampling=chroma_subsampling)
     root = os.path.abspath(root)
     if os.path.exists(root) and not overwrite:
         raise DataError(f"{root} already exists; pass overwrite=True or use ensure_generated()")

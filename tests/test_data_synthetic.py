@@ -206,8 +206,8 @@ def test_generation_reports_progress_outside_a_terminal(tmp_path, capsys):
 
 
 def test_twin_classes_differ_only_in_a_fine_checker():
-    """Twins share shape, hue and mean colour; the second is checkered in 2-pixel cells, which a 2x
-    antialiased downscale (a coarse glance) averages away."""
+    """Twins share shape, hue and mean colour; the second is checkered in 2-pixel cells (bright and
+    black), which a 3x antialiased downscale (the main job's coarse glance) averages away."""
     import torch
     from models.backbones import downscale
 
@@ -215,11 +215,30 @@ def test_twin_classes_differ_only_in_a_fine_checker():
     assert names == ["disk hue 0 flat", "disk hue 0 checkered", "square hue 120 flat", "square hue 120 checkered",
                      "triangle hue 240"]
     assert [synthetic.appearance_group(c, 5, 2)[0] for c in range(5)] == [0, 0, 1, 1, 2]
-    flat, checkered = (synthetic.class_texture(c, 5, 2, 16) for c in (0, 1))
-    assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(checkered, axis=(0, 1)).max() > 100
+    flat, checkered = (synthetic.class_texture(c, 5, 2, 48) for c in (0, 1))
+    assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(checkered, axis=(0, 1)).max() == 255
     assert np.abs(checkered.mean(axis=(0, 1)) - flat[0, 0]).max() <= 1.0           # the same mean colour
     assert np.array_equal(checkered[:2, :2], np.broadcast_to(checkered[0, 0], (2, 2, 3)))  # 2-pixel cells
-    small = downscale(torch.from_numpy(np.ascontiguousarray(checkered)).permute(2, 0, 1)[None], 8, antialias=True)
-    assert (small[0, :, 1:-1, 1:-1] - torch.tensor(flat[0, 0]).view(3, 1, 1)).abs().max() < 0.2 * 255
+    texture = torch.from_numpy(np.ascontiguousarray(checkered)).permute(2, 0, 1)[None]
+    third, half = (downscale(texture, 48 // k, antialias=True)[0, :, 1:-1, 1:-1] for k in (3, 2))
+    mean = torch.tensor(flat[0, 0]).view(3, 1, 1)
+    assert (third - mean).abs().max() < 0.02 * 255   # gone at a third of the resolution
+    assert (half - mean).abs().max() > 0.05 * 255    # but not at half of it
     with pytest.raises(ValueError, match="twin_classes"):
         synthetic.resolve_params(num_classes=5, twin_classes=3)
+
+
+def test_chroma_subsampling_is_a_generation_option(tmp_path):
+    """JPEG frames keep full colour resolution with chroma_subsampling="4:4:4" (4:2:0 would blend a twin's
+    fine coloured checker into other colours); other values are refused."""
+    from PIL import Image, JpegImagePlugin
+
+    root = synthetic.generate(str(tmp_path / "d"), train_videos=2, val_videos=1, frames_per_video=3, frame_size=32,
+                              num_classes=2, workers=1, chroma_subsampling="4:4:4", quality=95)
+    frame = next((tmp_path / "d" / "frames").rglob("*.jpg"))
+    with Image.open(frame) as im:
+        assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4
+    assert synthetic.read_marker(root)["chroma_subsampling"] == "4:4:4"
+    assert synthetic.resolve_params()["chroma_subsampling"] == "4:2:0"  # the default frames are unchanged
+    with pytest.raises(ValueError, match="chroma_subsampling must be one of 4:4:4, 4:2:2, 4:2:0"):
+        synthetic.resolve_params(chroma_subsampling="4:1:1")
