@@ -18,7 +18,7 @@ Each video shows (design and knobs in ``docs/synthetic.md``):
   turning, bouncing) inside the central square of the frame, and drawn on top of everything else;
 * optionally (``twin_classes`` = k > 0), k pairs of *twin* classes that share shape, hue and sizes
   and differ only in a fine detail: the second twin is covered with a checker of 2-pixel cells
-  alternating between the class colour and 0.4 of it, the first is flat in their mean colour.
+  alternating between the class colour and black, the first is flat in their mean colour.
   Seen whole at a lower resolution (a glance) the twins look the same; a patch at full resolution
   tells them apart.
 

@@ -31,13 +31,12 @@ def glance_frame_indices(num_segments: int, num_glance: int, batch_size: int = 1
     """
     if not 0 < num_glance <= num_segments:
         raise ValueError(f"need 0 < num_glance_segments ({num_glance}) <= num_segments ({num_segments})")
-    g = torch.arange(num_glance, dtype=torch.float64)
+    # computed where the draws are (float64 arithmetic is the same on every device), segment numbers
+    # included: copying them from the host would wait on the device
+    draws_on = generator.device if random and generator is not None else torch.device("cpu")
+    g = torch.arange(num_glance, dtype=torch.float64, device=draws_on)
     if random:
-        draws_on = generator.device if generator is not None else torch.device("cpu")
         u = torch.rand(batch_size, num_glance, generator=generator, dtype=torch.float64, device=draws_on)
-        # computed where the draws are (float64 arithmetic is the same on every device), with the segment
-        # numbers made there too: copying them from the host would wait on the device
-        g = torch.arange(num_glance, dtype=torch.float64, device=draws_on)
         idx = torch.floor((g + u) * num_segments / num_glance).long()
     else:
         if num_segments % num_glance == 0:
