@@ -5,6 +5,8 @@ and the data loader's clips/s.
     python -m scripts.bench_gpu --sides fast compile     # torch.compile'd encoders against the fast settings
     python -m scripts.bench_gpu --loader                 # JPEG frame folders -> pinned batches on the GPU
     python -m scripts.bench_gpu --device cpu --tiny      # the same code on a CPU at toy sizes (a smoke run)
+    python -m scripts.bench_gpu --device cpu --config configs/synthetic.yaml --sides fp32 channels_last --batch 16
+                                                         # a preset's sizes: the main job's CPU layout choice
 
 **Model.** ``mn2_r50`` at the official ActivityNet size (P = 128, T0 = 48, T_G = T_L = 16, 224-px frames,
 200 classes, MobileNetV2 + ResNet-50), random weights, built by ``ops.engine.build_model`` from main.py's
@@ -17,8 +19,12 @@ that every round computes the same thing); an evaluation round is ``--eval_iters
 Sides (main.py's flags)::
 
     fp32      --no-channels_last --no-cudnn_benchmark       (float32, as runs were before these flags)
+    channels_last  --channels_last --no-cudnn_benchmark  (float32, channels-last encoders only)
     fast      --amp --amp_dtype bfloat16 --eval_amp --channels_last --cudnn_benchmark
     compile   the fast flags and --compile
+
+On a CPU, glibc's allocator is tuned first, as ``main.py`` tunes it for a CPU run
+(``ops.cpu.tune_cpu_allocator``), so that both sides allocate as a run does.
 
 Every side is built and warmed up first (cuDNN's algorithm search, compilation: the warm-up seconds are
 reported); then the sides are timed in alternating rounds, each under its own settings, with the device
@@ -59,11 +65,13 @@ from PIL import Image
 
 from ops import config, engine
 from ops import distributed as dist_ops
+from ops.cpu import tune_cpu_allocator
 from ops.run_log import RunLog
 
 #: main.py's flags of each side (see the module docstring).
 SIDES = {
     "fp32": ["--no-channels_last", "--no-cudnn_benchmark"],
+    "channels_last": ["--channels_last", "--no-cudnn_benchmark"],
     "fast": ["--amp", "--amp_dtype", "bfloat16", "--eval_amp", "--channels_last", "--cudnn_benchmark"],
     "compile": ["--amp", "--amp_dtype", "bfloat16", "--eval_amp", "--channels_last", "--cudnn_benchmark",
                 "--compile"],
@@ -211,6 +219,8 @@ def syncs_per_training_step(side: Side, batch: Dict[str, torch.Tensor], log: Run
 
 def model_benchmark(opts, device: torch.device) -> Dict:
     model_flags = TINY_FLAGS if opts.tiny else MODEL_FLAGS
+    if opts.config:  # a preset's sizes and optimiser; the side's flags still decide the speed settings
+        model_flags = ["--config", opts.config, "--no-pretrained", "--lr", "0"]
     log = RunLog(tempfile.gettempdir(), enabled=False)
     probe = config.parse_args(model_flags + ["--device", device.type])
     t0, size = probe.num_segments, probe.input_size
@@ -219,7 +229,8 @@ def model_benchmark(opts, device: torch.device) -> Dict:
                    "label": torch.randint(0, NUM_CLASSES, (opts.batch,), generator=g)}
     train_batch = {k: v.to(device) for k, v in train_batch.items()}
     eval_video = torch.randint(0, 256, (opts.eval_batch, t0, 3, size, size), generator=g, dtype=torch.uint8).to(device)
-    config_text = (f"mn2_r50, P={probe.patch_size}, T0={t0}, T_G={probe.num_glance_segments}, "
+    config_text = ((f"{opts.config}: " if opts.config else "")
+                   + f"mn2_r50, P={probe.patch_size}, T0={t0}, T_G={probe.num_glance_segments}, "
                    f"T_L={probe.num_focus_segments}, {size} px, {NUM_CLASSES} classes; training batch {opts.batch} x "
                    f"{opts.steps} steps, evaluation batch {opts.eval_batch} x {opts.eval_iters}")
     log_line(f"model benchmark on {device}: {config_text}")
@@ -362,6 +373,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--tiny", action="store_true", help="toy sizes (a smoke run of the code, e.g. on a CPU)")
     p.add_argument("--loader", action="store_true", help="benchmark the data loader instead of the model")
+    p.add_argument("--config", default=None, help="model: a preset's sizes (e.g. configs/synthetic.yaml) instead of "
+                                                  "the official ActivityNet ones")
     p.add_argument("--sides", nargs="+", choices=sorted(SIDES), default=["fp32", "fast"],
                    help="configurations to compare (ratios are to the first)")
     p.add_argument("--batch", type=int, default=8, help="training videos per step (the official 32 over 4 GPUs)")
@@ -384,7 +397,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = p.parse_args(argv)
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (pass --device cpu for a smoke run)")
+    if opts.config and opts.tiny:
+        raise SystemExit("--config and --tiny both choose the model's sizes: pass one of them")
     device = torch.device(opts.device, 0) if opts.device == "cuda" else torch.device("cpu")
+    if device.type == "cpu":  # as main.py does for a CPU run
+        tune_cpu_allocator()
     result = loader_benchmark(opts, device) if opts.loader else model_benchmark(opts, device)
     if opts.json:
         with open(opts.json, "w", encoding="utf-8") as f:

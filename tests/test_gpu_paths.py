@@ -327,6 +327,20 @@ def test_benchmark_runs_its_sides_alternated_at_toy_sizes(tmp_path):
     assert "round 2: fp32 train" in run.stdout and "x fp32)" in run.stdout
 
 
+
+def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
+    out = tmp_path / "preset.json"
+    run = _script([sys.executable, "-m", "scripts.bench_gpu", "--device", "cpu", "--config", "configs/synthetic.yaml",
+                   "--sides", "fp32", "channels_last", "--batch", "1", "--steps", "1", "--warmup_steps", "1",
+                   "--eval_batch", "1", "--eval_iters", "1", "--rounds", "1", "--json", str(out)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["config"].startswith("configs/synthetic.yaml: mn2_r50, P=96, T0=16, T_G=8, T_L=3, 216 px")
+    assert "encoders in the default memory format" in result["sides"]["fp32"]["settings"]
+    assert "channels-last 2-D encoders" in result["sides"]["channels_last"]["settings"]
+    assert "float32 for training" in result["sides"]["channels_last"]["settings"]
+    assert set(result["ratios"]["channels_last/fp32"]) == {"train", "eval"}
+
 def test_loader_benchmark_reads_written_jpeg_folders(tmp_path):
     out = tmp_path / "loader.json"
     run = _script([sys.executable, "-m", "scripts.bench_gpu", "--device", "cpu", "--tiny", "--loader", "--workers",
