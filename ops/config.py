@@ -187,7 +187,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--thresholds", default=None,
                    help="early-exit thresholds file (test_early_exit.py --budget): --evaluate also reports the "
                         "metric, GFLOPs and exit distribution of early exit with them")
-    g.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=20, help="log every N steps")
+    g.add_argument("--print_freq", "--print-freq", "-p", dest="print_freq", type=int, default=20,
+                   help="log every N steps")
     g.add_argument("--seed", type=int, default=1007, help="seed of every random choice")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     g.add_argument("--dist_url", "--dist-url", dest="dist_url", default="env://",

@@ -39,6 +39,14 @@ def test_official_command_parses_with_the_official_meaning():
     assert config.parse_args(["--local_rank", "1"]).local_rank == 1
 
 
+def test_flags_take_the_yaml_keys_spelling_too():
+    # The official spellings (--print-freq, --eval-freq) and the YAML keys' (print_freq, eval_freq) both parse.
+    for flag in ("--print-freq", "--print_freq", "-p"):
+        assert config.parse_args([flag, "7"]).print_freq == 7
+    for flag in ("--eval-freq", "--eval_freq"):
+        assert config.parse_args([flag, "3"]).eval_freq == 3
+
+
 def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: fcvid\nlr: 0.004\nbatch_size: 64\n")
