@@ -247,10 +247,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--npb", "--no_partialbn", dest="npb", action="store_true")
 
     g = p.add_argument_group("official launcher flags (refused with the equivalent torchrun command)")
-    g.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true")
-    g.add_argument("--world-size", dest="world_size", type=int, default=None)
+    g.add_argument("--multiprocessing-distributed", "--multiprocessing_distributed", dest="multiprocessing_distributed",
+                   action="store_true")
+    g.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=None)
     g.add_argument("--rank", type=int, default=None)
-    g.add_argument("--dist-backend", dest="dist_backend", default=None)
+    g.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None)
     g.add_argument("--pretrain", choices=("imagenet", "scratch"), default=None,
                    help="official tsm flag: imagenet = --pretrained, anything else = --no-pretrained")
     return p

@@ -327,7 +327,6 @@ def test_benchmark_runs_its_sides_alternated_at_toy_sizes(tmp_path):
     assert "round 2: fp32 train" in run.stdout and "x fp32)" in run.stdout
 
 
-
 def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
     out = tmp_path / "preset.json"
     run = _script([sys.executable, "-m", "scripts.bench_gpu", "--device", "cpu", "--config", "configs/synthetic.yaml",
@@ -340,6 +339,7 @@ def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
     assert "channels-last 2-D encoders" in result["sides"]["channels_last"]["settings"]
     assert "float32 for training" in result["sides"]["channels_last"]["settings"]
     assert set(result["ratios"]["channels_last/fp32"]) == {"train", "eval"}
+
 
 def test_loader_benchmark_reads_written_jpeg_folders(tmp_path):
     out = tmp_path / "loader.json"
