@@ -7,6 +7,7 @@ margins are below the worst of the three seeds measured for the README, so a fai
 the code changed, not the luck of a seed. The fast suite checks the preset's resolution only.
 """
 import json
+import re
 import subprocess
 import sys
 import time
@@ -40,11 +41,8 @@ def test_synthetic_preset_resolves_to_the_readme_run():
     assert stages[-1] < 1.5 and stages[0] < 0.3 * stages[-1]  # measured 1.34 and 0.32 GFLOPs
 
 
-
 def test_the_synthetic_docs_describe_the_presets_data():
     """docs/synthetic.md names the main job's generation settings; they must be the preset's."""
-    import re
-
     args = config.parse_args(["--config", str(PRESET)])
     text = (REPO / "docs" / "synthetic.md").read_text()
     sentence = text[text.index("The README's main job (`configs/synthetic.yaml`)"):]
@@ -52,8 +50,11 @@ def test_the_synthetic_docs_describe_the_presets_data():
     for key in ("object_size", "visible_fraction"):
         low, high = re.search(rf"`{key}=\(([0-9.]+), ([0-9.]+)\)`", sentence).groups()
         assert [float(low), float(high)] == args.synthetic[key], (key, sentence)
-    assert f"twin_classes={args.synthetic['twin_classes']}" in sentence
-    assert f"{args.synthetic['frame_size']}-px frames" in sentence and f"at {args.glance_size} px" in sentence
+    syn = args.synthetic
+    assert f"{syn['num_classes']} classes with `twin_classes={syn['twin_classes']}`" in sentence
+    assert f"{syn['frame_size']}-px frames" in sentence and f"at {args.glance_size} px" in sentence
+    assert f"{syn['chroma_subsampling']} JPEG" in sentence
+
 
 def check_directions(final: dict, early_exit: dict) -> None:
     """What the main job shows on every measured seed, with margins below the worst of them (seeds 1007, 1
