@@ -17,7 +17,7 @@ Each video shows (design and knobs in ``docs/synthetic.md``):
   ``visible_fraction[1]`` (default 1/3) of the frames, moving smoothly (constant speed, slowly
   turning, bouncing) inside the central square of the frame, and drawn on top of everything else;
 * optionally (``twin_classes`` = k > 0), k pairs of *twin* classes that share shape, hue and sizes
-  and differ only in a fine detail: the second twin is covered with a checker of 2-pixel cells
+  and differ only in a fine detail: the second twin is covered with a checker of ``checker_cell``-pixel cells
   alternating between the class colour and black, the first is flat in their mean colour.
   Seen whole at a lower resolution (a glance) the twins look the same; a patch at full resolution
   tells them apart.
@@ -58,7 +58,7 @@ SPLIT_CODES = {"train": 0, "val": 1}
 DEFAULTS: Dict[str, Any] = dict(
     seed=0, num_classes=10, train_videos=500, val_videos=200, frames_per_video=48, frame_size=128,
     object_size=(0.125, 0.2), visible_fraction=(1 / 6, 1 / 3), num_distractors=(3, 5), quality=90,
-    twin_classes=0, chroma_subsampling="4:2:0",
+    twin_classes=0, checker_cell=2, chroma_subsampling="4:2:0",
 )
 #: JPEG chroma subsampling (Pillow's names). 4:2:0 halves the colour resolution, which blends a fine
 #: coloured checker into other colours (and clips them), so a twin's mean colour would give it away.
@@ -148,7 +148,6 @@ DISTRACTOR_SHAPES: List[Tuple[str, Shape]] = [
 #: Brightness of the checker's dark cells (the class colour times this) on the second of twin classes;
 #: the first twin is flat in the mean of the two shades.
 CHECKER_DARK = 0.0
-CHECKER_CELL = 2  # pixels
 
 
 def appearance_group(label: int, num_classes: int, twin_classes: int = 0) -> Tuple[int, int, bool]:
@@ -176,14 +175,15 @@ def class_appearance(label: int, num_classes: int, twin_classes: int = 0) -> Tup
     return name, shape, rgb
 
 
-def class_texture(label: int, num_classes: int, twin_classes: int, size: int) -> np.ndarray:
-    """The object's colours ``(size, size, 3)`` float32: flat, or the checker of a checkered twin."""
+def class_texture(label: int, num_classes: int, twin_classes: int, size: int, cell: int = DEFAULTS["checker_cell"]) -> np.ndarray:
+    """The object's colours ``(size, size, 3)`` float32: flat, or the checker (``cell``-pixel cells) of a
+    checkered twin."""
     group, num_groups, checkered = appearance_group(label, num_classes, twin_classes)
     bright = np.asarray(colorsys.hsv_to_rgb(group / num_groups, 1.0, 1.0), dtype=np.float32) * 255
     if not checkered:
         _, _, mean = class_appearance(label, num_classes, twin_classes)
         return np.broadcast_to(np.asarray(mean, dtype=np.float32), (size, size, 3))
-    cells = (np.arange(size) // CHECKER_CELL) % 2
+    cells = (np.arange(size) // cell) % 2
     dark = (cells[:, None] ^ cells[None, :]).astype(bool)  # (size, size)
     return np.where(dark[..., None], bright * CHECKER_DARK, bright).astype(np.float32)
 
@@ -310,7 +310,7 @@ def render_video(seed_words: Sequence[int], label: int, params: Dict[str, Any], 
     _, shape, _ = class_appearance(label, params["num_classes"], params["twin_classes"])
     d = max(4, int(side * rng.uniform(*params["object_size"])))
     alpha = render_alpha(shape, d)
-    colour = class_texture(label, params["num_classes"], params["twin_classes"], d)
+    colour = class_texture(label, params["num_classes"], params["twin_classes"], d, params["checker_cell"])
     ex0, ey0, ex1, ey1 = _tight_extent(alpha)
     origin = np.array([(width - side) / 2, (height - side) / 2])
     path = np.rint(_bouncing_path(rng, n, origin, origin + side - d, speed=side * rng.uniform(0.01, 0.025),
@@ -357,7 +357,8 @@ def resolve_params(**overrides: Any) -> Dict[str, Any]:
         p[key] = [float(v) if key != "num_distractors" else int(v) for v in p[key]]
         if len(p[key]) != 2 or p[key][0] > p[key][1] or p[key][0] < 0:
             raise ValueError(f"{key} must be a range (low, high) with 0 <= low <= high, got {p[key]}")
-    for key in ("seed", "num_classes", "train_videos", "val_videos", "frames_per_video", "quality", "twin_classes"):
+    for key in ("seed", "num_classes", "train_videos", "val_videos", "frames_per_video", "quality", "twin_classes",
+                "checker_cell"):
         p[key] = int(p[key])
     if p["seed"] < 0:
         raise ValueError(f"seed must be non-negative, got {p['seed']}")
@@ -365,6 +366,8 @@ def resolve_params(**overrides: Any) -> Dict[str, Any]:
         raise ValueError(f"num_classes must be at least 2, got {p['num_classes']}")
     if not 0 <= 2 * p["twin_classes"] <= p["num_classes"]:
         raise ValueError(f"twin_classes must be in 0..num_classes // 2 ({p['num_classes'] // 2}), got {p['twin_classes']}")
+    if p["checker_cell"] < 1:
+        raise ValueError(f"checker_cell must be at least 1 pixel, got {p['checker_cell']}")
     if p["train_videos"] < 1 or p["val_videos"] < 1:
         raise ValueError("train_videos and val_videos must be at least 1")
     if p["frames_per_video"] < 3:
@@ -426,7 +429,7 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
              object_size: Sequence[float] = DEFAULTS["object_size"],
              visible_fraction: Sequence[float] = DEFAULTS["visible_fraction"],
              num_distractors: Sequence[int] = DEFAULTS["num_distractors"], quality: int = DEFAULTS["quality"],
-             twin_classes: int = DEFAULTS["twin_classes"],
+             twin_classes: int = DEFAULTS["twin_classes"], checker_cell: int = DEFAULTS["checker_cell"],
              chroma_subsampling: str = DEFAULTS["chroma_subsampling"], overwrite: bool = False) -> str:
     """Generate the dataset into ``root`` (atomically: a temporary sibling folder, then a rename).
 
@@ -437,7 +440,8 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
     params = resolve_params(seed=seed, num_classes=num_classes, train_videos=train_videos, val_videos=val_videos,
                             frames_per_video=frames_per_video, frame_size=frame_size, object_size=object_size,
                             visible_fraction=visible_fraction, num_distractors=num_distractors, quality=quality,
-                            twin_classes=twin_classes, chroma_subsampling=chroma_subsampling)
+                            twin_classes=twin_classes, checker_cell=checker_cell,
+                            chroma_subsampling=chroma_subsampling)
     root = os.path.abspath(root)
     if os.path.exists(root) and not overwrite:
         raise DataError(f"{root} already exists; pass overwrite=True or use ensure_generated()")

@@ -125,6 +125,7 @@ def test_ensure_generated_reuses_and_checks_parameters(small_set, tmp_path):
 @pytest.mark.parametrize("bad, match", [
     (dict(object_size=(0.1, 0.4)), "object_size"), (dict(visible_fraction=(0.1, 0.6)), "visible_fraction"),
     (dict(frame_size=16), "frame_size"), (dict(colour="red"), "unknown synthetic option"),
+    (dict(checker_cell=0), "checker_cell must be at least 1"),
 ])
 def test_invalid_parameters(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -226,6 +227,29 @@ def test_twin_classes_differ_only_in_a_fine_checker():
     assert (half - mean).abs().max() > 0.05 * 255    # but not at half of it
     with pytest.raises(ValueError, match="twin_classes"):
         synthetic.resolve_params(num_classes=5, twin_classes=3)
+
+
+def test_checker_cell_sets_the_twins_detail_and_the_glance_it_hides_from():
+    """``checker_cell`` = 3 draws 3-pixel cells: still the flat twin's mean colour, averaged away by a 4x
+    antialiased downscale but not by a 3x one (so it needs a glance at a quarter of the resolution)."""
+    import torch
+    from models.backbones import downscale
+
+    flat, checkered = (synthetic.class_texture(c, 5, 2, 96, cell=3) for c in (0, 1))
+    assert np.abs(checkered.mean(axis=(0, 1)) - flat[0, 0]).max() <= 1.0
+    assert np.array_equal(checkered[:3, :3], np.broadcast_to(checkered[0, 0], (3, 3, 3)))  # 3-pixel cells
+    assert not np.array_equal(checkered[:, 3], checkered[:, 2])
+    texture = torch.from_numpy(np.ascontiguousarray(checkered)).permute(2, 0, 1)[None]
+    third, quarter = (downscale(texture, 96 // k, antialias=True)[0, :, 1:-1, 1:-1] for k in (3, 4))
+    mean = torch.tensor(flat[0, 0]).view(3, 1, 1)
+    assert (quarter - mean).abs().max() < 0.025 * 255
+    assert (third - mean).abs().max() > 0.1 * 255
+    params = synthetic.resolve_params(num_classes=2, twin_classes=1, frame_size=64, frames_per_video=3, checker_cell=3)
+    frames, boxes, visible = synthetic.render_video([0, 0, 0], 1, params, None)
+    f = int(np.nonzero(visible)[0][0])
+    x1, y1, x2, y2 = (int(v) for v in boxes[f])
+    inner = frames[f, (y1 + y2) // 2 - 3:(y1 + y2) // 2 + 3, (x1 + x2) // 2 - 3:(x1 + x2) // 2 + 3].astype(int)
+    assert np.ptp(inner) > 150                                   # the rendered twin is checkered
 
 
 def test_chroma_subsampling_is_a_generation_option(tmp_path):
