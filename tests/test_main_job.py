@@ -1,7 +1,7 @@
 """The README's main job: configs/synthetic.yaml trains from scratch and shows the method working (slow).
 
 Run with ``pytest -m slow tests/test_main_job.py``: per seed of the README's table, the whole command as a
-newcomer runs it (data generation included, 9 min 7 s to 9 min 29 s on 2 CPU cores), then the README's early-exit
+newcomer runs it (data generation included, 7 min 29 s to 8 min 1 s on 2 CPU cores), then the README's early-exit
 follow-up. Each run leaves ``main_job_seed<S>.json`` (figures and wall times) in its test folder. The
 margins are below the worst of the three seeds measured for the README, so a failure means the method or
 the code changed, not the luck of a seed. The fast suite checks the preset's resolution only.
@@ -32,13 +32,14 @@ def test_synthetic_preset_resolves_to_the_readme_run():
                                                                               "synthetic")
     assert args.synthetic["num_classes"] == NUM_CLASSES and args.synthetic["twin_classes"] == 2
     assert not args.pretrained and not args.evaluate and args.policy_ablation and args.seed == SEEDS[0]
-    # The glance works at a third of the frames' resolution: the twins' 2-pixel checker is below it.
-    assert args.input_size == 3 * args.glance_size
+    # The glance works at a fifth of the frames' resolution: the twins' 3-pixel checker is below it.
+    assert args.input_size == 5 * args.glance_size and args.synthetic["checker_cell"] == 3
+    assert args.input_size == args.synthetic["frame_size"]
     from models import get_variant
     from models.flops import flops_breakdown
 
     stages = flops_breakdown(get_variant("mn2_r50").build_from(args, num_classes=NUM_CLASSES)).stages()
-    assert stages[-1] < 1.5 and stages[0] < 0.3 * stages[-1]  # measured 1.34 and 0.32 GFLOPs
+    assert len(stages) == 3 and stages[-1] < 0.7 and stages[0] < 0.25 * stages[-1]  # measured 0.52 and 0.05 GFLOPs
 
 
 def test_the_synthetic_docs_describe_the_presets_data():
@@ -46,12 +47,13 @@ def test_the_synthetic_docs_describe_the_presets_data():
     args = config.parse_args(["--config", str(PRESET)])
     text = (REPO / "docs" / "synthetic.md").read_text()
     sentence = text[text.index("The README's main job (`configs/synthetic.yaml`)"):]
-    sentence = sentence[:sentence.index("\n\n")]
+    sentence = " ".join(sentence[:sentence.index("\n\n")].split())  # one line
     for key in ("object_size", "visible_fraction"):
         low, high = re.search(rf"`{key}=\(([0-9.]+), ([0-9.]+)\)`", sentence).groups()
         assert [float(low), float(high)] == args.synthetic[key], (key, sentence)
     syn = args.synthetic
     assert f"{syn['num_classes']} classes with `twin_classes={syn['twin_classes']}`" in sentence
+    assert f"`checker_cell={syn.get('checker_cell', 2)}`" in sentence
     assert f"{syn['frame_size']}-px frames" in sentence and f"at {args.glance_size} px" in sentence
     assert f"{syn['chroma_subsampling']} JPEG" in sentence
 
@@ -64,19 +66,21 @@ def check_directions(final: dict, early_exit: dict) -> None:
     ablation = final["policy_ablation"]
     assert set(ablation) == {"metric", "full", "glance_exit", "uniform_frames", "random_patches",
                              "uniform_frames_random_patches"} and ablation["full"] == final["prediction_top1"]
-    # 1. The focus sees what the glance cannot: the full model is above its glance exit (measured +10.4 to
-    #    +28.1 points), which is itself far above chance (64.1-67.7 %: it resolves all but the twins).
+    # 1. The focus sees what the glance cannot: the full model is above its glance exit (measured +17.2 to
+    #    +27.6 points), which is itself far above chance (51.0-71.9 %: it resolves all but the twins).
     assert ablation["glance_exit"] >= 2.5 * chance, ablation
-    assert ablation["full"] >= ablation["glance_exit"] + 5.0, ablation
+    assert ablation["full"] >= ablation["glance_exit"] + 10.0, ablation
     # 2. The temporal policy picks frames that show the object more often than uniform frames (measured
-    #    +17.7 to +25.4 points), and replacing both policies at equal GFLOPs does not help (measured -13.2 to
-    #    -1.5 points). The spatial policy beat random patches by +0.7 to +17.9 points: not asserted.
+    #    +11.7 to +31.5 points), and replacing its frames by uniform ones at equal GFLOPs costs top-1
+    #    (measured 1.6 to 6.8 points; with random patches too, 1.4 to 9.8). The spatial policy's random-patch
+    #    cost (0.3 to 4.2 points) is not asserted.
     policy = final["policy"]
-    assert policy["frames_show_object"] >= policy["uniform_frames_show_object"] + 10.0, policy
-    assert ablation["uniform_frames_random_patches"] <= ablation["full"], ablation
+    assert policy["frames_show_object"] >= policy["uniform_frames_show_object"] + 8.0, policy
+    assert ablation["uniform_frames"] <= ablation["full"] - 0.5, ablation
+    assert ablation["uniform_frames_random_patches"] <= ablation["full"] - 0.5, ablation
     # 3. Early exit saves compute: with one of the two criteria, some thresholds keep top-1 within 1 point of
     #    the last exit at under 80 % of its GFLOPs and beat random exits with the same exit counts (the
-    #    cheapest such point: 64-69 % of the GFLOPs, random exits 4.7-11.0 points below).
+    #    cheapest such point: 53-67 % of the GFLOPs, random exits 6.2-11.5 points below).
     good = [(criterion, pt) for criterion, sweep in early_exit.items() for pt in sweep["points"]
             if pt["expected_gflops"] <= 0.8 * sweep["flops"][-1] and pt["metric"] >= sweep["last_stage_metric"] - 1.0
             and pt["metric"] >= pt["random_metric"] + 2.0]
