@@ -175,7 +175,8 @@ def class_appearance(label: int, num_classes: int, twin_classes: int = 0) -> Tup
     return name, shape, rgb
 
 
-def class_texture(label: int, num_classes: int, twin_classes: int, size: int, cell: int = DEFAULTS["checker_cell"]) -> np.ndarray:
+def class_texture(label: int, num_classes: int, twin_classes: int, size: int,
+                  cell: int = DEFAULTS["checker_cell"]) -> np.ndarray:
     """The object's colours ``(size, size, 3)`` float32: flat, or the checker (``cell``-pixel cells) of a
     checkered twin."""
     group, num_groups, checkered = appearance_group(label, num_classes, twin_classes)

@@ -250,6 +250,9 @@ def test_checker_cell_sets_the_twins_detail_and_the_glance_it_hides_from():
     x1, y1, x2, y2 = (int(v) for v in boxes[f])
     inner = frames[f, (y1 + y2) // 2 - 3:(y1 + y2) // 2 + 3, (x1 + x2) // 2 - 3:(x1 + x2) // 2 + 3].astype(int)
     assert np.ptp(inner) > 150                                   # the rendered twin is checkered
+    two = synthetic.render_video([0, 0, 0], 1, dict(params, checker_cell=2), None)[0]
+    ys, xs = np.nonzero((two[f] != frames[f]).any(axis=-1))  # the cell size changes the object only
+    assert len(ys) and x1 <= xs.min() and xs.max() < x2 and y1 <= ys.min() and ys.max() < y2
 
 
 def test_chroma_subsampling_is_a_generation_option(tmp_path):

@@ -53,7 +53,7 @@ def test_the_synthetic_docs_describe_the_presets_data():
         assert [float(low), float(high)] == args.synthetic[key], (key, sentence)
     syn = args.synthetic
     assert f"{syn['num_classes']} classes with `twin_classes={syn['twin_classes']}`" in sentence
-    assert f"`checker_cell={syn.get('checker_cell', 2)}`" in sentence
+    assert f"`checker_cell={syn['checker_cell']}`" in sentence
     assert f"{syn['frame_size']}-px frames" in sentence and f"at {args.glance_size} px" in sentence
     assert f"{syn['chroma_subsampling']} JPEG" in sentence
 
