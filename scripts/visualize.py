@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -49,6 +49,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also write OUT_STEM_<index>.gif per video (<index>: the --videos index or the --files position)")
     g.add_argument("--thumb", type=int, default=96, help="thumbnail side in pixels")
     return parser
+
+
+def video_caption(tag: str, label: Optional[int], prediction: int, exit_step: Optional[int],
+                  names: Optional[Sequence[str]]) -> str:
+    """One row's caption: the video, its label (when known), the prediction and, with thresholds, the
+    number of focus frames processed before the exit (0: the glance exit)."""
+    name = (lambda c: names[c]) if names else str
+    text = f"{tag}: " + (f"label {name(label)}, " if label is not None else "") + f"prediction {name(prediction)}"
+    if exit_step is not None:
+        text += f", exit after {exit_step} focus frame{'' if exit_step == 1 else 's'}"
+    return text
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -106,12 +117,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         video = item["video"]
         with torch.no_grad():
             out = model(video.unsqueeze(0).to(info.device))
-            exit_step = int(runner.run(video.unsqueeze(0).to(info.device)).exit_stage[0]) if runner else None
-        pred = int(out.logits[0].argmax())
+            early = runner.run(video.unsqueeze(0).to(info.device)) if runner else None
+        # with thresholds, the prediction is the one the exit step makes, not the full pass's
+        exit_step = int(early.exit_stage[0]) if early is not None else None
+        pred = int((early.logits if early is not None else out.logits)[0].argmax())
         boxes = ground_truth_boxes(item)
-        label = f"label {names[int(item['label'])] if names else int(item['label'])}, " if "label" in item else ""
-        caption = (f"{tag}: {label}prediction {names[pred] if names else pred}"
-                   + (f", exit after {exit_step} focus frames" if runner else ""))
+        caption = video_caption(tag, int(item["label"]) if "label" in item else None, pred, exit_step, names)
+        print(caption)
         rows.append(selection_strip(video, out.focus_indices[0].cpu(), out.patch_boxes[0].cpu(), exit_step=exit_step,
                                     thumb=args.thumb, object_boxes=boxes, label=caption))
         if args.gif:

@@ -135,6 +135,45 @@ def test_visualize_writes_a_grid_and_gifs(trained, tmp_path):
             assert gif.n_frames == 4
 
 
+def test_visualize_caption_names_the_exit_steps_prediction():
+    from scripts.visualize import video_caption
+
+    names = ["disk hue 0 flat", "disk hue 0 checkered"]
+    assert video_caption("video 3", 1, 0, 1, names) == \
+        "video 3: label disk hue 0 checkered, prediction disk hue 0 flat, exit after 1 focus frame"
+    assert video_caption("clip.mp4", None, 1, 0, names) == "clip.mp4: prediction disk hue 0 checkered, exit after 0 focus frames"
+    assert video_caption("video 0", 0, 1, None, None) == "video 0: label 0, prediction 1"
+
+
+def test_visualize_captions_the_early_exit_prediction(trained, tmp_path):
+    """With thresholds that exit every video at the glance, each row shows the glance exit's prediction."""
+    data, root, ckpt = trained
+    from ops.early_exit import save_thresholds
+
+    thresholds = root / "all_at_glance_visualize.json"
+    save_thresholds(thresholds, torch.tensor([-1e8] * 4 + [-1e8]), criterion="entropy", flops=[0.1] * 5)
+    args = _main_args(data, root, "--resume", str(ckpt), "--videos", "0", "1", "--out", str(tmp_path / "f.png"),
+                      "--thresholds", str(thresholds))
+    args[:1] = ["-m", "scripts.visualize"]
+    captions = [line for line in _run([sys.executable] + args).stdout.splitlines() if line.startswith("video ")]
+    assert len(captions) == 2 and all(c.endswith("exit after 0 focus frames") for c in captions), captions
+    from ops import config, engine
+    from ops import distributed as dist_ops
+    from ops.run_log import RunLog
+
+    margs = config.parse_args(_main_args(data, root, "--resume", str(ckpt), "--evaluate")[1:])
+    info = dist_ops.init_distributed(None, "cpu", "env://")
+    val_set = engine.build_dataset(margs, "val", info)
+    model = engine.build_model(margs, val_set.num_classes, info)
+    engine.restore(margs, model, None, None, RunLog(str(tmp_path), enabled=False), "")
+    model.eval()
+    names = val_set.class_names
+    for caption, index in zip(captions, (0, 1)):
+        with torch.no_grad():
+            glance = model(val_set[index]["video"].unsqueeze(0)).stage_logits[0, 0]
+        assert f"prediction {names[int(glance.argmax())]}," in caption, caption
+
+
 def test_visualize_own_video_files(trained, tmp_path, test_videos):
     """--files draws a real video file and a frame folder, sampled as the evaluation does."""
     data, root, ckpt = trained
