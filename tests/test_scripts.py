@@ -101,12 +101,17 @@ def test_predict_builds_once_for_many_videos_and_folders_of_videos(trained, test
     assert all(r["seconds"] > 0 and r["exit_step"] == 4 and len(r["top"]) == 3 for r in lines)
 
 
-def test_predict_with_early_exit_thresholds(trained):
-    data, root, ckpt = trained
+def _all_at_glance_thresholds(path):
+    """A thresholds file that exits every video at the glance (stage 0) of the 4-focus-frame test model."""
     from ops.early_exit import save_thresholds
 
-    thresholds = root / "all_at_glance.json"
-    save_thresholds(thresholds, torch.tensor([-1e8] * 4 + [-1e8]), criterion="entropy", flops=[0.1] * 5)
+    save_thresholds(path, torch.tensor([-1e8] * 4 + [-1e8]), criterion="entropy", flops=[0.1] * 5)
+    return path
+
+
+def test_predict_with_early_exit_thresholds(trained):
+    data, root, ckpt = trained
+    thresholds = _all_at_glance_thresholds(root / "all_at_glance.json")
     result = _run([sys.executable, "-m", "scripts.predict", str(data / "frames" / "val_00000"), "--checkpoint",
                    str(ckpt), "--thresholds", str(thresholds), "--device", "cpu"])
     assert "exit step 0 of 4 focus frames (early exit (entropy))" in result.stdout
@@ -148,10 +153,7 @@ def test_visualize_caption_names_the_exit_steps_prediction():
 def test_visualize_captions_the_early_exit_prediction(trained, tmp_path):
     """With thresholds that exit every video at the glance, each row shows the glance exit's prediction."""
     data, root, ckpt = trained
-    from ops.early_exit import save_thresholds
-
-    thresholds = root / "all_at_glance_visualize.json"
-    save_thresholds(thresholds, torch.tensor([-1e8] * 4 + [-1e8]), criterion="entropy", flops=[0.1] * 5)
+    thresholds = _all_at_glance_thresholds(tmp_path / "all_at_glance.json")
     args = _main_args(data, root, "--resume", str(ckpt), "--videos", "0", "1", "--out", str(tmp_path / "f.png"),
                       "--thresholds", str(thresholds))
     args[:1] = ["-m", "scripts.visualize"]
