@@ -60,7 +60,7 @@ def test_the_synthetic_docs_describe_the_presets_data():
 
 
 def check_directions(final: dict, early_exit: dict) -> None:
-    """What the main job shows on every measured seed, with margins below the worst of them (seeds 1007, 1
+    """What the main job shows on the slow test's seeds, with margins below the worst of them (seeds 1007, 1
     and 2 on 2 CPU cores; the measured ranges are in the comments). ``early_exit``: criterion -> the
     test_early_exit.py sweep (``<criterion>.json``)."""
     chance = 100.0 / NUM_CLASSES
