@@ -137,6 +137,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.002, help="base learning rate")
     g.add_argument("--lr_type", choices=("cos", "step"), default="cos")
     g.add_argument("--lr_steps", type=float, nargs="+", default=[50, 100], help="epochs where 'step' decays x0.1")
+    g.add_argument("--warmup_epochs", type=float, default=0.0,
+                   help="raise every rate linearly per step from nearly 0 to the schedule's over this many "
+                        "epochs (0: none, as officially). Steadies the first steps of encoders trained from "
+                        "scratch")
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="SGD with momentum (official) or AdamW (useful from random initialisation)")
     g.add_argument("--momentum", type=float, default=0.9)
@@ -347,7 +351,8 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
 POSITIVE = ("batch_size", "val_batch_size", "epochs", "num_segments", "num_glance_segments", "num_focus_segments",
             "input_size", "patch_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "mc_samples",
             "print_freq", "prefetch_factor", "shift_div", "glance_size")
-NON_NEGATIVE = ("workers", "eval_freq", "iters_per_epoch", "num_visualised", "weight_decay", "threshold_subset")
+NON_NEGATIVE = ("workers", "eval_freq", "iters_per_epoch", "num_visualised", "weight_decay", "threshold_subset",
+                "warmup_epochs")
 
 
 def cuda_available() -> bool:

@@ -41,7 +41,7 @@ from . import policy_ablation
 from .policy_quality import policy_quality
 from .rng import epoch_seed, rng_state, seed_everything, set_rng_state
 from .run_log import RunLog, progress
-from .schedule import param_groups
+from .schedule import param_groups, warm_up
 from .visualize import ground_truth_boxes, selection_strip
 
 
@@ -389,6 +389,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
     for step, batch in enumerate(bar):
         if step >= steps:
             break
+        warm_up(optimizer, epoch, step, steps, getattr(args, "warmup_epochs", 0.0))
         video, glance = model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
         with autocast(args, info.device, training=True):

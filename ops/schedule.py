@@ -11,6 +11,10 @@ With the ActivityNet settings (lr 0.002) that is classifier 0.04, focus 0.002, g
 policy 0.0004, as in the paper. Weight decay applies to every parameter, as officially. At the start
 of epoch e the base rate is ``0.5 lr (1 + cos(pi e / epochs))`` ('cos', no warm-up) or
 ``lr * 0.1 ** (number of milestones <= e)`` ('step').
+
+``--warmup_epochs W`` (off officially) scales those rates per step during the first W epochs by
+``(steps done, this one included) / (W * steps per epoch)``: a linear ramp from nearly 0 that meets
+the schedule at epoch W.
 """
 from __future__ import annotations
 
@@ -77,6 +81,26 @@ def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: int, lr: float
     start_epochs = start_epochs or {}
     for group in optimizer.param_groups:
         waiting = epoch < start_epochs.get(group.get("name"), 0)
-        group["lr"] = 0.0 if waiting else base * group.get("lr_mult", 1.0)
+        group["lr"] = group["scheduled_lr"] = 0.0 if waiting else base * group.get("lr_mult", 1.0)
         group["weight_decay"] = weight_decay * group.get("decay_mult", 1.0)
     return base
+
+
+def warmup_factor(progress: float, warmup_epochs: float) -> float:
+    """The linear warm-up's multiplier once ``progress`` epochs (fractional) of training are done.
+
+    Rises linearly from 0 to 1 over ``warmup_epochs``, then stays 1; ``warmup_epochs`` 0 is no warm-up.
+    """
+    if warmup_epochs <= 0 or progress >= warmup_epochs:
+        return 1.0
+    return max(progress, 0.0) / warmup_epochs
+
+
+def warm_up(optimizer: torch.optim.Optimizer, epoch: int, step: int, steps: int, warmup_epochs: float) -> None:
+    """Scale each group's rate set by :func:`adjust_learning_rate` for step ``step`` (0-based) of
+    ``steps`` in ``epoch``; nothing happens after the warm-up."""
+    if epoch >= warmup_epochs:
+        return
+    factor = warmup_factor(epoch + (step + 1) / steps, warmup_epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = group["scheduled_lr"] * factor

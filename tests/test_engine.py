@@ -1,6 +1,7 @@
 """The engine's numerics: evaluation in float32 as officially, the official log's head metrics, the
 paper's stop-gradient as one flag, and the variant's objective terms."""
 import json
+import re
 
 import pytest
 import torch
@@ -195,3 +196,12 @@ def test_three_view_evaluation_averages_each_videos_raw_logits(data_dir, tmp_pat
         with torch.no_grad():
             views = model(item["video"], glance=item["glance"])  # the 3 views as 3 videos
         torch.testing.assert_close(saved["prediction"][i], views.logits.mean(dim=0), atol=1e-5, rtol=1e-5)
+
+
+def test_warm_up_ramps_the_rate_per_step_through_its_epochs_only(data_dir, tmp_path):
+    # 8 training videos in batches of 4: 2 steps per epoch; the logged rate is the classifier's (x1)
+    _run_main(data_dir, tmp_path, "--epochs", "2", "--eval_freq", "0", "--warmup_epochs", "1", "--print_freq", "1",
+              "--lr", "0.01", "--classifier_lr_ratio", "1", "--store_name", "warm")
+    text = (tmp_path / "warm" / "log.txt").read_text()
+    rates = [float(rate) for rate in re.findall(r"epoch \d+ \[\d+/2\] lr (\S+)", text)]
+    assert rates == pytest.approx([0.005, 0.01, 0.005, 0.005])  # epoch 1: the cosine's 0.005, no ramp

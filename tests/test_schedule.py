@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ops.schedule import adjust_learning_rate, base_learning_rate, param_groups
+from ops.schedule import adjust_learning_rate, base_learning_rate, param_groups, warm_up, warmup_factor
 from support import tiny_model
 
 
@@ -57,3 +57,21 @@ def test_a_group_waits_for_its_start_epoch_without_moving():
     assert all(torch.equal(b, p) for b, p in zip(before, spatial["params"]))
     adjust_learning_rate(opt, 2, 0.01, 6, "cos", weight_decay=0.1, start_epochs={"spatial_policy": 2})
     assert spatial["lr"] == pytest.approx(base_learning_rate(2, 0.01, 6))
+
+
+def test_linear_warm_up_rises_per_step_and_meets_the_schedule():
+    assert warmup_factor(0.0, 2) == 0.0 and warmup_factor(0.5, 2) == pytest.approx(0.25)
+    assert warmup_factor(2.0, 2) == warmup_factor(7.3, 2) == warmup_factor(0.0, 0) == 1.0
+    model = tiny_model()
+    opt = torch.optim.AdamW(param_groups(model), lr=0.01)
+    steps, seen = 4, []
+    for epoch in range(3):
+        adjust_learning_rate(opt, epoch, 0.01, 10, "cos")
+        for step in range(steps):
+            warm_up(opt, epoch, step, steps, 1.5)
+            seen.append([g["lr"] / g["scheduled_lr"] for g in opt.param_groups])
+    # every group by the same factor: (steps done, this one included) / (1.5 epochs of 4 steps)
+    expected = [min(1.0, (i + 1) / 6) for i in range(12)]
+    assert [row[0] for row in seen] == pytest.approx(expected)
+    assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)
+    assert opt.param_groups[0]["lr"] == pytest.approx(base_learning_rate(2, 0.01, 10) * 0.2)  # after: the schedule
