@@ -24,8 +24,11 @@ from models.flops import flops_breakdown
 from models.uni_adafocus import stage_logits
 from support import random_video, tiny_model
 
-LOGITS = dict(atol=1e-5, rtol=1e-5)
-MARGIN = 1e-5
+# The runner sees smaller batches than the one-pass simulation, and oneDNN's float32 kernels round by
+# batch shape and thread count: 1.8e-5 apart (relative 3.3e-5) on one thread. Scores closer than MARGIN
+# to a threshold would make the exit comparison a matter of that rounding (see _clear_of_scores).
+LOGITS = dict(atol=1e-4, rtol=1e-4)
+MARGIN = 1e-4
 CRITERIA = ("confidence", "entropy", "max_prob")
 
 
@@ -67,6 +70,22 @@ def _stages(model, out):
 def _solved(threshold_set, criterion, p):
     k = threshold_set.shape[1]
     return solve_thresholds(exit_scores(threshold_set, criterion), geometric_exit_distribution(p, k))
+
+
+def _clear_of_scores(thresholds, stages, criterion):
+    """The thresholds, each moved to the middle of the gap between the evaluation videos' scores that
+    holds it: the same exits, with no score within rounding of its threshold (solved on other videos,
+    a threshold lands anywhere, 5.5e-5 from a score in one case)."""
+    scores = exit_scores(stages, criterion).double()
+    moved = thresholds.clone()
+    for k in range(len(thresholds) - 1):
+        threshold = float(thresholds[k])
+        if abs(threshold) >= abs(NO_EXIT_THRESHOLD):  # nobody / everybody exits here: nothing to move
+            continue
+        below, above = scores[:, k][scores[:, k] < threshold], scores[:, k][scores[:, k] >= threshold]
+        if len(below) and len(above):
+            moved[k] = (below.max() + above.min()) / 2
+    return moved
 
 
 def _check_margin(stages, thresholds, criterion):
@@ -160,7 +179,7 @@ def test_glance_stage_select(setup):
 @pytest.mark.parametrize("p", (0.5, 1.0, 2.0))
 def test_runtime_matches_posthoc_simulation(setup, table, criterion, p):
     model, threshold_set, video, out = setup
-    thresholds = _solved(threshold_set, criterion, p)
+    thresholds = _clear_of_scores(_solved(threshold_set, criterion, p), _stages(model, out), criterion)
     _check_margin(_stages(model, out), thresholds, criterion)
     expected_logits, expected_exits = _posthoc(model, out, thresholds, criterion)
 
