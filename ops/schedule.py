@@ -97,10 +97,11 @@ def warmup_factor(progress: float, warmup_epochs: float) -> float:
 
 
 def warm_up(optimizer: torch.optim.Optimizer, epoch: int, step: int, steps: int, warmup_epochs: float) -> None:
-    """Scale each group's rate set by :func:`adjust_learning_rate` for step ``step`` (0-based) of
-    ``steps`` in ``epoch``; nothing happens after the warm-up."""
+    """Scale each group's rate set by :func:`adjust_learning_rate` (or, without one, its rate at the first
+    call) for step ``step`` (0-based) of ``steps`` in ``epoch``; nothing happens after the warm-up."""
     if epoch >= warmup_epochs:
         return
     factor = warmup_factor(epoch + (step + 1) / steps, warmup_epochs)
     for group in optimizer.param_groups:
-        group["lr"] = group["scheduled_lr"] * factor
+        scheduled = group.setdefault("scheduled_lr", group["lr"])  # an optimiser never given a schedule
+        group["lr"] = scheduled * factor

@@ -75,3 +75,12 @@ def test_linear_warm_up_rises_per_step_and_meets_the_schedule():
     assert [row[0] for row in seen] == pytest.approx(expected)
     assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)
     assert opt.param_groups[0]["lr"] == pytest.approx(base_learning_rate(2, 0.01, 10) * 0.2)  # after: the schedule
+
+
+def test_warm_up_without_a_schedule_ramps_the_optimisers_own_rate():
+    opt = torch.optim.SGD(param_groups(tiny_model()), lr=0.1)
+    rates = []
+    for step in range(4):
+        warm_up(opt, 0, step, 4, 1)
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1])  # not compounded from step to step
