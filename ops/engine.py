@@ -389,7 +389,7 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, epoch: int, arg
     for step, batch in enumerate(bar):
         if step >= steps:
             break
-        warm_up(optimizer, epoch, step, steps, getattr(args, "warmup_epochs", 0.0))
+        warm_up(optimizer, epoch, step, steps, args.warmup_epochs)
         video, glance = model_inputs(batch, info.device)
         target = batch["label"].to(info.device, non_blocking=True)
         with autocast(args, info.device, training=True):
