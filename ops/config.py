@@ -120,6 +120,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Monte-Carlo temporal term: CE of averaged logits (official) or Eq. 21 (paper)")
     g.add_argument("--spatial_objective", choices=("official", "paper"), default="official",
                    help="spatial term: one CE per video (official) or per glance frame (paper Eq. 14)")
+    g.add_argument("--glance_objective", choices=("frames", "video"), default="frames",
+                   help="glance head's cross-entropy: one per glance frame (official) or one per video, of "
+                        "the frames' mean logits (frames that do not show the class then carry no label)")
     g.add_argument("--mc_samples", type=int, default=128, help="Monte-Carlo samples M")
     g.add_argument("--kl_reference", choices=("official", "glance"), default="official",
                    help="uniform reference of the KL term: 1/T_L (official) or 1/T_G")

@@ -261,7 +261,8 @@ def build_objective(args) -> UniAdaFocusObjective:
                                 mc_draws=variant.mc_draws(*sizes) if variant.mc_draws else None,
                                 kl_ratio=args.KL_ratio, norm_ratio=args.norm_ratio,
                                 temporal_form=args.temporal_objective, spatial_form=args.spatial_objective,
-                                mc_samples=args.mc_samples, kl_reference=args.kl_reference)
+                                mc_samples=args.mc_samples, kl_reference=args.kl_reference,
+                                glance_form=args.glance_objective)
 
 
 def build_optimizer(args, model) -> torch.optim.Optimizer:

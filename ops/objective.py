@@ -153,11 +153,13 @@ class UniAdaFocusObjective:
     def __init__(self, num_segments: int, num_glance_segments: int, num_focus_segments: int, *,
                  terms=TERMS, kl_ratio: float = 0.0, norm_ratio: float = 1.0, temporal_form: str = "official",
                  spatial_form: str = "official", mc_samples: int = 128, mc_draws: Optional[int] = None,
-                 kl_reference: str = "official"):
+                 kl_reference: str = "official", glance_form: str = "frames"):
         if temporal_form not in ("official", "paper"):
             raise ValueError(f"temporal_form must be 'official' or 'paper', got {temporal_form!r}")
         if spatial_form not in ("official", "paper"):
             raise ValueError(f"spatial_form must be 'official' or 'paper', got {spatial_form!r}")
+        if glance_form not in ("frames", "video"):
+            raise ValueError(f"glance_form must be 'frames' or 'video', got {glance_form!r}")
         if kl_reference not in ("official", "glance"):
             raise ValueError(f"kl_reference must be 'official' or 'glance', got {kl_reference!r}")
         unknown = set(terms) - set(self.TERMS)
@@ -165,7 +167,7 @@ class UniAdaFocusObjective:
             raise ValueError(f"unknown objective terms {sorted(unknown)}; known: {self.TERMS}")
         self.terms = frozenset(terms)
         self.kl_ratio, self.norm_ratio = kl_ratio, norm_ratio
-        self.temporal_form, self.spatial_form = temporal_form, spatial_form
+        self.temporal_form, self.spatial_form, self.glance_form = temporal_form, spatial_form, glance_form
         self.mc_samples = mc_samples
         self.mc_draws = mc_draws or default_mc_draws(num_segments, num_glance_segments, num_focus_segments)
         self.kl_reference_size = num_focus_segments if kl_reference == "official" else None
@@ -183,7 +185,10 @@ class UniAdaFocusObjective:
         return 0.5 * (step_cross_entropy(out.cat_logits, target) + step_cross_entropy(out.random_pass.cat_logits, target))
 
     def _glance(self, out, target, generator):
-        return step_cross_entropy(out.glance_loss_logits, target)
+        logits = out.glance_loss_logits  # (B, S, C)
+        if self.glance_form == "video":
+            logits = logits.mean(dim=1, keepdim=True)  # one prediction per video: the frames' mean logits
+        return step_cross_entropy(logits, target)
 
     def _focus(self, out, target, generator):
         return 0.5 * (step_cross_entropy(out.focus_loss_logits, target)

@@ -1,4 +1,5 @@
 """Properties of the training objective (ops.objective)."""
+import dataclasses
 import math
 
 import pytest
@@ -137,6 +138,35 @@ def test_paper_forms_are_selectable(train_forward):
     assert torch.isfinite(terms.temporal)
     with pytest.raises(ValueError, match="temporal_form"):
         UniAdaFocusObjective(8, 4, 4, temporal_form="nope")
+
+
+def test_video_glance_objective_is_the_cross_entropy_of_the_frames_mean_logits(train_forward):
+    model, out, target = train_forward
+    video = UniAdaFocusObjective(8, 4, 4, glance_form="video")
+    terms = video(out, target, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(terms.glance, F.cross_entropy(out.glance_logits.mean(dim=1), target))
+    official = UniAdaFocusObjective(8, 4, 4)(out, target, generator=torch.Generator().manual_seed(1))
+    for name in ("cat", "focus", "temporal", "spatial", "kl", "norm"):  # the other terms do not change
+        torch.testing.assert_close(getattr(terms, name), getattr(official, name))
+    with pytest.raises(ValueError, match="glance_form"):
+        UniAdaFocusObjective(8, 4, 4, glance_form="nope")
+
+
+def test_video_glance_objective_does_not_ask_frames_without_the_class_for_a_label(train_forward):
+    """One frame of four shows the class (a growing logit); the other three carry no evidence (zero logits).
+    Per frame, those three keep costing log C each; per video, the loss vanishes as the evidence grows."""
+    model, out, target = train_forward
+    c = model.num_classes
+    losses = {}
+    for form in ("frames", "video"):
+        objective = UniAdaFocusObjective(8, 4, 4, terms=("glance",), glance_form=form)
+        for evidence in (10.0, 100.0):
+            logits = torch.zeros(len(target), 4, c)
+            logits[torch.arange(len(target)), 1, target] = evidence
+            terms = objective(dataclasses.replace(out, glance_logits=logits), target)
+            losses[form, evidence] = terms.glance.item()
+    assert losses["frames", 100.0] == pytest.approx(0.75 * math.log(c), rel=1e-3)
+    assert losses["video", 100.0] < 1e-6 < losses["video", 10.0]
 
 
 def test_objective_rejects_an_evaluation_forward():
