@@ -11,7 +11,9 @@
           + norm_ratio · mean (a_size - 1)^2                                  -> ``norm``
 
 where every CE is the mean over videos (and over steps / frames where there are several). The
-official code writes the same total as (two-branch sums) / 2 + KL + norm.
+official code writes the same total as (two-branch sums) / 2 + KL + norm. ``glance_form='video'``
+replaces the glance head's per-frame CE (official, paper Eq. 11) by one CE per video, of the frames'
+mean logits.
 
 Two forms of the temporal term:
 
