@@ -122,7 +122,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="spatial term: one CE per video (official) or per glance frame (paper Eq. 14)")
     g.add_argument("--glance_objective", choices=("frames", "video"), default="frames",
                    help="glance head's cross-entropy: one per glance frame (official) or one per video, of "
-                        "the frames' mean logits (frames that do not show the class then carry no label)")
+                        "the frames' mean logits (frames that do not show the class then carry no label); "
+                        "tsm and x3d: always one per video, as officially")
     g.add_argument("--mc_samples", type=int, default=128, help="Monte-Carlo samples M")
     g.add_argument("--kl_reference", choices=("official", "glance"), default="official",
                    help="uniform reference of the KL term: 1/T_L (official) or 1/T_G")
