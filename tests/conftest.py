@@ -1,11 +1,15 @@
-"""Fixtures of the data-pipeline tests: the real test videos and small frame folders."""
+"""Shared fixtures: the real test videos, small frame folders, the generated X3D weight files."""
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import entry_points
+from support import require_reference
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_VIDEOS = ("Megamind.avi", "Megamind_bugy.avi", "tree.avi", "vtest.avi")
@@ -95,3 +99,20 @@ def tiny_actnet(tmp_path, write_frames):
 def grey_to_frame():
     """Inverse of :func:`frame_value` (to the nearest level): grey level -> frame number."""
     return lambda grey: int(round(float(grey) / 5))
+
+
+X3D_MANIFEST = "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"
+
+
+@pytest.fixture(scope="session")
+def x3d_pyth(tmp_path_factory) -> Path:
+    """A folder with x3d_s.pyth and x3d_l.pyth in SlowFast's layout, written once by the reference
+    fixtures' generator (``make_parity_checkpoint_x3d.py --pyth``, seed 0)."""
+    folder = require_reference() / "x3d"
+    if not (folder / X3D_MANIFEST).is_file():
+        pytest.skip(f"X3D reference fixtures not found in {folder}")
+    out = tmp_path_factory.mktemp("pyth")
+    run = entry_points.run([sys.executable, str(folder / "make_parity_checkpoint_x3d.py"), str(folder / X3D_MANIFEST),
+                            "--seed", "0", "--pyth", str(out)], timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out

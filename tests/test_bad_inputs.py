@@ -1,11 +1,10 @@
 """Bad inputs to every entry point: one ``error:`` line naming the culprit, no traceback, no partial output.
 
 Each case runs an entry point's ``__main__`` code in its own process with the repository root as the
-working folder. To keep some 50 cases fast on two cores, one runner process imports torch and the
-project once and forks a child per case (``RUNNER``); one case also goes through a plain
-``subprocess.run`` to show that the runner sees what a user sees.
+working folder. To keep some 50 cases fast on two cores, they are forked from the test server, which
+imports torch and the project once (tests/entry_points.py), two at a time; one case also goes through
+a plain ``subprocess.run`` to show that the forked run sees what a user sees.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import entry_points
 from support import REPO
 
 CLASSES = ["walk", "run", "jump"]
@@ -25,48 +25,6 @@ MODEL = ["--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segme
          "--patch_size", "32", "--focus_arch", "resnet18", "--classifier_dim", "32", "--stn_hidden_dim", "16",
          "--temporal_hidden_dim", "8"]
 COMMON = ["--workers", "0", "--device", "cpu", "--no-tensorboard", "--num_visualised", "0", "--val_batch_size", "2"]
-
-RUNNER = r"""
-import json, os, runpy, sys
-sys.path.insert(0, os.getcwd())
-import torch  # noqa: F401  (imported once; every case forks from here)
-# the entry points' dependencies, not the -m modules themselves (runpy warns when those are imported)
-import main, test_early_exit, models.inference, datasets.clip, ops.early_exit, ops.visualize  # noqa: F401
-
-cases = json.load(open(sys.argv[1]))
-results = {}
-for case in cases:
-    out, err = case["out"] + ".stdout", case["out"] + ".stderr"
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.environ.update(case.get("env", {}))
-            fo, fe = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644), os.open(err, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.dup2(fo, 1)
-            os.dup2(fe, 2)
-            if case["kind"] == "script":
-                sys.argv = [case["target"]] + case["argv"]
-                runpy.run_path(case["target"], run_name="__main__")
-            else:
-                sys.argv = [case["target"]] + case["argv"]
-                runpy.run_module(case["target"], run_name="__main__", alter_sys=True)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    results[case["id"]] = os.waitstatus_to_exitcode(status)
-json.dump(results, open(sys.argv[2], "w"))
-"""
-
 
 # ------------------------------------------------------------------------------------------------
 # The shared world: a good actnet-layout dataset, a checkpoint, thresholds files
@@ -291,7 +249,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Run every case once (setup, then the entry point); {id: (status, stdout, stderr, workspace)}."""
+    """Run every case once (setup, then the entry point); {id: (status, stdout, stderr, workspace, paths)}."""
     base = tmp_path_factory.mktemp("bad_inputs")
     good = make_dataset(base / "good")
     ckpt = base / "ckpt.pth.tar"
@@ -307,18 +265,14 @@ def outcomes(tmp_path_factory):
         spaces[case_id] = (space, w)
         env = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
                "TORCH_HOME": str(base / "torch_home")}
-        cases.append({"id": case_id, "kind": kind, "target": target, "argv": argv(w), "out": str(space / "output"),
-                      "env": env})
-    (base / "cases.json").write_text(json.dumps(cases))
+        cases.append({"id": case_id, "cmd": [sys.executable] + (["-m"] if kind == "module" else []) + [target]
+                      + argv(w), "env": env})
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("UNIADAFOCUS_DEBUG", None)
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(base / "cases.json"), str(base / "results.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    status = json.loads((base / "results.json").read_text())
-    return {case_id: (status[case_id], Path(str(space / "output") + ".stdout").read_text(),
-                      Path(str(space / "output") + ".stderr").read_text(), space, w)
-            for case_id, (space, w) in spaces.items()}
+    results = entry_points.run_many([case["cmd"] for case in cases], env=[dict(env, **case["env"]) for case in cases],
+                                    timeout=300)
+    return {case["id"]: (result.returncode, result.stdout, result.stderr) + spaces[case["id"]]
+            for case, result in zip(cases, results)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -335,7 +289,7 @@ def test_bad_input_gives_one_clear_error(outcomes, case):
     assert not [p for p in space.rglob(".tmp-*")]
 
 
-def test_the_runner_sees_what_a_user_sees(tmp_path):
+def test_a_plain_interpreter_sees_what_a_forked_case_sees(tmp_path):
     """A plain subprocess gives the same: status 2, one error line, no traceback, no run folder."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("UNIADAFOCUS_DEBUG", None)

@@ -2,13 +2,13 @@
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import entry_points
 from datasets import build_dataset
 from datasets.extract import discover, main
 from datasets.video import choose_backend, output_size, printf_template
@@ -183,9 +183,8 @@ def test_helpers():
 def test_command_line_entry_point(test_videos, tmp_path):
     listing = tmp_path / "l.txt"
     listing.write_text(str(test_videos / "tree.avi") + "\n")
-    run = subprocess.run([sys.executable, "-m", "datasets.extract", str(listing), str(tmp_path / "o"),
-                          "--short_side", "16", "--template", "frame{:04d}.jpg", "--quiet"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = entry_points.run([sys.executable, "-m", "datasets.extract", str(listing), str(tmp_path / "o"),
+                            "--short_side", "16", "--template", "frame{:04d}.jpg", "--quiet"], timeout=300)
     assert run.returncode == 0, run.stderr
     assert "extracted 1 video(s) (444 frames)" in run.stdout
     assert (tmp_path / "o" / "frames" / "tree" / "frame0444.jpg").is_file()

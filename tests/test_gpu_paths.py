@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +16,7 @@ from ops import cli, config, engine
 from ops import distributed as dist_ops
 from ops.metrics import topk_accuracy
 from ops.objective import ObjectiveTerms
+import entry_points
 from support import REPO, random_video, random_video_loader
 
 TINY = ["--dataset", "synthetic", "--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "4",
@@ -310,7 +310,7 @@ def test_compile_trains_and_saves_the_uncompiled_keys(synthetic_data, tmp_path, 
 # ------------------------------------------------------------------------------------------------
 def _script(args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return entry_points.run(args, env=env, timeout=timeout)
 
 
 def test_benchmark_runs_its_sides_alternated_at_toy_sizes(tmp_path):

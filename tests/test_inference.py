@@ -20,6 +20,7 @@ from models.tsm import UniAdaFocusTSM
 from models.uni_adafocus_x3d import UniAdaFocusX3D
 from ops import cli, config, engine
 from ops.cpu import openmp_loaded, prefer_passive_omp_wait, tune_cpu_allocator
+import entry_points
 from support import REPO, random_video, tiny_model
 
 BATCHNORMS = (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
@@ -406,10 +407,9 @@ def test_adaptive_runtime_on_the_copy_needs_the_original_flops_and_matches_it():
 
 def test_inference_benchmark_runs_and_reports_ratios():
     """scripts/bench_inference.py on a small configuration (what it prints, not how fast anything is)."""
-    run = subprocess.run([sys.executable, "-m", "scripts.bench_inference", "--input_size", "64", "--patch_size", "32",
-                          "--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "4",
-                          "--batches", "1", "2", "--repeats", "1", "--warmup", "1", "--threads", "1"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    run = entry_points.run([sys.executable, "-m", "scripts.bench_inference", "--input_size", "64", "--patch_size",
+                            "32", "--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "4",
+                            "--batches", "1", "2", "--repeats", "1", "--warmup", "1", "--threads", "1"], timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     assert "OMP_WAIT_POLICY=" in out and "1 threads" in out and "random weights" in out

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import entry_points
 from support import REPO
 
 PACKAGES = ("models", "ops", "datasets")
@@ -80,6 +81,5 @@ def test_no_entry_point_edits_sys_path():
 @pytest.mark.parametrize("script", [p for p in ENTRY_POINTS if p.startswith("scripts/")])
 def test_every_script_runs_as_a_module_from_the_repository_root(script):
     module = script[:-3].replace("/", ".")
-    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = entry_points.run([sys.executable, "-m", module, "--help"], timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stderr[-2000:]

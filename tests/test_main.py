@@ -3,13 +3,13 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
 
+import entry_points
 from support import REPO
 
 from ops import config
@@ -83,10 +83,20 @@ def _env(threads=1):
     return env
 
 
-def _run(cmd, cwd=REPO, timeout=420, env=None):
-    result = subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(cmd)}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
+def _check(result):
+    assert result.returncode == 0, \
+        f"{' '.join(map(str, result.args))}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
     return result
+
+
+def _run(cmd, cwd=REPO, timeout=420, env=None):
+    """Run a command as a user does (forked from the test server: tests/entry_points.py); must succeed."""
+    return _check(entry_points.run(cmd, cwd=cwd, env=env or _env(), timeout=timeout))
+
+
+def _run_side_by_side(*cmds, timeout=420):
+    """Independent one-thread commands, two at a time (one per core); each must succeed."""
+    return [_check(r) for r in entry_points.run_many(list(cmds), env=_env(), timeout=timeout)]
 
 
 def _main_args(data_dir, root, *extra):
@@ -121,11 +131,13 @@ VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"],
             "x3d": ["--variant", "x3d", "--glance_arch", "x3d_s", "--focus_arch", "x3d_l", "--glance_size", "32"]}
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("launcher", [["torch.distributed.run"], ["torch.distributed.launch"]])
+# Each variant under the official launcher (which passes --local-rank), and torchrun (which passes the rank in
+# the environment) once: how the rank arrives does not depend on the variant.
+@pytest.mark.parametrize("launcher, variant", [("torch.distributed.launch", "mn2_r50"), ("torch.distributed.launch", "tsm"),
+                                               ("torch.distributed.launch", "x3d"), ("torch.distributed.run", "mn2_r50")])
 def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launcher, variant):
     root = tmp_path / "runs"
-    _run([sys.executable, "-m", launcher[0], "--nproc_per_node=2", "--standalone"]
+    _run([sys.executable, "-m", launcher, "--nproc_per_node=2", "--standalone"]
                   + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "2", "--batch_size", "4",
                                "--store_name", "ddp", "--eval_freq", "0", *VARIANTS[variant]))
     log = (root / "ddp" / "log.txt").read_text()
@@ -136,9 +148,9 @@ def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launche
 
 
 def test_batch_size_must_divide_by_the_processes(data_dir, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-                            + _main_args(data_dir, tmp_path, "--epochs", "1", "--batch_size", "5"),
-                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    result = entry_points.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+                              + _main_args(data_dir, tmp_path, "--epochs", "1", "--batch_size", "5"),
+                              env=_env(), timeout=300)
     assert result.returncode != 0
     assert "--batch_size 5 is the global batch; it must divide by the 2 processes" in result.stdout + result.stderr
 
@@ -146,16 +158,17 @@ def test_batch_size_must_divide_by_the_processes(data_dir, tmp_path):
 def test_spatial_policy_waits_for_its_start_epoch(data_dir, tmp_path):
     root = tmp_path / "runs"
 
-    def spatial_weights(name, *extra):
-        _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--batch_size", "4", "--eval_freq", "0",
-                                           "--store_name", name, *extra))
+    runs = {"held1": ["--iters_per_epoch", "1", "--stn_start_epoch", "1"],
+            "held2": ["--iters_per_epoch", "2", "--stn_start_epoch", "1"], "moving": ["--iters_per_epoch", "2"]}
+    _run_side_by_side(*([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--batch_size", "4", "--eval_freq",
+                                                      "0", "--store_name", name, *extra) for name, extra in runs.items()))
+
+    def spatial_weights(name):
         state = torch.load(root / name / "ckpt.pth.tar", weights_only=True)["model"]
         # The convolutions only: BatchNorm running statistics move in any training forward.
         return {k: v for k, v in state.items() if k.startswith("policy.spatial.") and v.dim() == 5}
 
-    held_1 = spatial_weights("held1", "--iters_per_epoch", "1", "--stn_start_epoch", "1")
-    held_2 = spatial_weights("held2", "--iters_per_epoch", "2", "--stn_start_epoch", "1")
-    moving = spatial_weights("moving", "--iters_per_epoch", "2")
+    held_1, held_2, moving = (spatial_weights(name) for name in runs)
     assert held_1 and held_1.keys() == held_2.keys() == moving.keys()
     assert all(torch.equal(held_1[k], held_2[k]) for k in held_1)  # one step or two: not moved
     assert not all(torch.equal(held_2[k], moving[k]) for k in held_2)  # without the hold it learns
@@ -164,23 +177,25 @@ def test_spatial_policy_waits_for_its_start_epoch(data_dir, tmp_path):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path, variant):
     root = tmp_path / "runs"
-    args = ["--epochs", "3", "--iters_per_epoch", "3", "--batch_size", "4", "--seed", "5", *VARIANTS[variant]]
-    _run([sys.executable] + _main_args(data_dir, root, *args, "--store_name", "straight"))
+    args = ["--epochs", "3", "--iters_per_epoch", "2", "--batch_size", "4", "--seed", "5", *VARIANTS[variant]]
+    straight = entry_points.start([sys.executable] + _main_args(data_dir, root, *args, "--store_name", "straight"),
+                                  env=_env())  # beside the killed run, on the other core
 
     cmd = [sys.executable] + _main_args(data_dir, root, *args, "--store_name", "killed")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = entry_points.start(cmd, env=_env())
     log = root / "killed" / "log.txt"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill it in the middle of epoch 1 (after epoch 0's checkpoint)
-        if log.is_file() and "epoch 1 [2/3]" in log.read_text():
+        if log.is_file() and "epoch 1 [1/2]" in log.read_text():
             break
         if proc.poll() is not None:
-            pytest.fail("the run ended before it could be killed")
+            pytest.fail(f"the run ended before it could be killed\n{proc.wait().stderr[-3000:]}")
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.kill(signal.SIGKILL)
+    assert proc.wait().returncode == -signal.SIGKILL
     assert torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)["epoch"] == 1
     _run(cmd + ["--resume", "auto"])
+    _check(straight.wait(timeout=420))
 
     a = torch.load(root / "straight" / "ckpt.pth.tar", weights_only=True)
     b = torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)
@@ -200,10 +215,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path)
     _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "1", "--batch_size", "4",
                                        "--store_name", "nan", "--eval_freq", "0"))
     before = (root / "nan" / "ckpt.pth.tar").read_bytes()
-    result = subprocess.run([sys.executable] + _main_args(data_dir, root, "--epochs", "2", "--iters_per_epoch", "2",
-                                                          "--batch_size", "4", "--store_name", "nan", "--resume", "auto",
-                                                          "--lr", "1e30"),
-                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    result = entry_points.run([sys.executable] + _main_args(data_dir, root, "--epochs", "2", "--iters_per_epoch", "2",
+                                                            "--batch_size", "4", "--store_name", "nan", "--resume",
+                                                            "auto", "--lr", "1e30"), env=_env(), timeout=300)
     assert result.returncode != 0
     assert "non-finite loss at epoch 1" in result.stdout + result.stderr
     assert (root / "nan" / "ckpt.pth.tar").read_bytes() == before

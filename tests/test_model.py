@@ -162,10 +162,10 @@ def test_a_tiny_configuration_overfits_a_fixed_batch():
     video = random_video(batch=4, seed=1)
     target = torch.tensor([0, 1, 2, 3])
     objective = UniAdaFocusObjective(8, 4, 4, norm_ratio=0.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)  # at 1e-3 it took 26-30 steps over seeds 0-3
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(30):
+    for _ in range(24):  # under a quarter by steps 13-16 over seeds 0-5, 0.02-0.11 of the first at step 24
         terms = objective(model(video, generator=gen), target, generator=gen)
         optimizer.zero_grad()
         terms.total.backward()

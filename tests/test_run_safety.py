@@ -2,13 +2,12 @@
 a kill while the best checkpoint is written, model sizes from a checkpoint's configuration."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from support import REPO
+import entry_points
 
 TINY = ("--dataset synthetic --num_segments 8 --num_glance_segments 4 --num_focus_segments 4 --input_size 64 "
         "--patch_size 32 --focus_arch resnet18 --classifier_dim 32 --stn_hidden_dim 16 --temporal_hidden_dim 8 "
@@ -44,11 +43,16 @@ def _main(data_dir, root, *extra):
     return [sys.executable, "main.py"] + TINY.split() + _data_args(data_dir, root)[:6] + ["--root_log", str(root)] + list(extra)
 
 
-def _call(cmd, ok=True):
-    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+def _checked(result, ok=True):
     if ok:
-        assert result.returncode == 0, f"{cmd}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, \
+            f"{result.args}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
     return result
+
+
+def _call(cmd, ok=True):
+    """Run a command as a user does (forked from the test server: tests/entry_points.py)."""
+    return _checked(entry_points.run(cmd, env=_env(), timeout=300), ok)
 
 
 def _snapshot(folder):
@@ -100,6 +104,7 @@ def test_overwrite_starts_over(data_dir, tmp_path):
 
 KILL_WHILE_WRITING_BEST = """
 import os, sys, torch
+sys.path.insert(0, os.getcwd())  # the repository: this script runs from a temporary folder
 real_save = torch.save
 def dying_save(obj, f, *args, **kwargs):
     name = os.path.basename(os.readlink(f"/proc/self/fd/{f.fileno()}")) if hasattr(f, "fileno") else ""
@@ -117,8 +122,9 @@ sys.exit(main.main())
 
 def test_a_kill_while_the_last_best_checkpoint_is_written_is_repaired_by_resume(data_dir, tmp_path):
     cmd = _main(data_dir, tmp_path, *TRAIN, "--store_name", "killed")
-    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING_BEST] + cmd[2:], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    script = tmp_path / "main_dying_while_writing_best.py"
+    script.write_text(KILL_WHILE_WRITING_BEST)
+    killed = entry_points.run([sys.executable, str(script)] + cmd[2:], env=_env(), timeout=300)
     assert killed.returncode == 9, killed.stderr[-2000:]
     run = tmp_path / "killed"
     assert [n for n in os.listdir(run) if n.startswith(".tmp-ckpt.best")]
@@ -134,27 +140,32 @@ def test_a_kill_while_the_last_best_checkpoint_is_written_is_repaired_by_resume(
 def test_evaluation_takes_the_model_sizes_from_the_checkpoint(finished, data_dir, tmp_path):
     root, run, _ = finished
     ckpt = str(run / "ckpt.pth.tar")
-    _call(_main(data_dir, tmp_path, "--store_name", "flags", "--evaluate", "--resume", ckpt, "--workers", "999",
-                "--val_batch_size", "2"))
+    # Four evaluations of the finished run, two at a time: with the model's flags, without them, with a
+    # contradicting flag, and from the run's own config.yaml.
+    flags, bare, wrong, from_config = entry_points.run_many([
+        _main(data_dir, tmp_path, "--store_name", "flags", "--evaluate", "--resume", ckpt, "--workers", "999",
+              "--val_batch_size", "2"),
+        [sys.executable, "main.py"] + _data_args(data_dir, tmp_path)
+        + ["--store_name", "bare", "--evaluate", "--resume", ckpt, "--val_batch_size", "2"],
+        [sys.executable, "main.py"] + _data_args(data_dir, tmp_path)
+        + ["--store_name", "wrong", "--evaluate", "--resume", ckpt, "--patch_size", "48"],
+        [sys.executable, "main.py", "--config", str(run / "config.yaml"), "--root_log", str(tmp_path),
+         "--store_name", "fromconfig", "--evaluate", "--resume", ckpt]], env=_env(), timeout=300)
+    for result in (flags, bare, from_config):
+        _checked(result)
     log = (tmp_path / "flags" / "log.txt").read_text()
     assert "--workers 999: capped to the" in log
     assert "eval [2/2]" in log  # a plain progress line: the log is not a terminal
-    _call([sys.executable, "main.py"] + _data_args(data_dir, tmp_path)
-          + ["--store_name", "bare", "--evaluate", "--resume", ckpt, "--val_batch_size", "2"])
     with_flags = json.loads((tmp_path / "flags" / "metrics_eval.json").read_text())["metrics"]
     bare = json.loads((tmp_path / "bare" / "metrics_eval.json").read_text())["metrics"]
     for key in ("score", "prediction_top1", "exits_top1", "loss"):
         assert bare[key] == pytest.approx(with_flags[key], abs=1e-6), key
 
-    wrong = _call([sys.executable, "main.py"] + _data_args(data_dir, tmp_path)
-                  + ["--store_name", "wrong", "--evaluate", "--resume", ckpt, "--patch_size", "48"], ok=False)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "--patch_size 48" in wrong.stderr and "patch_size 32" in wrong.stderr
     assert not (tmp_path / "wrong").exists()
 
     # The run's own config.yaml is a valid --config.
-    _call([sys.executable, "main.py", "--config", str(run / "config.yaml"), "--root_log", str(tmp_path),
-           "--store_name", "fromconfig", "--evaluate", "--resume", ckpt])
     again = json.loads((tmp_path / "fromconfig" / "metrics_eval.json").read_text())["metrics"]
     assert again["score"] == pytest.approx(with_flags["score"], abs=1e-6)
 

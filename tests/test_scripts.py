@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import entry_points
 from support import REPO
 from test_main import SYNTHETIC, _env, _main_args, _run
 
@@ -72,7 +73,7 @@ def test_early_exit_sweep_cache_logits_and_budget(trained):
     assert reported["metric"] == pytest.approx(expected.metric) and reported["gflops"] == pytest.approx(expected.expected_gflops)
     wrong = root / "three.json"
     early_exit.save_thresholds(wrong, torch.zeros(3), criterion="entropy", flops=[0.1, 0.2, 0.3])
-    bad = subprocess.run([sys.executable] + args[:-1] + [str(wrong)], cwd=REPO, env=_env(), capture_output=True, text=True)
+    bad = entry_points.run([sys.executable] + args[:-1] + [str(wrong)], env=_env(), timeout=300)
     assert bad.returncode != 0 and "3 thresholds for a model with 5 exits" in bad.stderr
 
 
@@ -120,8 +121,8 @@ def test_predict_with_early_exit_thresholds(trained):
 
 def test_predict_reports_bad_inputs(trained, tmp_path):
     data, root, ckpt = trained
-    bad = subprocess.run([sys.executable, "-m", "scripts.predict", str(tmp_path / "missing.mp4"), "--checkpoint",
-                          str(ckpt)], cwd=REPO, env=_env(), capture_output=True, text=True)
+    bad = entry_points.run([sys.executable, "-m", "scripts.predict", str(tmp_path / "missing.mp4"), "--checkpoint",
+                            str(ckpt)], env=_env(), timeout=300)
     assert bad.returncode != 0 and "no such video file or frame folder" in bad.stderr
 
 
@@ -194,7 +195,7 @@ def test_visualize_own_video_files(trained, tmp_path, test_videos):
             assert gif.n_frames == 4
     args = _main_args(data, root, "--files", str(test_videos / "Megamind.avi"), "--out", str(out))
     args[:1] = ["-m", "scripts.visualize"]
-    bad = subprocess.run([sys.executable] + args, cwd=REPO, env=_env(), capture_output=True, text=True)
+    bad = entry_points.run([sys.executable] + args, env=_env(), timeout=300)
     assert bad.returncode != 0 and "--files needs --resume" in bad.stderr
 
 

@@ -9,7 +9,6 @@ has 5 frames for 8 candidates, so some positions share a frame file.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,8 @@ from datasets import FrameError, FrameFeed, build_dataset, collate_items
 from ops import config, engine
 from ops import distributed as dist_ops
 from ops.early_exit import LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner
-from support import REPO, tiny_model
+import entry_points
+from support import tiny_model
 
 VIDEOS = [("long one", 20, 0), ("short", 5, 1), ("mid", 13, 2), ("nine", 9, 1)]
 T0, GLANCE = 8, [1, 3, 5, 7]
@@ -405,10 +405,10 @@ def test_a_missing_focus_frame_stops_an_evaluation_with_one_error_line(tmp_path,
     root = _broken(tmp_path, data, lambda path: path.unlink())
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("UNIADAFOCUS_DEBUG", None)
-    run = subprocess.run([sys.executable, "main.py", "--dataset", "actnet", "--data_dir", str(root), "--evaluate",
-                          "--root_log", str(tmp_path / "runs"), "--workers", "1", "--device", "cpu", "--no-tensorboard",
-                          "--num_visualised", "0", "--val_batch_size", "4"] + MODEL_FLAGS,
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = entry_points.run([sys.executable, "main.py", "--dataset", "actnet", "--data_dir", str(root), "--evaluate",
+                            "--root_log", str(tmp_path / "runs"), "--workers", "1", "--device", "cpu",
+                            "--no-tensorboard", "--num_visualised", "0", "--val_batch_size", "4"] + MODEL_FLAGS,
+                           env=env, timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "is missing" in errors[0] and "/mid/image_000" in errors[0], errors

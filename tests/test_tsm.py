@@ -78,7 +78,7 @@ def test_a_tiny_configuration_overfits_a_fixed_batch():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(30):
+    for _ in range(12):  # under a quarter by step 6 over seeds 0-3
         terms = objective(model(video, generator=gen, glance=glance), target, generator=gen)
         optimizer.zero_grad()
         terms.total.backward()

@@ -85,7 +85,7 @@ def test_a_tiny_configuration_overfits_a_fixed_batch():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(30):
+    for _ in range(10):  # under a quarter by step 3 or 4 over seeds 0-3
         terms = objective(model(video, generator=gen, glance=glance), target, generator=gen)
         optimizer.zero_grad()
         terms.total.backward()
@@ -126,20 +126,12 @@ def test_flops_follow_the_configuration():
     assert small[0] == pytest.approx(large[0]) and large[1] > small[1] > small[0]
 
 
-def test_pretrained_initialisation_from_slowfast_files(tmp_path):
+def test_pretrained_initialisation_from_slowfast_files(x3d_pyth):
     """A synthetic .pyth pair (the fixtures' generator, --pyth) initialises both encoders with every key,
     and the per-frame heads start as copies of the loaded clip heads; without the files, one clear error."""
-    import subprocess
-    import sys
-
     from models.x3d import X3DWeightsError, read_x3d_pyth
-    from support import require_reference
 
-    folder = require_reference() / "x3d"
-    subprocess.run([sys.executable, str(folder / "make_parity_checkpoint_x3d.py"),
-                    str(folder / "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"), "--seed", "0",
-                    "--pyth", str(tmp_path)], check=True, capture_output=True)
-    small, large = tmp_path / "x3d_s.pyth", tmp_path / "x3d_l.pyth"
+    small, large = x3d_pyth / "x3d_s.pyth", x3d_pyth / "x3d_l.pyth"
     model = UniAdaFocusX3D(num_classes=400, pretrained=True, glance_weights=str(small), focus_weights=str(large))
     for x3d, head, path in ((model.glance, model.glance_head, small), (model.focus, model.focus_head, large)):
         state = read_x3d_pyth(str(path))

@@ -4,8 +4,6 @@ Full-size networks are built (cheap); forwards run on short, small clips except 
 """
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -35,15 +33,10 @@ def nets():
     return {"s": x3d_s(400), "l": x3d_l(400)}
 
 
-@pytest.fixture(scope="module")
-def pyth_dir(tmp_path_factory):
-    """x3d_s.pyth / x3d_l.pyth written by the reference generator (seed 0)."""
-    folder = x3d_reference()
-    out = tmp_path_factory.mktemp("pyth")
-    run = subprocess.run([sys.executable, str(folder / "make_parity_checkpoint_x3d.py"), str(folder / MANIFEST),
-                          "--seed", "0", "--pyth", str(out)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return out
+@pytest.fixture
+def pyth_dir(x3d_pyth):
+    """x3d_s.pyth / x3d_l.pyth written by the reference generator (seed 0; conftest.py)."""
+    return x3d_pyth
 
 
 def clip(n=1, t=2, size=64, seed=0):
