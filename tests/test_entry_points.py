@@ -31,6 +31,12 @@ PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.fixture(autouse=True)
+def fork_on(monkeypatch):
+    """These tests are about the forked way, also in a session that turns it off for the others."""
+    monkeypatch.setenv("UNIADAFOCUS_TEST_FORK", "1")
+
+
 @pytest.fixture
 def probe(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
