@@ -133,8 +133,10 @@ VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"],
 
 # Each variant under the official launcher (which passes --local-rank), and torchrun (which passes the rank in
 # the environment) once: how the rank arrives does not depend on the variant.
-@pytest.mark.parametrize("launcher, variant", [("torch.distributed.launch", "mn2_r50"), ("torch.distributed.launch", "tsm"),
-                                               ("torch.distributed.launch", "x3d"), ("torch.distributed.run", "mn2_r50")])
+@pytest.mark.parametrize("launcher, variant", [("torch.distributed.launch", "mn2_r50"),
+                                               ("torch.distributed.launch", "tsm"),
+                                               ("torch.distributed.launch", "x3d"),
+                                               ("torch.distributed.run", "mn2_r50")])
 def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launcher, variant):
     root = tmp_path / "runs"
     _run([sys.executable, "-m", launcher, "--nproc_per_node=2", "--standalone"]
@@ -157,11 +159,11 @@ def test_batch_size_must_divide_by_the_processes(data_dir, tmp_path):
 
 def test_spatial_policy_waits_for_its_start_epoch(data_dir, tmp_path):
     root = tmp_path / "runs"
-
     runs = {"held1": ["--iters_per_epoch", "1", "--stn_start_epoch", "1"],
             "held2": ["--iters_per_epoch", "2", "--stn_start_epoch", "1"], "moving": ["--iters_per_epoch", "2"]}
-    _run_side_by_side(*([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--batch_size", "4", "--eval_freq",
-                                                      "0", "--store_name", name, *extra) for name, extra in runs.items()))
+    common = ["--epochs", "1", "--batch_size", "4", "--eval_freq", "0"]
+    _run_side_by_side(*([sys.executable] + _main_args(data_dir, root, *common, "--store_name", name, *extra)
+                        for name, extra in runs.items()))
 
     def spatial_weights(name):
         state = torch.load(root / name / "ckpt.pth.tar", weights_only=True)["model"]
