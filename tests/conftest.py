@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import entry_points
-from support import require_reference
+from support import X3D_MANIFEST, x3d_reference
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_VIDEOS = ("Megamind.avi", "Megamind_bugy.avi", "tree.avi", "vtest.avi")
@@ -101,16 +101,11 @@ def grey_to_frame():
     return lambda grey: int(round(float(grey) / 5))
 
 
-X3D_MANIFEST = "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"
-
-
 @pytest.fixture(scope="session")
 def x3d_pyth(tmp_path_factory) -> Path:
     """A folder with x3d_s.pyth and x3d_l.pyth in SlowFast's layout, written once by the reference
     fixtures' generator (``make_parity_checkpoint_x3d.py --pyth``, seed 0)."""
-    folder = require_reference() / "x3d"
-    if not (folder / X3D_MANIFEST).is_file():
-        pytest.skip(f"X3D reference fixtures not found in {folder}")
+    folder = x3d_reference()
     out = tmp_path_factory.mktemp("pyth")
     run = entry_points.run([sys.executable, str(folder / "make_parity_checkpoint_x3d.py"), str(folder / X3D_MANIFEST),
                             "--seed", "0", "--pyth", str(out)], timeout=600)

@@ -28,6 +28,17 @@ def require_reference() -> Path:
     return path
 
 
+X3D_MANIFEST = "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"
+
+
+def x3d_reference() -> Path:
+    """The X3D fixtures' folder (reference/x3d); skips when its manifest is absent."""
+    folder = require_reference() / "x3d"
+    if not (folder / X3D_MANIFEST).is_file():
+        pytest.skip(f"X3D reference fixtures not found in {folder}")
+    return folder
+
+
 def parity_generator():
     """The fixtures' own checkpoint generator module (make_parity_checkpoint.py), imported by path."""
     path = require_reference() / "make_parity_checkpoint.py"

@@ -16,6 +16,7 @@ from ops import cli, config, engine
 from ops import distributed as dist_ops
 from ops.metrics import topk_accuracy
 from ops.objective import ObjectiveTerms
+
 import entry_points
 from support import REPO, random_video, random_video_loader
 

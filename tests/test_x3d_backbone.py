@@ -13,30 +13,16 @@ import torch.nn.functional as F
 from models.flops import count_gmacs
 from models.x3d import (X3D, PROJECTION_KEYS, SqueezeExcite, Swish, X3DOutput, X3DWeightsError, load_x3d_pyth,
                         load_x3d_state_dict, read_x3d_pyth, round_width, stage_depths, x3d_l, x3d_s)
-from support import require_reference
+from support import X3D_MANIFEST, x3d_reference
 
-MANIFEST = "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"
 PREFIXES = {"s": "global_CNN.", "l": "local_CNN."}
 BUILD = {"s": x3d_s, "l": x3d_l}
-
-
-def x3d_reference():
-    folder = require_reference() / "x3d"
-    if not (folder / MANIFEST).is_file():
-        pytest.skip(f"X3D reference fixtures not found in {folder}")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def nets():
     torch.manual_seed(0)
     return {"s": x3d_s(400), "l": x3d_l(400)}
-
-
-@pytest.fixture
-def pyth_dir(x3d_pyth):
-    """x3d_s.pyth / x3d_l.pyth written by the reference generator (seed 0; conftest.py)."""
-    return x3d_pyth
 
 
 def clip(n=1, t=2, size=64, seed=0):
@@ -48,7 +34,7 @@ def clip(n=1, t=2, size=64, seed=0):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["s", "l"])
 def test_state_dict_equals_the_manifest_key_for_key_in_order(nets, which):
-    entries = json.loads((x3d_reference() / MANIFEST).read_text())
+    entries = json.loads((x3d_reference() / X3D_MANIFEST).read_text())
     prefix = PREFIXES[which]
     expected = [(k[len(prefix):], list(shape)) for k, shape, _ in entries if k.startswith(prefix)]
     got = [(k, list(v.shape)) for k, v in nets[which].state_dict().items()]
@@ -195,7 +181,7 @@ def test_x3d_s_reproduces_the_official_glance_outputs():
     spec = importlib.util.spec_from_file_location("make_parity_checkpoint_x3d", script)
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    state = generator.make_state_dict(generator.load_manifest(str(folder / MANIFEST)), 0)
+    state = generator.make_state_dict(generator.load_manifest(str(folder / X3D_MANIFEST)), 0)
     net = x3d_s(400)
     assert load_x3d_state_dict(net, {k[len("global_CNN."):]: v for k, v in state.items()
                                      if k.startswith("global_CNN.")}) == []
@@ -222,8 +208,8 @@ def test_gmacs_match_the_official_constants(nets, which, shape, official):
 # SlowFast .pyth files
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["s", "l"])
-def test_generated_pyth_loads_strictly_with_every_tensor_equal(pyth_dir, which):
-    path = pyth_dir / f"x3d_{which}.pyth"
+def test_generated_pyth_loads_strictly_with_every_tensor_equal(x3d_pyth, which):
+    path = x3d_pyth / f"x3d_{which}.pyth"
     model_state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]
     torch.manual_seed(2)
     net = BUILD[which](400)
@@ -234,14 +220,14 @@ def test_generated_pyth_loads_strictly_with_every_tensor_equal(pyth_dir, which):
         assert torch.equal(own[key], value), key
 
 
-def test_constructor_weights_argument(pyth_dir):
-    net = x3d_s(400, weights=str(pyth_dir / "x3d_s.pyth"))
-    state = read_x3d_pyth(str(pyth_dir / "x3d_s.pyth"))
+def test_constructor_weights_argument(x3d_pyth):
+    net = x3d_s(400, weights=str(x3d_pyth / "x3d_s.pyth"))
+    state = read_x3d_pyth(str(x3d_pyth / "x3d_s.pyth"))
     assert torch.equal(net.head.lin_5.weight, state["head.lin_5.weight"])
 
 
-def test_another_class_count_skips_only_the_projection(pyth_dir):
-    path = str(pyth_dir / "x3d_s.pyth")
+def test_another_class_count_skips_only_the_projection(x3d_pyth):
+    path = str(x3d_pyth / "x3d_s.pyth")
     net = x3d_s(200)
     before = {k: net.state_dict()[k].clone() for k in PROJECTION_KEYS}
     notes = load_x3d_pyth(net, path)
@@ -261,9 +247,9 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["truncated", "garbage"])
-def test_corrupt_file_names_the_path(pyth_dir, tmp_path, content):
+def test_corrupt_file_names_the_path(x3d_pyth, tmp_path, content):
     path = tmp_path / "x3d_s.pyth"
-    data = (pyth_dir / "x3d_s.pyth").read_bytes()
+    data = (x3d_pyth / "x3d_s.pyth").read_bytes()
     path.write_bytes(data[: len(data) // 2] if content == "truncated" else b"not a checkpoint" * 64)
     with pytest.raises(X3DWeightsError, match="corrupt") as err:
         load_x3d_pyth(x3d_s(400), str(path))
@@ -271,8 +257,8 @@ def test_corrupt_file_names_the_path(pyth_dir, tmp_path, content):
     assert "weights_only=False" not in str(err.value)  # torch's retry advice does not help a broken file
 
 
-def test_wrong_key_names_the_file_and_the_key(pyth_dir, tmp_path):
-    state = read_x3d_pyth(str(pyth_dir / "x3d_s.pyth"))
+def test_wrong_key_names_the_file_and_the_key(x3d_pyth, tmp_path):
+    state = read_x3d_pyth(str(x3d_pyth / "x3d_s.pyth"))
     state["s3.pathway0_res1.branch2.a.kernel"] = state.pop("s3.pathway0_res1.branch2.a.weight")
     path = tmp_path / "renamed.pyth"
     torch.save({"model_state": state, "epoch": 0}, path)
@@ -287,17 +273,17 @@ def test_wrong_key_names_the_file_and_the_key(pyth_dir, tmp_path):
     assert torch.equal(net.state_dict()["s1.pathway0_stem.conv_xy.weight"], before)  # nothing loaded
 
 
-def test_misshaped_backbone_key_is_an_error(pyth_dir):
-    state = read_x3d_pyth(str(pyth_dir / "x3d_s.pyth"))
+def test_misshaped_backbone_key_is_an_error(x3d_pyth):
+    state = read_x3d_pyth(str(x3d_pyth / "x3d_s.pyth"))
     state["s2.pathway0_res0.branch2.a.weight"] = torch.zeros(55, 24, 1, 1, 1)
     with pytest.raises(X3DWeightsError, match=r"mis-shaped: s2\.pathway0_res0\.branch2\.a\.weight: "
                                               r"file \(55, 24, 1, 1, 1\) vs model \(54, 24, 1, 1, 1\)"):
         load_x3d_state_dict(x3d_s(400), state, "edited x3d_s.pyth")
 
 
-def test_x3d_l_file_into_x3d_s_names_the_extra_blocks(pyth_dir):
+def test_x3d_l_file_into_x3d_s_names_the_extra_blocks(x3d_pyth):
     with pytest.raises(X3DWeightsError, match=r"unexpected keys \(\d+\): s2\.pathway0_res3\."):
-        load_x3d_pyth(x3d_s(400), str(pyth_dir / "x3d_l.pyth"))
+        load_x3d_pyth(x3d_s(400), str(x3d_pyth / "x3d_l.pyth"))
 
 
 class Marker:
