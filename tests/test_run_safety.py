@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import entry_points
+from test_main import _check
 
 TINY = ("--dataset synthetic --num_segments 8 --num_glance_segments 4 --num_focus_segments 4 --input_size 64 "
         "--patch_size 32 --focus_arch resnet18 --classifier_dim 32 --stn_hidden_dim 16 --temporal_hidden_dim 8 "
@@ -43,16 +44,10 @@ def _main(data_dir, root, *extra):
     return [sys.executable, "main.py"] + TINY.split() + _data_args(data_dir, root)[:6] + ["--root_log", str(root)] + list(extra)
 
 
-def _checked(result, ok=True):
-    if ok:
-        assert result.returncode == 0, \
-            f"{result.args}\nSTDOUT\n{result.stdout[-3000:]}\nSTDERR\n{result.stderr[-3000:]}"
-    return result
-
-
 def _call(cmd, ok=True):
     """Run a command as a user does (forked from the test server: tests/entry_points.py)."""
-    return _checked(entry_points.run(cmd, env=_env(), timeout=300), ok)
+    result = entry_points.run(cmd, env=_env(), timeout=300)
+    return _check(result) if ok else result
 
 
 def _snapshot(folder):
@@ -152,7 +147,7 @@ def test_evaluation_takes_the_model_sizes_from_the_checkpoint(finished, data_dir
         [sys.executable, "main.py", "--config", str(run / "config.yaml"), "--root_log", str(tmp_path),
          "--store_name", "fromconfig", "--evaluate", "--resume", ckpt]], env=_env(), timeout=300)
     for result in (flags, bare, from_config):
-        _checked(result)
+        _check(result)
     log = (tmp_path / "flags" / "log.txt").read_text()
     assert "--workers 999: capped to the" in log
     assert "eval [2/2]" in log  # a plain progress line: the log is not a terminal
