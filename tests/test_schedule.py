@@ -84,3 +84,28 @@ def test_warm_up_without_a_schedule_ramps_the_optimisers_own_rate():
         warm_up(opt, 0, step, 4, 1)
         rates.append(opt.param_groups[0]["lr"])
     assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1])  # not compounded from step to step
+
+
+def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop():
+    import argparse
+    from ops import engine
+    args = argparse.Namespace(optimizer="adamw", lr=0.01, weight_decay=0.1, momentum=0.9, temporal_lr_ratio=0.2,
+                              stn_lr_ratio=0.5, global_lr_ratio=0.5, classifier_lr_ratio=2.0)
+    torch.manual_seed(0)
+    fused_model, loop_model = tiny_model(), tiny_model()
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = engine.build_optimizer(args, fused_model)
+    assert all(g["fused"] for g in fused.param_groups)
+    loop = torch.optim.AdamW(param_groups(loop_model, temporal_lr_ratio=0.2, stn_lr_ratio=0.5, global_lr_ratio=0.5,
+                                          classifier_lr_ratio=2.0), lr=0.01, weight_decay=0.1)
+    for opt in (fused, loop):
+        adjust_learning_rate(opt, 1, 0.01, 6, "cos", weight_decay=0.1, start_epochs={"spatial_policy": 2})
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator) for p in fused_model.parameters()]
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
