@@ -271,11 +271,13 @@ def build_optimizer(args, model) -> torch.optim.Optimizer:
                           global_lr_ratio=args.global_lr_ratio, classifier_lr_ratio=args.classifier_lr_ratio)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    # On a CPU the fused AdamW kernel updates all of a group's tensors in one pass: about 4x faster than
-    # the default per-tensor loop (0.04 s against 0.15 s per step for ResNet-18 + MobileNetV2 on 2 cores),
-    # equal to it up to float rounding. CUDA keeps PyTorch's default (multi-tensor) implementation.
-    on_cpu = all(p.device.type == "cpu" for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fused=True if on_cpu else None)
+    # --fused_adamw (default on a CPU): the fused kernel updates all of a group's tensors in one pass,
+    # several times faster than the per-tensor loop there (scripts/bench_gpu.py --sides channels_last
+    # adamw_loop), equal to it up to float rounding. CUDA keeps PyTorch's default unless asked.
+    fused = getattr(args, "fused_adamw", None)
+    if fused is None:
+        fused = all(p.device.type == "cpu" for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fused=True if fused else None)
 
 
 def build_scaler(args, info: dist_ops.DistInfo) -> Optional[torch.amp.GradScaler]:

@@ -7,12 +7,14 @@ and the data loader's clips/s.
     python -m scripts.bench_gpu --device cpu --tiny      # the same code on a CPU at toy sizes (a smoke run)
     python -m scripts.bench_gpu --device cpu --config configs/synthetic.yaml --sides fp32 channels_last --batch 16
                                                          # a preset's sizes: the main job's CPU layout choice
+    python -m scripts.bench_gpu --device cpu --config configs/synthetic.yaml --sides channels_last adamw_loop \
+        --batch 16                                       # the same, fused AdamW against its per-tensor loop
 
 **Model.** ``mn2_r50`` at the official ActivityNet size (P = 128, T0 = 48, T_G = T_L = 16, 224-px frames,
 200 classes, MobileNetV2 + ResNet-50), random weights, built by ``ops.engine.build_model`` from main.py's
 flags exactly as a run builds it. The input is synthetic uint8 videos already on the device (the loader
 is measured on its own). A training round is one ``ops.engine.train_one_epoch`` of ``--steps`` steps over
-the same batch of ``--batch`` videos (the run's objective, SGD and gradient scaler, at learning rate 0 so
+the same batch of ``--batch`` videos (the run's objective, optimizer and gradient scaler, at learning rate 0 so
 that every round computes the same thing); an evaluation round is ``--eval_iters`` evaluation forwards of
 ``--eval_batch`` videos under the side's evaluation autocast (the forward only: no metrics).
 
@@ -22,6 +24,8 @@ Sides (main.py's flags)::
     channels_last  --channels_last --no-cudnn_benchmark  (float32, channels-last encoders only)
     fast      --amp --amp_dtype bfloat16 --eval_amp --channels_last --cudnn_benchmark
     compile   the fast flags and --compile
+    adamw_loop     the channels_last flags and --no-fused_adamw (AdamW's per-tensor loop; with an AdamW
+                   preset on a CPU, against channels_last, whose AdamW is fused there)
 
 On a CPU, glibc's allocator is tuned first, as ``main.py`` tunes it for a CPU run
 (``ops.cpu.tune_cpu_allocator``), so that both sides allocate as a run does.
@@ -73,6 +77,7 @@ SIDES = {
     "fp32": ["--no-channels_last", "--no-cudnn_benchmark"],
     "channels_last": ["--channels_last", "--no-cudnn_benchmark"],
     "fast": ["--amp", "--amp_dtype", "bfloat16", "--eval_amp", "--channels_last", "--cudnn_benchmark"],
+    "adamw_loop": ["--channels_last", "--no-cudnn_benchmark", "--no-fused_adamw"],
     "compile": ["--amp", "--amp_dtype", "bfloat16", "--eval_amp", "--channels_last", "--cudnn_benchmark",
                 "--compile"],
 }
@@ -261,7 +266,10 @@ def model_benchmark(opts, device: torch.device) -> Dict:
               "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}}
     for side in sides:
         medians = {phase: statistics.median(values) for phase, values in rates[side.name].items()}
+        group = side.optimizer.param_groups[0]
+        optimizer = type(side.optimizer).__name__ + (" (fused)" if group.get("fused") else "")
         result["sides"][side.name] = {"flags": SIDES[side.name], "settings": side.settings.describe(),
+                                      "optimizer": optimizer,
                                       "warmup_s": side.warmup_s, "train_videos_per_s": medians["train"],
                                       "eval_videos_per_s": medians["eval"], "rounds": rates[side.name]}
         if side.name != first:

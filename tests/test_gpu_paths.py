@@ -331,7 +331,7 @@ def test_benchmark_runs_its_sides_alternated_at_toy_sizes(tmp_path):
 def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
     out = tmp_path / "preset.json"
     run = _script([sys.executable, "-m", "scripts.bench_gpu", "--device", "cpu", "--config", "configs/synthetic.yaml",
-                   "--sides", "fp32", "channels_last", "--batch", "1", "--steps", "1", "--warmup_steps", "1",
+                   "--sides", "fp32", "channels_last", "adamw_loop", "--batch", "1", "--steps", "1", "--warmup_steps", "1",
                    "--eval_batch", "1", "--eval_iters", "1", "--rounds", "1", "--json", str(out)])
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -340,6 +340,8 @@ def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
     assert "channels-last 2-D encoders" in result["sides"]["channels_last"]["settings"]
     assert "float32 for training" in result["sides"]["channels_last"]["settings"]
     assert set(result["ratios"]["channels_last/fp32"]) == {"train", "eval"}
+    assert result["sides"]["channels_last"]["optimizer"] == "AdamW (fused)"  # the preset's AdamW, on a CPU
+    assert result["sides"]["adamw_loop"]["optimizer"] == "AdamW"
 
 
 def test_loader_benchmark_reads_written_jpeg_folders(tmp_path):

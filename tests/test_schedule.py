@@ -86,19 +86,18 @@ def test_warm_up_without_a_schedule_ramps_the_optimisers_own_rate():
     assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1])  # not compounded from step to step
 
 
-def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop():
-    import argparse
-    from ops import engine
-    args = argparse.Namespace(optimizer="adamw", lr=0.01, weight_decay=0.1, momentum=0.9, temporal_lr_ratio=0.2,
-                              stn_lr_ratio=0.5, global_lr_ratio=0.5, classifier_lr_ratio=2.0)
+
+def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop(capsys):
+    from ops import config, engine
+    flags = ["--optimizer", "adamw", "--lr", "0.01", "--weight_decay", "0.1", "--temporal_lr_ratio", "0.2",
+             "--stn_lr_ratio", "0.5", "--global_lr_ratio", "0.5", "--classifier_lr_ratio", "2"]
     torch.manual_seed(0)
     fused_model, loop_model = tiny_model(), tiny_model()
     loop_model.load_state_dict(fused_model.state_dict())
-    fused = engine.build_optimizer(args, fused_model)
-    assert all(g["fused"] for g in fused.param_groups)
-    loop = torch.optim.AdamW(param_groups(loop_model, temporal_lr_ratio=0.2, stn_lr_ratio=0.5, global_lr_ratio=0.5,
-                                          classifier_lr_ratio=2.0), lr=0.01, weight_decay=0.1)
-    for opt in (fused, loop):
+    fused = engine.build_optimizer(config.parse_args(flags), fused_model)
+    loop = engine.build_optimizer(config.parse_args(flags + ["--no-fused_adamw"]), loop_model)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in loop.param_groups)
+    for opt in (fused, loop):  # the spatial policy waits (rate 0): it must stay put in both
         adjust_learning_rate(opt, 1, 0.01, 6, "cos", weight_decay=0.1, start_epochs={"spatial_policy": 2})
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
@@ -109,3 +108,6 @@ def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop():
             opt.step()
     for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(SystemExit):
+        config.parse_args(["--fused_adamw"])  # SGD by default
+    assert "--fused_adamw" in capsys.readouterr().err
