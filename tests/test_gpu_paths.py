@@ -331,8 +331,8 @@ def test_benchmark_runs_its_sides_alternated_at_toy_sizes(tmp_path):
 def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
     out = tmp_path / "preset.json"
     run = _script([sys.executable, "-m", "scripts.bench_gpu", "--device", "cpu", "--config", "configs/synthetic.yaml",
-                   "--sides", "fp32", "channels_last", "adamw_loop", "--batch", "1", "--steps", "1", "--warmup_steps", "1",
-                   "--eval_batch", "1", "--eval_iters", "1", "--rounds", "1", "--json", str(out)])
+                   "--sides", "fp32", "channels_last", "adamw_loop", "--batch", "1", "--steps", "1",
+                   "--warmup_steps", "1", "--eval_batch", "1", "--eval_iters", "1", "--rounds", "1", "--json", str(out)])
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["config"].startswith("configs/synthetic.yaml: mn2_r50, P=72, T0=16, T_G=16, T_L=2, 160 px")
