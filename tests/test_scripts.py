@@ -265,3 +265,32 @@ def test_launch_scripts_run_torchrun_with_the_preset(tmp_path, script, program, 
     assert bad.returncode == 2 and "no preset configs/actnet_p100.yaml" in bad.stderr
     short = subprocess.run(["bash", str(REPO / "scripts" / script), "actnet"], env=env, capture_output=True, text=True)
     assert short.returncode == 2 and f"scripts/{script} DATASET PATCH NUM_GPUS" in short.stderr
+
+
+def test_glance_probe_trains_the_glance_alone_and_reports_its_accuracy_on_the_objects_frames(tmp_path, capsys):
+    from datasets import synthetic
+    from scripts import probe_glance
+
+    data = tmp_path / "data"
+    params = {**SYNTHETIC, "num_classes": 4, "twin_classes": 1, "train_videos": 8, "val_videos": 6}
+    synthetic.ensure_generated(str(data), workers=1, **params)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(f"dataset: synthetic\ndata_dir: {data}\nsynthetic: {json.dumps(params)}\nnum_segments: 8\n"
+                      "num_glance_segments: 4\nnum_focus_segments: 2\ninput_size: 64\npatch_size: 32\n"
+                      "focus_arch: resnet18\nclassifier_dim: 32\npretrained: false\nworkers: 0\nbatch_size: 4\n"
+                      "val_batch_size: 4\nlr: 0.01\n")
+    out = tmp_path / "probe.json"
+    before = torch.get_rng_state()
+    assert probe_glance.main_cli(["--config", str(preset), "--steps", "3", "--eval_every", "2", "--set",
+                                  "glance_size=32", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "glance alone: mbv2 at 32 px on 4 frames" in printed and "step 2: loss" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["step"] for row in rows] == [2, 3]  # every --eval_every steps, and the last
+    # twins count as one group: a group hit is at least as frequent as a class hit
+    assert all(0 <= row["class_top1_shown"] <= row["group_top1_shown"] <= 100 for row in rows)
+    assert all(row["loss"] > 0 for row in rows)
+    torch.set_rng_state(before)
+    with pytest.raises(SystemExit):
+        probe_glance.main_cli(["--config", str(preset), "--set", "glance_size"])
+    assert "expected NAME=VALUE" in capsys.readouterr().err
