@@ -394,7 +394,7 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
                      "--multiprocessing-distributed, --world-size, --rank, --dist-url and --dist-backend")
     if getattr(args, "pretrain", None):
         args.pretrained = args.pretrain == "imagenet"
-    if "fused_adamw" in explicit and args.optimizer != "adamw":
+    if args.fused_adamw is not None and args.optimizer != "adamw":  # a run's saved config holds null
         parser.error(f"--fused_adamw/--no-fused_adamw set AdamW's implementation; --optimizer is {args.optimizer}")
     if args.clip_gradient is not None and args.clip_gradient <= 0:
         parser.error(f"--clip_gradient must be positive, got {args.clip_gradient}")
