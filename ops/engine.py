@@ -271,13 +271,33 @@ def build_optimizer(args, model) -> torch.optim.Optimizer:
                           global_lr_ratio=args.global_lr_ratio, classifier_lr_ratio=args.classifier_lr_ratio)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    # --fused_adamw (default on a CPU): the fused kernel updates all of a group's tensors in one pass,
-    # several times faster than the per-tensor loop there (scripts/bench_gpu.py --sides channels_last
-    # adamw_loop), equal to it up to float rounding. CUDA keeps PyTorch's default unless asked.
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay,
+                             fused=adamw_fused(args, [p for group in groups for p in group["params"]]))
+
+
+def adamw_fused(args, params) -> Optional[bool]:
+    """AdamW's ``fused`` argument for ``params``: ``--fused_adamw``, by default True on a CPU.
+
+    The fused kernel updates all of a group's tensors in one pass, several times faster than the
+    per-tensor loop on a CPU (scripts/bench_gpu.py --sides channels_last adamw_loop) and equal to it up
+    to float rounding. CUDA keeps PyTorch's default (None) unless asked."""
     fused = getattr(args, "fused_adamw", None)
     if fused is None:
-        fused = all(p.device.type == "cpu" for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fused=True if fused else None)
+        fused = all(p.device.type == "cpu" for p in params)
+    return True if fused else None
+
+
+#: Optimizer settings that say how a step is computed, not what it computes: a resumed run keeps its own.
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this run's implementation (``--fused_adamw``):
+    PyTorch would restore the saved groups' ``fused`` / ``foreach`` entries too."""
+    kept = [{k: group[k] for k in IMPLEMENTATION_KEYS if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, implementation in zip(optimizer.param_groups, kept):
+        group.update(implementation)
 
 
 def build_scaler(args, info: dist_ops.DistInfo) -> Optional[torch.amp.GradScaler]:
@@ -703,7 +723,7 @@ def restore(args, model, optimizer, scaler, log: RunLog, run_dir: str):
                     f"from zero; training continues at epoch {info.epoch}")
         return info.epoch, info.best_metric, None
     if info.optimizer is not None:
-        optimizer.load_state_dict(info.optimizer)
+        load_optimizer_state(optimizer, info.optimizer)
     if scaler is not None and info.extra.get("scaler"):
         scaler.load_state_dict(info.extra["scaler"])
     if info.extra.get("rng"):

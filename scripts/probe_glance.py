@@ -66,7 +66,7 @@ def main_cli(argv=None) -> int:
     model = engine.build_model(args, val_set.num_classes, info)
     params = list(model.glance.parameters()) + list(model.glance_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                                  fused=info.device.type == "cpu" or None)
+                                  fused=engine.adamw_fused(args, params))
     twins = (args.synthetic or {}).get("twin_classes", 0)
     groups = torch.tensor([synthetic.appearance_group(c, val_set.num_classes, twins)[0]
                            for c in range(val_set.num_classes)])

@@ -86,7 +86,6 @@ def test_warm_up_without_a_schedule_ramps_the_optimisers_own_rate():
     assert rates == pytest.approx([0.025, 0.05, 0.075, 0.1])  # not compounded from step to step
 
 
-
 def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop(capsys):
     from ops import config, engine
     flags = ["--optimizer", "adamw", "--lr", "0.01", "--weight_decay", "0.1", "--temporal_lr_ratio", "0.2",
@@ -111,3 +110,16 @@ def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop(capsys):
     with pytest.raises(SystemExit):
         config.parse_args(["--fused_adamw"])  # SGD by default
     assert "--fused_adamw" in capsys.readouterr().err
+
+
+def test_a_resumed_optimizer_keeps_this_runs_implementation():
+    from ops import config, engine
+    flags = ["--optimizer", "adamw", "--lr", "0.01"]
+    saved = engine.build_optimizer(config.parse_args(flags), tiny_model())  # fused (a CPU)
+    for p in saved.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    saved.step()
+    resumed = engine.build_optimizer(config.parse_args(flags + ["--no-fused_adamw"]), tiny_model())
+    engine.load_optimizer_state(resumed, saved.state_dict())
+    assert not any(g["fused"] for g in resumed.param_groups)  # plain load_state_dict would restore True
+    assert resumed.state_dict()["state"].keys() == saved.state_dict()["state"].keys()  # the moments did load
