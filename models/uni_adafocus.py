@@ -277,11 +277,20 @@ class UniAdaFocus(nn.Module):
             raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
         return video
 
-    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
-        if frames.dtype == torch.uint8:
-            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return frames
+    def normalise(self, frames: torch.Tensor, glance_size: Optional[int] = None) -> torch.Tensor:
+        """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through.
+
+        ``glance_size``: also resize the frames (N, 3, H, W) as :func:`downscale` does with antialiasing.
+        uint8 frames are resized first and normalised at the small size, which gives the same values (the
+        normalisation is an affine map per channel and the interpolation weights sum to one) for a fraction
+        of the element-wise work.
+        """
+        if frames.dtype != torch.uint8:
+            return frames if glance_size is None else downscale(frames, glance_size, antialias=True)
+        frames = frames.float()
+        if glance_size is not None:
+            frames = downscale(frames, glance_size, antialias=True)
+        return (frames.div_(255.0) - self.pixel_mean) / self.pixel_std
 
     @staticmethod
     def autocast_setting(device_type: str):
@@ -344,8 +353,8 @@ class UniAdaFocus(nn.Module):
         b, t0 = frames.shape[:2]
         indices = frame_selection.glance_frame_indices(t0, self.num_glance, b, random=self.training,
                                                        generator=generator, device=frames.device)  # (B, T_G)
-        glance_frames = self.normalise(self.gather_frames(frames, indices))  # (B, T_G, 3, H, W)
-        glance_frames = downscale(glance_frames.flatten(0, 1), self.glance_size, antialias=True)  # (B*T_G, 3, S_g, S_g)
+        glance_frames = self.gather_frames(frames, indices).flatten(0, 1)  # (B*T_G, 3, H, W)
+        glance_frames = self.normalise(glance_frames, glance_size=self.glance_size)  # (B*T_G, 3, S_g, S_g)
         # (B*T_G, Dg, h, w), (B*T_G, Dg)
         fmap, feats = self.run_backbone(self.glance, glance_frames, amp)
         logits = self.glance_head(feats).view(b, self.num_glance, -1) if head else None  # (B, T_G, C)

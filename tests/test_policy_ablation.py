@@ -104,3 +104,18 @@ def test_a_coarse_glance_sees_downscaled_frames_and_costs_less():
     assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=1e-6)
     with pytest.raises(ValueError, match="glance_size must be in 1..input_size"):
         tiny_model(glance_size=65)
+
+
+def test_a_coarse_glance_resizes_uint8_frames_before_normalising_them_with_the_same_result():
+    """uint8 frames are resized first and normalised at the glance size (a fraction of the work); the
+    glance sees the same values as from frames normalised first, so both layouts give the same outputs."""
+    model = tiny_model(glance_size=32).eval()
+    video = random_video(batch=2, dtype=torch.uint8)  # (B, T0, 3, 64, 64)
+    normalised = (video.float() / 255.0 - model.pixel_mean) / model.pixel_std
+    seen = []
+    model.glance.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    with torch.no_grad():
+        from_uint8, from_float = model(video), model(normalised)
+    assert seen[0].shape == (2 * model.num_glance, 3, 32, 32)
+    torch.testing.assert_close(seen[0], seen[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(from_uint8.exit_logits, from_float.exit_logits, atol=1e-4, rtol=1e-4)
