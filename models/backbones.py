@@ -103,16 +103,25 @@ class GlanceEncoder(nn.Module):
     """MobileNetV2 feature extractor.
 
     forward(frames (N, 3, H, W)) -> (feature map (N, 1280, h, w), pooled (N, 1280)), h = ceil(H/32).
+
+    ``zero_init_residual``: for random initialisation, the BatchNorm that closes each inverted residual
+    with a shortcut starts at zero, so that the block starts as the identity (as torchvision's ResNets
+    offer; Goyal et al., 2017). Loaded weights replace it.
     """
 
     feature_dim = 1280
 
-    def __init__(self, arch: str = "mbv2", pretrained: bool = False, weights: Optional[str] = None):
+    def __init__(self, arch: str = "mbv2", pretrained: bool = False, weights: Optional[str] = None,
+                 zero_init_residual: bool = False):
         super().__init__()
         if arch not in GLANCE_ARCHS:
             raise ValueError(f"glance_arch must be one of {GLANCE_ARCHS}, got {arch!r} "
                              "(the official code implements only MobileNetV2 as well)")
         self.features = torchvision.models.mobilenet_v2(weights=None).features
+        if zero_init_residual:  # every inverted residual with a shortcut starts as the identity
+            for block in self.features:
+                if getattr(block, "use_res_connect", False):
+                    nn.init.zeros_(block.conv[-1].weight)  # the BatchNorm after the linear projection
         if weights:
             self.load_weights(read_state_dict(weights), source=weights)
         elif pretrained:
@@ -141,11 +150,13 @@ class FocusEncoder(nn.Module):
     official checkpoints map onto it by a prefix.
     """
 
-    def __init__(self, arch: str = "resnet50", pretrained: bool = False, weights: Optional[str] = None):
+    def __init__(self, arch: str = "resnet50", pretrained: bool = False, weights: Optional[str] = None,
+                 zero_init_residual: bool = False):
         super().__init__()
         if arch not in FOCUS_ARCHS:
             raise ValueError(f"focus_arch must be one of {FOCUS_ARCHS}, got {arch!r}")
-        net = getattr(torchvision.models, arch)(weights=None)
+        # zero_init_residual: the last BatchNorm of every block starts at zero (each block the identity)
+        net = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
         self.feature_dim = net.fc.in_features
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

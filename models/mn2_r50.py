@@ -74,7 +74,7 @@ MN2_R50 = register_variant(Variant(
     hyper_parameters=("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
                       "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "dropout", "fc_dropout",
                       "temperature", "glance_arch", "focus_arch", "pretrained", "glance_weights", "focus_weights",
-                      "detach_temporal_input", "glance_size"),
+                      "detach_temporal_input", "glance_size", "zero_init_residual"),
     encoders={"glance": GLANCE_ARCHS, "focus": FOCUS_ARCHS},
     policy="spatial: one deformable patch per glance frame, interpolated to every candidate frame; "
            "temporal: frame weights over the T_G glance frames, T_L focus frames at their CDF quantiles",

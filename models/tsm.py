@@ -49,14 +49,17 @@ class UniAdaFocusTSM(OnePatchNetwork):
                  num_focus_segments: int = 12, patch_size: int = 128, input_size: int = 224,
                  stn_hidden_dim: int = 128, temporal_hidden_dim: int = 64, dropout: float = 0.5,
                  temperature: float = 1.0, shift_div: int = 8, glance_arch: str = "mbv2",
-                 focus_arch: str = "resnet50", pretrained: bool = False, glance_weights=None, focus_weights=None):
+                 focus_arch: str = "resnet50", pretrained: bool = False, glance_weights=None, focus_weights=None,
+                 zero_init_residual: bool = False):
         super().__init__(num_classes, num_segments, num_glance_segments, num_focus_segments, temperature)
         self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(input_size))
 
         # ImageNet weights load into the plain encoders; the shift then wraps their convolutions.
-        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights)
+        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
+                                    zero_init_residual=zero_init_residual)
         shift_mobilenet_v2(self.glance.features, num_glance_segments, shift_div)
-        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights)
+        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
+                                  zero_init_residual=zero_init_residual)
         shift_resnet(self.focus, num_focus_segments, shift_div)
         self.feature_dropout = nn.Dropout(dropout)
         gdim, fdim = self.glance.feature_dim, self.focus.feature_dim
@@ -166,7 +169,7 @@ TSM = register_variant(Variant(
     build=UniAdaFocusTSM,
     hyper_parameters=("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
                       "stn_hidden_dim", "temporal_hidden_dim", "dropout", "temperature", "shift_div", "glance_arch",
-                      "focus_arch", "pretrained", "glance_weights", "focus_weights"),
+                      "focus_arch", "pretrained", "glance_weights", "focus_weights", "zero_init_residual"),
     encoders={"glance": ("mbv2",), "focus": ("resnet18", "resnet34", "resnet50")},
     policy="spatial: one deformable patch per video from all T_G glance maps, the same box on every focus "
            "frame; temporal: frame weights over the T_G glance frames (detached input), T_L of the T0 "

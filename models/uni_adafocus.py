@@ -214,7 +214,8 @@ class UniAdaFocus(nn.Module):
                  dropout: float = 0.2, fc_dropout: float = 0.2, temperature: float = 1.0,
                  glance_arch: str = "mbv2", focus_arch: str = "resnet50", pretrained: bool = False,
                  glance_weights: Optional[str] = None, focus_weights: Optional[str] = None,
-                 detach_temporal_input: bool = False, glance_size: Optional[int] = None):
+                 detach_temporal_input: bool = False, glance_size: Optional[int] = None,
+                 zero_init_residual: bool = False):
         super().__init__()
         if num_focus_segments > num_segments:
             raise ValueError(f"num_focus_segments ({num_focus_segments}) > num_segments ({num_segments})")
@@ -230,8 +231,10 @@ class UniAdaFocus(nn.Module):
         self.glance_size = glance_size or input_size
         self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(self.glance_size))
 
-        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights)
-        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights)
+        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
+                                    zero_init_residual=zero_init_residual)
+        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
+                                  zero_init_residual=zero_init_residual)
         gdim, fdim = self.glance.feature_dim, self.focus.feature_dim
         self.glance_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(gdim, num_classes))  # FC_G
         self.focus_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(fdim, num_classes))  # FC_L

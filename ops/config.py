@@ -98,6 +98,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--glance_weights", "--glance_ckpt_path", dest="glance_weights", default=None,
                    help="local ImageNet MobileNetV2 weights (torchvision or the official file layout)")
     g.add_argument("--focus_weights", default=None, help="local ImageNet ResNet weights (torchvision layout)")
+    g.add_argument("--zero_init_residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="random initialisation: the last BatchNorm of every residual block of both encoders starts "
+                        "at zero, so that each block starts as the identity (Goyal et al., 2017); pretrained weights "
+                        "replace it. mn2_r50 and tsm (default: off, as officially)")
     g.add_argument("--glance_size", type=int, default=None,
                    help="side of the frames the glance sees: mn2_r50 downscales (antialiased) to it when set "
                         "(the paper's coarse glance; official: full input_size frames, the flag unused); x3d: 160 "
@@ -414,6 +418,12 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
         arch = getattr(args, f"{role}_arch")
         if arch not in variant.encoders.get(role, ()):
             parser.error(f"--{role}_arch {arch}: the {variant.name} variant offers {', '.join(variant.encoders[role])}")
+    if args.zero_init_residual and "zero_init_residual" not in variant.hyper_parameters:
+        parser.error(f"--zero_init_residual: the {variant.name} variant's encoders do not offer it "
+                     f"(mn2_r50 and tsm do)")
+    if args.zero_init_residual and args.pretrained:
+        parser.error("--zero_init_residual sets a random initialisation, which --pretrained replaces with ImageNet "
+                     "weights in both encoders: add --no-pretrained")
     for name, allowed in variant.choices.items():
         if getattr(args, name) not in allowed:
             parser.error(f"--{name} {getattr(args, name)}: the {variant.name} variant offers {', '.join(allowed)}")

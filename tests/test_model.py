@@ -172,3 +172,41 @@ def test_a_tiny_configuration_overfits_a_fixed_batch():
         optimizer.step()
         losses.append(terms.cat.item())
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    """--zero_init_residual: each residual block of both encoders starts as the identity map (its last
+    BatchNorm at zero); without it the encoders keep torchvision's initialisation."""
+    from models import get_variant
+    from ops import config
+
+    flags = ["--no-pretrained", "--focus_arch", "resnet18", "--num_segments", "4", "--num_glance_segments", "4",
+             "--num_focus_segments", "2", "--input_size", "64", "--patch_size", "32", "--classifier_dim", "16"]
+    torch.manual_seed(0)
+    plain = get_variant("mn2_r50").build_from(config.parse_args(flags), num_classes=5)
+    zeroed = get_variant("mn2_r50").build_from(config.parse_args(flags + ["--zero_init_residual"]), num_classes=5)
+    glance_blocks = [(p, z) for p, z in zip(plain.glance.features, zeroed.glance.features)
+                     if getattr(z, "use_res_connect", False)]
+    assert len(glance_blocks) == 10  # MobileNetV2's inverted residuals with a shortcut
+    focus_blocks = [(p, z) for name in ("layer1", "layer2", "layer3", "layer4")
+                    for p, z in zip(getattr(plain.focus, name), getattr(zeroed.focus, name)) if z.downsample is None]
+    assert len(focus_blocks) == 5  # ResNet-18's blocks without a projection shortcut
+    with torch.no_grad():
+        for p, z in glance_blocks + focus_blocks:
+            channels = z.conv[0][0].in_channels if hasattr(z, "use_res_connect") else z.conv1.in_channels
+            x = torch.relu(torch.randn(2, channels, 8, 8))  # a ReLU's output, as a ResNet block receives
+            torch.testing.assert_close(z.train()(x), x, rtol=0, atol=0)
+            assert not torch.allclose(p.train()(x), x)
+
+
+def test_zero_init_residual_is_refused_where_it_cannot_apply(capsys):
+    from ops import config
+
+    for flags, message in ((["--zero_init_residual"], "which --pretrained replaces with ImageNet weights in both "
+                                                      "encoders: add --no-pretrained"),
+                           (["--zero_init_residual", "--no-pretrained", "--variant", "x3d", "--glance_arch", "x3d_s",
+                             "--focus_arch", "x3d_l", "--glance_size", "32"],
+                            "--zero_init_residual: the x3d variant's encoders do not offer it")):
+        with pytest.raises(SystemExit):
+            config.parse_args(flags)
+        assert message in capsys.readouterr().err
