@@ -13,6 +13,7 @@ its slow start in a full run comes from the glance and the data, not from the ot
 
     python -m scripts.probe_glance --config configs/synthetic.yaml --seed 1007 --steps 120
     python -m scripts.probe_glance --config configs/synthetic.yaml --seed 1007 --set glance_size=48
+    python -m scripts.probe_glance --config configs/synthetic.yaml --seed 1007 --flag no-zero_init_residual
 
 The data, model sizes, learning rate, weight decay, batch size and the synthetic set come from the preset
 (and ``--set NAME=VALUE`` overrides, as main.py flags); the optimiser is AdamW. Data loading follows the
@@ -43,6 +44,8 @@ def main_cli(argv=None) -> int:
     p.add_argument("--eval_every", type=int, default=30, help="steps between validations")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a main.py flag for the preset, e.g. glance_size=48 (repeatable)")
+    p.add_argument("--flag", action="append", default=[], metavar="NAME",
+                   help="a main.py switch for the preset, e.g. no-zero_init_residual (repeatable)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     opts = p.parse_args(argv)
     for name, value in (("--steps", opts.steps), ("--eval_every", opts.eval_every)):
@@ -55,6 +58,7 @@ def main_cli(argv=None) -> int:
         if not sep or not name:
             p.error(f"--set {item!r}: expected NAME=VALUE")
         flags += [f"--{name}", value]
+    flags += [f"--{name}" for name in opts.flag]
     args = config.parse_args(flags)
     if args.dataset != "synthetic":
         p.error("--config: the probe needs the synthetic dataset (its object boxes and class groups)")
@@ -88,7 +92,8 @@ def main_cli(argv=None) -> int:
         return 100.0 * group_hits / max(shown_frames, 1), 100.0 * class_hits / max(shown_frames, 1)
 
     generator = torch.Generator().manual_seed(args.seed)
-    print(f"glance alone: {args.glance_arch} at {args.glance_size} px on {args.num_glance_segments} frames, "
+    identity = "residual blocks starting as the identity, " if args.zero_init_residual else ""
+    print(f"glance alone: {args.glance_arch} at {args.glance_size} px on {args.num_glance_segments} frames, {identity}"
           f"AdamW lr {args.lr:g}, batch {args.batch_size}, seed {args.seed}; {len(val_set)} validation videos",
           flush=True)
     model.train()

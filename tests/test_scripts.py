@@ -282,9 +282,10 @@ def test_glance_probe_trains_the_glance_alone_and_reports_its_accuracy_on_the_ob
     out = tmp_path / "probe.json"
     before = torch.get_rng_state()
     assert probe_glance.main_cli(["--config", str(preset), "--steps", "3", "--eval_every", "2", "--set",
-                                  "glance_size=32", "--json", str(out)]) == 0
+                                  "glance_size=32", "--flag", "zero_init_residual", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "glance alone: mbv2 at 32 px on 4 frames" in printed and "step 2: loss" in printed
+    assert "glance alone: mbv2 at 32 px on 4 frames, residual blocks starting as the identity" in printed
+    assert "step 2: loss" in printed
     rows = json.loads(out.read_text())["rows"]
     assert [row["step"] for row in rows] == [2, 3]  # every --eval_every steps, and the last
     # twins count as one group: a group hit is at least as frequent as a class hit
