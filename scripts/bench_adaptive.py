@@ -62,7 +62,6 @@ Exit status 1 when the ratio is below --target (``--no-check`` to only report).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
