@@ -335,7 +335,7 @@ def test_benchmark_takes_a_presets_sizes_and_the_channels_last_side(tmp_path):
                    "--warmup_steps", "1", "--eval_batch", "1", "--eval_iters", "1", "--rounds", "1", "--json", str(out)])
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["config"].startswith("configs/synthetic.yaml: mn2_r50, P=72, T0=16, T_G=16, T_L=2, 160 px")
+    assert result["config"].startswith("configs/synthetic.yaml: mn2_r50, P=56, T0=16, T_G=16, T_L=2, 160 px")
     assert "encoders in the default memory format" in result["sides"]["fp32"]["settings"]
     assert "channels-last 2-D encoders" in result["sides"]["channels_last"]["settings"]
     assert "float32 for training" in result["sides"]["channels_last"]["settings"]
