@@ -131,3 +131,21 @@ def test_prediction_reports_focus_frames_of_the_two_exits():
 
     model = tiny_tsm()
     assert [focus_frames_used(stage, model) for stage in (0, 1)] == [0, model.num_focus]
+
+
+def test_zero_init_residual_reaches_both_shifted_encoders():
+    """--zero_init_residual through the tsm variant: the BatchNorm closing every residual block of the
+    shifted glance and focus networks starts at zero; without the flag none does."""
+    def closing_norms(model):
+        glance = [block.conv[-1] for block in model.glance.features if getattr(block, "use_res_connect", False)]
+        focus = [block.bn2 for name in ("layer1", "layer2", "layer3", "layer4") for block in getattr(model.focus, name)]
+        return glance + focus
+
+    zeroed = get_variant("tsm").build_from(config.parse_args(
+        ["--variant", "tsm", "--no-pretrained", "--zero_init_residual", "--focus_arch", "resnet18",
+         "--num_segments", "8", "--num_glance_segments", "4", "--num_focus_segments", "3", "--patch_size", "32",
+         "--input_size", "64"]), num_classes=4)
+    norms = closing_norms(zeroed)
+    assert len(norms) == 10 + 8  # MobileNetV2's shortcut blocks, ResNet-18's blocks
+    assert all(torch.count_nonzero(norm.weight) == 0 for norm in norms)
+    assert all(torch.count_nonzero(norm.weight) > 0 for norm in closing_norms(tiny_tsm()))
