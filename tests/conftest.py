@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 
 import entry_points
-from support import X3D_MANIFEST, x3d_reference
+from support import fixture_params, require_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_VIDEOS = ("Megamind.avi", "Megamind_bugy.avi", "tree.avi", "vtest.avi")
 DEFAULT_VIDEO_DIR = Path.home() / ".cache" / "uniadafocus" / "test-videos"
+#: The X3D fixtures' checkpoint generator (the ``checkpoint_generator`` their parity fixtures name).
+X3D_GENERATOR = "make_parity_checkpoint_x3d.py"
 
 
 def _complete(folder: Path) -> bool:
@@ -101,13 +103,13 @@ def grey_to_frame():
     return lambda grey: int(round(float(grey) / 5))
 
 
-@pytest.fixture(scope="session")
-def x3d_pyth(tmp_path_factory) -> Path:
-    """A folder with x3d_s.pyth and x3d_l.pyth in SlowFast's layout, written once by the reference
-    fixtures' generator (``make_parity_checkpoint_x3d.py --pyth``, seed 0)."""
-    folder = x3d_reference()
+@pytest.fixture(scope="session", params=fixture_params("*_state_dict.json", "x3d"))
+def x3d_pyth(request, tmp_path_factory) -> Path:
+    """A folder with x3d_s.pyth and x3d_l.pyth in SlowFast's layout, written by the X3D fixtures' generator
+    (``make_parity_checkpoint_x3d.py --pyth``, seed 0) from each manifest of the reference x3d folder."""
+    manifest = require_fixture(request.param)
     out = tmp_path_factory.mktemp("pyth")
-    run = entry_points.run([sys.executable, str(folder / "make_parity_checkpoint_x3d.py"), str(folder / X3D_MANIFEST),
-                            "--seed", "0", "--pyth", str(out)], timeout=600)
+    run = entry_points.run([sys.executable, str(manifest.parent / X3D_GENERATOR), str(manifest), "--seed", "0",
+                            "--pyth", str(out)], timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return out

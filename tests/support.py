@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -28,33 +30,51 @@ def require_reference() -> Path:
     return path
 
 
-X3D_MANIFEST = "uni_adafocus_x3d_k400_p128_16and32_state_dict.json"
+class MissingFixture(NamedTuple):
+    """The one parameter :func:`fixture_params` gives when no file matches ``pattern`` in ``where``."""
+    where: str
+    pattern: str
 
 
-def x3d_reference() -> Path:
-    """The X3D fixtures' folder (reference/x3d); skips when its manifest is absent."""
-    folder = require_reference() / "x3d"
-    if not (folder / X3D_MANIFEST).is_file():
-        pytest.skip(f"X3D reference fixtures not found in {folder}")
-    return folder
+def fixture_params(pattern: str, *subfolders: str) -> list:
+    """pytest parameters, one per file of the reference folder matching ``pattern`` (a glob) in each of
+    ``subfolders`` ("" for the folder itself), with the file name as the test id; collected at import time
+    from file names only (nothing is loaded). Where no file matches, one :class:`MissingFixture`
+    parameter, which :func:`require_fixture` turns into a skip or a failure."""
+    root = reference_dir()
+    found = [path for sub in (subfolders or ("",)) if (root / sub).is_dir() for path in sorted((root / sub).glob(pattern))]
+    if found:
+        return [pytest.param(path, id=path.name) for path in found]
+    where = " or ".join(str(root / sub) for sub in (subfolders or ("",)))
+    return [pytest.param(MissingFixture(where, pattern), id=f"no-{pattern}")]
 
 
-def parity_generator():
-    """The fixtures' own checkpoint generator module (make_parity_checkpoint.py), imported by path."""
-    path = require_reference() / "make_parity_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("make_parity_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def require_fixture(param) -> Path:
+    """A parameter of :func:`fixture_params` as a path. Without the reference folder the test skips (fails
+    with $UNIADAFOCUS_REQUIRE_REFERENCE=1, as :func:`require_reference`); with the folder but no matching
+    file it fails: the folder was meant to hold one."""
+    if isinstance(param, MissingFixture):
+        require_reference()
+        pytest.fail(f"no {param.pattern} in {param.where}")
+    return param
 
 
-def fixture_generator(fixture_path: Path, fixture: dict):
-    """The checkpoint generator a parity fixture names (``checkpoint_generator``, relative to its folder)."""
-    path = (fixture_path.parent / fixture["checkpoint_generator"]).resolve()
+def load_generator(path: Path):
+    """A checkpoint generator script (make_parity_checkpoint*.py), imported by path."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+#: The generator of a parity fixture that names none (the mn2_r50 fixtures): the one in its folder.
+DEFAULT_GENERATOR = "make_parity_checkpoint.py"
+
+
+def fixture_generator(fixture_path: Path, fixture: dict):
+    """The checkpoint generator a parity fixture names (``checkpoint_generator``, relative to its folder;
+    :data:`DEFAULT_GENERATOR` in its folder where it names none)."""
+    return load_generator((fixture_path.parent / fixture.get("checkpoint_generator", DEFAULT_GENERATOR)).resolve())
 
 
 def fixture_manifest_path(fixture_path: Path, fixture: dict) -> Path:
@@ -63,6 +83,26 @@ def fixture_manifest_path(fixture_path: Path, fixture: dict) -> Path:
         if (folder / fixture["manifest"]).is_file():
             return folder / fixture["manifest"]
     raise FileNotFoundError(f"{fixture['manifest']} (named by {fixture_path})")
+
+
+def manifest_entries(path: Path) -> list:
+    """A state-dict manifest: the JSON list of ``[key, shape, dtype]``, checked to be one (ValueError
+    naming the file and the entry otherwise)."""
+    entries = json.loads(Path(path).read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: not a JSON list")
+    for i, entry in enumerate(entries):
+        ok = (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[2], str)
+              and isinstance(entry[1], list) and all(isinstance(n, int) and n >= 0 for n in entry[1]))
+        if not ok:
+            raise ValueError(f"{path}: entry {i} is not [key, shape, dtype]: {entry!r}")
+    return entries
+
+
+def pyth_num_classes(folder: Path) -> int:
+    """The class count of the X3D-S weight file ``folder/x3d_s.pyth`` (rows of its head projection)."""
+    state = torch.load(folder / "x3d_s.pyth", map_location="cpu", weights_only=True)["model_state"]
+    return state["head.projection.weight"].shape[0]
 
 
 TINY = dict(num_classes=5, num_segments=8, num_glance_segments=4, num_focus_segments=4, patch_size=32,

@@ -13,7 +13,7 @@ from torchvision.transforms import InterpolationMode
 from datasets import DATASETS, ListFileError, build_dataset, class_names, num_classes, resolve_spec
 from datasets.sampling import segment_indices
 from datasets.transforms import FullResSample, MultiScaleCrop, ResizeCenterCrop
-from support import reference_dir
+from support import fixture_params, require_fixture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,19 +149,14 @@ def test_class_count_for_other_layouts(tmp_path, write_frames):
 
 
 # --- (b) the official three-crop fixture -----------------------------------------------------------
-def _three_crop_fixtures():
-    folder = reference_dir() / "x3d"
-    found = sorted(folder.glob("parity_*crop*.pt")) if folder.is_dir() else []
-    return found or [folder / "parity_k400_3crop_seed0.pt"]
-
-
-def _load_fixture(path: Path):
-    if not path.is_file():
-        reason = f"3-crop fixture not found: {path} (set UNIADAFOCUS_REFERENCE)"
-        if os.environ.get("UNIADAFOCUS_REQUIRE_REFERENCE") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return torch.load(path, weights_only=True)
+def _load_three_crop_fixture(param):
+    """An x3d parity fixture that records a three-crop evaluation (``frame_recipe``, ``crop_offsets_xy``);
+    a forward fixture skips."""
+    path = require_fixture(param)
+    fixture = torch.load(path, weights_only=True)
+    if "crop_offsets_xy" not in fixture:
+        pytest.skip(f"{path.name} is a forward fixture: it records no three-crop evaluation")
+    return fixture
 
 
 def _fixture_frames(fixture):
@@ -190,12 +185,12 @@ def _interleaving_length(G, T0):
     raise AssertionError(f"no video length separates {G} glance and {T0} focus centres")
 
 
-def _official_normalise(views_u8):
+def _official_normalise(views_u8, mean, std):
     """uint8 (V, K, 3, S, S) -> the official (1, V·K·3, S, S) tensor: frames stacked on channels
     crop-major, ToTorchFormatTensor (float / 255), then GroupNormalize's in-place per-channel loop."""
     x = views_u8.reshape(-1, *views_u8.shape[-2:]).float().div(255)
     for c, plane in enumerate(x):
-        plane.sub_(IMAGENET_MEAN[c % 3]).div_(IMAGENET_STD[c % 3])
+        plane.sub_(mean[c % 3]).div_(std[c % 3])
     return x.unsqueeze(0)
 
 
@@ -209,13 +204,15 @@ def _assert_checksum(x, checksum, shape):
     assert flat.double().abs().sum().item() == pytest.approx(checksum["abs_sum"], rel=1e-9)
 
 
-@pytest.mark.parametrize("path", _three_crop_fixtures(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", fixture_params("parity_*.pt", "x3d"))
 def test_three_crops_match_the_official_fixture(tmp_path, path):
-    fixture = _load_fixture(path)
+    fixture = _load_three_crop_fixture(path)
     cfg = fixture["config"]
     G, T0, V = cfg["num_glance_segments"], cfg["num_input_focus_segments"], cfg["test_crops"]
     S, H, W = cfg["input_size"], *cfg["frame_hw"]
-    assert (V, tuple(cfg["input_mean"]), tuple(cfg["input_std"])) == (3, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = cfg["input_mean"], cfg["input_std"]
+    # the views the dataset can make, and the normalisation the models apply
+    assert (V, tuple(mean), tuple(std)) == (3, IMAGENET_MEAN, IMAGENET_STD)
     assert fixture["crop_names"] == ["left", "right", "center"]
     offsets = [tuple(o) for o in fixture["crop_offsets_xy"].tolist()]
     # The official slices reproduce the official tensors exactly, so exact comparisons are meaningful.
@@ -231,7 +228,7 @@ def test_three_crops_match_the_official_fixture(tmp_path, path):
                              (focus_clip, "images_input_checksum", fixture["images_input_shape"])):
         views = geometry.apply(clip)
         assert views.shape == (V, len(clip), 3, S, S)
-        _assert_checksum(_official_normalise(views), fixture[key], shape)
+        _assert_checksum(_official_normalise(views, mean, std), fixture[key], shape)
 
     # The dataset: one video whose glance centres and focus centres hit the fixture's two frame sets.
     n, glance_at, focus_at = _interleaving_length(G, T0)
@@ -244,7 +241,8 @@ def test_three_crops_match_the_official_fixture(tmp_path, path):
     (root / "labels").mkdir()
     (root / "labels" / "val_videofolder.txt").write_text(f"abseiling/fixture_000000_000010 {n} 0\n")
     ds = build_dataset("kinetics", str(root), "val", num_segments=T0, input_size=S, glance_segments=G,
-                       test_crops=V, scale_size=cfg["scale_size"], template="img_{:05d}.png")
+                       test_crops=V, scale_size=cfg["scale_size"], template="img_{:05d}.png",
+                       class_count=cfg["num_classes"])
     assert ds.test_crops == V
     assert ds.glance_indices(0).tolist() == glance_at.tolist() and ds.frame_indices(0).tolist() == focus_at.tolist()
     item = ds[0]
@@ -254,11 +252,11 @@ def test_three_crops_match_the_official_fixture(tmp_path, path):
     for v, (x, y) in enumerate(offsets):              # view v = crop v, in the official order
         assert torch.equal(item["glance"][v], glance_clip[:, :, y:y + S, x:x + S])
         assert torch.equal(item["video"][v], focus_clip[:, :, y:y + S, x:x + S])
-    _assert_checksum(_official_normalise(item["glance"]), fixture["images_glance_checksum"],
+    _assert_checksum(_official_normalise(item["glance"], mean, std), fixture["images_glance_checksum"],
                      fixture["images_glance_shape"])
-    _assert_checksum(_official_normalise(item["video"]), fixture["images_input_checksum"],
+    _assert_checksum(_official_normalise(item["video"], mean, std), fixture["images_input_checksum"],
                      fixture["images_input_shape"])
-    assert item["labels"].shape == (400,) and int(item["label"]) == 0
+    assert item["labels"].shape == (cfg["num_classes"],) and int(item["label"]) == 0
 
 
 # --- (c) portrait and other frame sizes ------------------------------------------------------------

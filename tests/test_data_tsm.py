@@ -10,18 +10,21 @@ import datasets.frames as frames_module
 from datasets import DATASETS, build_dataset, num_classes
 from datasets.sampling import STREAM_SPATIAL, STREAM_TEMPORAL, glance_focus_indices, sample_rng, segment_indices
 from datasets.transforms import crop_size_pairs, fixed_offsets
-from support import require_reference
+from support import fixture_params, require_fixture
 
 TSM_DATASETS = ("something", "somethingv2", "jester")
+#: The frame opener as the module defines it, captured once: tests that count opened files wrap this one.
+ORIGINAL_OPEN_FRAME = frames_module.open_frame
+#: The official training crop draws of the data fixtures: ``GroupMultiScaleCrop(224, ...)`` (fixture README;
+#: the files record the frame size and the draws, not the crop size).
+TRAIN_CROP_SIZE = 224
 
 
-@pytest.fixture(scope="module")
-def data_fixtures():
-    """Every ``tsm/data_indices_*.pt`` of the reference folder (they describe themselves)."""
-    paths = sorted((require_reference() / "tsm").glob("data_indices_*.pt"))
-    if not paths:
-        pytest.skip("no tsm/data_indices_*.pt fixture in the reference folder")
-    return [(p.name, torch.load(p, weights_only=True)) for p in paths]
+@pytest.fixture(scope="module", params=fixture_params("data_indices_*.pt", "tsm"))
+def data_fixture(request):
+    """One ``tsm/data_indices_*.pt`` of the reference folder (each describes itself): (file name, contents)."""
+    path = require_fixture(request.param)
+    return path.name, torch.load(path, weights_only=True)
 
 
 def _sizes(fx):
@@ -33,28 +36,29 @@ def _rows(fx):
     return [(f"vid{i:03d}", int(n), i) for i, n in enumerate(fx["lengths"].tolist())]
 
 
-def test_eval_indices_equal_the_official_glance_and_focus_sets(data_fixtures):
-    for name, fx in data_fixtures:
-        g, t0 = _sizes(fx)
+def test_eval_indices_equal_the_official_glance_and_focus_sets(data_fixture):
+    name, fx = data_fixture
+    g, t0 = _sizes(fx)
+    for i, n in enumerate(fx["lengths"].tolist()):
+        glance, focus = glance_focus_indices(n, t0, g)
+        assert glance.tolist() == fx["val"]["glance"][i].tolist(), (name, n)
+        assert focus.tolist() == fx["val"]["focus"][i].tolist(), (name, n)
+        assert segment_indices(n, g).tolist() == glance.tolist()
+
+
+def test_train_indices_equal_the_official_draws_for_each_seed(data_fixture):
+    name, fx = data_fixture
+    g, t0 = _sizes(fx)
+    seeds = list(fx["train_seeds"])
+    assert seeds and sorted(fx["train"]) == sorted(seeds), name  # every recorded seed has its draws
+    for seed in seeds:
+        # The official recipe: the global numpy RNG seeded once, then for every length in list
+        # order rand(G) for the glance set and rand(T0) for the focus set.
+        rng = np.random.RandomState(seed)
         for i, n in enumerate(fx["lengths"].tolist()):
-            glance, focus = glance_focus_indices(n, t0, g)
-            assert glance.tolist() == fx["val"]["glance"][i].tolist(), (name, n)
-            assert focus.tolist() == fx["val"]["focus"][i].tolist(), (name, n)
-            assert segment_indices(n, g).tolist() == glance.tolist()
-
-
-def test_train_indices_equal_the_official_draws_for_each_seed(data_fixtures):
-    for name, fx in data_fixtures:
-        g, t0 = _sizes(fx)
-        assert list(fx["train_seeds"]) == [0, 1]
-        for seed in fx["train_seeds"]:
-            # The official recipe: the global numpy RNG seeded once, then for every length in list
-            # order rand(G) for the glance set and rand(T0) for the focus set.
-            rng = np.random.RandomState(seed)
-            for i, n in enumerate(fx["lengths"].tolist()):
-                glance, focus = glance_focus_indices(n, t0, g, rng=rng)
-                assert glance.tolist() == fx["train"][seed]["glance"][i].tolist(), (name, seed, n)
-                assert focus.tolist() == fx["train"][seed]["focus"][i].tolist(), (name, seed, n)
+            glance, focus = glance_focus_indices(n, t0, g, rng=rng)
+            assert glance.tolist() == fx["train"][seed]["glance"][i].tolist(), (name, seed, n)
+            assert focus.tolist() == fx["train"][seed]["focus"][i].tolist(), (name, seed, n)
 
 
 def test_train_order_divides_by_the_segment_count_before_multiplying():
@@ -70,58 +74,53 @@ def test_train_order_divides_by_the_segment_count_before_multiplying():
             assert segment_indices(n, s, rng=Halves()).tolist() == segment_indices(n, s).tolist()
 
 
-def test_getitem_val_reads_the_official_files_and_label(data_fixtures, tmp_path, monkeypatch, write_frames,
+def test_getitem_val_reads_the_official_files_and_label(data_fixture, tmp_path, monkeypatch, write_frames,
                                                         grey_to_frame):
-    for name, fx in data_fixtures:
-        g, t0 = _sizes(fx)
-        dataset = fx["config"]["dataset"]
-        spec = DATASETS[dataset]
-        assert fx["config"]["image_tmpl"] == spec.template
-        root = tmp_path / name
-        root.mkdir()
-        rows = _rows(fx)
-        (root / spec.class_file).write_text("".join(f"class {i}\n" for i in range(len(rows))))
-        (root / spec.val_list).write_text("".join(f"{v} {n} {label}\n" for v, n, label in rows))
-        recorded = fx["getitem_val"]
-        for entry in recorded:                              # frames of the first kept videos only
-            video, n, _ = entry["row"].split(" ")
-            write_frames(root / spec.frame_root / video, int(n), template=spec.template)
-        ds = build_dataset(dataset, str(root), "val", num_segments=t0, input_size=32, glance_segments=g,
-                           min_frames=3, check_folders=False)
-        assert [r.num_frames for r in ds.records] == fx["kept_by_parse_list"].tolist()
+    name, fx = data_fixture
+    g, t0 = _sizes(fx)
+    dataset = fx["config"]["dataset"]
+    spec = DATASETS[dataset]
+    assert fx["config"]["image_tmpl"] == spec.template
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = _rows(fx)
+    (root / spec.class_file).write_text("".join(f"class {i}\n" for i in range(len(rows))))
+    (root / spec.val_list).write_text("".join(f"{v} {n} {label}\n" for v, n, label in rows))
+    recorded = fx["getitem_val"]
+    for entry in recorded:                              # frames of the first kept videos only
+        video, n, _ = entry["row"].split(" ")
+        write_frames(root / spec.frame_root / video, int(n), template=spec.template)
+    ds = build_dataset(dataset, str(root), "val", num_segments=t0, input_size=32, glance_segments=g,
+                       min_frames=3, check_folders=False)
+    assert [r.num_frames for r in ds.records] == fx["kept_by_parse_list"].tolist()
 
-        opened = []
-        real_open = frames_module.open_frame
-        monkeypatch.setattr(frames_module, "open_frame", lambda path: opened.append(path) or real_open(path))
-        frame_root = root / spec.frame_root
-        for i, entry in enumerate(recorded):
-            record = ds.records[i]
-            assert f"{record.path} {record.num_frames} {record.labels[0]}" == entry["row"]
-            assert (entry["n_glance"], entry["n_focus"]) == (g, t0)
-            opened.clear()
-            item = ds[i]
-            files = entry["files"]
-            # Each distinct file is decoded once, in frame order ...
-            assert [str(Path(p).relative_to(frame_root)) for p in opened] == sorted(set(files))
-            # ... and the frames come out in the official order: G glance files, then T0 focus files.
-            shown = [f"{record.path}/{spec.template.format(grey_to_frame(v))}"
-                     for v in torch.cat([item["glance"], item["video"]])[:, 1, 16, 16].tolist()]
-            assert shown == files
-            assert item["label"].item() == entry["label"]
+    opened = []
+    monkeypatch.setattr(frames_module, "open_frame", lambda path: opened.append(path) or ORIGINAL_OPEN_FRAME(path))
+    frame_root = root / spec.frame_root
+    for i, entry in enumerate(recorded):
+        record = ds.records[i]
+        assert f"{record.path} {record.num_frames} {record.labels[0]}" == entry["row"]
+        assert (entry["n_glance"], entry["n_focus"]) == (g, t0)
+        opened.clear()
+        item = ds[i]
+        files = entry["files"]
+        # Each distinct file is decoded once, in frame order ...
+        assert [str(Path(p).relative_to(frame_root)) for p in opened] == sorted(set(files))
+        # ... and the frames come out in the official order: G glance files, then T0 focus files.
+        shown = [f"{record.path}/{spec.template.format(grey_to_frame(v))}"
+                 for v in torch.cat([item["glance"], item["video"]])[:, 1, 16, 16].tolist()]
+        assert shown == files
+        assert item["label"].item() == entry["label"]
 
 
-def test_train_crop_candidates_hold_the_official_draws(data_fixtures):
-    for name, fx in data_fixtures:
-        width, height = fx["crop_image_size_wh"]
-        draws = fx["train_crops"]
-        for d in draws:
-            assert (d["crop_w"], d["crop_h"]) in crop_size_pairs(width, height, 224)
-            assert (d["offset_w"], d["offset_h"]) in fixed_offsets(width, height, d["crop_w"], d["crop_h"])
-        # The official glance and focus crops of one video are separate draws (and differ here).
-        by_video = {}
-        for d in draws:
-            by_video.setdefault(d["video"], {})[d["set"]] = (d["crop_w"], d["crop_h"], d["offset_w"], d["offset_h"])
-        assert all(v["glance"] != v["focus"] for v in by_video.values())
+def test_train_crop_candidates_hold_the_official_draws(data_fixture):
+    name, fx = data_fixture
+    width, height = fx["crop_image_size_wh"]
+    for d in fx["train_crops"]:
+        assert (d["crop_w"], d["crop_h"]) in crop_size_pairs(width, height, TRAIN_CROP_SIZE), (name, d)
+        assert (d["offset_w"], d["offset_h"]) in fixed_offsets(width, height, d["crop_w"], d["crop_h"]), (name, d)
+    # The official glance and focus crops of one video are separate draws (the public fixture's differ for
+    # every video); that ours are is test_train_crops_of_the_two_sets_are_independent_unless_shared.
 
 
 def _sth_layout(root, write_frames, name="something", videos=(("a", 9, 1), ("b", 30, 0)), size=(40, 30),

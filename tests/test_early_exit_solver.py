@@ -8,92 +8,91 @@ import numpy as np
 import pytest
 import torch
 
+from datasets import DATASETS
 from ops.early_exit import (CRITERIA, LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, ThresholdsFileError,
                             assign_exits, budget_sweep, count_exits, descending_order,
                             evaluate_exits, exit_scores, expected_gflops, fixed_exit_curve,
                             geometric_exit_distribution, load_thresholds, random_exit_baseline,
                             save_thresholds, solve_thresholds, thresholds_for_budget)
 from ops.metrics import mean_average_precision, topk_accuracy
-from support import reference_dir
-
-FIXTURE_RUNS = ("actnet/confidence", "actnet/entropy", "minik/confidence", "minik/entropy")
+from support import fixture_params, require_fixture
 
 
 # ---------------------------------------------------------------------------------------------------
-# Parity with the official early_exit() (shared/reference/early_exit_parity.pt)
+# Parity with the official early_exit(): every early_exit_*.pt in the reference folder itself
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def parity():
-    path = reference_dir() / "early_exit_parity.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set UNIADAFOCUS_REFERENCE)")
-    data = torch.load(path, weights_only=True)
+@pytest.fixture(scope="module", params=fixture_params("early_exit_*.pt"))
+def parity(request):
+    """A fixture and our sweep of each of its runs, named ``{dataset}/{criterion}``: the dataset gives the
+    metric (its registry entry's: mAP for actnet, top-1 for minik), the run its Python ``random`` seed."""
+    data = torch.load(require_fixture(request.param), weights_only=True)
     inputs, results = data["inputs"], {}
-    for run in FIXTURE_RUNS:
+    assert data["runs"], "the fixture records no run"
+    for run in data["runs"]:
         dataset, criterion = run.split("/")
         # The fixture seeded Python's `random` with python_random_seed before each early_exit();
-        # random.Random(seed) replays the same 19 random.shuffle draws.
+        # random.Random(seed) replays the same random.shuffle draws, one per p.
         seed = data["runs"][run].get("python_random_seed", 0)
         results[run] = budget_sweep(
             inputs["train_logits"], inputs["train_targets"], inputs["val_logits"], inputs["val_targets"],
-            data["flops_table"], criterion=criterion, metric="mAP" if dataset == "actnet" else "top1",
+            data["flops_table"], criterion=criterion, metric=DATASETS[dataset].metric,
             p_values=data["p_values"], generator=random.Random(seed))
     return data, results
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_exit_counts_are_exact(parity, run):
+def test_fixture_exit_counts_are_exact(parity):
     data, results = parity
-    assert torch.equal(torch.tensor([pt.exit_counts for pt in results[run].points]).float(), data["runs"][run]["exit_counts"])
+    for run, res in results.items():
+        ours = torch.tensor([pt.exit_counts for pt in res.points]).float()
+        assert torch.equal(ours, data["runs"][run]["exit_counts"]), run
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_thresholds(parity, run):
+def test_fixture_thresholds(parity):
     data, results = parity
-    ours = torch.tensor([pt.thresholds for pt in results[run].points], dtype=torch.float64).float()
-    ref = data["runs"][run]["thresholds"]
-    if run.endswith("confidence"):
-        assert torch.equal(ours, ref)            # max logits: bit-exact
-    else:
-        # Entropy: our criterion is the official float32 expression and bit-identical to it on this
-        # machine, but the fixture's values differ by <= 2 float32 ulps (measured 2.2e-7 relative):
-        # exp/log kernels differ between CPUs. The 1e8 / -1e8 sentinels are exact.
-        sentinel = ref.abs() >= 1e7
-        assert torch.equal(ours[sentinel], ref[sentinel])
-        assert torch.allclose(ours[~sentinel], ref[~sentinel], rtol=1e-6, atol=0)
+    for run, res in results.items():
+        ours = torch.tensor([pt.thresholds for pt in res.points], dtype=torch.float64).float()
+        ref = data["runs"][run]["thresholds"]
+        if run.endswith("confidence"):
+            assert torch.equal(ours, ref), run            # max logits: bit-exact
+        else:
+            # Entropy: our criterion is the official float32 expression and bit-identical to it on this
+            # machine, but the fixture's values differ by <= 2 float32 ulps (measured 2.2e-7 relative):
+            # exp/log kernels differ between CPUs. The 1e8 / -1e8 sentinels are exact.
+            sentinel = ref.abs() >= 1e7
+            assert torch.equal(ours[sentinel], ref[sentinel]), run
+            assert torch.allclose(ours[~sentinel], ref[~sentinel], rtol=1e-6, atol=0), run
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_exit_ratios_are_exact(parity, run):
+def test_fixture_exit_ratios_are_exact(parity):
     data, results = parity
-    assert torch.equal(torch.tensor([pt.exit_ratios for pt in results[run].points], dtype=torch.float32), data["runs"][run]["ratio_list"])
+    for run, res in results.items():
+        ours = torch.tensor([pt.exit_ratios for pt in res.points], dtype=torch.float32)
+        assert torch.equal(ours, data["runs"][run]["ratio_list"]), run
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_expected_flops(parity, run):
+def test_fixture_expected_flops(parity):
     data, results = parity
-    assert results[run].flops_list == pytest.approx(data["runs"][run]["flops_list"], rel=1e-6, abs=0)
+    for run, res in results.items():
+        assert res.flops_list == pytest.approx(data["runs"][run]["flops_list"], rel=1e-6, abs=0), run
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_metric(parity, run):
+def test_fixture_metric(parity):
     # mAP: ours is float64 from the same ranks, the official float32 (measured gap <= 5e-6).
     data, results = parity
-    assert results[run].metric_list == pytest.approx(data["runs"][run]["metric_list"], rel=0, abs=1e-4)
+    for run, res in results.items():
+        assert res.metric_list == pytest.approx(data["runs"][run]["metric_list"], rel=0, abs=1e-4), run
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_random_baseline_metric_with_the_official_draws(parity, run):
+def test_fixture_random_baseline_metric_with_the_official_draws(parity):
     data, results = parity
-    assert results[run].random_metric_list == pytest.approx(
-        data["runs"][run]["random_metric_list"], rel=0, abs=1e-4)
+    for run, res in results.items():
+        assert res.random_metric_list == pytest.approx(data["runs"][run]["random_metric_list"], rel=0, abs=1e-4), run
 
 
-@pytest.mark.parametrize("run", FIXTURE_RUNS)
-def test_fixture_last_stage_metric(parity, run):
+def test_fixture_last_stage_metric(parity):
     data, results = parity
-    assert results[run].last_stage_metric == pytest.approx(
-        data["runs"][run]["last_stage_metric"], rel=0, abs=1e-4)
+    for run, res in results.items():
+        assert res.last_stage_metric == pytest.approx(data["runs"][run]["last_stage_metric"], rel=0, abs=1e-4), run
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ops import config, engine
 from ops import distributed as dist_ops
 from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores
 from ops.run_log import RunLog
-from support import REPO, random_video, random_video_loader, reference_dir, require_reference
+from support import REPO, random_video, random_video_loader, require_fixture
 from test_adaptive import CRITERIA, _solved, calibrated_tiny_model
 from test_main import SYNTHETIC, TINY
 
@@ -59,17 +59,6 @@ def on_cpu(out):
                                        if isinstance(getattr(out, f.name), torch.Tensor)})
 
 
-def _missing(path, folder):
-    """The CPU parity tests' rule when a variant has no fixture: skip without the reference folder, else fail."""
-    if path is None:
-        require_reference()
-        pytest.fail(f"no parity_*.pt fixtures in {folder}")
-
-
-def _ids(path):
-    return path.name if path is not None else "none"
-
-
 # ------------------------------------------------------------------------------------------------
 # Parity on CUDA
 # ------------------------------------------------------------------------------------------------
@@ -90,10 +79,9 @@ def _deviations(pairs):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("path", test_parity._fixtures(), ids=_ids)
+@pytest.mark.parametrize("path", test_parity.fixtures())
 def test_mn2_r50_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
-    _missing(path, reference_dir())
-    fx, model, images, info, manifest = test_parity.load_fixture(path, tmp_path)
+    fx, model, images, info, manifest = test_parity.load_fixture(require_fixture(path), tmp_path)
     model = model.to(cuda_float32)
     if channels_last:
         assert engine.use_channels_last(model) == ["glance", "focus"]
@@ -131,10 +119,9 @@ def test_mn2_r50_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("path", test_parity_tsm._fixtures(), ids=_ids)
+@pytest.mark.parametrize("path", test_parity_tsm.fixtures())
 def test_tsm_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
-    _missing(path, reference_dir() / "tsm")
-    fx, model, glance, video, info, manifest = test_parity_tsm.load_fixture(path, tmp_path)
+    fx, model, glance, video, info, manifest = test_parity_tsm.load_fixture(require_fixture(path), tmp_path)
     model = model.to(cuda_float32)
     if channels_last:
         assert engine.use_channels_last(model) == ["glance", "focus"]  # the shift works on channels-last maps
@@ -157,9 +144,9 @@ def test_tsm_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
     torch.testing.assert_close(out.stage_logits[:, 0], fx["global_avg_logit"], **t.LOGITS)
 
 
-@pytest.mark.parametrize("path", test_parity_x3d._fixtures(), ids=_ids)
+@pytest.mark.parametrize("path", test_parity_x3d.fixtures())
 def test_x3d_parity_on_cuda(path, cuda_float32, tmp_path):
-    _missing(path, reference_dir() / "x3d")
+    path = require_fixture(path)
     t = test_parity_x3d
     fx = torch.load(path, weights_only=True)
     model, manifest, info = t._model(path, fx, tmp_path)

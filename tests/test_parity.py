@@ -20,8 +20,6 @@ Two measured deviations are allowed for, and the stage-wise tests below show whe
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -31,7 +29,7 @@ from models.mn2_r50 import official_manifest
 from models import frame_selection, patches
 from ops import objective
 from ops.checkpoint import load_checkpoint
-from support import parity_generator, reference_dir, require_reference
+from support import DEFAULT_GENERATOR, fixture_generator, fixture_params, load_generator, manifest_entries, require_fixture
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 WEIGHTS = dict(atol=1e-5, rtol=1e-5)
@@ -40,9 +38,20 @@ FOCUS_END_TO_END = dict(atol=5e-3, rtol=1e-3)
 STAGE = dict(atol=1e-4, rtol=1e-5)
 
 
-def _fixtures():
-    found = sorted(reference_dir().glob("parity_*.pt"))
-    return found or [pytest.param(None, id="none")]
+def fixtures():
+    """One parameter per ``parity_*.pt`` in the reference folder itself (the mn2_r50 fixtures)."""
+    return fixture_params("parity_*.pt")
+
+
+def manifest_path(fixture_path, fx):
+    """The manifest of an mn2_r50 fixture: the one it names (``manifest``), else the official file name of its
+    configuration, ``uni_adafocus_{dataset}_p{patch_size}_state_dict.json``, in its folder."""
+    cfg = fx["config"]
+    name = fx.get("manifest", f"uni_adafocus_{cfg['dataset']}_p{cfg['patch_size']}_state_dict.json")
+    path = fixture_path.parent / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} (the manifest of {fixture_path.name})")
+    return path
 
 
 def load_fixture(fixture_path, folder):
@@ -55,9 +64,8 @@ def load_fixture(fixture_path, folder):
                         patch_size=cfg["patch_size"], input_size=cfg["input_size"],
                         stn_hidden_dim=cfg["stn_hidden_dim"], temporal_hidden_dim=cfg["temporal_hidden_dim"],
                         dropout=cfg["dropout"], fc_dropout=cfg["fc_dropout"], temperature=cfg["temperature"])
-    mpc = parity_generator()
-    manifest_file = reference_dir() / f"uni_adafocus_{cfg['dataset']}_p{cfg['patch_size']}_state_dict.json"
-    manifest = mpc.load_manifest(manifest_file) if manifest_file.is_file() else official_manifest(model)
+    mpc = fixture_generator(fixture_path, fx)
+    manifest = mpc.load_manifest(manifest_path(fixture_path, fx))
     ckpt = mpc.make_checkpoint(manifest, fx["checkpoint_seed"])
     state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
     assert mpc.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
@@ -71,12 +79,9 @@ def load_fixture(fixture_path, folder):
     return fx, model.eval(), images, info, manifest
 
 
-@pytest.fixture(scope="module", params=_fixtures(), ids=lambda p: p.stem if p else "none")
+@pytest.fixture(scope="module", params=fixtures())
 def parity_run(request, tmp_path_factory):
-    if request.param is None:
-        require_reference()
-        pytest.fail(f"no parity_*.pt fixtures in {reference_dir()}")
-    fx, model, images, info, manifest = load_fixture(request.param, tmp_path_factory.mktemp("parity"))
+    fx, model, images, info, manifest = load_fixture(require_fixture(request.param), tmp_path_factory.mktemp("parity"))
     with torch.no_grad():
         out = model(images)
     return fx, model, images, out, info, manifest
@@ -195,13 +200,15 @@ def test_temporal_term_without_drops_matches(parity_run):
     torch.testing.assert_close(mc, fx["temporal_sample_logits_i0_term"], **LOGITS)
 
 
-def test_manifest_file_is_json_list():
-    """Guard: the manifest format the parity generator reads (a JSON list of [key, shape, dtype])."""
-    path = reference_dir() / "uni_adafocus_actnet_p128_state_dict.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    entries = json.loads(path.read_text())
-    assert len(entries) == 750 and all(len(e) == 3 for e in entries)
+@pytest.mark.parametrize("path", fixture_params("*_state_dict.json"))
+def test_manifest_file_is_json_list(path):
+    """Guard, for each manifest of the reference folder: the format the parity generator reads (a JSON list
+    of [key, shape, dtype], every key once), read by that generator entry for entry."""
+    path = require_fixture(path)
+    entries = manifest_entries(path)
+    assert entries and len({key for key, _, _ in entries}) == len(entries)
+    generator = load_generator(path.parent / DEFAULT_GENERATOR)
+    assert generator.load_manifest(path) == [tuple(e) for e in entries]
 
 
 # ------------------------------------------------------------------------------------------------

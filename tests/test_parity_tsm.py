@@ -18,16 +18,21 @@ from models.inference import prepare_for_inference
 from models.temporal_shift import temporal_shift
 from models.tsm import UniAdaFocusTSM, official_manifest, tsm_flops
 from ops.checkpoint import load_checkpoint
-from support import fixture_generator, fixture_manifest_path, reference_dir, require_reference
+from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 WEIGHTS = dict(atol=1e-5, rtol=1e-4)
 FOCUS_END_TO_END = dict(atol=5e-3, rtol=1e-3)
 
 
-def _fixtures():
-    found = sorted((reference_dir() / "tsm").glob("parity_*.pt"))
-    return found or [None]
+#: The official ``policy_sample_indices`` seeded the global RNG with 7 right before each ``rand_sample`` call
+#: (fixture README, unit cases); the file does not store the seed.
+RAND_SAMPLE_SEED = 7
+
+
+def fixtures():
+    """One parameter per ``tsm/parity_*.pt`` of the reference folder."""
+    return fixture_params("parity_*.pt", "tsm")
 
 
 def build_model(cfg) -> UniAdaFocusTSM:
@@ -60,12 +65,10 @@ def load_fixture(fixture_path, folder):
     return fx, model.eval(), glance, video, info, manifest
 
 
-@pytest.fixture(scope="module", params=_fixtures(), ids=lambda p: p.name if p else "none")
+@pytest.fixture(scope="module", params=fixtures())
 def run(request, tmp_path_factory):
-    if request.param is None:
-        require_reference()
-        pytest.fail(f"no parity_*.pt fixtures in {reference_dir() / 'tsm'}")
-    fx, model, glance, video, info, manifest = load_fixture(request.param, tmp_path_factory.mktemp("tsm_parity"))
+    path = require_fixture(request.param)
+    fx, model, glance, video, info, manifest = load_fixture(path, tmp_path_factory.mktemp("tsm_parity"))
     with torch.no_grad():
         out = model(video, glance=glance)
     return fx, model, glance, video, out, info, manifest
@@ -161,17 +164,21 @@ def test_temporal_monte_carlo_logits_from_the_recorded_draws(run):
 
 def test_unit_cases_temporal_shift(run):
     fx = run[0]
-    for name in ("temporal_shift", "temporal_shift_c20"):
-        case = fx["unit_cases"][name]
+    cases = {name: case for name, case in fx.get("unit_cases", {}).items() if name.startswith("temporal_shift")}
+    if not cases:
+        pytest.skip("this fixture records no temporal-shift unit case")
+    for name, case in cases.items():
         assert torch.equal(temporal_shift(case["x"], case["n_segment"], case["fold_div"]), case["out"]), name
 
 
 def test_unit_cases_frame_selection(run):
     fx = run[0]
+    if not fx.get("unit_cases", {}).get("policy_sample_indices"):
+        pytest.skip("this fixture records no frame-selection unit case")
     for case in fx["unit_cases"]["policy_sample_indices"]:
         weights = case["weights"]
         if case["rand_sample"]:
-            torch.manual_seed(7)  # the official call's only RNG use is one rand_like of (B, L)
+            torch.manual_seed(RAND_SAMPLE_SEED)  # the official call's only RNG use is one rand_like of (B, L)
         indices = frame_selection.select_focus_frames(weights, case["T0"], case["L"], random=case["rand_sample"])
         flat = (indices + case["T0"] * torch.arange(weights.shape[0]).unsqueeze(1)).flatten()
         assert torch.equal(flat, case["out"]), (case["T0"], case["G"], case["L"], case["rand_sample"])

@@ -19,7 +19,7 @@ from models.inference import prepare_for_inference
 from models.uni_adafocus_x3d import UniAdaFocusX3D, official_manifest, x3d_flops
 from ops.checkpoint import load_checkpoint
 from ops.engine import average_views
-from support import fixture_generator, fixture_manifest_path, reference_dir, require_reference
+from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 MAPS = dict(atol=5e-3, rtol=1e-3)
@@ -27,12 +27,9 @@ WEIGHTS = dict(atol=1e-5, rtol=1e-4)
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
-def _fixtures(three_crop=None):
-    """Every x3d parity fixture, or only the forward (three_crop=False) or three-crop (True) ones."""
-    found = sorted((reference_dir() / "x3d").glob("parity_*.pt"))
-    if three_crop is not None:
-        found = [p for p in found if ("outputs_per_crop" in torch.load(p, weights_only=True)) == three_crop]
-    return found or [None]
+def fixtures():
+    """One parameter per ``x3d/parity_*.pt`` of the reference folder (forward and three-crop fixtures)."""
+    return fixture_params("parity_*.pt", "x3d")
 
 
 def _model(fixture_path, fx, tmp_path):
@@ -53,15 +50,23 @@ def _model(fixture_path, fx, tmp_path):
     return model.eval(), manifest, info
 
 
-def _forward_inputs(fx):
+def glance_input(fx):
+    """A forward fixture's glance frames (B, 3G, S, S), drawn from ``glance_seed`` and scaled frame by frame
+    where ``glance_frame_scale`` is a pair."""
     cfg, b = fx["config"], fx["config"]["batch_size"]
-    g, t0, size = cfg["num_glance_segments"], cfg["num_input_focus_segments"], cfg["input_size"]
+    g, size = cfg["num_glance_segments"], cfg["input_size"]
     glance = torch.randn((b, 3 * g, size, size), generator=torch.Generator().manual_seed(fx["glance_seed"]))
     if fx.get("glance_frame_scale") is not None:
         lo, hi = fx["glance_frame_scale"]
         glance = glance * torch.linspace(lo, hi, g).repeat_interleave(3).view(1, -1, 1, 1)
+    return glance
+
+
+def _forward_inputs(fx):
+    cfg, b = fx["config"], fx["config"]["batch_size"]
+    t0, size = cfg["num_input_focus_segments"], cfg["input_size"]
     video = torch.randn((b, 3 * t0, size, size), generator=torch.Generator().manual_seed(fx["input_seed"]))
-    return glance, video
+    return glance_input(fx), video
 
 
 def _three_crop_inputs(fx):
@@ -85,9 +90,7 @@ def _three_crop_inputs(fx):
 
 
 def _run(path, tmp_path_factory):
-    if path is None:
-        require_reference()
-        pytest.fail(f"no such parity_*.pt fixture in {reference_dir() / 'x3d'}")
+    path = require_fixture(path)
     fx = torch.load(path, weights_only=True)
     model, manifest, info = _model(path, fx, tmp_path_factory.mktemp("x3d_parity"))
     three_crop = "outputs_per_crop" in fx
@@ -97,26 +100,26 @@ def _run(path, tmp_path_factory):
     return fx, model, glance, video, out, info, manifest, three_crop
 
 
-def _ids(p):
-    return p.name if p else "none"
-
-
-@pytest.fixture(scope="module", params=_fixtures(), ids=_ids)
+@pytest.fixture(scope="module", params=fixtures())
 def run(request, tmp_path_factory):
-    """Every fixture (forward and three-crop)."""
+    """Every fixture (forward and three-crop): (fx, model, glance, video, out, info, manifest, three_crop)."""
     return _run(request.param, tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=_fixtures(three_crop=False), ids=_ids)
-def forward_run(request, tmp_path_factory):
-    """The forward fixtures, which record the intermediates too."""
-    return _run(request.param, tmp_path_factory)
+@pytest.fixture
+def forward_run(run):
+    """The forward fixtures, which record the intermediates too (a three-crop fixture skips)."""
+    if run[-1]:
+        pytest.skip("a three-crop fixture: it records no forward intermediates")
+    return run
 
 
-@pytest.fixture(scope="module", params=_fixtures(three_crop=True), ids=_ids)
-def crop_run(request, tmp_path_factory):
-    """The three-crop fixtures."""
-    return _run(request.param, tmp_path_factory)
+@pytest.fixture
+def crop_run(run):
+    """The three-crop fixtures (a forward fixture skips)."""
+    if not run[-1]:
+        pytest.skip("a forward fixture: it records no per-crop outputs to average")
+    return run
 
 
 def test_checkpoint_loads_with_every_key(run):

@@ -8,7 +8,7 @@ from models import get_variant
 from models.uni_adafocus_x3d import UniAdaFocusX3D, x3d_flops
 from ops import config, engine
 from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores
-from support import random_video
+from support import pyth_num_classes, random_video
 
 TINY = dict(num_classes=4, num_segments=6, num_glance_segments=4, num_focus_segments=2, patch_size=32,
             input_size=64, glance_size=32, stn_hidden_dim=8, temporal_hidden_dim=8)
@@ -132,7 +132,8 @@ def test_pretrained_initialisation_from_slowfast_files(x3d_pyth):
     from models.x3d import X3DWeightsError, read_x3d_pyth
 
     small, large = x3d_pyth / "x3d_s.pyth", x3d_pyth / "x3d_l.pyth"
-    model = UniAdaFocusX3D(num_classes=400, pretrained=True, glance_weights=str(small), focus_weights=str(large))
+    model = UniAdaFocusX3D(num_classes=pyth_num_classes(x3d_pyth), pretrained=True, glance_weights=str(small),
+                           focus_weights=str(large))
     for x3d, head, path in ((model.glance, model.glance_head, small), (model.focus, model.focus_head, large)):
         state = read_x3d_pyth(str(path))
         assert all(torch.equal(x3d.state_dict()[k], v) for k, v in state.items())

@@ -2,9 +2,6 @@
 
 Full-size networks are built (cheap); forwards run on short, small clips except the two MAC counts.
 """
-import importlib.util
-import json
-
 import pytest
 import torch
 import torch.nn as nn
@@ -13,7 +10,8 @@ import torch.nn.functional as F
 from models.flops import count_gmacs
 from models.x3d import (X3D, PROJECTION_KEYS, SqueezeExcite, Swish, X3DOutput, X3DWeightsError, load_x3d_pyth,
                         load_x3d_state_dict, read_x3d_pyth, round_width, stage_depths, x3d_l, x3d_s)
-from support import X3D_MANIFEST, x3d_reference
+from support import (fixture_generator, fixture_manifest_path, fixture_params, manifest_entries, pyth_num_classes,
+                     require_fixture)
 
 PREFIXES = {"s": "global_CNN.", "l": "local_CNN."}
 BUILD = {"s": x3d_s, "l": x3d_l}
@@ -33,11 +31,15 @@ def clip(n=1, t=2, size=64, seed=0):
 # Structure
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["s", "l"])
-def test_state_dict_equals_the_manifest_key_for_key_in_order(nets, which):
-    entries = json.loads((x3d_reference() / X3D_MANIFEST).read_text())
+@pytest.mark.parametrize("manifest", fixture_params("*_state_dict.json", "x3d"))
+def test_state_dict_equals_the_manifest_key_for_key_in_order(manifest, which):
+    """Each X3D manifest of the reference folder: its glance (X3D-S) or focus (X3D-L) part, key for key, at
+    the manifest's class count."""
+    entries = manifest_entries(require_fixture(manifest))
     prefix = PREFIXES[which]
     expected = [(k[len(prefix):], list(shape)) for k, shape, _ in entries if k.startswith(prefix)]
-    got = [(k, list(v.shape)) for k, v in nets[which].state_dict().items()]
+    classes = dict((k, shape) for k, shape in expected)["head.projection.weight"][0]
+    got = [(k, list(v.shape)) for k, v in BUILD[which](classes).state_dict().items()]
     assert got == expected
 
 
@@ -174,26 +176,32 @@ def test_head_linear_weights_reproduce_the_clip_head_on_the_mean_feature(nets):
         assert torch.allclose(mlp(out.frame_features.mean(dim=1)), out.final_logits, atol=1e-5)
 
 
-def test_x3d_s_reproduces_the_official_glance_outputs():
-    """The official X3D-S (global_CNN) on the parity fixture's glance clip, with the synthetic seed-0 weights."""
-    folder = x3d_reference()
-    script = folder / "make_parity_checkpoint_x3d.py"
-    spec = importlib.util.spec_from_file_location("make_parity_checkpoint_x3d", script)
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
-    state = generator.make_state_dict(generator.load_manifest(str(folder / X3D_MANIFEST)), 0)
-    net = x3d_s(400)
+@pytest.mark.parametrize("path", fixture_params("parity_*.pt", "x3d"))
+def test_x3d_s_reproduces_the_official_glance_outputs(path):
+    """The official X3D-S (global_CNN) on each forward parity fixture's glance clip, with the fixture's
+    synthetic weights (its generator, manifest and checkpoint seed)."""
+    import test_parity_x3d
+
+    path = require_fixture(path)
+    fixture = torch.load(path, map_location="cpu", weights_only=True)
+    if "glance_clip_frame0" not in fixture:
+        pytest.skip(f"{path.name} records no glance clip (a three-crop fixture)")
+    generator = fixture_generator(path, fixture)
+    manifest = generator.load_manifest(str(fixture_manifest_path(path, fixture)))
+    state = generator.make_state_dict(manifest, fixture["checkpoint_seed"])
+    cfg = fixture["config"]
+    net = x3d_s(cfg["num_classes"])
     assert load_x3d_state_dict(net, {k[len("global_CNN."):]: v for k, v in state.items()
                                      if k.startswith("global_CNN.")}) == []
-    fixture = torch.load(folder / "parity_k400_p128_16and32_seed0.pt", map_location="cpu", weights_only=True)
-    glance = torch.randn((2, 48, 224, 224), generator=torch.Generator().manual_seed(1234), dtype=torch.float32)
-    glance = F.interpolate(glance, (160, 160), mode="bilinear").view(2, 16, 3, 160, 160).permute(0, 2, 1, 3, 4)
+    glance = test_parity_x3d.glance_input(fixture)  # (B, 3G, S, S), as the fixture's recipe draws it
+    b, g, side = cfg["batch_size"], cfg["num_glance_segments"], cfg["glance_size"]
+    glance = F.interpolate(glance, (side, side), mode="bilinear").view(b, g, 3, side, side).permute(0, 2, 1, 3, 4)
     assert torch.equal(glance[:, :, 0], fixture["glance_clip_frame0"])
     with torch.no_grad():
         out = net.eval()(glance.contiguous())
     torch.testing.assert_close(out.final_logits, fixture["global_final_logit"], atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(out.feature_maps, fixture["global_feat_maps"], atol=5e-3, rtol=1e-3)
-    torch.testing.assert_close(out.frame_features.reshape(32, 432), fixture["global_feat"], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(out.frame_features.reshape(b * g, -1), fixture["global_feat"], atol=2e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("which, shape, official", [("s", (1, 3, 16, 160, 160), 2.415453044),
@@ -212,7 +220,7 @@ def test_generated_pyth_loads_strictly_with_every_tensor_equal(x3d_pyth, which):
     path = x3d_pyth / f"x3d_{which}.pyth"
     model_state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]
     torch.manual_seed(2)
-    net = BUILD[which](400)
+    net = BUILD[which](pyth_num_classes(x3d_pyth))
     assert load_x3d_pyth(net, str(path)) == []
     own = net.state_dict()
     assert list(own) == list(model_state)
@@ -221,22 +229,24 @@ def test_generated_pyth_loads_strictly_with_every_tensor_equal(x3d_pyth, which):
 
 
 def test_constructor_weights_argument(x3d_pyth):
-    net = x3d_s(400, weights=str(x3d_pyth / "x3d_s.pyth"))
+    net = x3d_s(pyth_num_classes(x3d_pyth), weights=str(x3d_pyth / "x3d_s.pyth"))
     state = read_x3d_pyth(str(x3d_pyth / "x3d_s.pyth"))
     assert torch.equal(net.head.lin_5.weight, state["head.lin_5.weight"])
 
 
 def test_another_class_count_skips_only_the_projection(x3d_pyth):
     path = str(x3d_pyth / "x3d_s.pyth")
-    net = x3d_s(200)
+    classes = pyth_num_classes(x3d_pyth)
+    other = classes // 2 + 1
+    net = x3d_s(other)
     before = {k: net.state_dict()[k].clone() for k in PROJECTION_KEYS}
     notes = load_x3d_pyth(net, path)
-    assert len(notes) == 1 and "head.projection" in notes[0] and "400" in notes[0] and "200" in notes[0]
+    assert len(notes) == 1 and "head.projection" in notes[0] and str(classes) in notes[0] and str(other) in notes[0]
     state = read_x3d_pyth(path)
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key] if key in PROJECTION_KEYS else state[key]), key
     with pytest.raises(X3DWeightsError, match=r"mis-shaped: head\.projection\.weight"):
-        load_x3d_pyth(x3d_s(200), path, skip_mismatched_projection=False)
+        load_x3d_pyth(x3d_s(other), path, skip_mismatched_projection=False)
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -262,7 +272,7 @@ def test_wrong_key_names_the_file_and_the_key(x3d_pyth, tmp_path):
     state["s3.pathway0_res1.branch2.a.kernel"] = state.pop("s3.pathway0_res1.branch2.a.weight")
     path = tmp_path / "renamed.pyth"
     torch.save({"model_state": state, "epoch": 0}, path)
-    net = x3d_s(400)
+    net = x3d_s(pyth_num_classes(x3d_pyth))
     before = net.state_dict()["s1.pathway0_stem.conv_xy.weight"].clone()
     with pytest.raises(X3DWeightsError) as err:
         load_x3d_pyth(net, str(path))
@@ -278,12 +288,12 @@ def test_misshaped_backbone_key_is_an_error(x3d_pyth):
     state["s2.pathway0_res0.branch2.a.weight"] = torch.zeros(55, 24, 1, 1, 1)
     with pytest.raises(X3DWeightsError, match=r"mis-shaped: s2\.pathway0_res0\.branch2\.a\.weight: "
                                               r"file \(55, 24, 1, 1, 1\) vs model \(54, 24, 1, 1, 1\)"):
-        load_x3d_state_dict(x3d_s(400), state, "edited x3d_s.pyth")
+        load_x3d_state_dict(x3d_s(pyth_num_classes(x3d_pyth)), state, "edited x3d_s.pyth")
 
 
 def test_x3d_l_file_into_x3d_s_names_the_extra_blocks(x3d_pyth):
     with pytest.raises(X3DWeightsError, match=r"unexpected keys \(\d+\): s2\.pathway0_res3\."):
-        load_x3d_pyth(x3d_s(400), str(x3d_pyth / "x3d_l.pyth"))
+        load_x3d_pyth(x3d_s(pyth_num_classes(x3d_pyth)), str(x3d_pyth / "x3d_l.pyth"))
 
 
 class Marker:
