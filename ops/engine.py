@@ -104,7 +104,20 @@ def build_dataset(args, split: str, info: dist_ops.DistInfo, train: Optional[boo
 
 
 def _loader_options(args, info: dist_ops.DistInfo) -> Dict:
-    options = dict(num_workers=args.workers, pin_memory=info.device.type == "cuda", persistent_workers=args.workers > 0)
+    """DataLoader options: ``--workers`` persistent workers, and a generator of the loader's own.
+
+    The generator keeps the loader off the global RNGs. A DataLoader draws its workers' base seed when
+    it makes an iterator: from the global torch RNG unless it has a generator. Persistent workers make
+    one iterator in the first epoch a process iterates, a run without workers one per epoch, so that
+    draw moved the global stream (dropout, the random-patch path) by one number in a resumed epoch
+    and not in an uninterrupted one: runs with workers did not resume exactly. With the loader's own
+    generator, seeded from ``--seed`` and the rank, the global stream of every epoch is what
+    :func:`~ops.rng.seed_everything` set, whatever ``--workers`` is and wherever the run resumed;
+    the workers' own seeds do not depend on where it resumed either (the samples draw from
+    :func:`datasets.sampling.sample_rng`, not from the workers' global RNGs).
+    """
+    options = dict(num_workers=args.workers, pin_memory=info.device.type == "cuda", persistent_workers=args.workers > 0,
+                   generator=torch.Generator().manual_seed(epoch_seed(args.seed, 0, info.rank)))
     if args.workers > 0:
         options["prefetch_factor"] = args.prefetch_factor
     return options

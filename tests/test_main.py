@@ -176,26 +176,47 @@ def test_spatial_policy_waits_for_its_start_epoch(data_dir, tmp_path):
     assert not all(torch.equal(held_2[k], moving[k]) for k in held_2)  # without the hold it learns
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path, variant):
-    root = tmp_path / "runs"
-    args = ["--epochs", "3", "--iters_per_epoch", "2", "--batch_size", "4", "--seed", "5", *VARIANTS[variant]]
-    straight = entry_points.start([sys.executable] + _main_args(data_dir, root, *args, "--store_name", "straight"),
-                                  env=_env())  # beside the killed run, on the other core
-
-    cmd = [sys.executable] + _main_args(data_dir, root, *args, "--store_name", "killed")
-    proc = entry_points.start(cmd, env=_env())
-    log = root / "killed" / "log.txt"
+def _kill_when(proc, ready, what):
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 20 ms)."""
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill it in the middle of epoch 1 (after epoch 0's checkpoint)
-        if log.is_file() and "epoch 1 [1/2]" in log.read_text():
-            break
+    while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended before it could be killed\n{proc.wait().stderr[-3000:]}")
-        time.sleep(0.05)
+            pytest.fail(f"the run ended before {what}\n{proc.wait().stderr[-3000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"the run did not reach {what} in 300 s")
+        time.sleep(0.02)
     proc.kill(signal.SIGKILL)
     assert proc.wait().returncode == -signal.SIGKILL
-    assert torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)["epoch"] == 1
+
+
+def _saved_epoch(path):
+    return torch.load(path, weights_only=True)["epoch"] if path.is_file() else 0
+
+
+# Where the run is killed: at the epoch boundary (as soon as epoch 0's checkpoint is there), or in the
+# middle of epoch 1 (once its first step is logged). Both resume from epoch 0's checkpoint and redo epoch 1.
+KILL_POINTS = {"boundary": lambda run: _saved_epoch(run / "ckpt.pth.tar") >= 1,
+               "mid-epoch": lambda run: (run / "log.txt").is_file() and "epoch 1 [1/2]" in (run / "log.txt").read_text()}
+
+
+@pytest.mark.parametrize("variant, workers, kill, processes", [
+    ("mn2_r50", 0, "mid-epoch", 1), ("mn2_r50", 2, "mid-epoch", 1), ("mn2_r50", 2, "boundary", 1),
+    ("tsm", 2, "mid-epoch", 1), ("tsm", 2, "boundary", 1), ("x3d", 0, "mid-epoch", 1), ("mn2_r50", 1, "mid-epoch", 2)])
+def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path, variant, workers, kill, processes):
+    """A run killed and resumed with --resume auto ends bit for bit where an uninterrupted run does. The
+    uninterrupted run has no loader workers and the killed one has ``workers`` per process: every random
+    choice of an epoch (samples, crops, frame indices, dropout, the random-patch path) depends on the seed,
+    the epoch, the rank and the sample, never on the workers or on where the run started."""
+    root = tmp_path / "runs"
+    args = ["--epochs", "3", "--iters_per_epoch", "2", "--batch_size", "4", "--seed", "5", *VARIANTS[variant]]
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone"]
+                                   if processes > 1 else [])
+    straight = entry_points.start(launcher + _main_args(data_dir, root, *args, "--store_name", "straight"),
+                                  env=_env())  # beside the killed run, on the other core
+
+    cmd = launcher + _main_args(data_dir, root, *args, "--store_name", "killed", "--workers", str(workers))
+    _kill_when(entry_points.start(cmd, env=_env()), lambda: KILL_POINTS[kill](root / "killed"), f"the {kill} kill")
+    assert _saved_epoch(root / "killed" / "ckpt.pth.tar") == 1
     _run(cmd + ["--resume", "auto"])
     _check(straight.wait(timeout=420))
 
