@@ -41,11 +41,11 @@ def fixture_params(pattern: str, *subfolders: str) -> list:
     ``subfolders`` ("" for the folder itself), with the file name as the test id; collected at import time
     from file names only (nothing is loaded). Where no file matches, one :class:`MissingFixture`
     parameter, which :func:`require_fixture` turns into a skip or a failure."""
-    root = reference_dir()
-    found = [path for sub in (subfolders or ("",)) if (root / sub).is_dir() for path in sorted((root / sub).glob(pattern))]
+    root, subfolders = reference_dir(), subfolders or ("",)
+    found = [path for sub in subfolders if (root / sub).is_dir() for path in sorted((root / sub).glob(pattern))]
     if found:
         return [pytest.param(path, id=path.name) for path in found]
-    where = " or ".join(str(root / sub) for sub in (subfolders or ("",)))
+    where = " or ".join(str(root / sub) for sub in subfolders)
     return [pytest.param(MissingFixture(where, pattern), id=f"no-{pattern}")]
 
 

@@ -29,7 +29,8 @@ from models.mn2_r50 import official_manifest
 from models import frame_selection, patches
 from ops import objective
 from ops.checkpoint import load_checkpoint
-from support import DEFAULT_GENERATOR, fixture_generator, fixture_params, load_generator, manifest_entries, require_fixture
+from support import (DEFAULT_GENERATOR, fixture_generator, fixture_params, load_generator, manifest_entries,
+                     require_fixture)
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 WEIGHTS = dict(atol=1e-5, rtol=1e-5)
