@@ -8,6 +8,9 @@ Takes the arguments of main.py (the same command with ``--evaluate --resume CKPT
     python test_early_exit.py ... --budget 18.1                                 # thresholds for 18.1 GFLOPs
     python test_early_exit.py --logits LOG/RUN/early_exit/logits_<key>.pt       # re-sweep, no model
 
+The official early-exit scripts of the three releases are this one with ``--criterion confidence
+entropy`` (docs/official-commands.md; ``python -m ops.official_commands "LINE"`` translates a line).
+
 1. Logits. The exit logits of every video (stage 0 = the last glance exit, stage k = after k focus
    frames: T_L + 1 stages) are computed for the threshold set (the training videos with the training
    augmentation by default, as officially; ``--threshold_set val`` or a seeded ``--threshold_subset``

@@ -20,7 +20,8 @@ from .packages import datasets, models, sibling
 
 DESCRIPTION = "Train and evaluate Uni-AdaFocus: one process on a CPU or GPU, or many under torch.distributed."
 
-# Official flags that the official code never read. They are accepted; using one prints a warning.
+# Official flags with no effect here (most of them the official code never read either). They are
+# accepted; using one prints a warning that says why.
 UNUSED_OFFICIAL_FLAGS = {
     "num_steps": "unused officially",
     "sample_sigma": "unused officially",
@@ -38,6 +39,9 @@ UNUSED_OFFICIAL_FLAGS = {
     "npb": "accepted: BatchNorm layers are never frozen here (the official tsm runs pass it)",
     "shift": "accepted: the tsm variant always shifts (shift_div and shift_place set how)",
     "shift_place": "accepted: blockres is the only placement, as in every official command",
+    "root_model": "checkpoints are written beside the logs, in the run folder {root_log}/{store_name} (the "
+                  "official tsm and x3d commands give both roots the same folder); without --root_log, "
+                  "--root_model names that root",
 }
 
 
@@ -107,13 +111,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(the paper's coarse glance; official: full input_size frames, the flag unused); x3d: 160 "
                         "(bilinear, as officially); tsm: unused")
     g.add_argument("--shift_div", type=int, default=8, help="tsm: 1/shift_div of the channels shift each way")
-    g.add_argument("--shift", action="store_true", help="tsm (official flag): the tsm variant always shifts")
+    g.add_argument("--shift", action=argparse.BooleanOptionalAction, default=False,
+                   help="tsm (official flag): the tsm variant always shifts")
     g.add_argument("--shift_place", choices=("blockres",), default="blockres",
                    help="tsm (official flag): the shift sits on the residual branch of every block")
-    g.add_argument("--shared_crop", action="store_true",
+    g.add_argument("--shared_crop", action=argparse.BooleanOptionalAction, default=False,
                    help="tsm: crop the glance frames where the focus candidates are cropped in training "
                         "(official: independent random crops)")
-    g.add_argument("--detach_temporal_input", action="store_true",
+    g.add_argument("--detach_temporal_input", action=argparse.BooleanOptionalAction, default=False,
                    help="stop gradients before the temporal policy (official: not detached; the tsm "
                         "variant always detaches); half of --paper_stop_gradient")
 
@@ -131,7 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mc_samples", type=int, default=128, help="Monte-Carlo samples M")
     g.add_argument("--kl_reference", choices=("official", "glance"), default="official",
                    help="uniform reference of the KL term: 1/T_L (official) or 1/T_G")
-    g.add_argument("--paper_stop_gradient", action="store_true",
+    g.add_argument("--paper_stop_gradient", action=argparse.BooleanOptionalAction, default=False,
                    help="the paper's stop-gradient (§4.1.1, Eq. 21): the temporal policy reads detached glance "
                         "features and the Monte-Carlo term weights per-frame losses as fixed signals, so the "
                         "temporal objective trains the policy alone. Sets --detach_temporal_input and "
@@ -167,24 +172,28 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "localised evidence")
     g.add_argument("--temporal_lr_ratio", type=float, default=0.2, help="LR multiplier of the temporal policy")
     g.add_argument("--classifier_lr_ratio", type=float, default=20.0, help="LR multiplier of the exit classifier")
-    g.add_argument("--amp", action="store_true",
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision for the backbones in training (policy math stays float32); evaluation "
                         "stays float32 as officially unless --eval_amp")
     g.add_argument("--amp_dtype", choices=("bfloat16", "float16"), default="bfloat16",
                    help="autocast type of --amp / --eval_amp; float16 training adds a gradient scaler and needs "
                         "CUDA, bfloat16 needs a GPU with bfloat16 arithmetic (compute capability 8.0+) on CUDA")
-    g.add_argument("--sync_bn", action="store_true",
+    g.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=False,
                    help="synchronise BatchNorm statistics across GPUs (official: off, so BatchNorm sees the "
                         "per-process batch, --batch_size / processes)")
     g.add_argument("--iters_per_epoch", type=int, default=0, help="stop each epoch after N steps (0: full epochs)")
 
     g = p.add_argument_group("run")
     g.add_argument("--root_log", default="exp", help="folder of the run folders")
+    g.add_argument("--root_model", default=None,
+                   help="official tsm / x3d flag (checkpoint root): checkpoints are written beside the logs in "
+                        "the run folder here; it sets --root_log when that is not given")
     g.add_argument("--store_name", default=None,
                    help="run folder name (default UniAdaFocus_{dataset}_{glance_arch}_segment{T0}_e{epochs})")
     g.add_argument("--resume", default="", help="checkpoint to continue from or evaluate; 'auto' = this run's last")
-    g.add_argument("--evaluate", action="store_true", help="evaluate --resume once and exit")
-    g.add_argument("--overwrite", action="store_true",
+    g.add_argument("--evaluate", "-e", action=argparse.BooleanOptionalAction, default=False,
+                   help="evaluate --resume once and exit")
+    g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="start a training run over in a run folder that already holds one (its checkpoints, "
                         "metrics, summary and configuration are deleted); without it such a run refuses to start")
     g.add_argument("--eval_freq", "--eval-freq", dest="eval_freq", type=int, default=1,
@@ -193,10 +202,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_crops", type=int, choices=(1, 3), default=1,
                    help="spatial views per video in evaluation: 1 (centre crop) or 3 (left, right, centre; "
                         "their raw logits averaged, as officially); x3d's official 3-view figure uses 3")
-    g.add_argument("--eval_amp", action="store_true",
+    g.add_argument("--eval_amp", action=argparse.BooleanOptionalAction, default=False,
                    help="evaluate under --amp_dtype autocast too (faster on GPUs; not the official numbers, "
                         "which are float32)")
-    g.add_argument("--policy_ablation", action="store_true",
+    g.add_argument("--policy_ablation", action=argparse.BooleanOptionalAction, default=False,
                    help="the final evaluation also scores the model with uniformly spaced focus frames, with its "
                         "patches at random positions, and both, at equal GFLOPs, and its glance exit alone "
                         "(metrics.json 'policy_ablation'; mn2_r50)")
@@ -211,26 +220,26 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="process-group initialisation (env://, file://...)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--num_visualised", type=int, default=4, help="videos drawn to TensorBoard at each evaluation")
-    g.add_argument("--save_predictions", action="store_true",
+    g.add_argument("--save_predictions", action=argparse.BooleanOptionalAction, default=False,
                    help="with --evaluate: also write predictions_{suffix}.pt (per-video logits, labels, frames, patches)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
     g = p.add_argument_group("CPU evaluation (models/inference.py)")
-    g.add_argument("--plain_model", action="store_true",
+    g.add_argument("--plain_model", action=argparse.BooleanOptionalAction, default=False,
                    help="evaluate with the model as trained; by default a CPU evaluation runs an inference copy "
                         "of the current weights (BatchNorm folded, channels-last, 32 images per encoder call, "
                         "traced glance where safe), equal to rounding and about twice as fast")
-    g.add_argument("--bf16_focus", action="store_true",
+    g.add_argument("--bf16_focus", action=argparse.BooleanOptionalAction, default=False,
                    help="CPU evaluation: the focus encoder under bfloat16 autocast, the glance in float32 (CPUs "
                         "with AVX512-BF16 or AMX; moves logits by ~0.05, not the official float32 numbers)")
 
     g = p.add_argument_group("frame decoding in evaluation (datasets/selected_frames.py)")
-    g.add_argument("--decode_all_frames", action="store_true",
+    g.add_argument("--decode_all_frames", action=argparse.BooleanOptionalAction, default=False,
                    help="decode all T0 candidate frames of every evaluated video, as before; by default the "
                         "mn2_r50 variant's loader decodes its T_G glance frames and the T_L focus frames its "
                         "policy selects are decoded afterwards, only those (identical predictions; tsm and x3d "
                         "always decode all)")
-    g.add_argument("--gpu_decode", action="store_true",
+    g.add_argument("--gpu_decode", action=argparse.BooleanOptionalAction, default=False,
                    help="evaluation on CUDA: the loader reads the JPEG frames' bytes and they are decoded "
                         "(nvjpeg) and resized on the GPU, in one call per batch; equal to the CPU path up to "
                         "the decoders' rounding (mn2_r50; with or without --decode_all_frames)")
@@ -244,7 +253,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="let cuDNN time the convolution algorithms of each input shape and use the fastest on "
                         "CUDA (the choice may differ between runs: --no-cudnn_benchmark keeps cuDNN's fixed "
                         "choice, for reproducing a run)")
-    g.add_argument("--compile", action="store_true",
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the glance and focus encoders (the first steps of each input shape are "
                         "slow while compiling; checkpoints keep their keys)")
 
@@ -252,7 +261,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_steps", type=int, default=1)
     g.add_argument("--sample_sigma", type=float, default=0.015)
     g.add_argument("--hidden_dim", type=int, default=1024)
-    g.add_argument("--sample", action="store_true")
+    g.add_argument("--sample", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--save", default="")
     g.add_argument("--multi_sample_times", type=int, default=3)
     g.add_argument("--scale_factor", type=float, default=0.3)
@@ -260,11 +269,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--fold_id", type=int, default=None)
     g.add_argument("--arch", default="resnet50")
     g.add_argument("--consensus_type", choices=("avg",), default="avg")
-    g.add_argument("--npb", "--no_partialbn", dest="npb", action="store_true")
+    g.add_argument("--npb", "--no_partialbn", dest="npb", action=argparse.BooleanOptionalAction, default=False)
 
     g = p.add_argument_group("official launcher flags (refused with the equivalent torchrun command)")
     g.add_argument("--multiprocessing-distributed", "--multiprocessing_distributed", dest="multiprocessing_distributed",
-                   action="store_true")
+                   action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--world-size", "--world_size", dest="world_size", type=int, default=None)
     g.add_argument("--rank", type=int, default=None)
     g.add_argument("--dist-backend", "--dist_backend", dest="dist_backend", default=None)
@@ -359,6 +368,10 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
     return args
 
 
+#: The official launcher flags (flag as named in errors, destination): torchrun starts the processes here.
+LAUNCHER_FLAGS = (("--multiprocessing-distributed", "multiprocessing_distributed"), ("--world-size", "world_size"),
+                  ("--rank", "rank"), ("--dist-backend", "dist_backend"))
+
 #: Flags that must be positive / zero or more.
 POSITIVE = ("batch_size", "val_batch_size", "epochs", "num_segments", "num_glance_segments", "num_focus_segments",
             "input_size", "patch_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "mc_samples",
@@ -391,11 +404,17 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
                      f"{args.num_segments} (the focus frames are chosen among the candidates)")
     if args.patch_size > args.input_size:
         parser.error(f"--patch_size {args.patch_size} must not exceed --input_size {args.input_size}")
-    if getattr(args, "multiprocessing_distributed", False):
+    launcher = [flag for flag, dest in LAUNCHER_FLAGS
+                if getattr(args, dest, None) is not None and getattr(args, dest) is not False]
+    if launcher:
         nodes = f"--nnodes={args.world_size} " if args.world_size and args.world_size > 1 else ""
-        parser.error("--multiprocessing-distributed: processes are started by torchrun here; run "
-                     f"torchrun {nodes}--nproc_per_node=NUM_GPUS main.py with the same flags, without "
-                     "--multiprocessing-distributed, --world-size, --rank, --dist-url and --dist-backend")
+        script = parser.prog if parser.prog.endswith(".py") else "main.py"
+        parser.error(f"{launcher[0]}: processes are started by torchrun here; run "
+                     f"torchrun {nodes}--nproc_per_node=NUM_GPUS {script} with the same flags, without "
+                     "--multiprocessing-distributed, --world-size, --rank, --dist-url and --dist-backend "
+                     "(python -m ops.official_commands 'OFFICIAL COMMAND' prints it)")
+    if getattr(args, "root_model", None) and "root_log" not in explicit:
+        args.root_log = args.root_model
     if getattr(args, "pretrain", None):
         args.pretrained = args.pretrain == "imagenet"
     if args.fused_adamw is not None and args.optimizer != "adamw":  # a run's saved config holds null
@@ -474,11 +493,37 @@ def official_variant(ckpt: Dict) -> Optional[str]:
     return found[0] if len(found) == 1 else None
 
 
+#: Flags that say which data a run read. Our checkpoints save them: ``--resume`` takes those that no
+#: flag (nor ``--config``) sets, as long as the data set is the saved one.
+DATA_KEYS = ("dataset", "data_dir", "dataset_config", "synthetic")
+#: Other saved settings that change a checkpoint's predictions and are taken when no flag sets them.
+PREDICTION_KEYS = ("temperature",)
+
+
+def adopt_data_config(current: Dict, explicit: set, saved: Dict) -> Dict:
+    """The :data:`DATA_KEYS` and :data:`PREDICTION_KEYS` of ``saved`` (a checkpoint's configuration) that
+    ``explicit`` does not set; no data key when an explicit ``dataset`` differs from the saved one."""
+    same_data = "dataset" in saved and ("dataset" not in explicit or current.get("dataset") == saved["dataset"])
+    keys = (DATA_KEYS if same_data else ()) + PREDICTION_KEYS
+    return {k: saved[k] for k in keys if k in saved and k not in explicit}
+
+
+def run_config_hint(checkpoint: str) -> str:
+    """``--config RUN/config.yaml``: the run configuration saved beside ``checkpoint`` when there is one."""
+    beside = os.path.join(os.path.dirname(checkpoint), "config.yaml")
+    if os.path.isfile(beside):
+        return f"--config {beside}"
+    return "--config RUN/config.yaml (the run's saved configuration)"
+
+
 def adopt_checkpoint_config(args: argparse.Namespace, parser: argparse.ArgumentParser,
                             path: Optional[str] = None) -> bool:
-    """Take the model sizes that no flag sets from the configuration saved in our checkpoint ``path``
-    (default ``--resume``). Official release files carry none: their key layout gives the variant
-    (with its defaults) when ``--variant`` is not set, and the preset gives the rest."""
+    """Take the model sizes, the data set and its folder that no flag sets from the configuration saved
+    in our checkpoint ``path`` (default ``--resume``), so that ``--evaluate --resume RUN/ckpt.best.pth.tar``
+    alone evaluates the run (and writes into RUN when neither ``--root_log`` nor ``--store_name`` is
+    given). Official release files carry none: their key layout gives the variant (with its defaults)
+    when ``--variant`` is not set, and the preset gives the rest. A data set that cannot be found is a
+    parser error naming ``--config RUN/config.yaml``."""
     path = path or getattr(args, "resume", "")
     if not path or path == "auto" or not os.path.isfile(path):
         return False
@@ -487,7 +532,12 @@ def adopt_checkpoint_config(args: argparse.Namespace, parser: argparse.ArgumentP
     ckpt = read_checkpoint(path)
     saved = ckpt.get("config")
     explicit = set(getattr(args, "explicit", ()))
-    if not isinstance(saved, dict):  # an official file: its key layout tells the variant, nothing more
+    own = isinstance(saved, dict)
+    if not own:  # an official file: its key layout tells the variant, nothing more
+        if getattr(args, "evaluate", False) and not explicit & {"dataset", "data_dir", "dataset_config"}:
+            parser.error(f"--resume {path} holds no data set configuration (an official release file or a "
+                         f"checkpoint without a saved run configuration): pass --dataset and --data_dir, a preset "
+                         f"(--config configs/NAME.yaml --data_dir DIR) or {run_config_hint(path)}")
         recognised = official_variant(ckpt)
         if recognised is None or recognised == args.variant or "variant" in explicit:
             return False
@@ -500,8 +550,17 @@ def adopt_checkpoint_config(args: argparse.Namespace, parser: argparse.ArgumentP
         for key, value in models.get_variant(merged["variant"]).defaults.items():
             if key not in explicit:
                 setattr(args, key, value)
+    merged.update(adopt_data_config(vars(args), explicit, saved))
     for key, value in merged.items():
         setattr(args, key, value)
+    data_dir = merged.get("data_dir")
+    if data_dir and not os.path.isdir(data_dir):
+        parser.error(f"--resume {path}: the data folder {data_dir} of its saved configuration ({args.dataset} "
+                     f"data) is not found: pass --data_dir DIR, or {run_config_hint(path)} with its data_dir "
+                     f"corrected")
+    if own and getattr(args, "evaluate", False) and not explicit & {"root_log", "store_name", "root_model"}:
+        run_dir = os.path.dirname(os.path.abspath(path))  # our run: the evaluation writes beside its checkpoint
+        args.root_log, args.store_name = os.path.dirname(run_dir), os.path.basename(run_dir)
     validate(args, explicit | set(merged), parser)
     return True
 

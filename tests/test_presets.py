@@ -7,6 +7,7 @@ import pytest
 import datasets
 from models import get_variant
 from ops import config
+from ops.official_commands import translate_arguments
 from support import REPO
 
 # The official README's training commands (data and log paths aside), verbatim.
@@ -33,8 +34,6 @@ OFFICIAL = {
         --hidden_dim 1024 --stn_hidden_dim 128 --temporal_hidden_dim 64
         --num_glance_segments 16 --num_focus_segments 16 --temperature 1.0 --print-freq 50"""),
 }
-# main_semiAMP.py is main.py with float16 autocast around the backbones and a GradScaler: --amp here.
-SCRIPT_FLAGS = {"main.py": [], "main_semiAMP.py": ["--amp", "--amp_dtype", "float16"]}
 IGNORED = {"config", "explicit"} | set(config.UNUSED_OFFICIAL_FLAGS)
 
 
@@ -42,7 +41,9 @@ IGNORED = {"config", "explicit"} | set(config.UNUSED_OFFICIAL_FLAGS)
 @pytest.mark.parametrize("patch", [96, 128, 160])
 def test_preset_equals_the_official_command(dataset, patch):
     script, command = OFFICIAL[dataset]
-    official = config.parse_args(shlex.split(command) + ["--patch_size", str(patch)] + SCRIPT_FLAGS[script])
+    # the official script as ours (ops/official_commands.py: main_semiAMP.py is main.py --amp --amp_dtype float16)
+    _, ours, _, _ = translate_arguments(script, shlex.split(command) + ["--patch_size", str(patch)])
+    official = config.parse_args(ours)
     preset = config.parse_args(["--config", str(REPO / "configs" / f"{dataset}_p{patch}.yaml"),
                               "--data_dir", "PATH_TO_DATASET", "--root_log", "LOG_DIR"])
     a = {k: v for k, v in vars(official).items() if k not in IGNORED}

@@ -195,8 +195,9 @@ def test_an_official_checkpoint_tells_its_variant(tmp_path):
     torch.save({"epoch": 1, "state_dict": {"module." + OFFICIAL_KEYS.to_official(k): v
                                            for k, v in model.state_dict().items()}}, path)
     parser = config.get_args_parser()
-    args = config.parse_args(["--evaluate", "--resume", str(path)], parser)
+    args = config.parse_args(["--evaluate", "--resume", str(path), "--dataset", "something"], parser)
     assert config.adopt_checkpoint_config(args, parser)
     assert (args.variant, args.num_glance_segments, args.num_segments) == ("tsm", 8, 36)
-    args = config.parse_args(["--evaluate", "--resume", str(path), "--variant", "mn2_r50"], parser)
+    args = config.parse_args(["--evaluate", "--resume", str(path), "--dataset", "something", "--variant", "mn2_r50"],
+                             parser)
     assert not config.adopt_checkpoint_config(args, parser) and args.variant == "mn2_r50"

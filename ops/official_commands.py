@@ -1,0 +1,239 @@
+"""The official command lines of the three variants, as this project's commands.
+
+The official releases name one script per job (``main.py``, ``main_semiAMP.py``, ``main_nViewEval.py``,
+``test_early_exit_*.py``) and start their processes in two ways (``python -m torch.distributed.launch``,
+or ``python main.py ... --multiprocessing-distributed --world-size 1 --rank 0 --dist-url URL``). Here
+there are two entry points, ``main.py`` and ``test_early_exit.py``, which take every official flag, and
+torchrun starts the processes. :data:`OFFICIAL_SCRIPTS` is the one table of what each official script
+is here; :func:`translate_command` turns a pasted official command line into ours::
+
+    python -m ops.official_commands "CUDA_VISIBLE_DEVICES=0,1,2,3 python main_nViewEval.py kinetics RGB ..."
+
+prints the command to run (docs/official-commands.md lists every script).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from .config import OFFICIAL_POSITIONAL_DATASETS
+
+#: Both criteria, as every official early-exit script sweeps them.
+BOTH_CRITERIA = (("--criterion", "confidence", "entropy"),)
+#: Official training under float16 autocast with a gradient scaler.
+FLOAT16_TRAINING = (("--amp",), ("--amp_dtype", "float16"))
+
+
+@dataclass(frozen=True)
+class OfficialScript:
+    """One official script: its file name, the variant whose release holds it, our entry point, and the
+    flags that give our entry point the script's fixed behaviour (each one unless the command sets it)."""
+
+    name: str
+    variant: str
+    ours: str
+    adds: Tuple[Tuple[str, ...], ...]
+    meaning: str
+
+
+OFFICIAL_SCRIPTS: Tuple[OfficialScript, ...] = (
+    OfficialScript("main.py", "mn2_r50", "main.py", (), "training; --evaluate --resume CKPT evaluates (float32)"),
+    OfficialScript("main_semiAMP.py", "mn2_r50", "main.py", FLOAT16_TRAINING,
+                   "main.py with float16 autocast around the backbones and a gradient scaler in training "
+                   "(evaluation stays float32)"),
+    OfficialScript("test_early_exit_uni_adafocus.py", "mn2_r50", "test_early_exit.py", BOTH_CRITERIA,
+                   "early-exit budget sweep, confidence and entropy criteria"),
+    OfficialScript("main.py", "tsm", "main.py", FLOAT16_TRAINING,
+                   "training under float16 autocast with a gradient scaler; --evaluate --resume CKPT evaluates "
+                   "(float32)"),
+    OfficialScript("test_early_exit_uni_adafocus_tsm.py", "tsm", "test_early_exit.py", BOTH_CRITERIA,
+                   "early-exit budget sweep, confidence and entropy criteria"),
+    OfficialScript("main.py", "x3d", "main.py", FLOAT16_TRAINING,
+                   "training under float16 autocast with a gradient scaler; --evaluate --resume CKPT evaluates "
+                   "one view (float32)"),
+    OfficialScript("main_nViewEval.py", "x3d", "main.py", (("--evaluate",),),
+                   "one evaluation pass (with or without --evaluate) over --test_crops views per video (1, or 3: "
+                   "left, right, centre, raw logits averaged)"),
+    OfficialScript("test_early_exit_unifocus_X3D_nViewEval.py", "x3d", "test_early_exit.py", BOTH_CRITERIA,
+                   "two-exit early-exit sweep over --test_crops views, confidence and entropy criteria"),
+)
+
+#: Official launcher flags that take a value, and the one that takes none; torchrun replaces them.
+LAUNCHER_VALUE_FLAGS = ("--world-size", "--world_size", "--rank", "--dist-url", "--dist_url", "--dist-backend",
+                        "--dist_backend")
+LAUNCHER_SWITCHES = ("--multiprocessing-distributed", "--multiprocessing_distributed")
+#: The modules that launch processes when run with ``python -m``.
+LAUNCH_MODULES = ("torch.distributed.launch", "torch.distributed.run")
+#: Placeholders of the translated command where the official one has no value.
+DATA_PLACEHOLDER = "PATH_TO_DATASET"
+GPUS_PLACEHOLDER = "NUM_GPUS"
+
+
+class OfficialCommandError(ValueError):
+    """A command line that is not an official one (the message is one line)."""
+
+
+def official_variant(args: Sequence[str]) -> str:
+    """The variant whose official command ``args`` (the script's arguments) are: tsm and x3d commands
+    start with their positional data set, mn2_r50 commands with flags."""
+    return OFFICIAL_POSITIONAL_DATASETS.get(args[0], "mn2_r50") if args else "mn2_r50"
+
+
+def find_script(name: str, variant: str) -> OfficialScript:
+    """The :data:`OFFICIAL_SCRIPTS` row of the official script ``name`` (a path or a file name) of ``variant``."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    for script in OFFICIAL_SCRIPTS:
+        if script.name == base and script.variant == variant:
+            return script
+    known = ", ".join(s.name for s in OFFICIAL_SCRIPTS if s.variant == variant)
+    raise OfficialCommandError(f"{base}: not a script of the official {variant} release (its scripts: {known})")
+
+
+def _flag_of(token: str) -> str:
+    return token.split("=", 1)[0] if token.startswith("--") else token
+
+
+def _given(args: Sequence[str], flag: str) -> bool:
+    """Whether ``args`` set ``flag`` (in either spelling, ``-`` or ``_``, or its ``--no-`` form)."""
+    name = flag[2:].replace("-", "_")
+    return any(_flag_of(t).replace("-", "_") in (f"__{name}", f"__no_{name}") for t in args)
+
+
+@dataclass
+class Translation:
+    """Our command for an official one: ``env`` assignments, the ``launcher`` (``python`` or torchrun with
+    its options), our ``script`` and its ``args``; ``notes`` say what changed besides the names."""
+
+    env: List[str]
+    launcher: List[str]
+    script: str
+    args: List[str]
+    official: OfficialScript
+    notes: List[str] = field(default_factory=list)
+
+    def command(self) -> str:
+        """The command line to run, shell-quoted."""
+        return " ".join(self.env + [shlex.join(self.launcher + [self.script] + self.args)])
+
+
+def translate_arguments(script_name: str, args: Sequence[str]) -> Tuple[OfficialScript, List[str], List[str], dict]:
+    """An official script's arguments as our entry point's: (script row, our arguments, notes, launcher
+    settings taken out of the arguments: ``world_size``, ``rank``, ``dist_url``, ``spawn``)."""
+    args = list(args)
+    script = find_script(script_name, official_variant(args))
+    ours, notes, launch = [], [], {"spawn": False}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        flag = _flag_of(token)
+        if flag in LAUNCHER_SWITCHES:
+            launch["spawn"] = True
+        elif flag in LAUNCHER_VALUE_FLAGS:
+            if "=" in token:
+                value = token.split("=", 1)[1]
+            elif i + 1 < len(args):
+                i += 1
+                value = args[i]
+            else:
+                raise OfficialCommandError(f"{flag}: expected a value")
+            launch[flag.lstrip("-").replace("-", "_")] = value
+        else:
+            ours.append(token)
+        i += 1
+    kept_url = "dist_url" in launch and not launch["spawn"]  # our own --dist_url (process-group init)
+    if kept_url:
+        ours += ["--dist_url", launch.pop("dist_url")]
+    for extra in script.adds:
+        if not _given(ours, extra[0]):
+            ours += list(extra)
+    if script.adds:
+        notes.append(f"{script.name}: {script.meaning}")
+    if script.variant != "mn2_r50" and not _given(ours, "--data_dir"):
+        ours += ["--data_dir", DATA_PLACEHOLDER]
+        notes.append(f"the official {script.variant} code hard-codes the data root: --data_dir names it here")
+    return script, ours, notes, launch
+
+
+def _split_line(line: str) -> List[str]:
+    try:
+        return shlex.split(re.sub(r"\\\r?\n", " ", line))
+    except ValueError as exc:
+        raise OfficialCommandError(f"cannot split the command line: {exc}") from None
+
+
+def translate_command(line: str) -> Translation:
+    """A pasted official command line (continuation backslashes allowed) as ours.
+
+    ``VAR=value`` assignments stay in front. ``python -m torch.distributed.launch OPTIONS`` becomes
+    ``torchrun OPTIONS``; ``--multiprocessing-distributed --world-size W --rank R --dist-url URL
+    --dist-backend B`` becomes ``torchrun --nproc_per_node=N`` (N: the devices in
+    ``CUDA_VISIBLE_DEVICES``, else ``NUM_GPUS``; on W > 1 nodes also ``--nnodes``, ``--node_rank`` and the
+    master's address from URL), or plain ``python`` for one process."""
+    tokens = _split_line(line)
+    env = []
+    while tokens and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[0]):
+        env.append(tokens.pop(0))
+    if not tokens:
+        raise OfficialCommandError("no command")
+    launcher_options: Optional[List[str]] = None
+    program = tokens.pop(0)
+    if program.rsplit("/", 1)[-1] == "torchrun":
+        launcher_options = []
+    elif re.fullmatch(r"python[0-9.]*", program.rsplit("/", 1)[-1]):
+        if tokens[:1] == ["-m"] and len(tokens) > 1 and tokens[1] in LAUNCH_MODULES:
+            del tokens[:2]
+            launcher_options = []
+    else:
+        raise OfficialCommandError(f"{program}: an official command starts with python or torchrun")
+    while tokens and not tokens[0].endswith(".py"):
+        if launcher_options is None:
+            raise OfficialCommandError(f"{tokens[0]}: expected the official script after {program}")
+        launcher_options.append(tokens.pop(0))
+    if not tokens:
+        raise OfficialCommandError("no official script (a file name ending in .py) in the command")
+    script, args, notes, launch = translate_arguments(tokens[0], tokens[1:])
+    if launch["spawn"]:
+        launcher_options = _spawn_options(env, launch, notes)
+    if launcher_options is None or launcher_options == ["--nproc_per_node=1"]:
+        launcher = ["python"]
+    else:
+        launcher = ["torchrun"] + launcher_options
+    return Translation(env, launcher, script.ours, args, script, notes)
+
+
+def _spawn_options(env: List[str], launch: dict, notes: List[str]) -> List[str]:
+    """torchrun's options for the official ``--multiprocessing-distributed`` start (one process per
+    visible GPU on each of ``--world-size`` nodes)."""
+    devices = next((a.split("=", 1)[1] for a in env if a.startswith("CUDA_VISIBLE_DEVICES=")), None)
+    count = str(len([d for d in devices.split(",") if d.strip()])) if devices else GPUS_PLACEHOLDER
+    options = [f"--nproc_per_node={count}"]
+    nodes = int(launch.get("world_size") or 1)
+    if nodes > 1:
+        options += [f"--nnodes={nodes}", f"--node_rank={launch.get('rank', 0)}"]
+        url = re.fullmatch(r"tcp://([^:/]+):(\d+)", launch.get("dist_url", ""))
+        if url:
+            options += [f"--master_addr={url.group(1)}", f"--master_port={url.group(2)}"]
+    notes.append("--multiprocessing-distributed and its --world-size, --rank, --dist-url, --dist-backend: torchrun "
+                 "starts the processes here")
+    return options
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Print our command for the official command line given as arguments (or on standard input)."""
+    argv = sys.argv[1:] if argv is None else argv
+    line = (argv[0] if len(argv) == 1 else shlex.join(argv)) if argv else sys.stdin.read()
+    try:
+        translation = translate_command(line)
+    except OfficialCommandError as exc:
+        raise SystemExit(f"official command: {exc}") from None
+    print(translation.command())
+    for note in translation.notes:
+        print(f"# {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Every official command line runs here once its script name is mapped (ops/official_commands.py).
+
+The command lines come from two places: the official READMEs and behaviour descriptions in the
+reference folder (``papers/*.md`` of the uni-adafocus release, ``reference/*.md``, ``reference/tsm``,
+``reference/x3d``; the AdaFocus V1/V2 READMEs and folders belong to variants not built here), and
+docs/official-commands.md, which quotes every official README command of the three releases with ours
+under it. Each one is translated, its paths are replaced with temporary ones, and it must parse with
+the official meaning (a few values per command are checked against the official line itself); a few
+run for real and must stop at the missing data folder with one line, no traceback.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import entry_points
+from support import REPO, reference_dir, require_reference
+
+import test_early_exit
+from ops import config
+from ops.official_commands import (DATA_PLACEHOLDER, FLOAT16_TRAINING, OFFICIAL_SCRIPTS, OfficialCommandError,
+                                   translate_command)
+
+SCRIPT_NAMES = {s.name for s in OFFICIAL_SCRIPTS}
+#: READMEs in the papers folder that belong to other releases (AdaFocus V1 and V2).
+OTHER_RELEASES = ("adafocusv1-readme.md", "adafocusv2-readme.md")
+DOCS = REPO / "docs" / "official-commands.md"
+PROGRAM = re.compile(r"(^|\s)(python[0-9.]*|torchrun)\s")
+
+
+def _invokes_official_script(text: str) -> bool:
+    tokens = text.replace("\\\n", " ").split()
+    return bool(PROGRAM.search(" " + text)) and any(t.rsplit("/", 1)[-1] in SCRIPT_NAMES for t in tokens)
+
+
+def extract_commands(text: str):
+    """``(line number, command)`` of every command line in a markdown text that runs an official script
+    with python or torchrun: the logical lines of fenced code blocks (backslash continuations joined) and
+    inline code spans elsewhere (kept as written, elision marks ``…`` included)."""
+    found, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        if lines[i].lstrip().startswith("```"):
+            i += 1
+            while i < len(lines) and not lines[i].lstrip().startswith("```"):
+                start, logical = i, lines[i]
+                while logical.rstrip().endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    logical = logical.rstrip()[:-1] + " " + lines[i]
+                if _invokes_official_script(logical):
+                    found.append((start + 1, logical.strip()))
+                i += 1
+        else:
+            for span in re.findall(r"`([^`]+)`", lines[i]):
+                if _invokes_official_script(span):
+                    found.append((i + 1, span))
+        i += 1
+    return found
+
+
+def _official_sources():
+    """The markdown files of the reference folder and of the papers folder beside it that may quote
+    official commands of the three releases built here."""
+    root = reference_dir()
+    files = [p for folder in (root, root / "tsm", root / "x3d") for p in sorted(folder.glob("*.md"))]
+    papers = root.parent / "papers"
+    files += [p for p in sorted(papers.glob("*.md")) if p.name not in OTHER_RELEASES]
+    return files
+
+
+def _shared_params():
+    if not (reference_dir() / "make_parity_checkpoint.py").is_file():
+        return [pytest.param(None, None, id="reference-folder-missing")]
+    base = reference_dir().parent
+    return [pytest.param(str(path.relative_to(base)), command, id=f"{path.relative_to(base)}:{line}")
+            for path in _official_sources() for line, command in extract_commands(path.read_text(encoding="utf-8"))]
+
+
+def documented_pairs():
+    """``(line, official command, our command)`` of every pair quoted in docs/official-commands.md."""
+    text = DOCS.read_text(encoding="utf-8")
+    blocks = re.finditer(r"^(Official command|Our command):\n\n```\n(.*?)\n```", text, flags=re.M | re.S)
+    pairs, official = [], None
+    for block in blocks:
+        if block.group(1) == "Official command":
+            official = (text.count("\n", 0, block.start()) + 1, block.group(2))
+        else:
+            assert official is not None, "an 'Our command' block without an 'Official command' block before it"
+            pairs.append((official[0], official[1], block.group(2)))
+            official = None
+    return pairs
+
+
+SHARED = _shared_params()
+DOCUMENTED = documented_pairs()
+
+
+def _tokens(command: str):
+    return shlex.split(re.sub(r"\\\n", " ", command))
+
+
+def official_value(tokens, *flags):
+    """The value of the first of ``flags`` in an official command's tokens (``--flag value`` or
+    ``--flag=value``), None when absent."""
+    for i, token in enumerate(tokens):
+        name, _, value = token.partition("=")
+        if name in flags:
+            return value if value else tokens[i + 1]
+    return None
+
+
+def _with_paths(args, tmp_path: Path):
+    """Our arguments with the official path placeholders replaced by temporary paths (the data folder
+    is never created)."""
+    paths = {"--data_dir": tmp_path / "missing-data", "--root_log": tmp_path / "log",
+             "--root_model": tmp_path / "log", "--resume": tmp_path / "ckpt" / "official.pth.tar"}
+    out = list(args)
+    for i, token in enumerate(out[:-1]):
+        if token in paths:
+            out[i + 1] = str(paths[token])
+    return out, paths
+
+
+def _parser_for(script: str):
+    return test_early_exit.get_args_parser() if script == "test_early_exit.py" else config.get_args_parser()
+
+
+def check_official_meaning(command: str, tmp_path: Path):
+    """Translate, replace the paths, parse in-process, and compare values with the official line (an
+    elided fragment, ``python -m torch.distributed.launch --nproc_per_node=4 … main.py``, as the flags
+    it shows)."""
+    command = command.replace("…", " ")
+    translation = translate_command(command)
+    assert translation.script in ("main.py", "test_early_exit.py")
+    args, paths = _with_paths(translation.args, tmp_path)
+    parsed = config.parse_args(args, _parser_for(translation.script))
+    official = _tokens(command)
+    script = translation.official
+    assert parsed.variant == script.variant
+    checks = {"patch_size": (int, ("--patch_size",)), "batch_size": (int, ("--batch_size", "--batch-size", "-b")),
+              "lr": (float, ("--lr",)), "weight_decay": (float, ("--weight_decay", "--wd", "--weight-decay")),
+              "num_segments": (int, ("--num_segments", "--num_input_focus_segments")),
+              "num_glance_segments": (int, ("--num_glance_segments",)),
+              "num_focus_segments": (int, ("--num_focus_segments",)), "norm_ratio": (float, ("--norm_ratio",)),
+              "clip_gradient": (float, ("--gd", "--clip-gradient")), "dropout": (float, ("--dropout",)),
+              "test_crops": (int, ("--test_crops",)), "glance_size": (int, ("--glance_size",))}
+    for key, (kind, flags) in checks.items():
+        value = official_value(official, *flags)
+        if value is not None:
+            assert getattr(parsed, key) == kind(value), (key, value)
+    for flag in ("--data_dir", "--root_log", "--resume"):
+        if official_value(official, flag) is not None:
+            assert getattr(parsed, flag[2:]) == str(paths[flag])
+    if official_value(official, "--root_model") is not None:  # accepted (with a warning): the run folder's root
+        assert "root_model" in parsed.explicit and parsed.root_log == str(paths["--root_log"])
+    if script.variant != "mn2_r50":
+        assert parsed.dataset == official[official.index(next(t for t in official if t.endswith(".py"))) + 1]
+        assert parsed.data_dir == str(paths["--data_dir"])
+    if FLOAT16_TRAINING[0] in script.adds:
+        assert parsed.amp and parsed.amp_dtype == "float16"
+    if script.ours == "test_early_exit.py":
+        assert parsed.criterion == ["confidence", "entropy"]
+    if script.name == "main_nViewEval.py" or "--evaluate" in official:
+        assert parsed.evaluate
+    return translation, args
+
+
+@pytest.mark.parametrize("source, command", SHARED)
+def test_every_official_command_of_the_reference_folder_parses_with_its_meaning(source, command, tmp_path):
+    require_reference()
+    check_official_meaning(command, tmp_path)
+
+
+@pytest.mark.parametrize("line, official, ours", DOCUMENTED, ids=[f"docs:{p[0]}" for p in DOCUMENTED])
+def test_every_documented_command_parses_and_the_page_shows_our_translation(line, official, ours, tmp_path):
+    translation, _ = check_official_meaning(official, tmp_path)
+    assert _tokens(ours) == _tokens(translation.command()), f"docs/official-commands.md:{line}"
+
+
+def test_the_page_quotes_every_official_command_of_the_reference_folder():
+    require_reference()
+    documented = [_tokens(official) for _, official, _ in DOCUMENTED]
+    missing = [source for source, command in (p.values for p in SHARED)
+               if "…" not in command and _tokens(command) not in documented]
+    # (an elided command is a fragment of a quoted one: `python -m torch.distributed.launch ... main.py`)
+    assert not missing, f"official commands not quoted in docs/official-commands.md: {missing}"
+    scripts = {(translate_command(o).official.name, translate_command(o).official.variant) for _, o, _ in DOCUMENTED}
+    assert scripts == {(s.name, s.variant) for s in OFFICIAL_SCRIPTS}
+
+
+@pytest.mark.parametrize("line, official, ours", [p for p in DOCUMENTED if "--multiprocessing-distributed" in p[1]][:2])
+def test_the_launcher_flags_pasted_as_they_are_are_refused_in_one_line(line, official, ours, capsys):
+    tokens = _tokens(official)
+    script = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
+    with pytest.raises(SystemExit) as exc:
+        config.parse_args(tokens[script + 1:], _parser_for(translate_command(official).script))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torchrun" in err[0] and "--nproc_per_node=NUM_GPUS" in err[0]
+
+
+def test_launchers_become_torchrun():
+    spawn = ("CUDA_VISIBLE_DEVICES=0,1 python main.py kinetics RGB --dist-url tcp://10.0.0.1:2345 --dist-backend nccl "
+             "--multiprocessing-distributed --world-size 2 --rank 1 --patch_size 128")
+    t = translate_command(spawn)
+    assert t.env == ["CUDA_VISIBLE_DEVICES=0,1"]
+    assert t.launcher == ["torchrun", "--nproc_per_node=2", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
+                          "--master_port=2345"]
+    assert t.args == ["kinetics", "RGB", "--patch_size", "128", "--amp", "--amp_dtype", "float16", "--data_dir",
+                      DATA_PLACEHOLDER]
+    t = translate_command("python main.py something RGB --multiprocessing-distributed --world-size 1 --rank 0")
+    assert t.launcher == ["torchrun", "--nproc_per_node=NUM_GPUS"]
+    t = translate_command("python -m torch.distributed.launch --nproc_per_node=1 main_semiAMP.py --amp_dtype bfloat16")
+    assert t.launcher == ["python"] and t.args == ["--amp_dtype", "bfloat16", "--amp"]
+    for bad, message in (("python main_nViewEval.py --dataset actnet", "not a script of the official mn2_r50"),
+                         ("bash main.py", "starts with python or torchrun"), ("python -u", "expected the official")):
+        with pytest.raises(OfficialCommandError, match=message):
+            translate_command(bad)
+
+
+def test_the_command_line_tool_prints_our_command():
+    result = entry_points.run([sys.executable, "-m", "ops.official_commands",
+                               "python main_nViewEval.py kinetics RGB --test_crops 3"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first == f"python main.py kinetics RGB --test_crops 3 --evaluate --data_dir {DATA_PLACEHOLDER}"
+    result = entry_points.run([sys.executable, "-m", "ops.official_commands", "python nothing.py"], timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "official command: nothing.py: not a script of the official mn2_r50 release (its scripts: main.py, "
+        "main_semiAMP.py, test_early_exit_uni_adafocus.py)"]
+
+
+def _documented(script: str, variant: str):
+    return next(o for _, o, _ in DOCUMENTED
+                if translate_command(o).official.name == script and translate_command(o).official.variant == variant)
+
+
+def test_official_commands_run_until_the_missing_data_folder(tmp_path):
+    """One command per script kind, run as a user runs it (one process): each stops at the missing data
+    folder with one line naming it. The early-exit scripts need a readable checkpoint first (an
+    official-layout file without weights: the data is read before the model is built); tsm evaluates
+    with --evaluate --resume added, as its README says."""
+    cases = {"mn2_r50-train": _documented("main.py", "mn2_r50"),
+             "mn2_r50-early-exit": _documented("test_early_exit_uni_adafocus.py", "mn2_r50"),
+             "tsm-evaluate": _documented("main.py", "tsm") + " --evaluate --resume ckpt/sthv1.pth.tar",
+             "x3d-3-view": _documented("main_nViewEval.py", "x3d")}
+    commands, missing = [], {}
+    for name, official in cases.items():
+        folder = tmp_path / name
+        translation = translate_command(official)
+        args, paths = _with_paths(translation.args, folder)
+        if translation.script == "test_early_exit.py":
+            paths["--resume"].parent.mkdir(parents=True)
+            torch.save({"epoch": 0, "state_dict": {}}, paths["--resume"])
+        missing[name] = paths["--data_dir"]
+        commands.append([sys.executable, translation.script] + args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name, result in zip(cases, entry_points.run_many(commands, env=env, timeout=300)):
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "Traceback" not in output, f"{name}\n{output[-3000:]}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "not found" in errors[0] and str(missing[name]) in errors[0], f"{name}\n{output[-3000:]}"
+        assert not missing[name].exists()
