@@ -19,7 +19,7 @@ preset_launch() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
   local config=configs/${dataset}_p${patch}.yaml
   if [ ! -f "$config" ]; then
-    echo "no preset $config (datasets: actnet fcvid minik; patches: 96 128 160)" >&2
+    echo "no preset $config (presets: $(cd configs && ls *_p*.yaml | sed 's/\.yaml$//' | paste -sd ' '))" >&2
     exit 2
   fi
   exec torchrun --standalone --nproc_per_node="$gpus" "$program" --config "$config" "$@"
