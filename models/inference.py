@@ -1,39 +1,35 @@
 """A faster copy of a trained model for CPU evaluation, and the choice of the model evaluation runs.
 
 ``prepare_for_inference(model)`` returns an evaluation-only copy of any variant (``mn2_r50``, ``tsm``,
-``x3d``) in which:
+``x3d``) that **decides exactly as the model**: the glance encoder, the policy and the frame selection
+are the model's own, untouched (no folding, no other memory layout), and the glance encoder sees the
+whole batch in one call as in the model, so the glance features, the frame weights, the selected
+frames and the patch actions are bit for bit the model's, on every variant and at every batch size.
+The speed-ups apply to the **focus encoder** alone, which is downstream of every decision and most of
+the work (ResNet-50 on T_L patches for ``mn2_r50`` and ``tsm``, X3D-L for ``x3d``):
 
 * **BatchNorm is folded** into the convolution it follows (``W' = W * g / s``,
   ``b' = (b - mean) * g / s + beta``): 2-D and 3-D convolutions, also those wrapped by the temporal
   shift (the shift moves the convolution's input, which folding does not touch);
-* **the encoders run channels-last**: ``channels_last`` for the 2-D encoders (MobileNetV2, ResNet, with
-  or without the shift), ``channels_last_3d`` for X3D (measured on 2 cores: X3D-L 1.5x, X3D-S 1.6x on
-  top of folding);
-* **the encoders see at most** ``encoder_chunk`` **images per call** (32 on a CPU; whole clips for the
-  variants whose encoders mix the frames of a video), so the time per video stays flat as the
-  evaluation batch grows instead of thrashing memory;
-* **the glance encoder is traced and frozen** with ``torch.jit.optimize_for_inference`` on a CPU, which
-  fuses each convolution with its ReLU6 (another 1.35x for MobileNetV2 at 224 px) -- for the plain
-  2-D MobileNetV2 of ``mn2_r50`` only. The TSM glance reshapes its input by the clip length (traced, it
-  still matched at other batch sizes in this torch release, but gained only 1.08x on 2 cores, and
-  the graph would drop the shift's whole-clip check) and X3D is a 3-D network with a structured
-  output: both stay eager. Under autocast (``--eval_amp``) the traced graph, which is float32 only,
-  is bypassed and the folded eager encoder runs instead, so autocast keeps its meaning.
-* with ``bf16_focus=True`` the focus encoder runs under bfloat16 autocast while the glance stays in
-  float32 (CPUs with native bfloat16: AVX512-BF16 or AMX; :func:`bf16_support`). It moves the logits
-  a little; measured against the plain model on the parity checkpoints and inputs (synthetic
-  weights): max |logit change| 0.053 for ``mn2_r50`` (logits up to 23), 0.028 for ``tsm`` (up to 15),
-  0.049 and 0.037 for ``x3d`` (up to 12.5 and 9.4), the frame choices unchanged. The glance stays in
-  float32 because its features steer the policy: with the glance in bfloat16 too, the ``mn2_r50``
-  logits moved by 0.86 and the selected frames changed.
+* **it runs channels-last**: ``channels_last`` for the 2-D encoders (ResNet, with or without the
+  shift), ``channels_last_3d`` for X3D-L;
+* **it sees at most** ``focus_chunk`` **images per call** (32 on a CPU; whole clips for the variants
+  whose focus encoder mixes the frames of a video), so that its time per video stays flat as the
+  evaluation batch grows instead of thrashing memory (the glance encoder's does not: it sees the whole
+  batch, as in the model);
+* with ``bf16_focus=True`` it runs under bfloat16 autocast (CPUs with native bfloat16: AVX512-BF16 or
+  AMX; :func:`bf16_support`). It moves the logits a little; measured against the plain model on the
+  parity checkpoints and inputs (synthetic weights): max |logit change| 0.067 for ``mn2_r50`` (logits
+  up to 23), 0.030 for ``tsm`` (up to 15), 0.046 and 0.039 for ``x3d`` (up to 12.5 and 9.4). The
+  glance stays in float32 because its features steer the policy: with the glance in bfloat16 too, the
+  ``mn2_r50`` logits moved by 0.86 and the selected frames changed.
 
-Without ``bf16_focus`` the outputs equal the original model's to float rounding (~1e-5 on small
-models). On the ``mn2_r50`` parity checkpoint, folding moves the glance features by 5.7e-5 and the
-patch actions by 3.7e-5, which its random ResNet-50 amplifies at the patch borders to 1.4e-2 in the
-focus features and 4.7e-3 in the exit logits (``tests/test_parity.py`` shows that the whole deviation
-is those patch positions). The copy cannot be trained (its BatchNorm layers are gone), holds a
-snapshot of the weights (make a new one after the weights change) and should not be used to count
-FLOPs (the traced glance hides its convolutions): count them on the original model.
+Without ``bf16_focus`` the focus features, and so the logits, equal the model's to float rounding
+(folding and channels-last reorder float32 sums; on the parity checkpoints both stay within 1e-5 of
+the plain model's), and the decisions are identical. Folding the glance too would move its features
+by ~5e-5, and with them the patch positions, which a random ResNet-50 amplifies to ~1e-2 in the focus
+features. The copy cannot be trained (its focus BatchNorm layers are gone) and holds a snapshot of the
+weights (make a new one after the weights change).
 
 :func:`evaluation_model` decides what an evaluation runs: on a CPU the copy, made afresh at every
 call; the plain model with ``plain=True`` (``--plain_model``) or on CUDA.
@@ -41,18 +37,16 @@ call; the plain model with ``plain=True`` (``--plain_model``) or on CUDA.
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .backbones import GlanceEncoder
 from .temporal_shift import TemporalShift
 
-#: Images per encoder call in CPU evaluation (see :func:`prepare_for_inference`).
-CPU_ENCODER_CHUNK = 32
+#: Images per focus-encoder call in CPU evaluation (see :func:`prepare_for_inference`).
+CPU_FOCUS_CHUNK = 32
 
 _CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORMS = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -65,8 +59,9 @@ def call_in_chunks(fn: Callable, x: torch.Tensor, rows: Optional[int]):
     """``fn(x)`` computed on slices of at most ``rows`` rows of ``x`` (dim 0) and concatenated.
 
     ``fn`` returns a tensor or a tuple of tensors, each with one row per input row; ``rows`` None (or
-    not fewer than ``x``'s rows) is one call. The result does not depend on ``rows`` as long as ``fn``
-    treats the rows independently (evaluation mode: no BatchNorm statistics are computed).
+    not fewer than ``x``'s rows) is one call. As long as ``fn`` treats the rows independently
+    (evaluation mode: no BatchNorm statistics are computed), the result is one call's to float rounding:
+    the kernels may round differently for another number of rows.
     """
     if rows is None or rows >= x.shape[0]:
         return fn(x)
@@ -139,15 +134,16 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Encoder wrappers
+# bfloat16 focus encoder
 # --------------------------------------------------------------------------------------------------
-class EncoderWrapper(nn.Module):
-    """Base of the wrappers below: runs ``inner`` in some special way; every other attribute
-    (``feature_dim``, the X3D heads, ...) is the inner encoder's."""
+class AutocastEncoder(nn.Module):
+    """``inner`` under autocast to ``dtype`` whatever the caller's setting (``bf16_focus``); every other
+    attribute (``feature_dim``, the X3D heads, ...) is the inner encoder's."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.inner = inner
+        self.dtype = dtype
 
     def __getattr__(self, name: str):
         try:
@@ -157,65 +153,11 @@ class EncoderWrapper(nn.Module):
                 raise
             return getattr(self.inner, name)
 
-
-class TracedEncoder(EncoderWrapper):
-    """A frozen TorchScript graph of an eager encoder (``inner``), used outside autocast.
-
-    Under autocast the eager encoder runs instead: the frozen graph is float32 only and would ignore
-    the autocast that ``--eval_amp`` asks for.
-    """
-
-    def __init__(self, traced: torch.jit.ScriptModule, inner: nn.Module):
-        super().__init__(inner)
-        self.traced = traced
-
-    def forward(self, frames: torch.Tensor):
-        if torch.is_autocast_enabled(frames.device.type):
-            return self.inner(frames)
-        return self.traced(frames.contiguous(memory_format=getattr(self.inner, "memory_format",
-                                                                   torch.contiguous_format)))
-
-
-class AutocastEncoder(EncoderWrapper):
-    """``inner`` under autocast to ``dtype`` whatever the caller's setting (``bf16_focus``)."""
-
-    def __init__(self, inner: nn.Module, dtype: torch.dtype = torch.bfloat16):
-        super().__init__(inner)
-        self.dtype = dtype
-
     def forward(self, *inputs):
         with torch.autocast(inputs[0].device.type, dtype=self.dtype):
             return self.inner(*inputs)
 
 
-def traceable_glance(encoder: nn.Module) -> bool:
-    """Whether tracing is safe for this glance encoder: the plain 2-D MobileNetV2 (``mn2_r50``), whose
-    graph does not depend on the batch. The shifted MobileNetV2 (``tsm``) reshapes by the clip length
-    and X3D returns a structured clip output: they stay eager."""
-    return isinstance(encoder, GlanceEncoder) and not any(isinstance(m, TemporalShift) for m in encoder.modules())
-
-
-def trace_encoder(encoder: nn.Module, input_size: int) -> nn.Module:
-    """Trace ``encoder`` (evaluation mode, any batch size, ``input_size`` frames) and freeze it.
-
-    TorchScript is deprecated in recent PyTorch releases (its FutureWarnings are silenced here); where
-    tracing is unavailable or fails, the eager encoder is returned unchanged.
-    """
-    device = next(encoder.parameters()).device
-    example = torch.zeros(2, 3, input_size, input_size, device=device)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(encoder.eval(), example, check_trace=False)
-            traced = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-    except (AttributeError, RuntimeError):
-        return encoder
-    return TracedEncoder(traced, encoder)
-
-
-# --------------------------------------------------------------------------------------------------
-# bfloat16 support
-# --------------------------------------------------------------------------------------------------
 def bf16_support() -> Optional[str]:
     """None when this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX), else
     the reason it does not."""
@@ -242,36 +184,29 @@ def _memory_format(encoder: nn.Module) -> torch.memory_format:
 
 
 def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last: bool = True,
-                          encoder_chunk: Optional[int] = None, trace_glance: Optional[bool] = None,
-                          bf16_focus: bool = False) -> nn.Module:
+                          focus_chunk: Optional[int] = None, bf16_focus: bool = False) -> nn.Module:
     """An evaluation-only copy of a Uni-AdaFocus network (any variant); see the module docstring.
 
-    ``encoder_chunk``: images per encoder call (default :data:`CPU_ENCODER_CHUNK` on a CPU, where huge
-    batches thrash memory; unlimited on a GPU). ``trace_glance``: run the glance encoder as a frozen
-    TorchScript graph (default: on a CPU, where :func:`traceable_glance` allows it; True where it does
-    not is an error). ``bf16_focus``: the focus encoder under bfloat16 autocast.
+    Only the focus encoder is changed: ``fold_bn`` folds its BatchNorm, ``channels_last`` converts it
+    to the channels-last layout, ``focus_chunk`` sets the images per focus-encoder call (default
+    :data:`CPU_FOCUS_CHUNK` on a CPU, where huge batches thrash memory; unlimited on a GPU),
+    ``bf16_focus`` runs it under bfloat16 autocast. Everything upstream of the policy's decisions (the
+    glance encoder, the policy) is the model's own, run on the whole batch as the model runs it.
     """
     fast = copy.deepcopy(model).eval()
     on_cpu = next(fast.parameters()).device.type == "cpu"
-    fast.encoder_chunk = encoder_chunk if encoder_chunk is not None else (CPU_ENCODER_CHUNK if on_cpu else None)
+    fast.focus_chunk = focus_chunk if focus_chunk is not None else (CPU_FOCUS_CHUNK if on_cpu else None)
     for p in fast.parameters():
         p.requires_grad_(False)
-    for encoder in (fast.glance, fast.focus):
-        if fold_bn:
-            fold_batchnorm(encoder)
-        if channels_last:
-            layout = _memory_format(encoder)
-            encoder.to(memory_format=layout)
-            if hasattr(encoder, "memory_format"):  # the 2-D encoders convert their input to it
-                encoder.memory_format = layout
-    traceable = traceable_glance(fast.glance)
-    if trace_glance and not traceable:
-        raise ValueError(f"the {type(fast.glance).__name__} glance encoder of this variant cannot be traced safely")
-    if trace_glance if trace_glance is not None else (on_cpu and traceable):
-        fast.glance = trace_encoder(fast.glance, getattr(fast, "glance_size", None) or fast.input_size)
+    if fold_bn:
+        fold_batchnorm(fast.focus)
+    if channels_last:
+        layout = _memory_format(fast.focus)
+        fast.focus.to(memory_format=layout)
+        if hasattr(fast.focus, "memory_format"):  # the 2-D encoders convert their input to it
+            fast.focus.memory_format = layout
     if bf16_focus:
         fast.focus = AutocastEncoder(fast.focus, torch.bfloat16)
-    fast.is_inference_copy = True
     return fast
 
 
@@ -281,9 +216,8 @@ def evaluation_model(model: nn.Module, plain: bool = False, bf16_focus: bool = F
 
     On a CPU: a fresh :func:`prepare_for_inference` copy of the current weights (with ``bf16_focus``
     if asked for); ``plain`` (``--plain_model``) or a CUDA model: ``model`` itself. ``eval_amp``: the
-    caller evaluates under autocast (``--eval_amp``), which the copy then follows (its glance is not
-    traced: the float32 graph would ignore autocast; see :class:`TracedEncoder`). Raises ValueError
-    when ``bf16_focus`` cannot apply (:func:`bf16_focus_problem`).
+    caller evaluates under autocast (``--eval_amp``), which both encoders of the copy follow, as the
+    model's do. Raises ValueError when ``bf16_focus`` cannot apply (:func:`bf16_focus_problem`).
     """
     device = next(model.parameters()).device
     if bf16_focus:
@@ -294,14 +228,12 @@ def evaluation_model(model: nn.Module, plain: bool = False, bf16_focus: bool = F
         return model, "evaluation runs the plain model (--plain_model)"
     if device.type != "cpu":
         return model, f"evaluation runs the plain model (on {device.type}; the inference copy is for CPUs)"
-    # Under autocast a traced glance would be bypassed (TracedEncoder): do not trace it at all.
-    fast = prepare_for_inference(model, bf16_focus=bf16_focus, trace_glance=False if eval_amp else None)
-    traced = isinstance(fast.glance, TracedEncoder)
+    fast = prepare_for_inference(model, bf16_focus=bf16_focus)
     precision = ("both encoders under --eval_amp autocast" if eval_amp else
                  "focus in bfloat16 (--bf16_focus), glance in float32" if bf16_focus else "float32")
-    return fast, ("evaluation runs the inference copy (models/inference.py: BatchNorm folded, channels-last, "
-                  f"{fast.encoder_chunk} images per encoder call, {'traced' if traced else 'eager'} glance, "
-                  f"{precision}; --plain_model runs the plain model)")
+    return fast, ("evaluation runs the inference copy (models/inference.py: the model's own glance and policy, "
+                  f"the same frames and patches; focus encoder with BatchNorm folded, channels-last, "
+                  f"{fast.focus_chunk} images per call; {precision}; --plain_model runs the plain model)")
 
 
 def bf16_focus_problem(plain: bool, device_type: str, eval_amp: bool = False) -> Optional[str]:

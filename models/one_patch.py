@@ -209,22 +209,24 @@ class OnePatchNetwork(nn.Module, abc.ABC):
             return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
         return frames
 
-    #: In evaluation, run the encoders on at most this many images at a time, in whole clips (at least
-    #: one clip per call; None: all at once). ``models.inference.prepare_for_inference`` sets it on CPUs.
-    encoder_chunk: Optional[int] = None
+    #: In evaluation, run the focus encoder on at most this many images at a time, in whole clips (at
+    #: least one clip per call; None: all at once). ``models.inference.prepare_for_inference`` sets it on
+    #: CPUs. The glance encoder always sees the whole batch, so that the features steering the policy
+    #: are computed exactly as without it.
+    focus_chunk: Optional[int] = None
 
     def chunk_rows(self, images_per_row: int = 1, rows_per_clip: int = 1) -> Optional[int]:
-        """Rows of an encoder input per call under ``encoder_chunk`` (None: one call): whole clips of
+        """Rows of a focus-encoder input per call under ``focus_chunk`` (None: one call): whole clips of
         ``rows_per_clip`` rows of ``images_per_row`` images each. Never chunked in training (BatchNorm
         statistics)."""
-        if self.training or not self.encoder_chunk:
+        if self.training or not self.focus_chunk:
             return None
-        return max(1, self.encoder_chunk // (images_per_row * rows_per_clip)) * rows_per_clip
+        return max(1, self.focus_chunk // (images_per_row * rows_per_clip)) * rows_per_clip
 
-    def run_encoder(self, encoder, x: torch.Tensor, amp, frames_per_clip: int = 1):
+    def run_encoder(self, encoder, x: torch.Tensor, amp, rows: Optional[int] = None):
         """Run an encoder on frames ``x`` (N*T, ...) under the caller's autocast setting ``amp = (enabled,
-        dtype)``, in chunks of whole clips of ``frames_per_clip`` consecutive rows (see
-        :attr:`encoder_chunk`); float32 results."""
+        dtype)``, in calls of at most ``rows`` rows (None: one call; see :meth:`chunk_rows`); float32
+        results."""
         enabled, dtype = amp
 
         def run(part):
@@ -234,7 +236,7 @@ class OnePatchNetwork(nn.Module, abc.ABC):
                 return out.float()
             return tuple(o.float() for o in out)
 
-        return call_in_chunks(run, x, self.chunk_rows(rows_per_clip=frames_per_clip))
+        return call_in_chunks(run, x, rows)
 
     # ------------------------------------------------------------------------------------------
     # stages (shared by forward and the adaptive early-exit runtime)

@@ -78,7 +78,7 @@ class UniAdaFocusTSM(OnePatchNetwork):
 
     def encode_glance(self, frames, amp):
         b, g = frames.shape[:2]
-        fmap, feats = self.run_encoder(self.glance, frames.flatten(0, 1), amp, g)  # (B*T_G, Dg, h, w), (B*T_G, Dg)
+        fmap, feats = self.run_encoder(self.glance, frames.flatten(0, 1), amp)  # (B*T_G, Dg, h, w), (B*T_G, Dg)
         return fmap.view(b, g, *fmap.shape[1:]), self.feature_dropout(feats).view(b, g, -1), None
 
     def glance_heads(self, features, state):
@@ -86,7 +86,8 @@ class UniAdaFocusTSM(OnePatchNetwork):
 
     def encode_focus(self, patches, amp):
         n, num_focus = patches.shape[:2]
-        feats = self.run_encoder(self.focus, patches.flatten(0, 1), amp, num_focus)  # (n*T_L, Df)
+        feats = self.run_encoder(self.focus, patches.flatten(0, 1), amp,
+                                 self.chunk_rows(rows_per_clip=num_focus))  # (n*T_L, Df)
         return self.feature_dropout(feats).view(n, num_focus, -1), None
 
     def focus_heads(self, features, state):

@@ -311,15 +311,17 @@ class UniAdaFocus(nn.Module):
             rows = torch.arange(frames.shape[0], device=frames.device)
         return frames[rows.to(frames.device).unsqueeze(1), indices.to(frames.device)]
 
-    #: In evaluation, run the encoders on at most this many images at a time (None: all at once).
-    #: Huge CPU batches thrash memory; ``models.inference.prepare_for_inference`` sets it on CPUs.
-    encoder_chunk: Optional[int] = None
+    #: In evaluation, run the focus encoder on at most this many patches at a time (None: all at once).
+    #: Huge CPU batches thrash memory; ``models.inference.prepare_for_inference`` sets it on CPUs. The
+    #: glance encoder always sees the whole batch, so that the features steering the policy are
+    #: computed exactly as without it.
+    focus_chunk: Optional[int] = None
 
-    def run_backbone(self, module: nn.Module, x: torch.Tensor, amp):
+    def run_backbone(self, module: nn.Module, x: torch.Tensor, amp, chunk: Optional[int] = None):
         """Run a backbone under the caller's autocast setting ``amp`` (or none); results in float32.
 
-        In evaluation with ``encoder_chunk`` set, the images go through in chunks (the results do
-        not depend on it: no BatchNorm statistics are computed in evaluation).
+        In evaluation with ``chunk`` set, the images go through in calls of at most ``chunk`` images
+        (the same results to rounding: no BatchNorm statistics are computed in evaluation).
         """
         enabled, dtype = amp
 
@@ -328,7 +330,7 @@ class UniAdaFocus(nn.Module):
                 out = module(part)
             return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
-        return call_in_chunks(run, x, None if self.training else self.encoder_chunk)
+        return call_in_chunks(run, x, None if self.training else chunk)
 
     def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P)."""
@@ -412,7 +414,7 @@ class UniAdaFocus(nn.Module):
         sets = focus_actions.unsqueeze(0) if focus_actions.dim() == 3 else focus_actions  # (S, n, K, 4)
         patches = [self.crop_focus_patches(frames_k, actions) for actions in sets.unbind(0)]  # S x (n*K, 3, P, P)
         patches = patches[0] if len(patches) == 1 else torch.cat(patches)
-        feats = self.run_backbone(self.focus, patches, amp)  # (S*n*K, Df)
+        feats = self.run_backbone(self.focus, patches, amp, self.focus_chunk)  # (S*n*K, Df)
         feats = feats.view(*sets.shape[:-1], feats.shape[-1])  # (S, n, K, Df)
         return feats[0] if focus_actions.dim() == 3 else feats
 

@@ -85,10 +85,10 @@ class UniAdaFocusX3D(OnePatchNetwork):
             head.load_state_dict(x3d.head_linear_weights())
 
     # ------------------------------------------------------------------------------------------
-    def _clip(self, encoder: X3D, frames: torch.Tensor, amp):
+    def _clip(self, encoder: X3D, frames: torch.Tensor, amp, rows: Optional[int] = None):
         """Frames (n, T, 3, H, W) as one clip each -> (maps (n, T, 432, h, w), features (n, T, 432), clip
-        logits (n, C)), float32; the encoder runs under the caller's autocast setting ``amp``, on whole
-        clips of at most ``encoder_chunk`` frames per call in evaluation (at least one clip)."""
+        logits (n, C)), float32; the encoder runs under the caller's autocast setting ``amp``, on at most
+        ``rows`` clips per call (None: all at once; see :meth:`chunk_rows`)."""
         enabled, dtype = amp
 
         def run(clips):  # (m, T, 3, H, W)
@@ -96,7 +96,7 @@ class UniAdaFocusX3D(OnePatchNetwork):
                 out = encoder(clips.transpose(1, 2))  # clip (m, 3, T, H, W)
             return out.feature_maps.float().transpose(1, 2), out.frame_features.float(), out.final_logits.float()
 
-        return call_in_chunks(run, frames, self.chunk_rows(images_per_row=frames.shape[1]))
+        return call_in_chunks(run, frames, rows)
 
     def encode_glance(self, frames, amp):
         b, g = frames.shape[:2]
@@ -107,7 +107,8 @@ class UniAdaFocusX3D(OnePatchNetwork):
         return self.glance_head(features), state  # live per-frame head; X3D-S's clip logits
 
     def encode_focus(self, patches, amp):
-        _, feats, final_logits = self._clip(self.focus, patches, amp)
+        rows = self.chunk_rows(images_per_row=patches.shape[1])  # whole clips of T_L patches
+        _, feats, final_logits = self._clip(self.focus, patches, amp, rows)
         return feats, final_logits
 
     def focus_heads(self, features, state):

@@ -36,16 +36,16 @@ Run from the repository root::
     python -m scripts.bench_adaptive --batch 16 --repeats 3
     python -m scripts.bench_adaptive --device cuda --batch 64  # on a GPU (autocast with --amp)
 
-Both paths run the inference copy of the model (``models.inference.prepare_for_inference``: BatchNorm
-folded into the convolutions, channels-last encoders, encoder calls of at most 32 images and a
-TorchScript-frozen glance encoder on a CPU)
+Both paths run the inference copy of the model (``models.inference.prepare_for_inference``: the
+model's own glance encoder and policy; the focus encoder with BatchNorm folded, channels-last, at
+most 32 patches per call on a CPU)
 with glibc's allocator tuned to reuse freed activations (``ops.cpu.tune_cpu_allocator``); ``--plain``
 times the training-layout model instead.
 
 Reading the figures on a CPU (2-core EPYC, torch 2.14.1): the FLOPs table prices a glance frame
 (MobileNetV2, 0.30 GFLOPs) at a quarter of a focus patch (ResNet-50 at 128 px, 1.34 GFLOPs), but on
-this CPU a glance frame takes about a third of a patch's time (7.6 vs 22 ms with the frozen glance;
-9.5 ms eager), so the glance that every video pays for is a larger share of the time (~25 %) than of
+this CPU a glance frame takes a third of a patch's time or more (22 ms per patch; 7.6 ms per frame
+for a frozen, folded MobileNetV2, 9.5 ms eager; the copy's glance is the model's, eager), so the glance that every video pays for is a larger share of the time (~25 %) than of
 the FLOPs (18 %) and caps the measured
 speed-up below the prediction; and each incremental step reads the focus MLP's and the exit head's
 weights again for a smaller batch. A larger batch (the default 48) keeps the per-step batches large.
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     model = UniAdaFocus(num_classes=args.num_classes, patch_size=args.patch_size).eval()
     flops = torch.tensor(flops_breakdown(model).stages(), dtype=torch.float64)  # counted on the CPU
     model.to(device)
-    if not args.plain:  # both paths run the inference copy: BatchNorm folded, channels-last encoders
+    if not args.plain:  # both paths run the inference copy: the focus encoder folded and channels-last
         model = prepare_for_inference(model)
     tuned = device.type == "cpu" and not args.plain and tune_cpu_allocator()
     k_stages = flops.numel()

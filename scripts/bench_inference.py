@@ -6,8 +6,9 @@ ResNet-50 focus, P = 128, T0 = 48 candidate frames, 16 glance + 16 focus frames 
 classes) with random weights in eval mode, and times the evaluation forward of
 
 * ``plain``: the model as trained (what ``--plain_model`` runs);
-* ``copy``: ``prepare_for_inference(model)``, what CPU evaluation runs by default (BatchNorm folded,
-  channels-last, at most 32 images per encoder call, the glance traced and frozen where safe);
+* ``copy``: ``prepare_for_inference(model)``, what CPU evaluation runs by default (the model's own
+  glance encoder and policy, so the same frames and patches; the focus encoder with BatchNorm folded,
+  channels-last, at most 32 images per call);
 * ``copy+bf16``: the copy with ``bf16_focus=True`` (``--bf16_focus``: the focus encoder under bfloat16
   autocast, the glance in float32) -- skipped, with the reason printed, on a CPU without native
   bfloat16 (AVX512-BF16 or AMX),
@@ -17,8 +18,9 @@ within every repeat (forward order on even repeats, reversed on odd ones) so tha
 load hits them alike. It prints, per batch size and side, the median seconds per batch and per video,
 the ratio of each side's time to the plain model's (median of the per-repeat ratios), and, per side,
 the growth of the time per video from the smallest to the largest batch (1.0 = flat: the plain
-model's encoders see the whole batch at once, the copy's see chunks). Before timing it prints how far
-each side's logits are from the plain model's.
+model's encoders see the whole batch at once, the copy's focus encoder sees chunks). Before timing it
+prints how far each side's logits are from the plain model's and whether its frames and patches are
+the plain model's.
 
 Run from the repository root::
 
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
           f"{model.input_size} px, random weights")
     print(f"conditions: torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} CPUs (they may be shared with "
           f"other work), {args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
-          f"allocator tuning {'on' if tuned else 'off'}, encoder chunk of the copy {sides['copy'].encoder_chunk} "
+          f"allocator tuning {'on' if tuned else 'off'}, focus chunk of the copy {sides['copy'].focus_chunk} "
           f"images, {args.repeats} alternating repeats after {args.warmup} warm-up")
     if reason is not None:
         print(f"copy+bf16: skipped: {reason}")
@@ -115,12 +117,17 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 return sides[side](video, **extra)
 
-        reference = forward("plain").exit_logits
-        print(f"\nB={batch}: logits against the plain model's (max |logit| {reference.abs().max().item():.3g}):")
+        reference = forward("plain")
+        print(f"\nB={batch}: logits against the plain model's (max |logit| "
+              f"{reference.exit_logits.abs().max().item():.3g}):")
         for side in sides:
             if side != "plain":
-                diff = (forward(side).exit_logits - reference).abs().max().item()
-                print(f"  {side:10s} max |difference| {diff:.3g}")
+                out = forward(side)
+                diff = (out.exit_logits - reference.exit_logits).abs().max().item()
+                same = all(torch.equal(getattr(out, name), getattr(reference, name))
+                           for name in ("focus_indices", "focus_actions"))
+                print(f"  {side:10s} max |difference| {diff:.3g}, frames and patches "
+                      f"{'identical' if same else 'DIFFERENT'}")
         for _ in range(max(0, args.warmup - 1)):  # the checks above were one warm-up forward each
             for side in sides:
                 forward(side)

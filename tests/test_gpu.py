@@ -64,7 +64,7 @@ def on_cpu(out):
 # ------------------------------------------------------------------------------------------------
 #: CUDA's float32 kernels sum in other orders than the CPU's. Measured on an H200 (contiguous / channels-last):
 #: glance actions moved by 3.8e-5 / 3.0e-5 (relative 1.4e-4, beyond ACTIONS' rtol) and glance features by
-#: 5.1e-5 / 3.9e-5. As for the CPU inference copy (test_parity.COPY_*), the random ResNet-50 amplifies such patch
+#: 5.1e-5 / 3.9e-5. The random ResNet-50 amplifies such patch
 #: moves: end to end, focus features moved by 1.4e-2 / 8.8e-3, exit logits by 5.1e-3 / 4.1e-3 and the final
 #: logits by 3.1e-3. Given the fixture's own patches, the CUDA focus features are within 7.6e-6 and the exit
 #: logits within 2.0e-5 (asserted to LOGITS): the whole deviation is the patch positions.

@@ -1,9 +1,11 @@
 """The inference copy (models.inference), CPU evaluation through it, and the CPU tuning (ops.cpu).
 
-Every variant's copy must give the plain model's outputs to float rounding at any batch size (BatchNorm
-folded, channels-last, chunked encoder calls, a traced glance only where it is safe), evaluation on a
-CPU must run a fresh copy of the current weights, ``--bf16_focus`` must put the focus encoder alone in
-bfloat16, and the entry points must set a passive OpenMP wait policy while it can still take effect.
+Every variant's copy must give the plain model's outputs to float rounding at any batch size (the focus
+encoder's BatchNorm folded, channels-last, chunked focus calls; the glance and the policy the model's
+own: tests/test_inference_decisions.py checks that the decisions are bit for bit the model's),
+evaluation on a CPU must run a fresh copy of the current weights, ``--bf16_focus`` must put the focus
+encoder alone in bfloat16, and the entry points must set a passive OpenMP wait policy while it can
+still take effect.
 """
 import argparse
 import os
@@ -14,8 +16,7 @@ import pytest
 import torch
 
 from models import inference
-from models.inference import (AutocastEncoder, TracedEncoder, call_in_chunks, evaluation_model, fold_batchnorm,
-                              prepare_for_inference)
+from models.inference import AutocastEncoder, call_in_chunks, evaluation_model, fold_batchnorm, prepare_for_inference
 from models.tsm import UniAdaFocusTSM
 from models.uni_adafocus_x3d import UniAdaFocusX3D
 from ops import cli, config, engine
@@ -74,8 +75,7 @@ VARIANTS = ("mn2_r50", "tsm", "x3d")
 def test_prepared_copy_equals_the_plain_model_at_two_batch_sizes(variant):
     model = tiny(variant)
     fast = prepare_for_inference(model)
-    assert isinstance(fast.glance, TracedEncoder) == (variant == "mn2_r50")  # traced only where safe
-    for batch in (1, 3):  # the glance of mn2_r50 was traced on 2 frames: other sizes must work too
+    for batch in (1, 3):
         video, extra = inputs(model, batch, seed=batch)
         with torch.no_grad():
             a, b = model(video, **extra), fast(video, **extra)
@@ -83,50 +83,35 @@ def test_prepared_copy_equals_the_plain_model_at_two_batch_sizes(variant):
         torch.testing.assert_close(b.glance_features, a.glance_features, **SAME)
         torch.testing.assert_close(b.focus_features, a.focus_features, **SAME)
         assert torch.equal(a.focus_indices, b.focus_indices)
-    assert not any(isinstance(m, BATCHNORMS) for enc in (fast.glance, fast.focus) for m in enc.modules())
-    assert any(isinstance(m, BATCHNORMS) for m in model.glance.modules())  # the original is untouched
-    assert not any(p.requires_grad for p in fast.parameters()) and fast.is_inference_copy
+    assert not any(isinstance(m, BATCHNORMS) for m in fast.focus.modules())
+    assert any(isinstance(m, BATCHNORMS) for m in model.focus.modules())  # the original is untouched
+    assert not any(p.requires_grad for p in fast.parameters())
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_encoder_batchnorm_is_folded(variant):
+def test_fold_batchnorm_finds_every_encoder_batchnorm(variant):
     model = tiny(variant)
     count = sum(isinstance(m, BATCHNORMS) for enc in (model.glance, model.focus) for m in enc.modules())
-    plain_copy = prepare_for_inference(model, fold_bn=False, channels_last=False, trace_glance=False)
-    assert fold_batchnorm(plain_copy.glance) + fold_batchnorm(plain_copy.focus) == count > 0
+    unfolded = prepare_for_inference(model, fold_bn=False, channels_last=False)
+    assert fold_batchnorm(unfolded.glance) + fold_batchnorm(unfolded.focus) == count > 0
 
 
 @pytest.mark.parametrize("variant, layout", [("mn2_r50", torch.channels_last), ("tsm", torch.channels_last),
                                              ("x3d", torch.channels_last_3d)])
-def test_encoders_run_channels_last(variant, layout):
-    fast = prepare_for_inference(tiny(variant), trace_glance=False)
-    for encoder in (fast.glance, fast.focus):
-        convs = [m for m in encoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-        assert convs and all(c.weight.is_contiguous(memory_format=layout) for c in convs)
-
-
-def test_glance_tracing_is_refused_where_it_is_not_safe():
-    for variant in ("tsm", "x3d"):
-        with pytest.raises(ValueError, match="cannot be traced safely"):
-            prepare_for_inference(tiny(variant), trace_glance=True)
-
-
-def test_traced_glance_steps_aside_under_autocast():
-    """--eval_amp: the float32-only graph is bypassed, the folded eager encoder runs under autocast."""
-    model = tiny("mn2_r50")
+def test_focus_encoder_runs_channels_last_and_the_glance_as_trained(variant, layout):
+    model = tiny(variant)
     fast = prepare_for_inference(model)
-    assert isinstance(fast.glance, TracedEncoder)
-    eager_calls = []
-    fast.glance.inner.register_forward_hook(lambda m, i, o: eager_calls.append(o[0].dtype))
-    frames = torch.randn(5, 3, model.input_size, model.input_size)  # traced with 2 frames
-    with torch.no_grad():
-        fmap, _ = fast.glance(frames)
-        assert eager_calls == [] and fmap.dtype == torch.float32
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fmap16, _ = fast.glance(frames)
-    assert eager_calls == [torch.bfloat16] and fmap16.dtype == torch.bfloat16
-    torch.testing.assert_close(fmap16.float(), fmap, atol=0.1, rtol=0.05)
-    assert fast.glance.feature_dim == model.glance.feature_dim  # the wrapper shows the encoder's attributes
+    convs = [m for m in fast.focus.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert convs and all(c.weight.is_contiguous(memory_format=layout) for c in convs)
+    assert getattr(fast.focus, "memory_format", layout) == layout
+    # the glance encoder and the policy: the model's modules, tensors and memory layout, unchanged
+    for name in ("glance", "policy"):
+        ours, theirs = getattr(fast, name), getattr(model, name)
+        assert [type(m) for m in ours.modules()] == [type(m) for m in theirs.modules()]
+        mine, original = ours.state_dict(), theirs.state_dict()
+        assert list(mine) == list(original)
+        assert all(torch.equal(mine[k], original[k]) and mine[k].stride() == original[k].stride() for k in mine)
+    assert getattr(fast.glance, "memory_format", None) == getattr(model.glance, "memory_format", None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,22 +130,23 @@ def test_call_in_chunks_concatenates_tensors_and_tuples():
     assert torch.equal(call_in_chunks(lambda p: p + 1, x, None), x + 1)
 
 
-#: (variant, encoder_chunk) -> the batch sizes each encoder call gets for 3 videos: whole clips only.
+#: (variant, focus_chunk) -> the batch sizes each encoder call gets for 3 videos: the glance the whole
+#: batch at once, the focus encoder whole clips only.
 CHUNKS = {
-    "mn2_r50": (3, {"glance": [3, 3, 3, 3], "focus": [3, 3, 3, 3]}),  # 12 frames, 12 patches
-    "tsm": (5, {"glance": [4, 4, 4], "focus": [3, 3, 3]}),  # clips of T_G = 4 frames and T_L = 3 patches
-    "x3d": (5, {"glance": [1, 1, 1], "focus": [2, 1]}),  # X3D takes clips: 4 glance frames, 2 patches each
+    "mn2_r50": (3, {"glance": [12], "focus": [3, 3, 3, 3]}),  # 12 frames, 12 patches
+    "tsm": (5, {"glance": [12], "focus": [3, 3, 3]}),  # clips of T_G = 4 frames and T_L = 3 patches
+    "x3d": (5, {"glance": [3], "focus": [2, 1]}),  # X3D takes clips: 4 glance frames, 2 patches each
 }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_chunked_encoders_give_the_same_results_in_whole_clips(variant):
+def test_focus_calls_are_chunked_in_whole_clips_and_the_glance_never(variant):
     model = tiny(variant, seed=1)
     video, extra = inputs(model, 3, seed=4)
     with torch.no_grad():
         whole = model(video, **extra)
         chunk, expected = CHUNKS[variant]
-        model.encoder_chunk = chunk
+        model.focus_chunk = chunk
         calls = {"glance": [], "focus": []}
         hooks = [getattr(model, name).register_forward_hook(lambda m, i, o, n=name: calls[n].append(i[0].shape[0]))
                  for name in calls]
@@ -170,22 +156,23 @@ def test_chunked_encoders_give_the_same_results_in_whole_clips(variant):
     assert calls == expected
     torch.testing.assert_close(chunked.exit_logits, whole.exit_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(chunked.focus_indices, whole.focus_indices)
+    assert torch.equal(chunked.glance_features, whole.glance_features)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_is_never_chunked(variant):
     model = tiny(variant).train()
-    model.encoder_chunk = 1
+    model.focus_chunk = 1
     video, extra = inputs(model, 2)
     calls = []
-    model.glance.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    model.focus.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     model(video, generator=torch.Generator().manual_seed(0), **extra)
     assert len(calls) == 1  # one call: BatchNorm statistics over the whole batch
 
 
 def test_cpu_evaluation_chunks_by_default():
-    assert prepare_for_inference(tiny("tsm")).encoder_chunk == inference.CPU_ENCODER_CHUNK == 32
-    assert prepare_for_inference(tiny("tsm"), encoder_chunk=8).encoder_chunk == 8
+    assert prepare_for_inference(tiny("tsm")).focus_chunk == inference.CPU_FOCUS_CHUNK == 32
+    assert prepare_for_inference(tiny("tsm"), focus_chunk=8).focus_chunk == 8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,7 +193,7 @@ def test_bf16_focus_runs_the_focus_encoder_alone_in_bfloat16(variant):
     with torch.no_grad():
         a, b = fp32(video, **extra), bf16(video, **extra)
     assert dtypes["focus"] == {torch.bfloat16}
-    assert dtypes["glance"] in (set(), {torch.float32})  # (the traced glance has no module hooks)
+    assert dtypes["glance"] == {torch.float32}
     assert torch.equal(a.glance_features, b.glance_features)  # the glance is untouched
     assert b.focus_features.dtype == torch.float32 and not torch.equal(a.focus_features, b.focus_features)
     scale = a.exit_logits.abs().max()
@@ -260,13 +247,15 @@ def test_predict_refuses_bf16_focus_with_the_plain_model_before_any_work(tmp_pat
 def test_evaluation_model_choice():
     model = tiny("mn2_r50")
     fast, line = evaluation_model(model)
-    assert fast is not model and fast.is_inference_copy and "inference copy" in line and "traced glance" in line
+    assert fast is not model and "inference copy" in line and "the model's own glance and policy" in line
+    assert "32 images per call; float32;" in line
     same, line = evaluation_model(model, plain=True)
     assert same is model and "plain model (--plain_model)" in line
-    fast, line = evaluation_model(model, eval_amp=True)  # --eval_amp: a traced glance would ignore autocast
-    assert not isinstance(fast.glance, TracedEncoder) and "eager glance, both encoders under --eval_amp" in line
-    fast, line = evaluation_model(tiny("x3d"), bf16_focus=inference.bf16_support() is None)
-    assert "eager glance" in line
+    fast, line = evaluation_model(model, eval_amp=True)
+    assert fast is not model and "both encoders under --eval_amp autocast" in line
+    if inference.bf16_support() is None:
+        _, line = evaluation_model(tiny("x3d"), bf16_focus=True)
+        assert "focus in bfloat16 (--bf16_focus), glance in float32" in line
 
 
 class _VideoSet(torch.utils.data.Dataset):
@@ -334,8 +323,8 @@ def test_cuda_evaluation_keeps_the_plain_model():
     model = tiny("mn2_r50").cuda()
     same, line = evaluation_model(model)
     assert same is model and "on cuda" in line
-    fast = prepare_for_inference(model)  # still usable on a GPU: no trace, no chunking
-    assert fast.encoder_chunk is None and not isinstance(fast.glance, TracedEncoder)
+    fast = prepare_for_inference(model)  # still usable on a GPU: no chunking
+    assert fast.focus_chunk is None
     video, _ = inputs(model, 2)
     with torch.no_grad():
         torch.testing.assert_close(fast(video.cuda()).exit_logits, model(video.cuda()).exit_logits, atol=1e-3,
@@ -387,16 +376,15 @@ def test_entry_points_wait_passively_unless_told_otherwise(entry):
     assert spin == "0"
 
 
-def test_adaptive_runtime_on_the_copy_needs_the_original_flops_and_matches_it():
+def test_adaptive_runtime_on_the_copy_counts_the_original_flops_and_matches_it():
     from models.flops import flops_breakdown
     from ops.early_exit import LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner
 
     model = tiny("mn2_r50")
     fast = prepare_for_inference(model)
     thresholds = [NO_EXIT_THRESHOLD] * 4 + [LAST_STAGE_THRESHOLD]
-    with pytest.raises(ValueError, match="pass flops= counted on the original model"):
-        AdaptiveRunner(fast, thresholds)
     table = flops_breakdown(model).stages()
+    assert AdaptiveRunner(fast, thresholds).flops.tolist() == table  # folding moves no multiply-add
     video, _ = inputs(model, 5)
     forced = torch.tensor([0, 1, 2, 3, 4])
     a = AdaptiveRunner(model, thresholds, flops=table).run(video, forced_exits=forced)

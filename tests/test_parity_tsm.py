@@ -185,9 +185,9 @@ def test_unit_cases_frame_selection(run):
 
 
 # ------------------------------------------------------------------------------------------------
-# The same checks through the inference copy (models.inference: BatchNorm folded into the shifted
-# convolutions too, channels-last, chunked encoder calls in whole clips; the shifted glance stays
-# eager), which CPU evaluation runs by default, within the same tolerances.
+# The same checks through the inference copy (models.inference: the model's own glance and policy;
+# the focus encoder's BatchNorm folded into the shifted convolutions too, channels-last, chunked focus
+# calls in whole clips), which CPU evaluation runs by default, within the same tolerances.
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def inference_run(run):

@@ -208,9 +208,9 @@ def test_three_crops_average_raw_logits_per_video(crop_run):
 
 
 # ------------------------------------------------------------------------------------------------
-# The same checks through the inference copy (models.inference: BatchNorm3d folded into the 3-D
-# convolutions, channels_last_3d, chunked encoder calls in whole clips; the glance stays eager), which
-# CPU evaluation runs by default, within the same tolerances.
+# The same checks through the inference copy (models.inference: the model's own glance and policy;
+# X3D-L's BatchNorm3d folded into its 3-D convolutions, channels_last_3d, chunked focus calls in whole
+# clips), which CPU evaluation runs by default, within the same tolerances.
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def inference_run(run):

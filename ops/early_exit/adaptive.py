@@ -31,10 +31,9 @@ Use::
     result = runner.run(video)          # result.logits (B, C), result.exit_stage (B,), result.gflops (B,)
 
 On a CPU, give it the inference copy (``models.inference.evaluation_model`` /
-``prepare_for_inference``: the same logits to rounding, about twice as fast), with the FLOPs table
-counted on the original model (``flops=``): the copy's traced glance hides its convolutions from the
-counter, so a copy without ``flops`` is refused. ``scripts/predict.py`` and
-``scripts/bench_adaptive.py`` do so.
+``prepare_for_inference``: the same frames and patches, the same logits to rounding, faster); it
+counts the same FLOPs as the original model. ``scripts/predict.py`` and ``scripts/bench_adaptive.py``
+count them on the original model once and pass them as ``flops=``.
 """
 from __future__ import annotations
 
@@ -111,9 +110,6 @@ class AdaptiveRunner:
             raise ValueError(f"{self.thresholds.numel()} thresholds for {self.num_stages} stages "
                              f"({models.variant_of(model).exits})")
         if flops is None:
-            if getattr(model, "is_inference_copy", False):
-                raise ValueError("an inference copy cannot count its own FLOPs (its traced glance hides them): "
-                                 "pass flops= counted on the original model")
             flops = models.variant_of(model).flops(model).stages()
         self.flops = torch.tensor([float(f) for f in flops], dtype=torch.float64)
         if self.flops.numel() != self.num_stages:
