@@ -227,8 +227,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("CPU evaluation (models/inference.py)")
     g.add_argument("--plain_model", action=argparse.BooleanOptionalAction, default=False,
                    help="evaluate with the model as trained; by default a CPU evaluation runs an inference copy "
-                        "of the current weights (BatchNorm folded, channels-last, 32 images per encoder call, "
-                        "traced glance where safe), equal to rounding and about twice as fast")
+                        "of the current weights (the model's own glance and policy, so the same frames and "
+                        "patches; the focus encoder with BatchNorm folded, channels-last, 32 images per call), "
+                        "equal to rounding and faster")
     g.add_argument("--bf16_focus", action=argparse.BooleanOptionalAction, default=False,
                    help="CPU evaluation: the focus encoder under bfloat16 autocast, the glance in float32 (CPUs "
                         "with AVX512-BF16 or AMX; moves logits by ~0.05, not the official float32 numbers)")

@@ -570,8 +570,8 @@ def _selection_images(batch, out, class_names, limit: int) -> List:
 def evaluation_network(net, args, log: Optional[RunLog] = None):
     """The network :func:`evaluate` runs for ``net`` (unwrapped, eval mode), with one log line saying which.
 
-    On a CPU, a fresh inference copy of the current weights (``models.inference``: BatchNorm folded,
-    channels-last, chunked encoder calls, a traced glance where safe; the focus encoder in bfloat16 with
+    On a CPU, a fresh inference copy of the current weights (``models.inference``: the model's own glance
+    and policy; the focus encoder with BatchNorm folded, channels-last, in chunks, and in bfloat16 with
     ``--bf16_focus``), made at every call so that validation between epochs never sees stale weights;
     ``net`` itself with ``--plain_model`` or on CUDA. ``--eval_amp`` keeps its meaning on the copy.
     """
