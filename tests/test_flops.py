@@ -6,7 +6,7 @@ import torch
 
 from models import UniAdaFocus
 from models import flops
-from support import reference_dir, tiny_model
+from support import fixture_params, require_fixture, tiny_model
 
 # Official: FLOPs(k) = 16*0.299511328 + r_P*k + 1e-3*(5.246976*16 + 8.392704*k + 0.8192*16 + 1.6384*k)
 #                     + [k > 0]*(0.00412992 + 0.822485376)
@@ -32,10 +32,18 @@ def test_official_constants_are_reproduced(breakdown):
     assert stages[0] == pytest.approx(4.889240064, rel=0.01)
     if p == 128:
         assert stages[1] == pytest.approx(7.060488128, rel=0.01)
-        path = reference_dir() / "early_exit_parity.pt"  # the early-exit fixture records the official table
-        if path.is_file():
-            table = torch.load(path, weights_only=True)["flops_table"]
-            assert all(ours == pytest.approx(theirs, rel=0.01) for ours, theirs in zip(stages, table))
+
+
+@pytest.mark.parametrize("path", fixture_params("early_exit_*.pt"))
+def test_the_official_flops_table_of_each_early_exit_fixture_is_reproduced(path):
+    """Each mn2_r50 early-exit fixture records the official FLOPs table of its model (class count, patch
+    size; one glance stage, then one stage per focus frame)."""
+    fx = torch.load(require_fixture(path), weights_only=True)
+    model = UniAdaFocus(num_classes=fx["num_classes"], patch_size=fx["patch_size"],
+                        num_focus_segments=fx["num_stages"] - 1)
+    stages = flops.flops_breakdown(model).stages("official")
+    assert len(stages) == len(fx["flops_table"]) == fx["num_stages"]
+    assert all(ours == pytest.approx(theirs, rel=0.01) for ours, theirs in zip(stages, fx["flops_table"]))
 
 
 def test_components_match_the_official_per_component_constants(breakdown):
