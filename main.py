@@ -21,6 +21,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from typing import List, Optional
 
 from ops.cpu import prefer_passive_omp_wait, tune_cpu_allocator
@@ -100,18 +101,25 @@ def run(args, info: dist_ops.DistInfo, command: Optional[List[str]] = None) -> i
     if info.is_main:
         prepare_run_folder(args, run_dir)
     dist_ops.barrier(info)
+    resumed = _resumed_epoch(args, run_dir)
     log = RunLog(run_dir, enabled=info.is_main, tensorboard=args.tensorboard and not args.evaluate,
-                 resume_epoch=_resumed_epoch(args, run_dir))
+                 resume_epoch=resumed)
     if command:
         log.info("=" * 24 + f" {time.strftime('%Y-%m-%d %H:%M:%S %Z')} session: {shlex.join(command)}")
     failed = True
+    progress = Progress(saved_epochs=resumed if args.resume == "auto" else 0)
     try:
-        status = _run(args, info, run_dir, log)
+        status = _run(args, info, run_dir, log, progress)
         failed = False
         return status
     except FloatingPointError as exc:
         log.info(f"ERROR: {exc}")
         raise SystemExit(f"stopped: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C: one line in log.txt and on stderr (ops/cli.py), exit status 130
+        message = interruption(args, run_dir, progress)
+        if info.is_main:
+            log.info(f"interrupted: {message}")
+        raise cli.Interrupted(message) from None
     except BaseException as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             failed = False
@@ -128,6 +136,59 @@ def run(args, info: dist_ops.DistInfo, command: Optional[List[str]] = None) -> i
                 os.rmdir(args.root_log)
 
 
+class StepCounter:
+    """The training loader as the epoch loop hands it to ``engine.train_one_epoch``: it passes every batch
+    on and counts the steps done, so that Ctrl-C can say at which step of the epoch the run stopped."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps, self.done = loader, steps, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.done = 0
+        for batch in self.loader:
+            yield batch
+            self.done += 1  # the step that took the batch is over once it asks for the next one
+
+    def __getattr__(self, name):  # sampler, dataset, ...
+        return getattr(self.loader, name)
+
+
+@dataclass
+class Progress:
+    """Where a run is, for the line Ctrl-C prints. ``phase``: 'training' (``batches`` counts the steps of
+    ``epoch``), else a phrase such as "in epoch 3's validation"; ``saved_epochs``: the finished epochs
+    the run folder's ``ckpt.pth.tar`` holds (0: none)."""
+
+    phase: str = "before the first training step"
+    epoch: int = 0
+    batches: Optional[StepCounter] = None
+    saved_epochs: int = 0
+
+    def where(self) -> str:
+        if self.phase == "training" and self.batches is not None:
+            step = min(self.batches.done + 1, self.batches.steps)
+            return f"in epoch {self.epoch} at step {step} of {self.batches.steps}"
+        return self.phase
+
+
+def interruption(args, run_dir: str, progress: Progress) -> str:
+    """What Ctrl-C stopped and how to continue, in one line. Checkpoints are written whole or not at all
+    (``ops/checkpoint.py``), so the run folder keeps the last complete one."""
+    stopped = f"stopped by Ctrl-C {'during the evaluation' if args.evaluate else progress.where()}"
+    if args.evaluate:
+        return f"{stopped}; an evaluation writes its files at its end, so none was written: run the same command again"
+    if progress.saved_epochs:
+        again = "run the same command again" if args.resume == "auto" else "run the same command with --resume auto"
+        return (f"{stopped}; {os.path.join(run_dir, 'ckpt.pth.tar')} keeps the {progress.saved_epochs} finished "
+                f"epoch(s): {again} to continue from epoch {progress.saved_epochs}")
+    if args.resume:
+        return f"{stopped}; no epoch finished since {args.resume} was loaded: run the same command again"
+    return f"{stopped}; no epoch had finished, so nothing was kept: run the same command again"
+
+
 def _resumed_epoch(args, run_dir: str) -> int:
     """The epoch a training run resumes at (so the log continues there), 0 for a new run."""
     if not args.resume or args.evaluate:
@@ -139,7 +200,7 @@ def _resumed_epoch(args, run_dir: str) -> int:
         return 0
 
 
-def _run(args, info, run_dir: str, log: RunLog) -> int:
+def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     started = time.time()
     used = set(get_variant(args.variant).hyper_parameters)  # e.g. --glance_size is x3d's
     for name in args.explicit:
@@ -184,13 +245,17 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
         return evaluate_once(args, info, model, val_loader, stages, run_dir, log, started)
 
     final = None
+    progress.batches = StepCounter(train_loader, len(train_loader) if not args.iters_per_epoch
+                                   else min(len(train_loader), args.iters_per_epoch))
     for epoch in range(start_epoch, args.epochs):
+        progress.phase, progress.epoch = "training", epoch
         lr = adjust_learning_rate(optimizer, epoch, args.lr, args.epochs, args.lr_type, args.lr_steps, args.weight_decay,
                                   start_epochs={"spatial_policy": args.stn_start_epoch})
-        train_stats = engine.train_one_epoch(model, objective, train_loader, optimizer, scaler, epoch, args, info, log)
+        train_stats = engine.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args, info, log)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)
         is_best = False
+        progress.phase = f"in epoch {epoch}'s validation"
         if epoch == args.epochs - 1 or (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0):
             result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log,
                                      ablation=args.policy_ablation and epoch == args.epochs - 1)
@@ -210,6 +275,7 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
         # The last checkpoint is written last: a run killed before it ends redoes this epoch on
         # --resume auto (and rewrites the best checkpoint, the summary row and metrics.json), so a
         # run that resumes as finished has written every file of its last epoch.
+        progress.phase = f"while epoch {epoch}'s files were written"
         if info.is_main and is_best:
             engine.save_run_checkpoint(os.path.join(run_dir, "ckpt.best.pth.tar"), model, optimizer, scaler,
                                        epoch + 1, best, best_epoch, args)
@@ -219,6 +285,7 @@ def _run(args, info, run_dir: str, log: RunLog) -> int:
         if info.is_main:
             engine.save_run_checkpoint(os.path.join(run_dir, "ckpt.pth.tar"), model, optimizer, scaler, epoch + 1,
                                        best, best_epoch, args)
+        progress.saved_epochs = epoch + 1
         dist_ops.barrier(info)
     log.info(f"done in {time.time() - started:.1f}s; best {final['metric'] if final else 'score'} "
              f"{best if best is not None else float('nan'):.3f} at epoch {best_epoch}")

@@ -5,8 +5,10 @@
 
 A user error (bad data, a bad checkpoint or thresholds file, missing weights, an argument that does
 not validate) prints ``error: <message>`` to stderr and exits with status 2; ``SystemExit("text")``
-raised by the entry points is reported the same way. ``UNIADAFOCUS_DEBUG=1`` re-raises instead, with
-the traceback. Anything else is a bug and keeps its traceback.
+raised by the entry points is reported the same way. Ctrl-C (``KeyboardInterrupt``) prints one
+``interrupted:`` line (for :class:`Interrupted`, the entry point's own: where the run stopped and how
+to continue) and exits with status 130, as a shell reports SIGINT. ``UNIADAFOCUS_DEBUG=1`` re-raises
+instead, with the traceback. Anything else is a bug and keeps its traceback.
 
 An error raised in a ``DataLoader`` worker process reaches the main process re-raised by PyTorch
 with the worker's traceback inside the message; :func:`user_message` keeps the original message only.
@@ -23,6 +25,12 @@ from .packages import sibling
 
 DEBUG_ENV = "UNIADAFOCUS_DEBUG"
 EXIT_STATUS = 2
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT, what a shell reports).
+INTERRUPTED_STATUS = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a message saying where the command stopped and how to continue (one line)."""
 
 
 def user_error_types() -> tuple:
@@ -55,10 +63,21 @@ def report(message: str) -> int:
     return EXIT_STATUS
 
 
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    """The line that reports Ctrl-C: the :class:`Interrupted` message, or a plain one."""
+    return str(exc) or "stopped by Ctrl-C"
+
+
 def run_main(main: Callable[..., Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``main(argv)``; a user error becomes one ``error:`` line and exit status 2."""
+    """Run ``main(argv)``; a user error becomes one ``error:`` line and exit status 2, Ctrl-C one
+    ``interrupted:`` line and exit status 130."""
     try:
         return main(argv) or 0
+    except KeyboardInterrupt as exc:
+        if debugging():
+            raise
+        print(f"interrupted: {interrupted_message(exc)}", file=sys.stderr, flush=True)
+        return INTERRUPTED_STATUS
     except SystemExit as exc:
         if isinstance(exc.code, str) and not debugging():
             return report(exc.code)
