@@ -11,7 +11,8 @@ decoded frame ``i`` owns the output slots ``[round(t_i·rate), round(t_{i+1}·ra
 variable-rate video repeats a frame across a gap and, of two frames in one slot, the later is kept.
 A video is *truncated* when its decoded duration falls short of what the container declares (the
 stream duration, or its frame count over the rate) by more than :data:`TRUNCATION_TOLERANCE` and two
-frames.
+frames; :func:`truncation` applies that rule to a video that is read without extraction (prediction).
+Both name the frame count the container claims and the count that decoded.
 """
 from __future__ import annotations
 
@@ -51,6 +52,62 @@ _ROTATIONS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 27
 
 def _round_half_up(x: Fraction) -> int:
     return math.floor(x + Fraction(1, 2))
+
+
+def native_rate(stream) -> Fraction:
+    """The stream's own frame rate (frames per second; 25 when the container gives none)."""
+    native = stream.guessed_rate or stream.average_rate or stream.base_rate
+    return Fraction(native) if native else Fraction(25)
+
+
+def declared_duration(stream) -> Optional[Fraction]:
+    """What the container says the stream lasts (seconds): the longer of its duration and its frame count
+    over the native rate; None when it says neither."""
+    declared = []
+    if stream.duration and stream.time_base:
+        declared.append(Fraction(stream.duration) * stream.time_base)
+    if stream.frames:
+        declared.append(stream.frames / native_rate(stream))
+    return max(declared) if declared else None
+
+
+def falls_short(declared: Optional[Fraction], span: Fraction, step: Fraction) -> bool:
+    """Whether ``span`` seconds decoded fall short of the ``declared`` duration: by more than
+    :data:`TRUNCATION_TOLERANCE` of it and more than two frame periods ``step``."""
+    if declared is None:
+        return False
+    short = declared - span
+    return short > TRUNCATION_TOLERANCE * declared and short > 2 * step
+
+
+def claimed_frames(stream) -> str:
+    """'the container claims N frames' (or, without a frame count, its duration), for messages."""
+    if stream.frames:
+        return f"the container claims {stream.frames} frames"
+    declared = declared_duration(stream)
+    return f"the container claims {float(declared):.2f} s" if declared is not None else "the container claims no length"
+
+
+def truncation(path: str, decoded: Optional[int] = None) -> str:
+    """'' for a complete video file; for a truncated one, one line naming the file, the frame count its
+    container claims and how many decoded, e.g. ``'cut.avi: truncated video: the container claims 270
+    frames (11.26 s), 2 decoded (0.08 s)'``.
+
+    ``decoded``: how many frames the caller could decode (default: every packet of the stream counts);
+    the decoded span runs from the first of them to one frame period after the last, in presentation
+    time, so a variable-rate video that shows few frames over its whole length is not truncated.
+    """
+    import av
+    times = _presentation_times(path)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        declared, step, claims = declared_duration(stream), 1 / native_rate(stream), claimed_frames(stream)
+    count = len(times) if decoded is None else min(decoded, len(times))
+    span = times[count - 1] - times[0] + step if count else Fraction(0)
+    if not falls_short(declared, span, step):
+        return ""
+    return (f"{path}: truncated video: {claims} ({float(declared):.2f} s), {count} decoded "
+            f"({float(span):.2f} s)")
 
 
 def _presentation_times(path: str) -> List[Fraction]:
@@ -112,15 +169,10 @@ def extract_pyav(source: str, folder: str, template: str, short_side: int, fps: 
         if not container.streams.video:
             raise ExtractionError("no video stream")
         stream = container.streams.video[0]
-        native = stream.guessed_rate or stream.average_rate or stream.base_rate
-        native = Fraction(native) if native else Fraction(25)
+        native = native_rate(stream)
         rate = Fraction(fps).limit_denominator(1001) if fps else native
         step = 1 / native
-        declared = []                                   # what the container says the duration is
-        if stream.duration and stream.time_base:
-            declared.append(Fraction(stream.duration) * stream.time_base)
-        if stream.frames:
-            declared.append(stream.frames / native)
+        declared, claims = declared_duration(stream), claimed_frames(stream)
 
         held, held_slot, t, decoded, error = None, 0, Fraction(0), 0, ""
         try:
@@ -141,12 +193,11 @@ def extract_pyav(source: str, folder: str, template: str, short_side: int, fps: 
     if writer.count == 0:
         raise ExtractionError(error or "no frame could be decoded")
     span = t + step
-    expected = max(declared) if declared else span
-    short = expected - span
-    if error or (short > TRUNCATION_TOLERANCE * expected and short > 2 * step):
-        reason = error or f"truncated: decoded {float(span):.2f} s of the {float(expected):.2f} s declared"
+    if error or falls_short(declared, span, step):
+        reason = error or f"truncated: decoded {float(span):.2f} s of the {float(declared):.2f} s declared"
+        reason += f" ({decoded} frames), {claims}"
         if not allow_truncated:
-            raise ExtractionError(f"{reason} ({decoded} frames); pass --allow_truncated to keep it")
+            raise ExtractionError(f"{reason}; pass --allow_truncated to keep it")
         return writer.count, reason
     return writer.count, ""
 

@@ -13,15 +13,23 @@ used: 0 = the glance alone), the GFLOPs spent and the seconds taken (decoding an
 is used. The model's configuration comes from our checkpoints themselves; official release files
 need ``--config`` (a preset) or the size flags. Class names come from ``--class_names`` (one per
 line), else from the class file of the checkpoint's dataset when it can be found, else numbers.
+Sizes that no weight shape of an official file reveals (the patch size, the candidate frame count, ...)
+and that neither ``--config`` nor a size flag gives are main.py's defaults, and stderr says which were
+assumed. A video that cannot be read is reported on one line and skipped; the others are still
+classified, and the exit status is 2 when any failed. A truncated video (fewer frames than its container
+claims) is classified from the frames that decode, with a warning.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
 import time
-from typing import List
+from typing import Dict, List
+
+import yaml
 
 from ops.cpu import prefer_passive_omp_wait, tune_cpu_allocator
 
@@ -32,6 +40,7 @@ import torch  # noqa: E402
 from datasets import DataError, class_names  # noqa: E402
 from datasets.clip import load_clip  # noqa: E402
 from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
+from datasets.video import truncation  # noqa: E402
 from models import get_variant  # noqa: E402
 from models.inference import bf16_focus_problem, evaluation_model  # noqa: E402
 from ops import cli, config, engine  # noqa: E402
@@ -59,8 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run the model as trained instead of its CPU inference copy (models/inference.py)")
     p.add_argument("--bf16_focus", action="store_true",
                    help="CPU: the focus encoder under bfloat16 autocast, the glance in float32 (AVX512-BF16 or AMX)")
+    g = p.add_argument_group("model sizes", "main.py's flags of the same names, for official release files (our "
+                                            "checkpoints record their own; a flag that contradicts them is an error)")
     for key in MODEL_KEYS:
-        p.add_argument("--" + key, type=str if key in ("variant", "glance_arch", "focus_arch") else
+        g.add_argument("--" + key, type=str if key in ("variant", "glance_arch", "focus_arch") else
                        (float if key == "temperature" else int), default=None)
     return p
 
@@ -87,11 +98,67 @@ def model_config(args, ckpt: dict) -> dict:
     cfg["_dataset"] = preset.get("dataset", saved.get("dataset"))
     cfg["_data_dir"] = preset.get("data_dir", saved.get("data_dir"))
     cfg["_saved"] = bool(saved)
+    cfg["_explicit"] = explicit
     return cfg
+
+
+def sizes_hidden_from_weights(variant, cfg: Dict, num_classes: int) -> List[str]:
+    """The model sizes of ``variant`` in ``cfg`` that change no weight shape (the patch size, the candidate
+    frame count, ...): a checkpoint without configuration cannot tell them. Found by building the model
+    on the meta device (no memory, no weights) with each size changed and comparing the shapes."""
+    sizes = {k: v for k, v in cfg.items() if k in variant.hyper_parameters}
+
+    def shapes(values):
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in variant.build(num_classes=num_classes, **values).state_dict().items()}
+
+    reference = shapes(sizes)
+    hidden = []
+    for key, value in sizes.items():
+        if key not in config.MODEL_KEYS or not isinstance(value, int) or isinstance(value, bool):
+            continue
+        for other in (value * 2, value // 2):
+            try:
+                changed = shapes({**sizes, key: other}) if other >= 1 else None
+            except ValueError:  # a combination the model refuses (a patch larger than the input, ...)
+                continue
+            if changed is not None:
+                if changed == reference:
+                    hidden.append(key)
+                break
+    return hidden
+
+
+def preset_example(variant_name: str) -> str:
+    """A preset of the repository's configs/ for ``variant_name`` (as an example to name), else a pattern."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    default = config.get_args_parser().get_default("variant")
+    for path in sorted(glob.glob(os.path.join(folder, "*.yaml"))):
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if values.get("variant", default) == variant_name and values.get("dataset") != "synthetic":
+            return f"configs/{os.path.basename(path)}"
+    return "configs/<preset>.yaml"
+
+
+def assumed_sizes_warning(args, variant, cfg: Dict, num_classes: int) -> str:
+    """For a checkpoint without configuration: the one line naming the sizes no weight shape, flag or
+    preset gave, their assumed values and how to set them ('' when there are none)."""
+    if cfg["_saved"]:
+        return ""
+    assumed = [k for k in sizes_hidden_from_weights(variant, cfg, num_classes) if k not in cfg["_explicit"]]
+    if not assumed:
+        return ""
+    flags = ", ".join(f"--{k}" for k in assumed)
+    values = ", ".join(f"{k} {cfg[k]}" for k in assumed)
+    return (f"{flags} not given and not recorded in {args.checkpoint}: assuming {values} (the {variant.name} "
+            f"defaults); pass {flags} or the release's preset, e.g. --config {preset_example(variant.name)}")
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to this process (pass --device cpu)")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     problem = bf16_focus_problem(args.plain_model, device.type) if args.bf16_focus else None
@@ -120,6 +187,9 @@ def main(argv=None) -> int:
             raise
         raise SystemExit(f"{exc} (the model sizes come from --config / the size flags and must match the checkpoint: "
                          f"pass the release's preset, --config configs/<preset>.yaml)") from None
+    assumed = assumed_sizes_warning(args, variant, cfg, num_classes)
+    if assumed:
+        print(f"warning: {assumed}", file=sys.stderr, flush=True)
     try:
         names = class_names(num_classes, path=args.class_names, dataset=cfg["_dataset"], data_dir=cfg["_data_dir"])
     except DataError as exc:
@@ -135,11 +205,22 @@ def main(argv=None) -> int:
             raise SystemExit(f"--thresholds {args.thresholds}: {thresholds.thresholds.numel()} thresholds for a "
                              f"model with {len(stages)} exits ({variant.exits})")
         runner = AdaptiveRunner(model, thresholds, flops=stages)
-    for path in expand_videos(args.videos):
+    paths = expand_videos(args.videos)
+    unreadable = []
+    for number, path in enumerate(paths):
         started = time.perf_counter()
-        result = predict(path, model, variant, runner, stages, names, args, device)
+        try:
+            result = predict(path, model, variant, runner, stages, names, args, device)
+        except DataError as exc:  # this video only: the others are still classified
+            print(f"error: {cli.user_message(exc)}", file=sys.stderr, flush=True)
+            unreadable.append(path)
+            continue
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"stopped by Ctrl-C at {path}, after {number} of {len(paths)} videos") from None
         result["seconds"] = time.perf_counter() - started  # decoding and the model
         show(result, args.json)
+    if unreadable:
+        raise SystemExit(f"{len(unreadable)} of {len(paths)} videos could not be read: {', '.join(unreadable)}")
     return 0
 
 
@@ -161,8 +242,12 @@ def focus_frames_used(stage: int, model) -> int:
 
 
 def predict(path: str, model, variant, runner, stages, names, args, device) -> dict:
-    """Classify one video: top-k classes, the exit taken and its GFLOPs."""
+    """Classify one video: top-k classes, the exit taken and its GFLOPs. A truncated video file is
+    classified from the frames that decode, with a warning on stderr."""
     clip, info = load_clip(path, model.num_segments, model.input_size, args.short_side, args.template)
+    short = truncation(path, decoded=info.num_frames) if os.path.isfile(path) else ""
+    if short:
+        print(f"warning: {short}; classified from the {info.num_frames} frames that decode", file=sys.stderr, flush=True)
     inputs = {}
     if variant.frame_source == "separate":  # the glance frames are sampled apart, as the datasets do
         glance, _ = load_clip(path, model.num_glance, model.input_size, args.short_side, args.template)
