@@ -6,12 +6,21 @@ undecoded, for decoding on the device. A frame that is missing or cannot be deco
 :class:`~.errors.FrameError` naming the frame file and the list line, unless
 ``missing='repeat_first'`` is asked for: then, as in the official code, the first frame of the video
 is used instead, and every substitution is logged as a warning.
+
+Frames too large to decode safely: Pillow warns about an image of more than ``PIL.Image.MAX_IMAGE_PIXELS``
+pixels (89.5 million by default) and refuses one of twice that (its decompression-bomb guard). No video
+frame is that large, and decoding one costs 270 MB or more in every loader worker, so this module makes
+Pillow's warning an error too (a filter installed on import, for that warning only) and reports both as
+:class:`FrameTooLargeError`, naming the pixel count; :class:`FrameReader` adds the frame and its file.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import re
+import warnings
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +38,24 @@ FRAME_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 #: The first bytes of every JPEG file (start-of-image marker).
 JPEG_MAGIC = b"\xff\xd8\xff"
 
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+class FrameTooLargeError(ValueError):
+    """An image file has more pixels than Pillow decodes safely (the message gives the count)."""
+
+
+@contextlib.contextmanager
+def pixel_limit():
+    """Turn Pillow's decompression-bomb guard (its warning and its error) into :class:`FrameTooLargeError`."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else str(exc)
+        raise FrameTooLargeError(f"too large to decode safely: {pixels}, more than Pillow's limit "
+                                 f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}") from None
+
 
 def check_template(template: str) -> str:
     """Validate a frame-name template such as ``'image_{:05d}.jpg'``; returns it unchanged."""
@@ -42,8 +69,9 @@ def check_template(template: str) -> str:
 
 
 def open_frame(path: str) -> Image.Image:
-    """Open and decode one image file as RGB. Raises ``OSError``/``ValueError`` on failure."""
-    with Image.open(path) as image:
+    """Open and decode one image file as RGB. Raises ``OSError``/``ValueError`` on failure
+    (:class:`FrameTooLargeError` for an image too large to decode safely)."""
+    with pixel_limit(), Image.open(path) as image:
         if image.mode != "RGB":
             return image.convert("RGB")
         image.load()
@@ -59,7 +87,7 @@ def read_jpeg_file(path: str) -> Tuple[torch.Tensor, Tuple[int, int]]:
     if not data.startswith(JPEG_MAGIC):
         raise ValueError(("an empty file" if not data else "not a JPEG file") +
                          "; decoding on the device reads JPEG frames only")
-    with Image.open(io.BytesIO(data)) as image:  # parses the header only
+    with pixel_limit(), Image.open(io.BytesIO(data)) as image:  # parses the header only
         size = image.size
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), size
 
@@ -122,6 +150,8 @@ class FrameReader:
         prefix = f"{self.where}: " if self.where else ""
         if isinstance(error, FileNotFoundError):
             return f"{prefix}frame {index} is missing: {path} ({describe_folder(self.folder, self.template)})"
+        if isinstance(error, FrameTooLargeError):
+            return f"{prefix}frame {index} cannot be decoded: {path} ({error})"
         return f"{prefix}frame {index} cannot be decoded: {path} ({type(error).__name__}: {error})"
 
     def load(self, index: int, loader: Callable[[str], Any]):

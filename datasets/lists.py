@@ -17,9 +17,17 @@ Duplicated labels on a line count once. A class file has one class name per line
 lines is the number of classes, and a class's id is its 0-based line number.
 
 Every problem raises :class:`~.errors.ListFileError` naming the file and the line.
+
+A video listed twice (the same path on two lines) is kept as listed, with one warning per file naming
+the first repeat's line, the line it repeats and how many repeated lines there are in all. Keeping
+the data as it is is the least surprising choice (the official code reads the list as it is, and so
+does a list that repeats a video on purpose, to weigh it more in training); the warning is there
+because a repeat is almost always a mistake, and in a validation list it skews the metrics: the
+video counts twice. The official lists have no repeats.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -28,6 +36,10 @@ from .errors import ListFileError
 
 #: Most problems quoted in one error message; the total count is always given.
 MAX_REPORTED = 5
+
+logger = logging.getLogger(__name__)
+#: The list files whose repeated videos were warned about in this process (each file is warned about once).
+_warned_repeats = set()
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,33 @@ def parse_list_file(path: str, *, separator: str, multi_label: bool,
         raise ListFileError(_summarise(problems, "malformed line"))
     if not records:
         raise ListFileError(f"{path}: the list file has no entries")
+    warn_repeated_videos(records, path)
     return records
+
+
+def repeated_videos(records: Sequence[VideoRecord]) -> List[Tuple[VideoRecord, VideoRecord]]:
+    """``(repeat, first)`` for every record whose video path an earlier record of the list already has."""
+    first = {}
+    repeats = []
+    for record in records:
+        if record.path in first:
+            repeats.append((record, first[record.path]))
+        else:
+            first[record.path] = record
+    return repeats
+
+
+def warn_repeated_videos(records: Sequence[VideoRecord], path: str) -> None:
+    """Log one warning (once per file and process) when the list names a video on more than one line."""
+    repeats = repeated_videos(records)
+    key = os.path.abspath(path)
+    if not repeats or key in _warned_repeats:
+        return
+    _warned_repeats.add(key)
+    repeat, first = repeats[0]
+    count = f"{len(repeats)} repeated line{'s' if len(repeats) != 1 else ''} in all"
+    logger.warning(f"warning: {path}:{repeat.line}: video {repeat.path!r} is already on line {first.line}; {count}, "
+                   f"kept as listed (each copy counts, in training and in the metrics)")
 
 
 def read_class_file(path: str) -> List[str]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -346,21 +347,54 @@ def _video_job(job):
 
 
 # ---------------------------------------------------------------------------------------------
-def resolve_params(**overrides: Any) -> Dict[str, Any]:
-    """Defaults plus overrides, normalised (``frame_size`` -> [w, h], ranges -> lists) and checked."""
-    unknown = sorted(set(overrides) - set(DEFAULTS))
+#: Every option of the synthetic set: :data:`DEFAULTS`' and ``workers`` (the speed of generation).
+OPTION_NAMES = tuple(sorted(DEFAULTS) + ["workers"])
+
+
+def check_option_names(names) -> None:
+    """Raise ``ValueError`` naming the unknown options (each with the closest valid one) and listing the valid ones."""
+    unknown = sorted(set(names) - set(OPTION_NAMES))
     if unknown:
-        raise TypeError(f"unknown synthetic option(s) {unknown}; valid: {sorted(DEFAULTS) + ['workers']}")
-    p = dict(DEFAULTS, **overrides)
+        described = []
+        for name in unknown:
+            close = difflib.get_close_matches(str(name), OPTION_NAMES, n=1)
+            described.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ValueError(f"unknown synthetic option{'s' if len(unknown) > 1 else ''} {', '.join(described)}; the "
+                         f"options (--synthetic, or the synthetic: mapping of a config file) are {', '.join(OPTION_NAMES)}")
+
+
+def resolve_params(**overrides: Any) -> Dict[str, Any]:
+    """Defaults plus overrides, normalised (``frame_size`` -> [w, h], ranges -> lists) and checked; a bad
+    option raises ``ValueError`` naming it (an unknown one: :func:`check_option_names`)."""
+    check_option_names(overrides)
+    p = dict(DEFAULTS, **{k: v for k, v in overrides.items() if k != "workers"})
+    try:
+        _normalise(p)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"synthetic options: {exc}") from None
+    return p
+
+
+def _normalise(p: Dict[str, Any]) -> None:
+    """Normalise and check the options ``p`` in place (``ValueError`` / ``TypeError`` naming the option)."""
     size = p["frame_size"]
-    p["frame_size"] = [int(size), int(size)] if np.isscalar(size) else [int(s) for s in size]
+    try:
+        p["frame_size"] = [int(size), int(size)] if np.isscalar(size) else [int(s) for s in size]
+    except (TypeError, ValueError):
+        raise ValueError(f"frame_size must be a number of pixels or (width, height), got {size!r}") from None
     for key in ("object_size", "visible_fraction", "num_distractors"):
-        p[key] = [float(v) if key != "num_distractors" else int(v) for v in p[key]]
+        try:
+            p[key] = [float(v) if key != "num_distractors" else int(v) for v in p[key]]
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a range (low, high), got {p[key]!r}") from None
         if len(p[key]) != 2 or p[key][0] > p[key][1] or p[key][0] < 0:
             raise ValueError(f"{key} must be a range (low, high) with 0 <= low <= high, got {p[key]}")
     for key in ("seed", "num_classes", "train_videos", "val_videos", "frames_per_video", "quality", "twin_classes",
                 "checker_cell"):
-        p[key] = int(p[key])
+        try:
+            p[key] = int(p[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be an integer, got {p[key]!r}") from None
     if p["seed"] < 0:
         raise ValueError(f"seed must be non-negative, got {p['seed']}")
     if p["num_classes"] < 2:
@@ -384,7 +418,6 @@ def resolve_params(**overrides: Any) -> Dict[str, Any]:
     if p["chroma_subsampling"] not in CHROMA_SUBSAMPLING:
         raise ValueError(f"chroma_subsampling must be one of {', '.join(CHROMA_SUBSAMPLING)}, "
                          f"got {p['chroma_subsampling']!r}")
-    return p
 
 
 def _default_workers() -> int:
