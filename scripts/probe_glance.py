@@ -21,7 +21,6 @@ training run's (same sampler, augmentation and seeds for the given ``--seed``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -36,7 +35,7 @@ from ops.rng import epoch_seed, seed_everything
 
 
 def main_cli(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = config.ArgumentParser("python -m scripts.probe_glance", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--config", required=True, help="a synthetic preset (e.g. configs/synthetic.yaml)")
     p.add_argument("--data_dir", default=None, help="override the preset's data directory")
     p.add_argument("--seed", type=int, default=1007, help="the training seed (main.py's --seed)")

@@ -21,7 +21,6 @@ which is the direct answer.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -51,7 +50,7 @@ def placements(policy_actions: torch.Tensor, boxes: torch.Tensor, size: int, gen
 
 
 def main_cli(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = config.ArgumentParser("python -m scripts.probe_spatial", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--config", required=True, help="the run's preset (e.g. configs/synthetic.yaml)")
     p.add_argument("--resume", required=True, help="checkpoint to probe")
     p.add_argument("--data_dir", default=None, help="override the preset's data directory")

@@ -36,10 +36,16 @@ from ops.visualize import focus_frames_gif, ground_truth_boxes, legend, selectio
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """main.py's arguments (``--thresholds`` marks the exit step here) and the drawing options."""
+    """The drawing options, then main.py's arguments (``--thresholds`` marks the exit step here); ``--help``
+    shows this script's description and its own options first."""
     parser = config.get_args_parser()
     parser.prog = "python -m scripts.visualize"
-    g = parser.add_argument_group("visualisation")
+    parser.description = __doc__.split("\n\n")[0]
+    parser.usage = ("%(prog)s [--videos I [I ...] | --files VIDEO [VIDEO ...]] [--out PNG] [--gif] [--thumb PX] "
+                    "[--short_side PX] [main.py's flags: --config FILE --resume CHECKPOINT --thresholds FILE ...]")
+    g = parser.add_argument_group("visualisation", "what to draw and where; main.py's flags (further below) "
+                                                   "give the data, the model and its checkpoint")
+    parser._action_groups.insert(0, parser._action_groups.pop())  # listed first by --help
     g.add_argument("--videos", type=int, nargs="+", default=[0, 1, 2, 3], help="validation video indices")
     g.add_argument("--files", nargs="+", default=None,
                    help="draw these video files or frame folders instead of dataset videos (needs --resume)")
