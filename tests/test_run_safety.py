@@ -116,7 +116,9 @@ sys.exit(main.main())
 
 
 def test_a_kill_while_the_last_best_checkpoint_is_written_is_repaired_by_resume(data_dir, tmp_path):
-    cmd = _main(data_dir, tmp_path, *TRAIN, "--store_name", "killed")
+    # --eval_freq 0: one validation, after the last epoch, so its best checkpoint (epoch 2) is written
+    # whatever the scores are
+    cmd = _main(data_dir, tmp_path, *TRAIN, "--eval_freq", "0", "--store_name", "killed")
     script = tmp_path / "main_dying_while_writing_best.py"
     script.write_text(KILL_WHILE_WRITING_BEST)
     killed = entry_points.run([sys.executable, str(script)] + cmd[2:], env=_env(), timeout=300)
