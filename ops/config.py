@@ -59,6 +59,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{' (--help lists the flags)' if own else ''}\n")
 
 
+def _json_object(text: str) -> dict:
+    """A command-line JSON object (``--synthetic``); anything else is an argparse error naming what it got."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of options is needed, e.g. '{{\"train_videos\": 200}}'; "
+                                         f"got {type(value).__name__} {text!r}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """main.py's flags: every official flag with its name and meaning, and ours."""
     p = ArgumentParser("Uni-AdaFocus", description=DESCRIPTION, allow_abbrev=False,
@@ -78,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--missing_frames", choices=("error", "repeat_first"), default="error",
                    help="'repeat_first' reproduces the official substitution of missing frames (each one logged)")
     g.add_argument("--dataset_config", default=None, help="JSON file describing a custom dataset (see docs/data.md)")
-    g.add_argument("--synthetic", type=json.loads, default=None,
+    g.add_argument("--synthetic", type=_json_object, default=None,
                    help='generation options of the synthetic dataset, as JSON, e.g. \'{"train_videos": 200}\'')
 
     g = p.add_argument_group("model")
@@ -321,7 +333,7 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
                 values[key] = kind(value)
             elif kind is not None and isinstance(value, list):
                 values[key] = [kind(v) if isinstance(v, str) else v for v in value]
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"--config {path}: {key}: {exc}")
         choices = actions[key].choices
         if values[key] is None and actions[key].default is None:
@@ -405,6 +417,9 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
                      f"{args.num_segments} (the focus frames are chosen among the candidates)")
     if args.patch_size > args.input_size:
         parser.error(f"--patch_size {args.patch_size} must not exceed --input_size {args.input_size}")
+    if getattr(args, "synthetic", None) is not None and not isinstance(args.synthetic, dict):
+        parser.error(f"synthetic: in {getattr(args, 'config', None) or 'the config file'} must be a mapping of generation options, got "
+                     f"{type(args.synthetic).__name__} {args.synthetic!r}")
     launcher = [flag for flag, dest in LAUNCHER_FLAGS
                 if getattr(args, dest, None) is not None and getattr(args, dest) is not False]
     if launcher:

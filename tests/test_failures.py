@@ -338,6 +338,23 @@ def test_an_unknown_synthetic_option_is_one_line_naming_it_and_the_valid_ones(wo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.yaml"]  # no run folder, no data generated
 
 
+@pytest.mark.parametrize("flag_value, config_value, message", [
+    ('[1]', "[1, 2]", "synthetic: in {preset} must be a mapping of generation options, got list"),
+    ('"frames"', "frames", "--config {preset}: synthetic: not JSON")])
+def test_synthetic_options_that_are_not_a_mapping_are_one_line(tmp_path, capsys, flag_value, config_value, message):
+    from ops import config
+
+    with pytest.raises(SystemExit) as stop:
+        config.parse_args(["--dataset", "synthetic", "--synthetic", flag_value])
+    assert stop.value.code == 2
+    assert "argument --synthetic: a JSON object of options is needed" in capsys.readouterr().err
+    preset = tmp_path / "list.yaml"
+    preset.write_text(f"dataset: synthetic\nsynthetic: {config_value}\n")
+    with pytest.raises(SystemExit):
+        config.parse_args(["--config", str(preset)])
+    assert message.format(preset=preset) in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------
 # --help of the scripts
 # ------------------------------------------------------------------------------------------------
