@@ -8,6 +8,7 @@ Self-contained: nothing here imports ``ops`` or ``datasets``. The variants regis
     model = variant.build(num_classes=200, patch_size=128)
 """
 from . import mn2_r50, tsm, uni_adafocus_x3d  # noqa: F401  (register the variants)
+from . import adafocus_v2  # noqa: F401  (registered last: earlier layouts are tried first)
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, BackboneWeightsError, FocusEncoder, GlanceEncoder
 from .classifier import ExitClassifier
 from .patches import PatchGeometry

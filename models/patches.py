@@ -80,8 +80,19 @@ def crop_patches(frames: torch.Tensor, actions: torch.Tensor, output_size, patch
     if actions.shape != (frames.shape[0], 4):
         raise ValueError(f"actions must be ({frames.shape[0]}, 4), got {tuple(actions.shape)}")
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    x1, y1, ext_w, ext_h = _box_terms(actions, frames.shape[2], frames.shape[3], patch_size, input_size, extent_base)
+    return sample_boxes(frames, x1, y1, ext_w, ext_h, out_h, out_w)
+
+
+def sample_boxes(frames: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, ext_w: torch.Tensor,
+                 ext_h: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Bilinear samples of one axis-aligned box per frame on an ``out_h x out_w`` grid of cell centres.
+
+    frames: (N, C, H, W); x1, y1, ext_w, ext_h: (N,) the boxes' left and top edges and extents in
+    continuous pixel coordinates (pixel ``i`` covers ``[i, i+1)``). Returns (N, C, out_h, out_w);
+    differentiable in ``frames`` and the box tensors.
+    """
     n, c, h, w = frames.shape
-    x1, y1, ext_w, ext_h = _box_terms(actions, h, w, patch_size, input_size, extent_base)
     # Affine map from the output's normalised coordinates to the frame's (align_corners=False):
     # scale = extent / side, shift = box centre in [-1, 1].
     zeros = torch.zeros_like(x1)

@@ -1,0 +1,282 @@
+"""AdaFocusV2 (ActivityNet / FCVID / Mini-Kinetics form) reproduces the official eval forward.
+
+For every ``v2/parity_*.pt`` of the reference folder whose ``config['tree']`` is that form: the
+configuration, manifest, checkpoint generator, seeds and glance architecture come from the file. The
+synthetic checkpoint is built at test time (its digest checked), loaded through ``load_checkpoint``
+(official layout, ``module.`` prefix), the input regenerated from ``input_seed`` (its checksum checked)
+and the eval forward run as the fixture README's recipe says, with our own coarse-to-fine reordering.
+
+Tolerances are the fixture README's (section 7). The focus side is compared stage by stage, tightly:
+the crop given the recorded actions bit for bit, the focus encoder given those patches, the classifier
+given the recorded features; end to end (where a 1e-5 change of an action moves a box on white-noise
+frames) with the README's looser end-to-end tolerances. Fixtures of the Sth-Sth / Jester form skip.
+
+Every ``v2/adafocus_v2_actnet_*_state_dict.json`` manifest is compared with ours, key for key in order,
+for the configuration its shapes describe.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from models.adafocus_v2 import (AdaFocusV2, coarse_to_fine_order, crop_fixed_patches, official_glance_arch,
+                                official_manifest)
+from ops.checkpoint import load_checkpoint
+from ops.objective import step_cross_entropy, validation_loss
+from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
+
+#: ``config['tree']`` of the fixtures of the form built here (the official folder name).
+ACT_TREE = "Experiments on ActivityNet, FCVID and Mini-Kinetics"
+
+GLANCE = dict(atol=5e-4, rtol=1e-4)
+GLANCE_MAP = dict(atol=3e-3, rtol=0.0)
+POLICY_INTERNALS = dict(atol=2e-3, rtol=0.0)
+ACTIONS = dict(atol=1e-4, rtol=0.0)
+PATCH_PIXELS = dict(atol=2e-2, rtol=0.0)
+STAGE = dict(atol=1e-4, rtol=0.0)  # focus features given the patches, classifier given the features
+END_TO_END_FEATURES = dict(atol=0.1, rtol=1e-2)
+END_TO_END_LOGITS = dict(atol=5e-2, rtol=1e-2)
+END_TO_END_PATCHES = dict(atol=5e-2, rtol=0.0)
+
+
+def build_model(cfg) -> AdaFocusV2:
+    """The model of a fixture's ``config`` (ACT form)."""
+    return AdaFocusV2(num_classes=cfg["num_classes"], num_segments=cfg["num_segments"], patch_size=cfg["patch_size"],
+                      input_size=cfg["input_size"], glance_arch=cfg["glance_arch"], glance_size=cfg.get("glance_size"),
+                      stn_hidden_dim=cfg["stn_hidden_dim"], dropout=cfg["dropout"], fc_dropout=cfg["fc_dropout"],
+                      sample=cfg["sample"])
+
+
+def checksum(t: torch.Tensor) -> dict:
+    """The fixture's checksum of a tensor: exactly rounded float64 sums, first and last 8 values, shape."""
+    flat = t.detach().reshape(-1).double().tolist()
+    return {"sum": math.fsum(flat), "abs_sum": math.fsum(abs(v) for v in flat), "sq_sum": math.fsum(v * v for v in flat),
+            "first8": flat[:8], "last8": flat[-8:], "shape": list(t.shape)}
+
+
+def assert_checksum_equal(t: torch.Tensor, recorded: dict, name: str):
+    ours = checksum(t)
+    for key in ("shape", "first8", "last8", "sum", "abs_sum", "sq_sum"):
+        assert ours[key] == recorded[key], f"{name}: {key} {ours[key]} != recorded {recorded[key]}"
+
+
+def regenerate_inputs(fx):
+    """(raw clip (B, 3T, S, S) in loader order, target_full (B, 3)) from the fixture's recipe."""
+    cfg = fx["config"]
+    b, t, size = cfg["batch_size"], cfg["num_segments"], cfg["input_size"]
+    g = torch.Generator().manual_seed(fx["input_seed"])
+    raw = torch.randn((b, 3 * t, size, size), generator=g, dtype=torch.float32)
+    labels = torch.randint(0, cfg["num_classes"], (3,), generator=g)
+    target_full = torch.tensor([[labels[0], -1, -1], [labels[1], labels[2], -1]])
+    return raw, target_full
+
+
+class Capture:
+    """Forward hooks recording the outputs of a few submodules during one forward."""
+
+    def __init__(self, modules: dict):
+        self.values = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name):
+        def record(module, inputs, output):
+            self.values[name] = output
+        return record
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module", params=fixture_params("parity_*.pt", "v2"))
+def run(request, tmp_path_factory):
+    path = require_fixture(request.param)
+    fx = torch.load(path, weights_only=True)
+    cfg = fx["config"]
+    if cfg.get("tree") != ACT_TREE:
+        pytest.skip("STH form not built yet")
+    torch.set_num_threads(fx.get("num_threads", 1))
+    model = build_model(cfg)
+    generator = fixture_generator(path, fx)
+    manifest = generator.load_manifest(fixture_manifest_path(path, fx))
+    ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
+    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
+    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
+    ckpt_path = tmp_path_factory.mktemp("v2_parity") / "ckpt.pth.tar"
+    torch.save(ckpt, ckpt_path)
+    info = load_checkpoint(str(ckpt_path), model)
+    model.eval()
+
+    raw, target_full = regenerate_inputs(fx)
+    capture = Capture({"glance": model.glance, "policy": model.policy})
+    torch.manual_seed(fx["forward_seed"])
+    rng_before = torch.get_rng_state()
+    with torch.no_grad():
+        out = model(raw)
+    rng_untouched = torch.equal(rng_before, torch.get_rng_state())
+    capture.remove()
+    return dict(fx=fx, model=model, info=info, manifest=manifest, raw=raw, target_full=target_full, out=out,
+                glance=capture.values["glance"], policy=capture.values["policy"], rng_untouched=rng_untouched)
+
+
+def frames_in_model_order(run) -> torch.Tensor:
+    """The fixture's clip as our model orders it: (B*T, 3, S, S)."""
+    return run["model"].frames_in_model_order(run["raw"]).flatten(0, 1)
+
+
+def test_checkpoint_loads_with_every_key(run):
+    model, info, manifest = run["model"], run["info"], run["manifest"]
+    assert info.format == "official"
+    unused = sorted(k for k, _, _ in manifest if k.startswith(("global_CNN.classifier.", "global_CNN.fc.", "local_CNN.fc.")))
+    assert sorted(info.dropped_keys) == unused
+    assert len(model.state_dict()) == len(manifest) - len(unused)
+
+
+def test_our_manifest_is_the_fixture_manifest(run):
+    assert [tuple(e) for e in official_manifest(run["model"])] == [(k, list(s), d) for k, s, d in run["manifest"]]
+
+
+def test_inputs_match_the_recipe(run):
+    fx = run["fx"]
+    assert_checksum_equal(run["raw"], fx["input_checksum"], "input")
+    assert torch.equal(run["target_full"], fx["target_full"])
+    assert torch.equal(run["target_full"][:, 0], fx["target"])
+
+
+def test_coarse_to_fine_order_is_the_official_one(run):
+    fx = run["fx"]
+    for frames, order in fx["unit_cases"]["input_order_table"].items():
+        assert coarse_to_fine_order(int(frames)) == list(order), f"T = {frames}"
+    expected = fx["config"]["input_order"] if fx["config"]["sample"] else list(range(fx["config"]["num_segments"]))
+    assert run["model"].frame_order.tolist() == expected
+    assert run["out"].frame_order.tolist() == expected
+
+
+def test_model_input_is_the_reordered_clip(run):
+    fx = run["fx"]
+    frames = frames_in_model_order(run)
+    assert_checksum_equal(frames.reshape(fx["model_input_checksum"]["shape"]), fx["model_input_checksum"], "model input")
+    glance_input = run["model"].glance_input(frames)
+    assert_checksum_equal(glance_input, fx["glance_images_checksum"], "glance images")
+    if "glance_images_frame0" in fx:
+        t = fx["config"]["num_segments"]
+        assert torch.equal(glance_input[::t], fx["glance_images_frame0"])
+
+
+def test_eval_forward_draws_no_random_numbers(run):
+    assert run["rng_untouched"] and run["fx"]["rng_untouched_by_eval_forward"]
+    assert run["out"].random_pass is None
+
+
+def test_glance_features_maps_and_logits(run):
+    fx, out = run["fx"], run["out"]
+    fmap, pooled = run["glance"]
+    t = fx["config"]["num_segments"]
+    torch.testing.assert_close(pooled, fx["global_feat"], **GLANCE)
+    torch.testing.assert_close(out.glance_features.flatten(0, 1), fx["global_feat"], **GLANCE)
+    torch.testing.assert_close(fmap[::t], fx["global_feat_map_frame0"], **GLANCE_MAP)
+    assert list(fmap.shape) == fx["global_feat_map_checksum"]["shape"]
+    assert fmap.double().sum().item() == pytest.approx(fx["global_feat_map_checksum"]["sum"], rel=1e-5)
+    torch.testing.assert_close(out.glance_logits.flatten(0, 1), fx["outputs"]["global_logits"], **GLANCE)
+
+
+def test_policy_encoder_gru_and_actions(run):
+    fx, steps, out = run["fx"], run["policy"], run["out"]
+    torch.testing.assert_close(steps.encoded.flatten(0, 1), fx["stn_encoder_out"], **POLICY_INTERNALS)
+    torch.testing.assert_close(steps.outputs, fx["gru_out"], **POLICY_INTERNALS)
+    torch.testing.assert_close(steps.state, fx["gru_h_n"], **POLICY_INTERNALS)
+    torch.testing.assert_close(out.actions.flatten(0, 1), fx["actions"], **ACTIONS)
+
+
+def test_patch_positions_in_pixels(run):
+    fx, model, out = run["fx"], run["model"], run["out"]
+    top_left = out.actions.flatten(0, 1) * (model.input_size - model.patch_size)  # [row, col]
+    torch.testing.assert_close(top_left, fx["patch_top_left_px"], **PATCH_PIXELS)
+    torch.testing.assert_close(top_left + model.patch_size / 2, fx["patch_centres_px"], **PATCH_PIXELS)
+
+
+def test_crop_given_the_recorded_actions_is_bit_exact(run):
+    fx, model = run["fx"], run["model"]
+    patches = model.crop(frames_in_model_order(run), fx["actions"])  # (B*T, 3, P, P)
+    assert_checksum_equal(patches, fx["patches_checksum"], "patches")
+    t = fx["config"]["num_segments"]
+    kept = patches.view(-1, t, *patches.shape[1:])[:, fx["patch_frames_kept"]]
+    assert torch.equal(kept, fx["patches_kept"])
+
+
+def test_crop_of_the_ramp_unit_case_is_bit_exact(run):
+    case = run["fx"]["unit_cases"]["patch_ramp16_p6"]
+    assert case["frames"].shape[-1] == case["image_size"]
+    assert torch.equal(crop_fixed_patches(case["frames"], case["actions"], case["patch_size"]), case["output"])
+
+
+def test_focus_encoder_given_the_recorded_patches(run):
+    fx, model = run["fx"], run["model"]
+    with torch.no_grad():
+        patches = model.crop(frames_in_model_order(run), fx["actions"])
+        local_feat = model.focus(patches)
+        local_logits = model.focus_head(local_feat)
+    torch.testing.assert_close(local_feat, fx["local_feat"], **STAGE)
+    torch.testing.assert_close(local_logits, fx["outputs"]["local_logits"], **STAGE)
+
+
+def test_classifier_given_the_recorded_features(run):
+    fx, model = run["fx"], run["model"]
+    b, t = fx["config"]["batch_size"], fx["config"]["num_segments"]
+    features = torch.cat((fx["global_feat"], fx["local_feat"]), dim=1).view(b, t, -1)
+    with torch.no_grad():
+        mlp_out = model.classifier.mlp(features)
+        running_max = model.classifier.states(features)
+        logits = model.classifier.logits(running_max)
+    torch.testing.assert_close(mlp_out.flatten(0, 1), fx["mlp_out"], **STAGE)
+    torch.testing.assert_close(running_max, fx["classifier_running_max"], **STAGE)
+    torch.testing.assert_close(logits, fx["classifier_frame_logits"], **STAGE)
+    torch.testing.assert_close(logits.flatten(0, 1), fx["outputs"]["cat_logits"], **STAGE)
+
+
+def test_end_to_end_focus_side_and_exits(run):
+    fx, model, out = run["fx"], run["model"], run["out"]
+    t = fx["config"]["num_segments"]
+    with torch.no_grad():
+        patches = model.crop(frames_in_model_order(run), out.actions.flatten(0, 1))
+    kept = patches.view(-1, t, *patches.shape[1:])[:, fx["patch_frames_kept"]]
+    torch.testing.assert_close(kept, fx["patches_kept"], **END_TO_END_PATCHES)
+    torch.testing.assert_close(out.focus_features.flatten(0, 1), fx["local_feat"], **END_TO_END_FEATURES)
+    torch.testing.assert_close(out.focus_logits.flatten(0, 1), fx["outputs"]["local_logits"], **END_TO_END_LOGITS)
+    torch.testing.assert_close(out.exit_logits.flatten(0, 1), fx["outputs"]["cat_logits"], **END_TO_END_LOGITS)
+    torch.testing.assert_close(out.logits, fx["outputs"]["cat_pred"], **END_TO_END_LOGITS)
+
+
+def test_validation_loss_of_every_exit(run):
+    fx, out = run["fx"], run["out"]
+    t = fx["config"]["num_segments"]
+    target = run["target_full"][:, 0]
+    recorded = fx["outputs"]["cat_logits"].view(-1, t, fx["config"]["num_classes"])
+    from_fixture = step_cross_entropy(recorded, target)  # what validation_loss computes, on the recorded exits
+    torch.testing.assert_close(from_fixture, fx["eval_loss_all_exits"], atol=1e-4, rtol=0.0)
+    torch.testing.assert_close(validation_loss(out, target), fx["eval_loss_all_exits"], atol=2e-2, rtol=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# manifests
+# --------------------------------------------------------------------------------------------------
+def model_of_manifest(entries) -> AdaFocusV2:
+    """The configuration an official (ACT) manifest's shapes describe: classes, frames (exit heads),
+    policy width, classifier width and glance architecture. (The patch size changes no shape.)"""
+    shapes = {k: s for k, s, _ in entries}
+    num_exits = len({k.split(".")[2] for k in shapes if k.startswith("classifier.classifiers.")})
+    return AdaFocusV2(num_classes=shapes["global_CNN_fc.1.weight"][0], num_segments=num_exits,
+                      glance_arch=official_glance_arch(shapes), stn_hidden_dim=shapes["policy_stn.gru.weight_hh_l0"][1],
+                      classifier_dim=shapes["classifier.mlp.layers.0.weight"][0],
+                      sample=num_exits >= 3)
+
+
+@pytest.mark.parametrize("manifest_path", fixture_params("adafocus_v2_actnet_*_state_dict.json", "v2"))
+def test_our_manifest_equals_the_official_manifest(manifest_path):
+    path = require_fixture(manifest_path)
+    entries = json.loads(path.read_text())
+    model = model_of_manifest(entries)
+    assert [list(e) for e in official_manifest(model)] == [[k, list(s), d] for k, s, d in entries]
