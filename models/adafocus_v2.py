@@ -177,6 +177,15 @@ class FocusPathV2:
     actions: torch.Tensor  # (B, T, 2) the patches' (a_row, a_col)
     focus_features: torch.Tensor  # (B, T, Df)
 
+    # What the objective's cross-entropies average over (``ops.objective``): every exit, every patch.
+    @property
+    def cat_logits(self) -> torch.Tensor:
+        return self.exit_logits
+
+    @property
+    def focus_loss_logits(self) -> torch.Tensor:
+        return self.focus_logits
+
 
 @dataclass
 class AdaFocusV2Output:
@@ -207,6 +216,20 @@ class AdaFocusV2Output:
         """(B, T, C): the official validation loss is the CE of every exit."""
         return self.exit_logits
 
+    # What the objective's cross-entropies average over (``ops.objective``, terms cat, glance, focus): every
+    # exit, every glance frame, every policy patch; the random pass gives the other half of cat and focus.
+    @property
+    def cat_logits(self) -> torch.Tensor:
+        return self.exit_logits
+
+    @property
+    def glance_loss_logits(self) -> torch.Tensor:
+        return self.glance_logits
+
+    @property
+    def focus_loss_logits(self) -> torch.Tensor:
+        return self.focus_logits
+
     def detach(self) -> "AdaFocusV2Output":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in values.items():
@@ -222,9 +245,10 @@ class AdaFocusV2(nn.Module):
     """The AdaFocusV2 network (ActivityNet / FCVID / Mini-Kinetics form). Keyword names match the
     command-line flags.
 
-    forward(video) with video (B, T, 3, H, W) or the official flattened layout (B, 3T, H, W) in temporal
-    order, H = W = input_size; uint8 frames are normalised here (ImageNet mean/std), floating frames are
-    taken as normalised. Returns :class:`AdaFocusV2Output`.
+    forward(video, generator=None) with video (B, T, 3, H, W) or the official flattened layout (B, 3T, H, W)
+    in temporal order, H = W = input_size; uint8 frames are normalised here (ImageNet mean/std), floating
+    frames are taken as normalised. Returns :class:`AdaFocusV2Output`. In training, the random patch
+    positions come from ``generator`` (None: the global RNG, as officially).
 
     ``glance_size``: the side the glance encoder sees (default: the input size for MobileNetV2, 96 for
     ResNet-50). ``classifier_dim``: the classifier MLP width (official 4096). ``sample``: visit the
@@ -268,7 +292,8 @@ class AdaFocusV2(nn.Module):
         focus_dim = self.focus.feature_dim
         self.glance_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(glance_dim, num_classes))
         self.focus_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(focus_dim, num_classes))
-        self.policy = RecurrentPatchPolicy(glance_dim, stn_hidden_dim, self.feature_size)
+        self.policy = nn.Module()  # the family's policy container; V2 has only a spatial branch
+        self.policy.spatial = RecurrentPatchPolicy(glance_dim, stn_hidden_dim, self.feature_size)
         self.classifier = RunningMaxClassifier(glance_dim + focus_dim, classifier_dim, num_segments, num_classes,
                                                dropout)
 
@@ -319,15 +344,18 @@ class AdaFocusV2(nn.Module):
         exit_logits = self.classifier(torch.cat((glance_features, focus_features), dim=2))  # (B, T, C)
         return FocusPathV2(exit_logits, focus_logits.view(b, t, -1), actions, focus_features)
 
-    def forward(self, video: torch.Tensor) -> AdaFocusV2Output:
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> AdaFocusV2Output:
         frames = self.normalise(self.frames_in_model_order(video))  # (B, T, 3, H, W)
         b, t = frames.shape[:2]
         fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))  # (B*T, Dg, h, w), (B*T, Dg)
         glance_logits = self.glance_head(glance_features).view(b, t, -1)  # (B, T, C)
         fmap = fmap.view(b, t, *fmap.shape[1:])
         glance_features = glance_features.view(b, t, -1)
-        actions = self.policy(fmap.detach() if self.training else fmap).actions  # (B, T, 2)
-        random_actions = torch.rand_like(actions) if self.training else None
+        actions = self.policy.spatial(fmap.detach() if self.training else fmap).actions  # (B, T, 2)
+        random_actions = None
+        if self.training:  # official: rand_like on the global RNG; the training loop passes its generator
+            random_actions = (torch.rand_like(actions) if generator is None else
+                              torch.rand(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype))
         policy_pass = self.focus_path(frames, actions, glance_features)
         random_pass = self.focus_path(frames, random_actions, glance_features) if self.training else None
         return AdaFocusV2Output(policy_pass.exit_logits, glance_logits, policy_pass.focus_logits, actions,
@@ -368,7 +396,7 @@ def adafocus_v2_flops(model: AdaFocusV2) -> AdaFocusV2Flops:
     with counting(model) as zeros:
         size, p, fs = model.input_size, model.patch_size, model.feature_size
         gdim, fdim = model.glance.feature_dim, model.focus.feature_dim
-        policy, classifier = model.policy, model.classifier
+        policy, classifier = model.policy.spatial, model.classifier
         return AdaFocusV2Flops(
             glance_frame=count_gmacs(lambda x: model.glance(model.glance_input(x)), zeros(1, 3, size, size)),
             glance_head=count_gmacs(model.glance_head, zeros(1, gdim)),
@@ -397,7 +425,7 @@ def _official_keys(glance_arch: str) -> PrefixMap:
             ("global_CNN.", "glance."),
             ("local_CNN_fc.", "focus_head."),
             ("local_CNN.", "focus."),
-            ("policy_stn.", "policy."),
+            ("policy_stn.", "policy.spatial."),
             ("classifier.mlp.", "classifier.mlp."),
             ("classifier.classifiers.", "classifier.exits."),
         ),
@@ -457,6 +485,7 @@ ADAFOCUS_V2 = register_variant(Variant(
                                 manifest=official_manifest,
                                 class_weight_keys=("glance_head.1.weight", "global_CNN_fc.1.weight")),
     datasets=("actnet", "fcvid", "minik"),
-    # The README commands' architecture (ActivityNet, P = 128, MobileNetV2 glance).
-    defaults={"num_segments": 16, "patch_size": 128, "stn_hidden_dim": 2048, "sample": True},
+    # The README commands' architecture and rates (ActivityNet, P = 128, MobileNetV2 glance; lr 0.002 is the default).
+    defaults={"num_segments": 16, "patch_size": 128, "stn_hidden_dim": 2048, "sample": True, "weight_decay": 1e-4,
+              "stn_lr_ratio": 0.1, "global_lr_ratio": 0.5, "classifier_lr_ratio": 5.0},
 ))

@@ -116,12 +116,18 @@ def test_training_forward_draws_only_the_random_actions_without_dropout():
     assert out.random_pass.exit_logits.shape == out.exit_logits.shape == (2, 4, 5)
 
 
+def test_training_loop_generator_draws_the_random_actions():
+    model = tiny_v2(dropout=0.0, fc_dropout=0.0).train()
+    out = model(clip(), generator=torch.Generator().manual_seed(9))
+    assert torch.equal(out.random_pass.actions, torch.rand((2, 4, 2), generator=torch.Generator().manual_seed(9)))
+
+
 def test_policy_reads_detached_maps_in_training():
     model = tiny_v2(dropout=0.0, fc_dropout=0.0).train()
     out = model(clip())
     out.actions.sum().backward()
     assert all(p.grad is None for p in model.glance.parameters())
-    assert model.policy.fc[0].weight.grad is not None
+    assert model.policy.spatial.fc[0].weight.grad is not None
 
 
 def test_both_focus_passes_train_the_glance_encoder_through_the_classifier():
@@ -181,8 +187,8 @@ def test_a_checkpoint_that_does_not_fit_names_every_bad_key(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(str(path), tiny_v2())
     message = str(err.value)
-    assert "missing keys (1): policy.gru.bias_hh_l0" in message
-    assert "unexpected keys (1): policy.gru.weight_ih_l1" in message
+    assert "missing keys (1): policy.spatial.gru.bias_hh_l0" in message
+    assert "unexpected keys (1): policy.spatial.gru.weight_ih_l1" in message
     assert "mis-shaped: classifier.exits.3.1.weight: checkpoint (7, 32) vs model (5, 32)" in message
 
 

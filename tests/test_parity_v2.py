@@ -111,7 +111,7 @@ def run(request, tmp_path_factory):
     model.eval()
 
     raw, target_full = regenerate_inputs(fx)
-    capture = Capture({"glance": model.glance, "policy": model.policy})
+    capture = Capture({"glance": model.glance, "policy": model.policy.spatial})
     torch.manual_seed(fx["forward_seed"])
     rng_before = torch.get_rng_state()
     with torch.no_grad():
