@@ -20,7 +20,7 @@ With ``sample`` (the official ``--sample``) the model visits the frames coarse t
 maximum and exit t see an evenly spread subset of the clip. Every per-frame output is in model order.
 
 In training the forward also runs a second focus pass on uniformly random patch positions
-(``AdaFocusV2Output.random_pass``); the objective averages the two (SPEC: diversity augmentation).
+(``AdaFocusV2Output.random_pass``); the objective averages the two (the paper's diversity augmentation).
 The official forward draws, in this order: the glance head's dropout, the random actions, then per
 pass (policy first) the focus head's dropout and the exit heads' dropouts, heads 0..T-1.
 

@@ -177,7 +177,7 @@ class UniAdaFocusObjective:
     def __call__(self, out, target: torch.Tensor, generator: Optional[torch.Generator] = None) -> ObjectiveTerms:
         if out.random_pass is None:
             raise ValueError("the objective needs a training-mode forward (with the random-patch pass)")
-        zero = out.frame_weights.new_zeros(())
+        zero = out.cat_logits.new_zeros(())  # (AdaFocusV2's output has no frame weights)
         values = {name: getattr(self, f"_{name}")(out, target, generator) if name in self.terms else zero
                   for name in self.TERMS}
         return ObjectiveTerms(total=sum(values.values()), **values)

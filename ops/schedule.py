@@ -47,8 +47,9 @@ def param_groups(model: torch.nn.Module, *, temporal_lr_ratio: float = 0.2, stn_
                   classifier_lr_ratio=classifier_lr_ratio)
     groups, seen = [], set()
     for name, path, ratio in GROUPS:
-        module = getattr(model, path.split(".")[0], None) and model.get_submodule(path)
-        if module is None:
+        try:  # a variant without this module (e.g. AdaFocusV2's policy has no temporal branch)
+            module = model.get_submodule(path)
+        except AttributeError:
             continue
         params = [p for p in module.parameters() if p.requires_grad]
         seen.update(id(p) for p in module.parameters())

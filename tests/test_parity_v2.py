@@ -22,10 +22,12 @@ import math
 import pytest
 import torch
 
-from models.adafocus_v2 import (AdaFocusV2, coarse_to_fine_order, crop_fixed_patches, official_glance_arch,
-                                official_manifest)
+from models import get_variant
+from models.adafocus_v2 import (OFFICIAL_KEYS, AdaFocusV2, coarse_to_fine_order, crop_fixed_patches,
+                                official_glance_arch, official_manifest)
 from ops.checkpoint import load_checkpoint
-from ops.objective import step_cross_entropy, validation_loss
+from ops.objective import UniAdaFocusObjective, step_cross_entropy, validation_loss
+from ops.schedule import adjust_learning_rate, param_groups
 from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
 
 #: ``config['tree']`` of the fixtures of the form built here (the official folder name).
@@ -280,3 +282,173 @@ def test_our_manifest_equals_the_official_manifest(manifest_path):
     entries = json.loads(path.read_text())
     model = model_of_manifest(entries)
     assert [list(e) for e in official_manifest(model)] == [[k, list(s), d] for k, s, d in entries]
+
+
+# --------------------------------------------------------------------------------------------------
+# one training step (v2/train_loss_*.pt)
+# --------------------------------------------------------------------------------------------------
+#: The fixture's SGD groups (official names) and ours, in the official order.
+OFFICIAL_GROUPS = {"policy_stn": "spatial_policy", "global_CNN": "glance", "global_CNN_fc": "glance_head",
+                   "local_CNN": "focus", "local_CNN_fc": "focus_head", "pooling_classifier": "classifier"}
+TRAIN_LOSS = dict(atol=5e-3, rtol=0.0)
+RANDOM_PATH_TERMS = dict(atol=1e-4, rtol=0.0)
+RANDOM_PATH_TENSORS = dict(atol=1e-3, rtol=1e-3)
+BN_AFTER_STEP = dict(atol=1e-3, rtol=0.0)
+
+
+def official_name(our_key: str, model: AdaFocusV2) -> str:
+    return OFFICIAL_KEYS[model.glance_arch].to_official(our_key)
+
+
+def training_step(path, run_name, folder):
+    """One official training step of ``runs[run_name]`` of a ``train_loss_*.pt`` fixture, ours: the model of
+    its configuration and dropout, the synthetic checkpoint, SGD over the family's groups at epoch 0's rate,
+    ``torch.manual_seed(forward_seed)``, a training forward on the regenerated clip, the variant's objective,
+    backward and one step."""
+    fx = torch.load(path, weights_only=True)
+    cfg, recorded = fx["config"], fx["runs"][run_name]
+    torch.set_num_threads(fx.get("num_threads", 1))
+    model = build_model({**cfg, "dropout": recorded["dropout"], "fc_dropout": recorded["fc_dropout"]})
+    generator = fixture_generator(path, fx)
+    ckpt = generator.make_checkpoint(generator.load_manifest(fixture_manifest_path(path, fx)), fx["checkpoint_seed"])
+    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
+    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
+    torch.save(ckpt, folder / "ckpt.pth.tar")
+    load_checkpoint(str(folder / "ckpt.pth.tar"), model)
+
+    groups = param_groups(model, stn_lr_ratio=cfg["stn_lr_ratio"], global_lr_ratio=cfg["global_lr_ratio"],
+                          classifier_lr_ratio=cfg["classifier_lr_ratio"])
+    optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    adjust_learning_rate(optimizer, cfg["epoch"], cfg["lr"], cfg.get("epochs", 50), cfg["lr_type"],
+                         weight_decay=cfg["weight_decay"])
+    raw, target_full = regenerate_inputs(fx)
+    target = target_full[:, 0]
+    objective = UniAdaFocusObjective(cfg["num_segments"], cfg["num_segments"], cfg["num_segments"],
+                                     terms=get_variant("adafocus_v2").objective_terms)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    model.train()
+    torch.manual_seed(fx["forward_seed"])
+    out = model(raw)
+    out.actions.retain_grad()
+    terms = objective(out, target)
+    optimizer.zero_grad()
+    terms.total.backward()
+    grads = {k: None if p.grad is None else p.grad.detach().clone() for k, p in model.named_parameters()}
+    optimizer.step()
+    updates = {k: (p.detach() - before[k]).norm().item() for k, p in model.named_parameters()}
+    return dict(fx=fx, recorded=recorded, model=model, out=out, terms=terms, target=target, grads=grads,
+                updates=updates, optimizer=optimizer)
+
+
+#: The fixture's two runs: without dropout (the random actions are the only draw), with the README's.
+TRAIN_RUNS = ("no_dropout", "readme_dropout")
+
+
+@pytest.fixture(scope="module", params=[pytest.param((p.values[0], r), id=f"{p.id}-{r}")
+                                        for p in fixture_params("train_loss_*.pt", "v2") for r in TRAIN_RUNS])
+def step(request, tmp_path_factory):
+    path, run_name = request.param
+    path = require_fixture(path)
+    fx_config = torch.load(path, weights_only=True)["config"]
+    if fx_config.get("tree") != ACT_TREE:
+        pytest.skip("STH form not built yet")
+    if run_name not in torch.load(path, weights_only=True)["runs"]:
+        pytest.skip(f"{path.name} has no run {run_name}")
+    return training_step(path, run_name, tmp_path_factory.mktemp("v2_train"))
+
+
+def test_training_forward_random_actions_and_policy_actions(step):
+    recorded, out = step["recorded"], step["out"]
+    assert torch.equal(out.random_pass.actions.flatten(0, 1), recorded["random_actions"])
+    assert torch.equal(recorded["paths"]["random_path"]["actions"], recorded["random_actions"])
+    torch.testing.assert_close(out.actions.flatten(0, 1), recorded["policy_actions"], **ACTIONS)
+    torch.testing.assert_close(out.glance_features.flatten(0, 1), recorded["global_feat"], **GLANCE)
+    torch.testing.assert_close(out.glance_logits.flatten(0, 1), recorded["global_logits"], **GLANCE)
+
+
+def test_training_loss_terms_of_both_paths(step):
+    recorded, out, terms, target = step["recorded"], step["out"], step["terms"], step["target"]
+    policy, random = recorded["loss_terms"]["policy_path"], recorded["loss_terms"]["random_path"]
+    ce = step_cross_entropy
+    torch.testing.assert_close(ce(out.cat_logits, target), policy["cat_logits"], **TRAIN_LOSS)
+    torch.testing.assert_close(ce(out.focus_logits, target), policy["local_logits"], **TRAIN_LOSS)
+    torch.testing.assert_close(ce(out.glance_logits, target), policy["global_logits"], **RANDOM_PATH_TERMS)
+    torch.testing.assert_close(ce(out.glance_logits, target), random["global_logits"], **RANDOM_PATH_TERMS)
+    torch.testing.assert_close(ce(out.random_pass.cat_logits, target), random["cat_logits"], **RANDOM_PATH_TERMS)
+    torch.testing.assert_close(ce(out.random_pass.focus_logits, target), random["local_logits"], **RANDOM_PATH_TERMS)
+    # total = ½ (loss_1 + loss_2), loss_i = CE(exits_i) + CE(glance) + CE(focus_i): terms cat + glance + focus
+    torch.testing.assert_close(terms.total, recorded["loss"], **TRAIN_LOSS)
+    torch.testing.assert_close(terms.cat, 0.5 * (policy["cat_logits"] + random["cat_logits"]), **TRAIN_LOSS)
+    torch.testing.assert_close(terms.focus, 0.5 * (policy["local_logits"] + random["local_logits"]), **TRAIN_LOSS)
+    assert float(terms.temporal) == float(terms.spatial) == float(terms.kl) == float(terms.norm) == 0.0
+
+
+def test_training_random_path_tensors(step):
+    recorded, out = step["recorded"], step["out"]
+    path = recorded["paths"]["random_path"]
+    torch.testing.assert_close(out.random_pass.focus_features.flatten(0, 1), path["local_feat"], **RANDOM_PATH_TENSORS)
+    torch.testing.assert_close(out.random_pass.focus_logits.flatten(0, 1), path["local_logits"], **RANDOM_PATH_TENSORS)
+    torch.testing.assert_close(out.random_pass.exit_logits.flatten(0, 1), path["cat_logits"], **RANDOM_PATH_TENSORS)
+
+
+def test_training_gradient_norms_and_sgd_updates(step):
+    recorded, model, grads, updates = step["recorded"], step["model"], step["grads"], step["updates"]
+    skip = set(step["fx"]["grad_zero_in_exact_arithmetic"])
+    noise = recorded["grad_norm_noise"]
+    official_grads = {name: norm for name, norm in recorded["grad_norms"]}
+    official_updates = {name: norm for name, norm in recorded["sgd_step"]["update_norms"]}
+    checked = 0
+    for key, grad in grads.items():
+        name = official_name(key, model)
+        if name in skip:
+            continue
+        rtol = max(10 * noise.get(name, 0.0), 1e-4)
+        assert official_grads[name] is not None and grad is not None, name
+        assert grad.norm().item() == pytest.approx(official_grads[name], rel=rtol, abs=1e-6), f"grad {name}"
+        assert updates[key] == pytest.approx(official_updates[name], rel=rtol, abs=1e-8), f"update {name}"
+        checked += 1
+    ours = {official_name(k, model) for k in grads}
+    assert all(norm is None for name, norm in official_grads.items() if name not in ours)  # the unused ImageNet heads
+    assert checked == len(grads) - len(skip & ours)
+    for name in ("global_CNN_fc.1.bias", "local_CNN_fc.1.bias", "classifier.classifiers.0.1.bias",
+                 "classifier.classifiers.15.1.bias", "classifier.mlp.layers.1.weight"):
+        key = OFFICIAL_KEYS[model.glance_arch].to_ours(name)
+        torch.testing.assert_close(grads[key], recorded["grads"][name], atol=1e-4, rtol=1e-3)
+
+
+def test_training_sgd_groups_and_rates(step):
+    recorded, optimizer = step["recorded"], step["optimizer"]
+    ours = {g["name"]: g for g in optimizer.param_groups}
+    official = recorded["sgd_step"]["param_groups"]
+    assert [OFFICIAL_GROUPS[g["name"]] for g in official] == [g["name"] for g in optimizer.param_groups]
+    for group in official:
+        mine = ours[OFFICIAL_GROUPS[group["name"]]]
+        assert mine["lr"] == pytest.approx(group["lr"], rel=1e-12) and mine["weight_decay"] == group["weight_decay"]
+        assert mine["momentum"] == group["momentum"] and mine["lr_mult"] == group["lr_mult"]
+
+
+def test_training_batch_norm_statistics_after_the_step(step):
+    recorded, model = step["recorded"], step["model"]
+    keys = OFFICIAL_KEYS[model.glance_arch]
+    modules = dict(model.named_modules())
+    for name, stats in recorded["bn_after_step"].items():
+        bn = modules[keys.to_ours(name + ".running_mean")[: -len(".running_mean")]]
+        torch.testing.assert_close(bn.running_mean, stats["running_mean"], **BN_AFTER_STEP)
+        torch.testing.assert_close(bn.running_var, stats["running_var"], **BN_AFTER_STEP)
+    for name, count in recorded["bn_num_batches_tracked"].items():
+        bn = modules[keys.to_ours(name + ".num_batches_tracked")[: -len(".num_batches_tracked")]]
+        assert int(bn.num_batches_tracked) == int(count), name
+
+
+@pytest.mark.parametrize("fixture_path", fixture_params("train_loss_*.pt", "v2"))
+def test_crop_gradient_unit_case_is_exact(fixture_path):
+    fx = torch.load(require_fixture(fixture_path), weights_only=True)
+    case = fx["unit_cases"]["patch_grad"]
+    actions = case["actions"].clone().requires_grad_(True)
+    patches = crop_fixed_patches(case["frames"], actions, case["patch_size"])
+    loss = (patches * case["weights"]).sum()
+    loss.backward()
+    assert case["frames"].shape[-1] == case["image_size"]
+    assert torch.equal(patches.detach(), case["patches"])
+    assert torch.equal(loss.detach(), case["loss"])
+    assert torch.equal(actions.grad, case["actions_grad"])
