@@ -35,6 +35,12 @@ the distinct files concatenated, and ``'jpeg_spans'`` int64 ``(P, 2)``, where ea
 starts and ends in it (``decode_positions`` None means all T0 positions). ``'label'``, ``'labels'``,
 ``'index'`` and the boxes are unchanged. Collate such items with :func:`.selected_frames.collate_items`.
 
+Video files (``video_files=True``): each record names a video file under ``frame_root`` instead of a
+frame folder, and :class:`~.video_frames.VideoFrameReader` takes the place of the frame reader: frame
+``k`` is the image the extraction writes as file ``k`` of that video, so the sampling, the transforms
+and the deferred items above (``jpeg_bytes`` excepted) are the same code for both sources. A record
+whose ``num_frames`` is 0 gets the video's frame count when the dataset is built.
+
 Label rule (single label for cross-entropy): ``'first'`` takes the smallest class id of the video;
 ``'random'`` takes one of the video's labels uniformly at random from the per-sample generator (the
 official code also picks a random one, but with a 2/3–1/3 bias for two labels). The
@@ -60,6 +66,7 @@ from .boxes import BoxTable
 from .errors import ListFileError
 from .frames import MISSING_POLICIES, FrameReader, check_template
 from .lists import VideoRecord
+from .video_frames import VideoFrameReader, resolve_counts
 from .sampling import STREAM_LABEL, STREAM_SPATIAL, STREAM_TEMPORAL, glance_focus_indices, sample_rng
 from .transforms import OFFICIAL_SCALES, FullResSample, MultiScaleCrop, ResizeCenterCrop
 
@@ -84,8 +91,10 @@ class FrameFolderDataset(Dataset):
     right, centre; a leading view axis on ``'video'`` and ``'glance'``), refused in training;
     decode_positions: the positions (of T0) an item decodes, the others being left for
     :meth:`decode_frames` (None: all; evaluation only, see the module doc); jpeg_bytes: items hold the
-    JPEG files' bytes instead of decoded frames (evaluation only); spec, list_file: where the records
-    came from (kept as attributes for the caller).
+    JPEG files' bytes instead of decoded frames (evaluation only, frame folders only); video_files: the
+    records name video files under ``frame_root``, read without extraction (see the module doc; the
+    template is then unused); spec, list_file: where the records came from (kept as attributes for
+    the caller).
     """
 
     def __init__(self, records: Sequence[VideoRecord], *, frame_root: str, template: str, num_classes: int,
@@ -95,7 +104,8 @@ class FrameFolderDataset(Dataset):
                  scales: Sequence[float] = OFFICIAL_SCALES, max_distort: int = 1, flip: bool = True,
                  scale_size: Optional[int] = None, glance_segments: Optional[int] = None,
                  shared_crop: bool = False, test_crops: int = 1, decode_positions: Optional[Sequence[int]] = None,
-                 jpeg_bytes: bool = False, spec: Any = None, list_file: Optional[str] = None):
+                 jpeg_bytes: bool = False, video_files: bool = False, spec: Any = None,
+                 list_file: Optional[str] = None):
         if not records:
             raise ValueError("a dataset needs at least one record")
         if num_segments < 1 or input_size < 1 or num_classes < 1:
@@ -122,13 +132,21 @@ class FrameFolderDataset(Dataset):
                         or positions.max() >= num_segments):
                     raise ValueError(f"decode_positions must be distinct positions in [0, {num_segments}), "
                                      f"got {list(decode_positions)}")
+        if video_files and jpeg_bytes:
+            raise ValueError("jpeg_bytes reads the JPEG files of frame folders (for decoding on the device); "
+                             "video files are decoded in the loader workers")
+        uncounted = [r for r in records if r.num_frames < 1]
+        if uncounted and not video_files:
+            raise ValueError(f"{uncounted[0].where}: num_frames {uncounted[0].num_frames}; only a video file's "
+                             f"count may be left to the file (0, with video_files=True)")
         label_rule = ("random" if train else "first") if label_rule is None else label_rule
         if label_rule not in LABEL_RULES:
             raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
         if missing_frames not in MISSING_POLICIES:
             raise ValueError(f"missing_frames must be one of {MISSING_POLICIES}, got {missing_frames!r}")
-        self.records = list(records)
+        self.video_files = bool(video_files)
         self.frame_root = frame_root
+        self.records = resolve_counts(records, frame_root) if uncounted else list(records)
         self.template = check_template(template)
         self.num_classes = int(num_classes)
         self.class_names = class_names
@@ -173,16 +191,12 @@ class FrameFolderDataset(Dataset):
         return len(self.records)
 
     def folder(self, record: VideoRecord) -> str:
+        """The record's frame folder (its video file with ``video_files``)."""
         return os.path.join(self.frame_root, record.path)
 
     def check_folders(self) -> None:
-        """Raise :class:`ListFileError` naming the list lines whose frame folder does not exist."""
-        missing = [r for r in self.records if not os.path.isdir(self.folder(r))]
-        if missing:
-            shown = "\n  ".join(f"{r.where}: {self.folder(r)}" for r in missing[:5])
-            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ListFileError(f"{len(missing)} of {len(self.records)} frame folders are missing "
-                                f"(frame root {self.frame_root}):\n  {shown}{more}")
+        """Raise :class:`ListFileError` naming the list lines whose frame folder (video file) does not exist."""
+        check_sources(self.records, self.frame_root, self.video_files)
 
     def _check_boxes(self, boxes: BoxTable) -> None:
         for record in self.records:
@@ -205,8 +219,12 @@ class FrameFolderDataset(Dataset):
     def reader(self, index: int) -> FrameReader:
         """The frame reader of video ``index`` (its messages name the list line and the video)."""
         record = self.records[index]
-        return FrameReader(self.folder(record), self.template, missing=self.missing_frames,
-                           where=f"{record.where} (video {record.path!r})", first_index=self.start_index)
+        where = f"{record.where} (video {record.path!r})"
+        if self.video_files:
+            return VideoFrameReader(self.folder(record), missing=self.missing_frames, where=where,
+                                    first_index=self.start_index, num_frames=record.num_frames)
+        return FrameReader(self.folder(record), self.template, missing=self.missing_frames, where=where,
+                           first_index=self.start_index)
 
     def frame_geometry(self, width: int, height: int):
         """The evaluation transform's geometry for frames of ``width x height`` (deterministic)."""
@@ -375,10 +393,30 @@ class FrameFolderDataset(Dataset):
             views += f"decode_positions={self.decode_positions.tolist()}, "
         if self.jpeg_bytes:
             views += "jpeg_bytes=True, "
+        if self.video_files:
+            views += "video_files=True, "
         return (f"{type(self).__name__}({len(self)} videos, {self.num_classes} classes, T0={self.num_segments}, "
                 f"train={self.train}, glance_segments={self.glance_segments}, shared_crop={self.shared_crop}, "
                 f"{views}transform={self.transform!r}, frame_root={self.frame_root!r}, "
                 f"template={self.template!r})")
+
+
+def check_sources(records: Sequence[VideoRecord], root: str, video_files: bool = False) -> None:
+    """Raise :class:`ListFileError` naming the list lines whose frame folder (``video_files``: video file)
+    under ``root`` does not exist; a missing folder whose name ends like a video file gets a hint."""
+    exists = os.path.isfile if video_files else os.path.isdir
+    missing = [r for r in records if not exists(os.path.join(root, r.path))]
+    if not missing:
+        return
+    shown = "\n  ".join(f"{r.where}: {os.path.join(root, r.path)}" for r in missing[:5])
+    more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+    what = "video files" if video_files else "frame folders"
+    from .extract import VIDEO_EXTENSIONS                              # (extract imports the registry, which imports us)
+    hint = ""
+    if not video_files and all(os.path.isfile(os.path.join(root, r.path)) for r in missing[:5]) \
+            and missing[0].path.lower().endswith(tuple(VIDEO_EXTENSIONS)):
+        hint = "\n  (these are video files: read them with video_files=True, flag --video_files)"
+    raise ListFileError(f"{len(missing)} of {len(records)} {what} are missing (frame root {root}):\n  {shown}{more}{hint}")
 
 
 def _take_frames(clip: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

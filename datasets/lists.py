@@ -13,7 +13,9 @@ the labels are 0-based class ids (as many as the video has). Two rules locate th
 
 Lines are stripped of surrounding white space (as the official code does), and so is every field
 (so ``video , 120, 3`` reads like ``video,120,3``); blank lines are skipped.
-Duplicated labels on a line count once. A class file has one class name per line; the number of
+Duplicated labels on a line count once. A dataset of video files (``video_files=True``) names a video
+file as ``path``; its ``num_frames`` may be ``0``, "count the frames from the file" (``count_from_file=True``
+here; the dataset counts them when it is built). A class file has one class name per line; the number of
 lines is the number of classes, and a class's id is its 0-based line number.
 
 Every problem raises :class:`~.errors.ListFileError` naming the file and the line.
@@ -46,7 +48,8 @@ _warned_repeats = set()
 class VideoRecord:
     """One line of a list file.
 
-    path: the frame folder relative to the frame root; num_frames: frames in the folder (>= 1);
+    path: the frame folder (or video file) relative to the frame root; num_frames: frames in the folder
+    (>= 1; 0 for a video file whose frames are to be counted from the file);
     labels: sorted distinct class ids (at least one); line: 1-based line number in ``source``.
     """
 
@@ -79,8 +82,11 @@ def _to_int(text: str, what: str) -> int:
         raise ValueError(f"{what} {text.strip()!r} is not an integer") from None
 
 
-def parse_list_line(text: str, *, separator: str, multi_label: bool) -> Tuple[str, int, Tuple[int, ...]]:
+def parse_list_line(text: str, *, separator: str, multi_label: bool,
+                    count_from_file: bool = False) -> Tuple[str, int, Tuple[int, ...]]:
     """Split one stripped, non-empty line into ``(path, num_frames, labels)``.
+
+    ``count_from_file``: accept ``num_frames`` 0 (a video file whose frames are counted later).
 
     Raises ``ValueError`` with a short reason (without file and line; the caller adds them). Label
     ranges are not checked here.
@@ -97,8 +103,9 @@ def parse_list_line(text: str, *, separator: str, multi_label: bool) -> Tuple[st
     if not path:
         raise ValueError("empty path")
     num_frames = _to_int(frames_field, "num_frames")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    if num_frames < (0 if count_from_file else 1):
+        zero = " (or 0: count the frames from the video file)" if count_from_file else ""
+        raise ValueError(f"num_frames must be at least 1{zero}, got {num_frames}")
     labels = []
     for field in label_fields:
         if not field.strip():
@@ -108,8 +115,10 @@ def parse_list_line(text: str, *, separator: str, multi_label: bool) -> Tuple[st
 
 
 def parse_list_file(path: str, *, separator: str, multi_label: bool,
-                    num_classes: Optional[int] = None) -> List[VideoRecord]:
+                    num_classes: Optional[int] = None, count_from_file: bool = False) -> List[VideoRecord]:
     """Read a whole list file into :class:`VideoRecord` s (in file order).
+
+    ``count_from_file``: ``num_frames`` 0 is accepted (see :func:`parse_list_line`).
 
     With ``num_classes`` every label must lie in ``[0, num_classes)``. All bad lines are collected
     and reported in one :class:`ListFileError` (the first few quoted, the total counted). An
@@ -123,7 +132,8 @@ def parse_list_file(path: str, *, separator: str, multi_label: bool,
         if not text:
             continue
         try:
-            video, num_frames, labels = parse_list_line(text, separator=separator, multi_label=multi_label)
+            video, num_frames, labels = parse_list_line(text, separator=separator, multi_label=multi_label,
+                                                        count_from_file=count_from_file)
             if num_classes is not None:
                 bad = [l for l in labels if not 0 <= l < num_classes]
                 if bad:

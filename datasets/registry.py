@@ -57,8 +57,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .boxes import read_boxes
 from .errors import ListFileError
-from .frame_dataset import FrameFolderDataset
+from .frame_dataset import FrameFolderDataset, check_sources
 from .lists import parse_list_file, read_class_file
+from .video_frames import resolve_counts
 
 SPLITS = ("train", "val")
 METRICS = ("mAP", "top1")
@@ -165,7 +166,7 @@ SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(DatasetSpec) if f.name !=
 #: Options of build_dataset that are not spec fields.
 DATASET_OPTIONS = ("label_rule", "missing_frames", "check_folders", "start_index", "scales", "max_distort",
                    "scale_size", "list_file", "min_frames", "glance_segments", "shared_crop", "test_crops",
-                   "decode_positions", "jpeg_bytes")
+                   "decode_positions", "jpeg_bytes", "video_files")
 RESOLVE_OPTIONS = ("config", "synthetic", "generate")
 
 
@@ -283,6 +284,10 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
     * ``decode_positions`` (default None), ``jpeg_bytes`` (default False), evaluation only: items that
       decode only the frames at those positions of the T0 candidates, or hold the JPEG files' bytes,
       the rest being decoded when needed (:mod:`~.selected_frames`; see :mod:`~.frame_dataset`);
+    * ``video_files`` (default False): the list files name video files under the frame root (paths with
+      their extension) instead of frame folders, read without extraction (:mod:`~.video_frames`); a
+      ``num_frames`` of 0 is counted from the file now (before ``min_frames`` applies), any other is
+      checked against the file when the video is read; ``check_folders`` checks that the files exist;
     * synthetic only: ``synthetic={...}`` generation options for
       :func:`~.synthetic.ensure_generated`, ``generate`` (default True).
 
@@ -295,8 +300,14 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
     train = split == "train" if train is None else bool(train)
     count, class_names = spec.classes(data_dir)
     list_file = options.get("list_file") or os.path.join(data_dir, spec.list_file(split))
+    video_files = bool(options.get("video_files", False))
+    frame_root = os.path.join(data_dir, spec.frame_root)
     records = parse_list_file(list_file, separator=spec.separator, multi_label=spec.multi_label,
-                              num_classes=count)
+                              num_classes=count, count_from_file=video_files)
+    if video_files and any(r.num_frames == 0 for r in records):
+        if options.get("check_folders", True):
+            check_sources(records, frame_root, video_files=True)
+        records = resolve_counts(records, frame_root)
     min_frames = int(options.get("min_frames", 1))
     if min_frames < 1:
         raise ValueError(f"min_frames must be at least 1, got {min_frames}")
@@ -309,13 +320,14 @@ def build_dataset(name: str, data_dir: str, split: str, *, num_segments: int, in
     if spec.boxes_file:
         boxes = read_boxes(os.path.join(data_dir, spec.boxes_file.format(split=split)), first_index=start_index)
     dataset = FrameFolderDataset(
-        records, frame_root=os.path.join(data_dir, spec.frame_root), template=spec.template,
+        records, frame_root=frame_root, template=spec.template,
         num_classes=count, class_names=class_names, num_segments=num_segments,
         input_size=input_size, train=train, seed=seed, label_rule=options.get("label_rule"),
         missing_frames=options.get("missing_frames", "error"), start_index=start_index, boxes=boxes,
         spec=spec, list_file=list_file, flip=bool(spec.flip), glance_segments=options.get("glance_segments"),
         shared_crop=bool(options.get("shared_crop", False)), test_crops=options.get("test_crops", 1),
         decode_positions=options.get("decode_positions"), jpeg_bytes=bool(options.get("jpeg_bytes", False)),
+        video_files=video_files,
         **{k: options[k] for k in ("scales", "max_distort", "scale_size") if k in options})
     if options.get("check_folders", True):
         dataset.check_folders()

@@ -1,0 +1,386 @@
+"""Frames read straight from video files, numbered exactly as the extraction numbers them.
+
+A list line of a dataset built with ``video_files=True`` names a video file (relative to the frame
+root) instead of a frame folder. Frame ``k`` of that video (``k = start_index, start_index+1, ...``)
+is the image that ``python -m datasets.extract`` writes as file ``k`` for it at the video's own rate
+(:mod:`.video`): the packets' presentation times, sorted and counted from the first, put decoded
+frame ``i`` on the output slots ``[round(t_i·rate), round(t_{i+1}·rate))`` (the last frame lasts
+one frame period), and the display rotation is applied. So a video and the frame folder extracted
+from it (``--short_side 0``) have the same frame count, the same sampled frame numbers and, when the
+folder stores its frames losslessly (a ``.png`` template), the same pixels.
+
+What is read, per video and process: one demux pass (packets only, no decoding) gives the slot table
+(:class:`VideoTiming`; kept in a per-process cache of :data:`CACHE_SIZE` videos, keyed by path, size
+and modification time). Per item, one container is opened; :meth:`VideoFrameReader.read` seeks to the
+key frame at or before each needed frame that lies beyond the next key frame, and decodes forward,
+converting only the needed frames to RGB. A seek is trusted only while the frames it yields carry the
+presentation times the table expects, one after the other; otherwise (AVI files with packed B-frames
+carry swapped frame times) the video is marked unseekable for the process and decoded from its start,
+counting frames as the extraction does.
+
+Problems are :class:`~.errors.FrameError` lines naming the list line, the video file and the frame:
+a file that cannot be opened or holds no video stream, a truncated video (the rule of
+:func:`.video.falls_short`: its packets end well before the length its container declares), a list
+count that differs from the video's, a frame that cannot be decoded or lies past the decodable end.
+With ``missing='repeat_first'`` the last two are replaced by the video's first frame (each
+substitution logged) and a truncated video is read as far as it goes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import FrameError
+from .frames import MISSING_POLICIES, Box, copy_pixels
+from .lists import VideoRecord
+from .video import claimed_frames, declared_duration, falls_short, frame_to_image, native_rate
+
+logger = logging.getLogger(__name__)
+
+#: Videos whose slot tables one process keeps (least recently used dropped first).
+CACHE_SIZE = 4096
+_timings: "OrderedDict[Tuple[str, int, int], VideoTiming]" = OrderedDict()
+
+
+def _video_errors() -> tuple:
+    """What PyAV raises for a file it cannot open, demux or decode."""
+    import av
+    return (av.error.FFmpegError, OSError, EOFError)
+
+
+@dataclass
+class VideoTiming:
+    """Where each decoded frame of a video lands among the numbered frames.
+
+    pts: int64 ``(n,)``, the presentation times of the n video packets, sorted (stream time base);
+    decoded frame ``i`` is shown at ``pts[i]``. slots: int64 ``(n,)``, the first 0-based frame number
+    decoded frame ``i`` fills (non-decreasing; frame ``i`` fills ``[slots[i], slots[i+1])``, the last
+    one exactly ``slots[-1]``). keys: int64 ``(m,)``, sorted decoded indices of the key frames.
+    truncated: '' for a complete video, else why it counts as truncated. seekable: cleared when a seek
+    turned out not to land where the table says (then every read decodes from the start).
+    """
+
+    pts: np.ndarray
+    slots: np.ndarray
+    keys: np.ndarray
+    truncated: str = ""
+    seekable: bool = True
+
+    @property
+    def count(self) -> int:
+        """Frames the video has at its own rate (what the extraction writes)."""
+        return int(self.slots[-1]) + 1
+
+    def decoded_index(self, offsets: np.ndarray) -> np.ndarray:
+        """Decoded-frame indices ``(N,)`` of the 0-based frame numbers ``offsets`` ``(N,)`` (each < count)."""
+        return np.searchsorted(self.slots, offsets, side="right") - 1
+
+    def key_before(self, decoded: int) -> int:
+        """The decoded index of the last key frame at or before decoded frame ``decoded`` (0 if none)."""
+        at = int(np.searchsorted(self.keys, decoded, side="right")) - 1
+        return int(self.keys[at]) if at >= 0 else 0
+
+
+def _slots(pts: Sequence[int], time_base: Fraction, rate: Fraction) -> np.ndarray:
+    """round-half-up(t_i·rate) for t_i = (pts_i - pts_0)·time_base, in exact integer arithmetic."""
+    scale = Fraction(time_base) * rate                             # slots per pts unit
+    a, b = scale.numerator, scale.denominator
+    first = int(pts[0])
+    return np.array([(2 * (int(p) - first) * a + b) // (2 * b) for p in pts], dtype=np.int64)
+
+
+def read_timing(path: str) -> VideoTiming:
+    """The slot table of the video file ``path`` from one demux pass (no decoding).
+
+    Raises ``ValueError`` with a short reason (without the file name) when the file holds no video
+    stream, no packet, or packets without presentation times, and what PyAV raises when it cannot
+    be opened.
+    """
+    import av
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        times, key_flags, untimed, stopped = [], [], 0, ""
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                if packet.pts is None:
+                    untimed += 1
+                    continue
+                times.append(int(packet.pts))
+                key_flags.append(bool(packet.is_keyframe))
+        except _video_errors() as e:
+            stopped = f"reading stopped after {len(times)} packet(s): {e}"
+        if untimed:
+            raise ValueError(f"{untimed} video packet(s) carry no presentation time, so frames cannot be numbered "
+                             f"without decoding the whole file; extract it with python -m datasets.extract")
+        if not times:
+            raise ValueError(stopped or "no video packet")
+        rate, time_base = native_rate(stream), stream.time_base
+        order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
+        pts = np.asarray(times, dtype=np.int64)[order]
+        keys = np.unique(np.searchsorted(pts, np.asarray(times, dtype=np.int64)[np.asarray(key_flags, dtype=bool)]))
+        step = 1 / rate
+        span = Fraction(int(pts[-1] - pts[0])) * time_base + step
+        declared = declared_duration(stream)
+        truncated = ""
+        if stopped or falls_short(declared, span, step):
+            length = f" ({float(declared):.2f} s)" if declared is not None else ""
+            truncated = (f"truncated video: {claimed_frames(stream)}{length}, {len(pts)} in the file "
+                         f"({float(span):.2f} s)" + (f"; {stopped}" if stopped else ""))
+        return VideoTiming(pts=pts, slots=_slots(pts, time_base, rate), keys=keys.astype(np.int64),
+                           truncated=truncated)
+
+
+def video_timing(path: str) -> VideoTiming:
+    """:func:`read_timing` through the per-process cache (keyed by path, size and modification time)."""
+    info = os.stat(path)
+    key = (os.path.abspath(path), info.st_size, info.st_mtime_ns)
+    timing = _timings.get(key)
+    if timing is None:
+        timing = read_timing(path)
+        _timings[key] = timing
+        while len(_timings) > CACHE_SIZE:
+            _timings.popitem(last=False)
+    else:
+        _timings.move_to_end(key)
+    return timing
+
+
+def count_video_frames(path: str, where: str = "") -> int:
+    """Frames of the video file ``path`` at its own rate (what the extraction writes); a file that cannot
+    be read raises :class:`FrameError` naming ``where`` and the file."""
+    return VideoFrameReader(path, where=where).timing().count
+
+
+class VideoFrameReader:
+    """Reads numbered frames of one video file, with the interface of :class:`~.frames.FrameReader`.
+
+    ``where`` names the list line (``'file:line'``) for messages; ``first_index`` is the number of the
+    video's first frame; ``num_frames``: the count the list gives (checked against the video: a
+    larger one makes the frames past the video's end missing, a smaller one is an error; None: not
+    checked). After :meth:`read`, :attr:`decoded` holds how many frames it decoded (the needed ones, those
+    between a key frame and a needed frame, and a substitute's).
+    """
+
+    def __init__(self, video: str, *, missing: str = "error", where: str = "", first_index: int = 1,
+                 num_frames: Optional[int] = None):
+        if missing not in MISSING_POLICIES:
+            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+        self.video = video
+        self.missing = missing
+        self.where = where
+        self.first_index = first_index
+        self.num_frames = num_frames
+        self.decoded = 0
+
+    def _prefix(self) -> str:
+        return f"{self.where}: " if self.where else ""
+
+    def path(self, index: int) -> str:
+        """The video file and the frame, for messages."""
+        return f"{self.video} (frame {index})"
+
+    def timing(self) -> VideoTiming:
+        """The video's slot table; raises :class:`FrameError` when the file cannot be read."""
+        if not os.path.isfile(self.video):
+            raise FrameError(f"{self._prefix()}video file is missing: {self.video}")
+        try:
+            return video_timing(self.video)
+        except (ValueError,) + _video_errors() as e:
+            raise FrameError(f"{self._prefix()}cannot read video {self.video}: {_reason(e)}") from None
+
+    def check_size(self, index: int, size: Tuple[int, int], expected: Tuple[int, int], first: int) -> None:
+        """Raise :class:`FrameError` when frame ``index`` has ``size`` (w, h) but frame ``first`` has ``expected``."""
+        if tuple(size) != tuple(expected):
+            raise FrameError(f"{self._prefix()}frame {index} has size {size[0]}x{size[1]} but frame "
+                             f"{first} has {expected[0]}x{expected[1]}: {self.video}")
+
+    def read_jpeg(self, index: int):
+        raise FrameError(f"{self._prefix()}{self.video} is a video file; reading JPEG bytes for decoding on the "
+                         f"device needs frame folders")
+
+    def _check(self, timing: VideoTiming) -> None:
+        if timing.truncated and self.missing == "error":
+            raise FrameError(f"{self._prefix()}{self.video}: {timing.truncated} (--missing_frames repeat_first "
+                             f"reads the frames it holds)")
+        if self.num_frames is not None and self.num_frames < timing.count:
+            raise FrameError(f"{self._prefix()}the list gives {self.num_frames} frames, but video {self.video} has "
+                             f"{timing.count} at its own rate; correct the count (0 counts the frames from the file)")
+
+    def read(self, indices: Sequence[int], crop: Optional[Callable[[int, int], Box]] = None,
+             expected: Optional[Tuple[Tuple[int, int], int]] = None) -> np.ndarray:
+        """Decode frames ``indices`` (frame numbers) -> uint8 ``(len(indices), h, w, 3)``, as
+        :meth:`.frames.FrameReader.read`: ``crop(width, height)``, called once with the frames' size,
+        may return the region ``(x, y, w, h)`` to keep; ``expected``: ``((w, h), frame)``, the size
+        found before on frame ``frame``. One container is opened (twice when a substitute or an
+        unseekable video needs a fresh start)."""
+        numbers = [int(i) for i in indices]
+        if not numbers:
+            raise ValueError("no frame indices given")
+        timing = self.timing()
+        self._check(timing)
+        self.decoded = 0
+        offsets = np.asarray(numbers, dtype=np.int64) - self.first_index
+        before = [n for n, o in zip(numbers, offsets) if o < 0]
+        if before:
+            raise FrameError(f"{self._prefix()}frame {before[0]} comes before the first frame "
+                             f"{self.first_index} of {self.video}")
+        rows: Dict[int, List[int]] = {}
+        inside = offsets < timing.count
+        decoded = timing.decoded_index(np.minimum(offsets, timing.count - 1))
+        for row, (number_inside, index) in enumerate(zip(inside, decoded)):
+            if number_inside:
+                rows.setdefault(int(index), []).append(row)
+        state = _Output(len(numbers), numbers, crop, expected, self)
+        stop = ""
+        if rows:
+            stop = self._decode_into(timing, rows, state)
+        missing = [row for row in range(len(numbers)) if not state.filled[row]]
+        if missing:
+            self._substitute(timing, missing, numbers, stop, state)
+        return state.out
+
+    def _decode_into(self, timing: VideoTiming, rows: Dict[int, List[int]], state: "_Output") -> str:
+        """Decode the decoded-frame indices ``rows`` keys into the rows of ``state``; '' or why it stopped early."""
+        frames = _DecodedFrames(self.video, timing)
+        try:
+            for index, frame in frames.take(sorted(rows)):
+                state.put(rows[index], frame_to_image(frame, 0), int(state.numbers[rows[index][0]]))
+        finally:
+            frames.close()
+            self.decoded += frames.decoded
+        return frames.stopped
+
+    def _problem(self, number: int, timing: VideoTiming, stop: str) -> str:
+        if number - self.first_index >= timing.count:
+            listed = f" (the list gives {self.num_frames})" if self.num_frames is not None else ""
+            why = f"past the end: the video has {timing.count} frames{listed}"
+        else:
+            why = stop or "the decoder returned no frame for it"
+        return f"{self._prefix()}frame {number} cannot be decoded: {self.video} ({why})"
+
+    def _substitute(self, timing: VideoTiming, missing: List[int], numbers: List[int], stop: str,
+                    state: "_Output") -> None:
+        problem = self._problem(numbers[missing[0]], timing, stop)
+        if self.missing != "repeat_first" or any(numbers[row] == self.first_index for row in missing):
+            more = f" (and {len(missing) - 1} more frame(s) of this read)" if len(missing) > 1 else ""
+            raise FrameError(problem + more)
+        for row in missing:
+            logger.warning("%s; substituting frame %d (missing_frames='repeat_first')",
+                           self._problem(numbers[row], timing, stop), self.first_index)
+        first_stop = self._decode_into(timing, {0: missing}, state)
+        if not all(state.filled[row] for row in missing):
+            raise FrameError(f"{problem}; the substitute is unusable too: "
+                             f"{self._problem(self.first_index, timing, first_stop)}")
+
+
+def _reason(error: Exception) -> str:
+    """A short reason: our own ``ValueError`` s as they are, PyAV's errors with their class name."""
+    return str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
+
+
+class _Output:
+    """The array being filled: rows of frame numbers ``numbers``, allocated at the first frame's size."""
+
+    def __init__(self, count: int, numbers: List[int], crop, expected, reader: VideoFrameReader):
+        self.count, self.numbers, self.crop, self.expected, self.reader = count, numbers, crop, expected, reader
+        self.out: Optional[np.ndarray] = None
+        self.filled = [False] * count
+        self.size: Optional[Tuple[int, int]] = None
+        self.first = 0
+
+    def put(self, rows: List[int], image, number: int) -> None:
+        if self.out is None:
+            self.size, self.first = image.size, number
+            if self.expected is not None:
+                self.reader.check_size(number, image.size, *self.expected)
+            self.region = self.crop(*image.size) if self.crop else (0, 0) + image.size
+            self.out = np.empty((self.count, self.region[3], self.region[2], 3), dtype=np.uint8)
+        else:
+            self.reader.check_size(number, image.size, self.size, self.first)
+        copy_pixels(image, self.region, self.out[rows[0]])
+        for row in rows[1:]:
+            self.out[row] = self.out[rows[0]]
+        for row in rows:
+            self.filled[row] = True
+
+
+class _DecodedFrames:
+    """Decoded frames of one opened video, by decoded index, seeking forward where the table allows."""
+
+    def __init__(self, video: str, timing: VideoTiming):
+        self.video, self.timing = video, timing
+        self.container = None
+        self.stopped = ""
+        self.decoded = 0
+
+    def _open(self):
+        import av
+        if self.container is not None:
+            self.container.close()
+        self.container = av.open(self.video)
+        self.stream = self.container.streams.video[0]
+        self.stream.codec_context.thread_count = 1                   # one thread per loader worker
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+    def take(self, wanted: List[int]) -> Iterator[Tuple[int, "object"]]:
+        """Yield ``(index, frame)`` for the sorted decoded indices ``wanted`` that decode; on a decode error
+        or the end of the stream, stop and say why in :attr:`stopped`."""
+        timing = self.timing
+        frames, position, verify, done = None, -1, False, 0
+        try:
+            if self.container is None:
+                self._open()
+            while done < len(wanted):
+                target = wanted[done]
+                key = timing.key_before(target) if timing.seekable else 0
+                if frames is None or key > position + 1:
+                    if key > 0:
+                        self.container.seek(int(timing.pts[key]), stream=self.stream, backward=True, any_frame=False)
+                        position, verify = key - 1, True
+                    else:
+                        position, verify = -1, False
+                    frames = self.container.decode(self.stream)
+                frame = next(frames, None)
+                if frame is None:
+                    self.stopped = f"the stream ended after {position + 1} decoded frame(s)"
+                    return
+                position += 1
+                self.decoded += 1
+                if verify and (position >= len(timing.pts) or frame.pts != timing.pts[position]):
+                    timing.seekable = False                              # frame times disagree with the table
+                    self._open()
+                    frames, position, verify = self.container.decode(self.stream), -1, False
+                    continue
+                if position == target:
+                    yield position, frame
+                    done += 1
+        except _video_errors() as e:
+            self.stopped = f"decoding stopped after frame {position + 1} of the stream: {_reason(e)}"
+
+
+def resolve_counts(records: Sequence[VideoRecord], root: str) -> List[VideoRecord]:
+    """``records`` with every ``num_frames`` 0 replaced by the frame count of its video file under ``root``
+    (one demux pass per such video, kept in the cache for the readers); a file that cannot be read raises
+    :class:`FrameError` naming its list line."""
+    resolved = []
+    for record in records:
+        if record.num_frames == 0:
+            count = count_video_frames(os.path.join(root, record.path), f"{record.where} (video {record.path!r})")
+            record = dataclasses.replace(record, num_frames=count)
+        resolved.append(record)
+    return resolved

@@ -1,0 +1,282 @@
+"""Datasets read straight from video files (datasets/video_frames.py, ``video_files=True``).
+
+The reference is the extraction: a video and the frame folder that ``python -m datasets.extract``
+writes for it (native rate, ``--short_side 0``, PNG frames, so nothing is lost on the folder's side)
+must give the same frame count and the same items, bit for bit, for every sampling rule.
+"""
+import logging
+import os
+import shutil
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datasets import FrameError, ListFileError, build_dataset
+from datasets import extract
+from datasets.video import frame_to_image
+from datasets.video_frames import VideoFrameReader, read_timing
+from ops.cli import user_message
+
+av = pytest.importorskip("av", reason="reading video files needs PyAV (the [video] extra)")
+
+SEGMENTS, SIZE = 8, 32
+PNG = "image_{:05d}.png"
+
+
+def _pattern(count: int, height: int, width: int, seed: int) -> np.ndarray:
+    """``(count, height, width, 3)`` uint8 frames: a moving gradient plus noise (so every resize differs)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for k in range(count):
+        base = np.stack([(x * 4 + k * 9) % 256, (y * 5 + k * 3) % 256, ((x + y) * 2 + k * 17) % 256], axis=-1)
+        frames.append((base + rng.integers(0, 40, base.shape)) % 256)
+    return np.asarray(frames, dtype=np.uint8)
+
+
+def write_video(path, frames: np.ndarray, codec: str, pix_fmt: str, pts=None, options=None, rate: int = 25,
+                ticks: int = 25):
+    """Encode ``frames`` (N, H, W, 3) uint8 with PyAV at frame rate ``rate``; ``pts``: presentation times
+    in 1/ticks s (default 0..N-1)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        stream.codec_context.time_base = Fraction(1, ticks)
+        for k, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = k if pts is None else pts[k]
+            frame.time_base = Fraction(1, ticks)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Lossless videos: ffv1 (intra only), libx264rgb crf 0 (key frame every 10, B-frames: the seeking
+    path) and a variable-rate ffv1 at 25 frames/s with times in 1/100 s (gaps repeat frames, times
+    between two slots round half up, and of two frames in one slot the later one is kept)."""
+    folder = tmp_path_factory.mktemp("videos")
+    write_video(folder / "intra.mkv", _pattern(30, 48, 64, 1), "ffv1", "bgr0")
+    write_video(folder / "gop.mp4", _pattern(45, 48, 64, 2), "libx264rgb", "rgb24",
+                options={"crf": "0", "bf": "2", "preset": "veryfast", "threads": "1",
+                         "x264-params": "keyint=10:min-keyint=10:scenecut=0"})
+    write_video(folder / "vfr.mkv", _pattern(12, 48, 64, 3), "ffv1", "bgr0",
+                pts=[0, 4, 6, 7, 12, 20, 22, 23, 30, 40, 41, 50], ticks=100)
+    return folder
+
+
+def _extract(sources, out) -> dict:
+    """Run the extraction (native rate, full size, PNG) on ``sources``; {file name: frame count}."""
+    listing = out.parent / f"{out.name}_videos.txt"
+    listing.write_text("".join(f"{s}\n" for s in sources))
+    code = extract.main([str(listing), str(out), "--short_side", "0", "--template", PNG, "--workers", "1", "--quiet"])
+    assert code == 0
+    counts = dict(line.split(",") for line in (out / extract.FRAME_COUNTS).read_text().split())
+    return {os.path.basename(s): int(counts[os.path.splitext(os.path.basename(s))[0]]) for s in sources}
+
+
+def _data_dir(tmp_path, names, counts, video_counts):
+    """A custom data directory with a frame list and a video list of the same videos (labels 0, 1, 0...)."""
+    (tmp_path / "classInd.txt").write_text("a\nb\n")
+    frames_list = "".join(f"{os.path.splitext(n)[0]},{counts[n]},{i % 2}\n" for i, n in enumerate(names))
+    video_list = "".join(f"{n},{video_counts(n)},{i % 2}\n" for i, n in enumerate(names))
+    (tmp_path / "frames_list.txt").write_text(frames_list)
+    (tmp_path / "videos_list.txt").write_text(video_list)
+
+
+@pytest.fixture(scope="module")
+def both(videos, test_videos, tmp_path_factory):
+    """(data dir, video folder, frame folder root, counts) for the generated videos and the real
+    variable-rate tree.avi (68 stored frames over 444 slots)."""
+    shutil.copyfile(test_videos / "tree.avi", videos / "tree.avi")
+    names = ["intra.mkv", "gop.mp4", "vfr.mkv", "tree.avi"]
+    out = tmp_path_factory.mktemp("extracted") / "out"
+    counts = _extract([videos / n for n in names], out)
+    data = tmp_path_factory.mktemp("data")
+    _data_dir(data, names, counts, lambda n: 0)
+    return data, videos, out / "frames", counts
+
+
+def _pair(both, train, **options):
+    data, videos, frames, _ = both
+    common = dict(num_segments=SEGMENTS, input_size=SIZE, train=train, seed=3, template=PNG, **options)
+    by_frames = build_dataset("custom", str(data), "train", list_file=str(data / "frames_list.txt"),
+                              frame_root=str(frames), **common)
+    by_video = build_dataset("custom", str(data), "train", list_file=str(data / "videos_list.txt"),
+                             frame_root=str(videos), video_files=True, **common)
+    return by_frames, by_video
+
+
+def _assert_same_items(a, b, epochs=(0,)):
+    for epoch in epochs:
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for index in range(len(a)):
+            x, y = a[index], b[index]
+            assert sorted(x) == sorted(y)
+            for key in x:
+                assert torch.equal(x[key], y[key]), (epoch, index, key)
+
+
+def test_frame_counts_match_the_extraction_and_the_variable_rate_video_repeats_frames(both):
+    data, videos, _, counts = both
+    for name, count in counts.items():
+        timing = read_timing(str(videos / name))
+        assert timing.count == count, name
+    assert counts["tree.avi"] == 444 and len(read_timing(str(videos / "tree.avi")).pts) == 68
+    assert read_timing(str(videos / "vfr.mkv")).slots.tolist() == [0, 1, 2, 2, 3, 5, 6, 6, 8, 10, 10, 13]
+    assert counts["vfr.mkv"] == 14 and counts["intra.mkv"] == 30 and counts["gop.mp4"] == 45
+    assert read_timing(str(videos / "gop.mp4")).keys.tolist() == [0, 10, 20, 30, 40]
+
+
+def test_reads_seek_to_the_key_frame_before_each_needed_frame(both):
+    _, videos, _, _ = both
+    reader = VideoFrameReader(str(videos / "gop.mp4"))
+    reader.read([45])
+    assert reader.decoded == 5                                         # key frame 41 (index 40) .. 45
+    reader.read([3, 12, 14, 44])
+    assert reader.decoded == 3 + 4 + 4                                 # 1..3, 11..14, 41..44
+    reader.read([44, 3])                                               # any order: decoded in stream order
+    assert reader.decoded == 3 + 4
+
+
+def test_every_frame_equals_the_extracted_image(both):
+    _, videos, frames, counts = both
+    from PIL import Image
+    for name, count in counts.items():
+        stem = os.path.splitext(name)[0]
+        wanted = list(range(1, count + 1, 7)) + [count]
+        pixels = VideoFrameReader(str(videos / name), num_frames=count).read(wanted)
+        for row, k in enumerate(wanted):
+            extracted = np.asarray(Image.open(frames / stem / PNG.format(k)).convert("RGB"))
+            assert np.array_equal(pixels[row], extracted), (name, k)
+
+
+def test_training_draws_equal_the_frame_folders(both):
+    by_frames, by_video = _pair(both, train=True)
+    assert [r.num_frames for r in by_video.records] == [r.num_frames for r in by_frames.records]
+    _assert_same_items(by_frames, by_video, epochs=(0, 1))
+
+
+def test_evaluation_and_three_crops_equal_the_frame_folders(both):
+    _assert_same_items(*_pair(both, train=False))
+    _assert_same_items(*_pair(both, train=False, test_crops=3))
+
+
+def test_separate_glance_clip_equals_the_frame_folders(both):
+    _assert_same_items(*_pair(both, train=True, glance_segments=4), epochs=(0, 2))
+    _assert_same_items(*_pair(both, train=False, glance_segments=4, test_crops=3))
+
+
+def test_selected_frame_decoding_reads_video_files_too(both):
+    by_frames, by_video = _pair(both, train=False)
+    _, deferred = _pair(both, train=False, decode_positions=[0, 3, 6])
+    for index in range(len(by_video)):
+        full = by_frames[index]["video"]
+        item = deferred[index]
+        assert torch.equal(item["frames"], full[[0, 3, 6]])
+        frames = by_video.frame_indices(index)
+        assert torch.equal(deferred.decode_frames(index, frames[[1, 5, 7]]), full[[1, 5, 7]])
+    with pytest.raises(ValueError, match="jpeg_bytes .*video files"):
+        _pair(both, train=False, jpeg_bytes=True)
+
+
+def test_listed_counts_are_checked(both, tmp_path):
+    data, videos, _, counts = both
+    shutil.copyfile(data / "classInd.txt", tmp_path / "classInd.txt")
+    (tmp_path / "list.txt").write_text(f"gop.mp4,{counts['gop.mp4'] - 1},0\nintra.mkv,{counts['intra.mkv']},1\n")
+    ds = build_dataset("custom", str(tmp_path), "val", list_file=str(tmp_path / "list.txt"), frame_root=str(videos),
+                       video_files=True, num_segments=SEGMENTS, input_size=SIZE, template=PNG)
+    assert ds[1]["video"].shape == (SEGMENTS, 3, SIZE, SIZE)
+    with pytest.raises(FrameError, match=r"list.txt:1 .*the list gives 44 frames, but video .*gop.mp4 has 45"):
+        ds[0]
+
+
+def test_packed_b_frame_avi_reads_as_decoded_from_the_start(test_videos):
+    """Megamind.avi stores B-frames packed (its frames' times are swapped): every frame read with seeks
+    equals the frame decoded in order, as the extraction decodes it."""
+    path = str(test_videos / "Megamind.avi")
+    with av.open(path) as container:
+        ordered = [np.asarray(frame_to_image(f, 0)) for f in container.decode(container.streams.video[0])]
+    timing = read_timing(path)
+    assert timing.count == len(ordered) == 270
+    wanted = [5, 99, 100, 140, 160, 201, 250, 270]
+    pixels = VideoFrameReader(path).read(wanted)
+    for row, k in enumerate(wanted):
+        assert np.array_equal(pixels[row], ordered[k - 1]), k
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad files
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def bad_dir(test_videos, tmp_path):
+    """A data dir with a truncated real video (vtest.avi cut to a quarter of its bytes), a garbage file
+    named like a video and an empty file."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    data = (test_videos / "vtest.avi").read_bytes()
+    (videos / "cut.avi").write_bytes(data[:len(data) // 4])
+    (videos / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (videos / "empty.mkv").write_bytes(b"")
+    (tmp_path / "classInd.txt").write_text("a\nb\n")
+    return tmp_path
+
+
+def _build(folder, lines, **options):
+    (folder / "list.txt").write_text("".join(line + "\n" for line in lines))
+    return build_dataset("custom", str(folder), "val", list_file=str(folder / "list.txt"),
+                         frame_root=str(folder / "videos"), video_files=True, num_segments=SEGMENTS,
+                         input_size=SIZE, **options)
+
+
+def test_unreadable_files_are_one_line_naming_the_line_and_the_file(bad_dir):
+    for name in ("garbage.mp4", "empty.mkv"):
+        with pytest.raises(FrameError) as caught:
+            _build(bad_dir, [f"{name},0,1"])
+        message = str(caught.value)
+        assert "\n" not in message and "list.txt:1" in message and f"cannot read video {bad_dir}/videos/{name}" in message
+        ds = _build(bad_dir, [f"{name},100,1"])                        # given a count: found when read
+        with pytest.raises(FrameError, match=rf"list.txt:1 .*cannot read video .*{name}"):
+            ds[0]
+    with pytest.raises(ListFileError, match=r"1 of 1 video files are missing .*\n  .*list.txt:1: .*nothere.mp4"):
+        _build(bad_dir, ["nothere.mp4,0,0"])
+
+
+def test_truncated_video_is_one_line_or_read_as_far_as_it_goes(bad_dir, caplog):
+    ds = _build(bad_dir, ["cut.avi,0,0"])
+    held = ds.records[0].num_frames
+    assert 0 < held < 795
+    with pytest.raises(FrameError) as caught:
+        ds[0]
+    assert "\n" not in str(caught.value)
+    assert f"{bad_dir}/videos/cut.avi: truncated video: the container claims 795 frames" in str(caught.value)
+    # repeat_first: the frames it holds are read; with the full count listed, the ones past its end are
+    # the first frame.
+    ds = _build(bad_dir, ["cut.avi,0,0"], missing_frames="repeat_first")
+    assert ds[0]["video"].shape == (SEGMENTS, 3, SIZE, SIZE)
+    full = _build(bad_dir, ["cut.avi,795,0"], missing_frames="repeat_first")
+    with caplog.at_level(logging.WARNING):
+        clip = full[0]["video"]
+    past = [k for k in full.frame_indices(0) if k > held]
+    assert past and sum("past the end: the video has" in r.getMessage() for r in caplog.records) == len(past)
+    first = _build(bad_dir, ["cut.avi,0,0"], missing_frames="repeat_first").decode_frames(0, [1])[0]
+    for row, k in enumerate(full.frame_indices(0)):
+        if k > held:
+            assert torch.equal(clip[row], first)
+    strict = _build(bad_dir, ["cut.avi,795,0"])
+    with pytest.raises(FrameError, match="truncated video"):
+        strict[0]
+
+
+def test_errors_in_loader_workers_are_one_line(bad_dir):
+    ds = _build(bad_dir, ["cut.avi,795,0"])
+    with pytest.raises(FrameError) as caught:
+        next(iter(DataLoader(ds, batch_size=1, num_workers=1)))
+    message = user_message(caught.value)
+    assert "\n" not in message and "cut.avi: truncated video" in message and "list.txt:1" in message
