@@ -89,6 +89,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "first in evaluation)")
     g.add_argument("--missing_frames", choices=("error", "repeat_first"), default="error",
                    help="'repeat_first' reproduces the official substitution of missing frames (each one logged)")
+    g.add_argument("--video_files", action=argparse.BooleanOptionalAction, default=False,
+                   help="the list files name video files (under the frame root) instead of frame folders; their "
+                        "frames are decoded from the files, without extraction (docs/data.md, 'Video files')")
     g.add_argument("--dataset_config", default=None, help="JSON file describing a custom dataset (see docs/data.md)")
     g.add_argument("--synthetic", type=_json_object, default=None,
                    help='generation options of the synthetic dataset, as JSON, e.g. \'{"train_videos": 200}\'')
@@ -463,6 +466,8 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
         if getattr(args, name) not in allowed:
             parser.error(f"--{name} {getattr(args, name)}: the {variant.name} variant offers {', '.join(allowed)}")
     if getattr(args, "gpu_decode", False):
+        if args.video_files:
+            parser.error("--gpu_decode decodes the JPEG files of frame folders; --video_files are decoded on the CPU")
         if variant.frame_source != "candidates":
             parser.error(f"--gpu_decode: the {variant.name} variant samples its glance frames apart from the "
                          f"candidates and decodes on the CPU; --gpu_decode is for mn2_r50")

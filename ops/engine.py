@@ -52,6 +52,8 @@ def dataset_options(args) -> Dict:
     """The dataset options the flags set (see ``datasets.build_dataset``); a variant whose glance frames
     are sampled apart from the focus candidates gets them from the dataset (``item['glance']``)."""
     options = {"missing_frames": args.missing_frames}
+    if getattr(args, "video_files", False):
+        options["video_files"] = True
     if models.get_variant(args.variant).frame_source == "separate":
         options.update(glance_segments=args.num_glance_segments, shared_crop=args.shared_crop)
     if args.label_rule:

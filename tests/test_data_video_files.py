@@ -280,3 +280,41 @@ def test_errors_in_loader_workers_are_one_line(bad_dir):
         next(iter(DataLoader(ds, batch_size=1, num_workers=1)))
     message = user_message(caught.value)
     assert "\n" not in message and "cut.avi: truncated video" in message and "list.txt:1" in message
+
+
+# ---------------------------------------------------------------------------------------------------
+# main.py --video_files
+# ---------------------------------------------------------------------------------------------------
+TINY = ("--num_segments 8 --num_glance_segments 4 --num_focus_segments 4 --input_size 64 --patch_size 32 "
+        "--focus_arch resnet18 --classifier_dim 32 --stn_hidden_dim 16 --temporal_hidden_dim 8 --no-pretrained "
+        "--device cpu --lr 0.01 --no-tensorboard --num_visualised 0 --batch_size 2 --val_batch_size 2")
+
+
+def test_main_trains_and_evaluates_from_video_files_and_reports_a_bad_one_in_one_line(videos, bad_dir, tmp_path):
+    import entry_points
+    import sys
+
+    data = tmp_path / "data"
+    (data / "frames").mkdir(parents=True)
+    (data / "classInd.txt").write_text("a\nb\n")
+    for name in ("intra.mkv", "gop.mp4", "vfr.mkv"):
+        shutil.copyfile(videos / name, data / "frames" / name)
+    (data / "train_split.txt").write_text("intra.mkv,0,0\ngop.mp4,0,1\nvfr.mkv,0,0\ngop.mp4,45,1\n")
+    (data / "val_split.txt").write_text("vfr.mkv,14,0\nintra.mkv,0,1\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("UNIADAFOCUS_DEBUG", None)
+    common = [sys.executable, "main.py", "--dataset", "custom", "--data_dir", str(data), "--video_files",
+              "--root_log", str(tmp_path / "runs")] + TINY.split()
+    shutil.copyfile(bad_dir / "videos" / "cut.avi", data / "frames" / "cut.avi")
+    (data / "bad_val.txt").write_text("intra.mkv,0,1\ncut.avi,795,0\n")
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text('{"val_list": "bad_val.txt"}')
+    good, bad = entry_points.run_many([
+        common + ["--epochs", "1", "--workers", "1", "--store_name", "good"],
+        common + ["--epochs", "1", "--workers", "2", "--store_name", "bad", "--dataset_config", str(bad_config)],
+    ], env=env, timeout=420)
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert (tmp_path / "runs" / "good" / "ckpt.pth.tar").is_file()
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "bad_val.txt:2" in lines[0] and "cut.avi: truncated video" in lines[0], bad.stderr[-3000:]
