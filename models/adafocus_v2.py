@@ -200,6 +200,8 @@ class AdaFocusV2Output:
     focus_features: torch.Tensor  # (B, T, Df)
     frame_order: torch.Tensor  # (T,) temporal index of model frame t
     random_pass: Optional[FocusPathV2] = None
+    input_size: int = 0  # frame side and patch size: the geometry of ``patch_boxes``
+    patch_size: int = 0
 
     @property
     def logits(self) -> torch.Tensor:
@@ -210,6 +212,22 @@ class AdaFocusV2Output:
     def stage_logits(self) -> torch.Tensor:
         """(B, T, C) the early-exit stages: exit t after t + 1 frames."""
         return self.exit_logits
+
+    @property
+    def focus_indices(self) -> torch.Tensor:
+        """(B, T) the temporal index of each policy patch's frame (the family's name)."""
+        return self.frame_order.unsqueeze(0).expand(self.actions.shape[0], -1)
+
+    @property
+    def patch_boxes(self) -> torch.Tensor:
+        """(B, T, 4) the policy patches as (x1, y1, x2, y2) in input pixels (pixel i covers [i, i+1))."""
+        return self.patch_boxes_of(self.actions)
+
+    def patch_boxes_of(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions (..., 2) (a_row, a_col) -> boxes (..., 4) (x1, y1, x2, y2) in input pixels."""
+        y1 = actions[..., 0] * (self.input_size - self.patch_size)
+        x1 = actions[..., 1] * (self.input_size - self.patch_size)
+        return torch.stack((x1, y1, x1 + self.patch_size, y1 + self.patch_size), dim=-1)
 
     @property
     def validation_logits(self) -> torch.Tensor:
@@ -248,7 +266,8 @@ class AdaFocusV2(nn.Module):
     forward(video, generator=None) with video (B, T, 3, H, W) or the official flattened layout (B, 3T, H, W)
     in temporal order, H = W = input_size; uint8 frames are normalised here (ImageNet mean/std), floating
     frames are taken as normalised. Returns :class:`AdaFocusV2Output`. In training, the random patch
-    positions come from ``generator`` (None: the global RNG, as officially).
+    positions come from ``generator`` (None: the global RNG, as officially). ``before_focus(indices (B, T),
+    rows=None)`` is called with every frame before any is read (the family's hook for deferred decoding).
 
     ``glance_size``: the side the glance encoder sees (default: the input size for MobileNetV2, 96 for
     ResNet-50). ``classifier_dim``: the classifier MLP width (official 4096). ``sample``: visit the
@@ -344,7 +363,10 @@ class AdaFocusV2(nn.Module):
         exit_logits = self.classifier(torch.cat((glance_features, focus_features), dim=2))  # (B, T, C)
         return FocusPathV2(exit_logits, focus_logits.view(b, t, -1), actions, focus_features)
 
-    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None) -> AdaFocusV2Output:
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                before_focus=None) -> AdaFocusV2Output:
+        if before_focus is not None:  # every frame is read: the caller's frame source completes them all
+            before_focus(self.frame_order.sort().values.unsqueeze(0).expand(video.shape[0], -1), None)
         frames = self.normalise(self.frames_in_model_order(video))  # (B, T, 3, H, W)
         b, t = frames.shape[:2]
         fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))  # (B*T, Dg, h, w), (B*T, Dg)
@@ -359,7 +381,8 @@ class AdaFocusV2(nn.Module):
         policy_pass = self.focus_path(frames, actions, glance_features)
         random_pass = self.focus_path(frames, random_actions, glance_features) if self.training else None
         return AdaFocusV2Output(policy_pass.exit_logits, glance_logits, policy_pass.focus_logits, actions,
-                                glance_features, policy_pass.focus_features, self.frame_order, random_pass)
+                                glance_features, policy_pass.focus_features, self.frame_order, random_pass,
+                                self.input_size, self.patch_size)
 
 
 # --------------------------------------------------------------------------------------------------

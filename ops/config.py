@@ -415,6 +415,8 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
         value = getattr(args, name, None)
         if value is not None and value < 0:
             parser.error(f"--{name} must be 0 or more, got {value}")
+    if "num_focus_segments" not in models.get_variant(args.variant).hyper_parameters:  # adafocus_v2: every frame
+        args.num_glance_segments = args.num_focus_segments = args.num_segments  # is a glance and a focus frame
     if args.num_focus_segments > args.num_segments:
         parser.error(f"--num_focus_segments {args.num_focus_segments} must not exceed --num_segments "
                      f"{args.num_segments} (the focus frames are chosen among the candidates)")
@@ -516,7 +518,7 @@ def official_variant(ckpt: Dict) -> Optional[str]:
 
 #: Flags that say which data a run read. Our checkpoints save them: ``--resume`` takes those that no
 #: flag (nor ``--config``) sets, as long as the data set is the saved one.
-DATA_KEYS = ("dataset", "data_dir", "dataset_config", "synthetic")
+DATA_KEYS = ("dataset", "data_dir", "dataset_config", "synthetic", "video_files")
 #: Other saved settings that change a checkpoint's predictions and are taken when no flag sets them.
 PREDICTION_KEYS = ("temperature",)
 

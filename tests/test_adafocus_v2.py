@@ -3,6 +3,8 @@ and the FLOPs of its exits (against the official per-frame table of every ``v2/e
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from models.adafocus_v2 import (AdaFocusV2, OFFICIAL_KEYS, RunningMaxClassifier,
                                 crop_fixed_patches, detect_official, official_manifest)
 from ops.checkpoint import CheckpointError, load_checkpoint
 from support import fixture_params, require_fixture
+from test_main import SYNTHETIC, _main_args, _run, data_dir  # noqa: F401  (data_dir: the synthetic data fixture)
 
 TINY_V2 = dict(num_classes=5, num_segments=4, patch_size=32, input_size=64, stn_hidden_dim=16, classifier_dim=32,
                focus_arch="resnet18", sample=True)
@@ -231,3 +234,32 @@ def test_every_exit_costs_the_official_flops_within_one_percent(fixture_path):
             assert stages[-1] == pytest.approx(RELEASED_GFLOPS[arch, int(patch)], rel=0.01), key
         checked += 1
     assert checked >= len(RELEASED_GFLOPS)
+
+
+# --------------------------------------------------------------------------------------------------
+# main.py
+# --------------------------------------------------------------------------------------------------
+def test_main_trains_and_evaluates_a_tiny_adafocus_v2(data_dir, tmp_path):
+    """``main.py --variant adafocus_v2`` on the synthetic data: the V2 objective's terms are trained (both
+    patch passes), every frame is an exit with its FLOPs, and ``--evaluate --resume`` reproduces the run's
+    last validation."""
+    root = tmp_path / "runs"
+    _run([sys.executable] + _main_args(data_dir, root, "--variant", "adafocus_v2", "--epochs", "1", "--iters_per_epoch",
+                                       "2", "--batch_size", "4", "--store_name", "v2"))
+    log = (root / "v2" / "log.txt").read_text()
+    assert "epoch 0 [2/2]" in log and " cat " in log and " focus " in log and " glance " in log
+    ckpt = torch.load(root / "v2" / "ckpt.pth.tar", weights_only=True)
+    assert ckpt["config"]["variant"] == "adafocus_v2" and ckpt["config"]["sample"] is True
+    assert any(k.startswith("policy.spatial.gru.") for k in ckpt["model"])
+    model = get_variant("adafocus_v2").build_from(argparse.Namespace(**ckpt["config"]), num_classes=SYNTHETIC["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    stages = adafocus_v2_flops(model).stages()
+    assert len(stages) == ckpt["config"]["num_segments"]
+    metrics = json.loads((root / "v2" / "metrics.json").read_text())
+    assert metrics["gflops"] == pytest.approx(stages[-1])  # the cost of the last exit: every frame
+    _run([sys.executable] + _main_args(data_dir, root, "--variant", "adafocus_v2", "--evaluate", "--resume",
+                                       str(root / "v2" / "ckpt.pth.tar"), "--store_name", "v2_eval"))
+    evaluated = json.loads((root / "v2_eval" / "metrics_eval.json").read_text())
+    assert evaluated["metrics"]["loss"] == pytest.approx(metrics["final"]["loss"], abs=1e-6)
+    assert evaluated["metrics"]["prediction_top1"] == metrics["final"]["prediction_top1"]
+    assert evaluated["gflops"] == pytest.approx(stages[-1])
