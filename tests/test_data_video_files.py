@@ -314,7 +314,10 @@ def test_main_trains_and_evaluates_from_video_files_and_reports_a_bad_one_in_one
         common + ["--epochs", "1", "--workers", "2", "--store_name", "bad", "--dataset_config", str(bad_config)],
     ], env=env, timeout=420)
     assert good.returncode == 0, good.stderr[-3000:]
-    assert (tmp_path / "runs" / "good" / "ckpt.pth.tar").is_file()
+    again = entry_points.run([sys.executable, "main.py", "--evaluate", "--resume",
+                              str(tmp_path / "runs" / "good" / "ckpt.pth.tar"), "--workers", "0", "--device", "cpu",
+                              "--store_name", "again", "--root_log", str(tmp_path / "runs")], env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]                # the checkpoint's --video_files is taken
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     lines = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "bad_val.txt:2" in lines[0] and "cut.avi: truncated video" in lines[0], bad.stderr[-3000:]
