@@ -195,9 +195,11 @@ def test_policy_encoder_gru_and_actions(run):
 
 def test_patch_positions_in_pixels(run):
     fx, model, out = run["fx"], run["model"], run["out"]
-    top_left = out.actions.flatten(0, 1) * (model.input_size - model.patch_size)  # [row, col]
+    boxes = out.patch_boxes.flatten(0, 1)  # (B*T, 4) x1, y1, x2, y2
+    top_left = boxes[:, [1, 0]]  # the fixture's [row, col]
     torch.testing.assert_close(top_left, fx["patch_top_left_px"], **PATCH_PIXELS)
     torch.testing.assert_close(top_left + model.patch_size / 2, fx["patch_centres_px"], **PATCH_PIXELS)
+    torch.testing.assert_close(boxes[:, 2:] - boxes[:, :2], torch.full_like(top_left, float(model.patch_size)))
 
 
 def test_crop_given_the_recorded_actions_is_bit_exact(run):
