@@ -230,7 +230,7 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     stages = engine.exit_gflops(model)
     log.info(f"{val_set.num_classes} classes; {len(val_set)} validation videos"
              + (f", {len(train_set)} training videos" if train_set is not None else "")
-             + f"; GFLOPs per video {stages[-1]:.2f} (glance only {stages[0]:.2f})")
+             + f"; GFLOPs per video {stages[-1]:.2f} (its first exit {stages[0]:.2f})")
     if settings.compile:  # after counting the FLOPs: compiled code hides its operations from the counter
         log.info(f"--compile: the {' and '.join(engine.compile_encoders(model))} encoders compile at their first "
                  f"call for each input shape")
