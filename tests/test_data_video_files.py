@@ -189,12 +189,22 @@ def test_selected_frame_decoding_reads_video_files_too(both):
 def test_listed_counts_are_checked(both, tmp_path):
     data, videos, _, counts = both
     shutil.copyfile(data / "classInd.txt", tmp_path / "classInd.txt")
-    (tmp_path / "list.txt").write_text(f"gop.mp4,{counts['gop.mp4'] - 1},0\nintra.mkv,{counts['intra.mkv']},1\n")
+    (tmp_path / "list.txt").write_text(f"gop.mp4,{counts['gop.mp4'] - 1},0\nintra.mkv,{counts['intra.mkv']},1\n"
+                                       f"gop.mp4,50,0\n")
     ds = build_dataset("custom", str(tmp_path), "val", list_file=str(tmp_path / "list.txt"), frame_root=str(videos),
                        video_files=True, num_segments=SEGMENTS, input_size=SIZE, template=PNG)
     assert ds[1]["video"].shape == (SEGMENTS, 3, SIZE, SIZE)
     with pytest.raises(FrameError, match=r"list.txt:1 .*the list gives 44 frames, but video .*gop.mp4 has 45"):
         ds[0]
+    assert ds.frame_indices(2).max() == 47
+    with pytest.raises(FrameError, match=r"list.txt:3 .*frame 47 cannot be decoded: .*gop.mp4 \(past the end: the "
+                                         r"video has 45 frames \(the list gives 50\)\)$"):
+        ds[2]
+    # the same list read as frame folders: the missing folders are video files, and the message says so
+    with pytest.raises(ListFileError, match=r"3 of 3 frame folders are missing .*\n.*\n.*\n.*\n  \(these are video "
+                                            r"files: read them with video_files=True, flag --video_files\)"):
+        build_dataset("custom", str(tmp_path), "val", list_file=str(tmp_path / "list.txt"), frame_root=str(videos),
+                      num_segments=SEGMENTS, input_size=SIZE, template=PNG)
 
 
 def test_packed_b_frame_avi_reads_as_decoded_from_the_start(test_videos):

@@ -1,0 +1,146 @@
+"""Video files against their extracted frame folders: clips per second per worker, frames decoded.
+
+    python -m scripts.bench_video                                # the test videos ($UNIADAFOCUS_TEST_VIDEOS)
+    python -m scripts.bench_video --videos DIR --short_side 0    # your videos, frames extracted at full size
+
+The videos are extracted once into a temporary folder (``python -m datasets.extract``: JPEG at
+``--quality``, short side ``--short_side``, the video's own rate), and the same videos are read two
+ways with the same sampling: ``build_dataset(..., video_files=True)`` on the files and the plain
+dataset on the frame folders. Each side is timed single-threaded, as a DataLoader worker runs
+(``torch.set_num_threads(1)``, ``OMP_WAIT_POLICY=PASSIVE``, one decoding thread), in rounds that
+alternate which side goes first; the median round is reported, for training sampling (random
+frames, random crop) and evaluation sampling (segment centres, centre crop).
+
+"decoded" is what the video side decodes per clip (:attr:`datasets.video_frames.VideoFrameReader.decoded`:
+the needed frames and those between a key frame and a needed frame), as a share of the frames of the
+videos, beside the distinct frames a clip needs (what the frame-folder side decodes). Note that the
+video side decodes at the video's own size: with ``--short_side`` below it the frame folders hold
+smaller images.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see scripts/bench_adaptive.py)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datasets import build_dataset, extract  # noqa: E402
+from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
+
+TEMPLATE = "image_{:05d}.jpg"
+
+
+def default_videos() -> str:
+    return os.environ.get("UNIADAFOCUS_TEST_VIDEOS") or os.path.expanduser("~/.cache/uniadafocus/test-videos")
+
+
+def prepare(videos: str, work: str, short_side: int, quality: int) -> tuple:
+    """Extract the videos of ``videos`` into ``work``; ``(data dir, names, frame counts)``."""
+    names = sorted(n for n in os.listdir(videos) if n.lower().endswith(VIDEO_EXTENSIONS))
+    if not names:
+        raise SystemExit(f"error: no video files in {videos}")
+    listing = os.path.join(work, "videos.txt")
+    with open(listing, "w", encoding="utf-8") as f:
+        f.writelines(os.path.join(os.path.abspath(videos), n) + "\n" for n in names)
+    out = os.path.join(work, "data")
+    started = time.perf_counter()
+    code = extract.main([listing, out, "--short_side", str(short_side), "--quality", str(quality),
+                         "--template", TEMPLATE, "--workers", "1", "--quiet"])
+    if code != 0:
+        raise SystemExit(f"error: the extraction failed (exit {code}; see {out}/{extract.FAILURES})")
+    with open(os.path.join(out, extract.FRAME_COUNTS), encoding="utf-8") as f:
+        counts = dict(line.strip().split(",") for line in f if line.strip())
+    print(f"extracted {len(names)} videos ({sum(int(c) for c in counts.values())} frames, short side "
+          f"{short_side or 'unchanged'}, q{quality}) in {time.perf_counter() - started:.1f} s")
+    with open(os.path.join(out, "classInd.txt"), "w", encoding="utf-8") as f:
+        f.write("only\n")
+    stems = [os.path.splitext(n)[0] for n in names]
+    with open(os.path.join(out, "frames_list.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"{s},{counts[s]},0\n" for s in stems)
+    with open(os.path.join(out, "videos_list.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"{n},{counts[s]},0\n" for n, s in zip(names, stems))
+    return out, names, [int(counts[s]) for s in stems]
+
+
+def time_round(dataset, indices) -> float:
+    started = time.perf_counter()
+    for index in indices:
+        dataset[index]
+    return len(indices) / (time.perf_counter() - started)
+
+
+def decoded_share(dataset, clips: int, rounds: int) -> tuple:
+    """(frames the video side decodes per clip, distinct frames a clip needs), averaged over the timed clips."""
+    decoded, needed = [], []
+    for r in range(1, rounds + 1):
+        dataset.set_epoch(r)
+        for k in range(clips):
+            index = (r * clips + k) % len(dataset)
+            wanted = np.unique(dataset.frame_indices(index))
+            reader = dataset.reader(index)
+            reader.read(wanted)
+            decoded.append(reader.decoded)
+            needed.append(len(wanted))
+    return float(np.mean(decoded)), float(np.mean(needed))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.bench_video", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--videos", default=default_videos(), help="folder of video files")
+    p.add_argument("--short_side", type=int, default=360, help="short side of the extracted frames (0: unchanged)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the extracted frames")
+    p.add_argument("--num_segments", type=int, default=16, help="T0: frames per clip")
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--clips", type=int, default=8, help="clips per round and side")
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.videos):
+        print(f"error: --videos {args.videos}: no such folder (scripts/fetch_test_videos.sh DEST fetches "
+              f"the test videos)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench_video_") as work:
+        data, names, counts = prepare(args.videos, work, args.short_side, args.quality)
+        total = sum(counts)
+        print(f"T0={args.num_segments}, input {args.input_size}, one thread, {args.rounds} rounds x {args.clips} "
+              f"clips per side, sides alternating, median round reported")
+        for train in (True, False):
+            common = dict(num_segments=args.num_segments, input_size=args.input_size, train=train,
+                          template=TEMPLATE)
+            sides = {
+                "frame folders": build_dataset("custom", data, "train", list_file=os.path.join(data, "frames_list.txt"),
+                                               **common),
+                "video files": build_dataset("custom", data, "train", list_file=os.path.join(data, "videos_list.txt"),
+                                             frame_root=os.path.abspath(args.videos), video_files=True, **common),
+            }
+            rates = {name: [] for name in sides}
+            order = list(sides)
+            for r in range(args.rounds + 1):
+                indices = [(r * args.clips + k) % len(names) for k in range(args.clips)]
+                for name in (order if r % 2 else order[::-1]):
+                    sides[name].set_epoch(r)
+                    rate = time_round(sides[name], indices)
+                    if r:                                            # round 0 warms the caches
+                        rates[name].append(rate)
+            decoded, needed = decoded_share(sides["video files"], args.clips, args.rounds)
+            medians = {name: statistics.median(v) for name, v in rates.items()}
+            print(f"[{'train' if train else 'val'}]")
+            for name, value in medians.items():
+                print(f"  {name:14s} {value:7.2f} clips/s per worker  (rounds: "
+                      f"{', '.join(f'{v:.2f}' for v in rates[name])})")
+            print(f"  video files / frame folders: {medians['video files'] / medians['frame folders']:.2f}x; "
+                  f"decoded per clip {decoded:.1f} frames for {needed:.1f} needed "
+                  f"({decoded / (total / len(names)):.0%} of a video's {total / len(names):.0f} frames on average)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
