@@ -29,6 +29,10 @@ frame size and the same resize kernel as inside the full clip, so every filled f
 to the full path's and the model, which reads frames only by index, gives identical logits. Frames
 never required stay zero; the model never reads them.
 
+Video files (datasets built with ``video_files=True``) take the same path: the workers decode the
+frames at the decode positions from the file, and each :meth:`FeedBatch.require` opens the video
+again and seeks to the frames it needs (:mod:`.video_frames`); ``jpeg_bytes`` needs frame folders.
+
 What is decoded, per video: the distinct frame files at the decode positions (in the worker), then,
 for each :meth:`FeedBatch.require`, the distinct files of the required positions that no position
 filled before shares; a focus frame that is also a glance frame (or two positions on one file of a
