@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 #: Videos whose slot tables one process keeps (least recently used dropped first).
 CACHE_SIZE = 4096
 _timings: "OrderedDict[Tuple[str, int, int], VideoTiming]" = OrderedDict()
+_timings_lock = threading.Lock()        # the selected-frame decoding reads videos from a thread pool
 
 
 def _video_errors() -> tuple:
@@ -145,14 +147,16 @@ def video_timing(path: str) -> VideoTiming:
     """:func:`read_timing` through the per-process cache (keyed by path, size and modification time)."""
     info = os.stat(path)
     key = (os.path.abspath(path), info.st_size, info.st_mtime_ns)
-    timing = _timings.get(key)
-    if timing is None:
-        timing = read_timing(path)
+    with _timings_lock:
+        timing = _timings.get(key)
+        if timing is not None:
+            _timings.move_to_end(key)
+            return timing
+    timing = read_timing(path)                                         # outside the lock: one demux pass
+    with _timings_lock:
         _timings[key] = timing
         while len(_timings) > CACHE_SIZE:
             _timings.popitem(last=False)
-    else:
-        _timings.move_to_end(key)
     return timing
 
 

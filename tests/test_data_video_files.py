@@ -38,13 +38,15 @@ def _pattern(count: int, height: int, width: int, seed: int) -> np.ndarray:
 
 
 def write_video(path, frames: np.ndarray, codec: str, pix_fmt: str, pts=None, options=None, rate: int = 25,
-                ticks: int = 25):
+                ticks: int = 25, rotation: int = 0):
     """Encode ``frames`` (N, H, W, 3) uint8 with PyAV at frame rate ``rate``; ``pts``: presentation times
-    in 1/ticks s (default 0..N-1)."""
+    in 1/ticks s (default 0..N-1); ``rotation``: display rotation, degrees counter-clockwise."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         stream.codec_context.time_base = Fraction(1, ticks)
+        if rotation:
+            stream.set_display_rotation(rotation)
         for k, pixels in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = k if pts is None else pts[k]
@@ -58,13 +60,15 @@ def write_video(path, frames: np.ndarray, codec: str, pix_fmt: str, pts=None, op
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """Lossless videos: ffv1 (intra only), libx264rgb crf 0 (key frame every 10, B-frames: the seeking
-    path) and a variable-rate ffv1 at 25 frames/s with times in 1/100 s (gaps repeat frames, times
+    path), the same codec with a display rotation of 90 degrees, and a variable-rate ffv1 at 25 frames/s with times in 1/100 s (gaps repeat frames, times
     between two slots round half up, and of two frames in one slot the later one is kept)."""
     folder = tmp_path_factory.mktemp("videos")
     write_video(folder / "intra.mkv", _pattern(30, 48, 64, 1), "ffv1", "bgr0")
     write_video(folder / "gop.mp4", _pattern(45, 48, 64, 2), "libx264rgb", "rgb24",
                 options={"crf": "0", "bf": "2", "preset": "veryfast", "threads": "1",
                          "x264-params": "keyint=10:min-keyint=10:scenecut=0"})
+    write_video(folder / "rotated.mp4", _pattern(12, 48, 64, 4), "libx264rgb", "rgb24",
+                options={"crf": "0", "threads": "1"}, rotation=90)
     write_video(folder / "vfr.mkv", _pattern(12, 48, 64, 3), "ffv1", "bgr0",
                 pts=[0, 4, 6, 7, 12, 20, 22, 23, 30, 40, 41, 50], ticks=100)
     return folder
@@ -94,7 +98,7 @@ def both(videos, test_videos, tmp_path_factory):
     """(data dir, video folder, frame folder root, counts) for the generated videos and the real
     variable-rate tree.avi (68 stored frames over 444 slots)."""
     shutil.copyfile(test_videos / "tree.avi", videos / "tree.avi")
-    names = ["intra.mkv", "gop.mp4", "vfr.mkv", "tree.avi"]
+    names = ["intra.mkv", "gop.mp4", "rotated.mp4", "vfr.mkv", "tree.avi"]
     out = tmp_path_factory.mktemp("extracted") / "out"
     counts = _extract([videos / n for n in names], out)
     data = tmp_path_factory.mktemp("data")
@@ -131,6 +135,7 @@ def test_frame_counts_match_the_extraction_and_the_variable_rate_video_repeats_f
     assert counts["tree.avi"] == 444 and len(read_timing(str(videos / "tree.avi")).pts) == 68
     assert read_timing(str(videos / "vfr.mkv")).slots.tolist() == [0, 1, 2, 2, 3, 5, 6, 6, 8, 10, 10, 13]
     assert counts["vfr.mkv"] == 14 and counts["intra.mkv"] == 30 and counts["gop.mp4"] == 45
+    assert VideoFrameReader(str(videos / "rotated.mp4")).read([1]).shape == (1, 64, 48, 3)   # portrait
     assert read_timing(str(videos / "gop.mp4")).keys.tolist() == [0, 10, 20, 30, 40]
 
 
