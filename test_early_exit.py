@@ -75,12 +75,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fit on a seeded random subset of this many threshold-set videos (0: all)")
     g.add_argument("--p_values", type=float, nargs="+", default=None,
                    help="geometric exit parameters of the sweep (default: the variant's official grid, "
-                        "0.05..0.95 for mn2_r50, 1..399 and 4e3..4e6 over --p_scale 100 for tsm)")
+                        "0.05..0.95 for mn2_r50, 1..399 and 4e3..4e6 over --p_scale 100 for tsm, 5..39 over "
+                        "--p_scale 10 with q_k proportional to (p/10)^(k+1) for adafocus_v2)")
     g.add_argument("--p_scale", type=float, default=None,
                    help="the exit ratio of p is float32(p / p_scale) (default: the variant's official scale)")
     g.add_argument("--random_baseline", action=argparse.BooleanOptionalAction, default=None,
                    help="random exits with the same counts next to every budget (default: as the variant's "
-                        "official sweep: on for mn2_r50, off for tsm)")
+                        "official sweep: on for mn2_r50, off for tsm and adafocus_v2)")
     g.add_argument("--budget", type=float, nargs="+", default=None,
                    help="GFLOPs budget(s): write deployable thresholds meeting each on the threshold set")
     g.add_argument("--logits", default=None, help="sweep from a cached logits file; no model or data needed")
@@ -236,12 +237,13 @@ def sweep_and_write(data: Dict, args, out_dir: str, log: RunLog) -> Dict[str, ob
     results = {}
     for criterion in args.criterion:
         started = time.time()
-        p_values, p_scale, random_baseline = early_exit.P_GRIDS[data.get("exit_grid", "geometric")]
+        grid = early_exit.P_GRIDS[data.get("exit_grid", "geometric")]
         sweep = early_exit.budget_sweep(thr["logits"], targets_for(thr, metric), ev["logits"], targets_for(ev, metric),
                                         data["flops"], criterion=criterion, metric=metric,
-                                        p_values=args.p_values or p_values, seed=args.seed, absent=args.absent_classes,
-                                        p_scale=args.p_scale or p_scale,
-                                        random_baseline=random_baseline if args.random_baseline is None
+                                        p_values=args.p_values or grid.p_values, seed=args.seed,
+                                        absent=args.absent_classes, p_scale=args.p_scale or grid.p_scale,
+                                        first_power=grid.first_power,
+                                        random_baseline=grid.random_baseline if args.random_baseline is None
                                         else args.random_baseline)
         elapsed = time.time() - started
         base = os.path.join(out_dir, criterion)

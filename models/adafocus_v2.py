@@ -363,6 +363,49 @@ class AdaFocusV2(nn.Module):
         exit_logits = self.classifier(torch.cat((glance_features, focus_features), dim=2))  # (B, T, C)
         return FocusPathV2(exit_logits, focus_logits.view(b, t, -1), actions, focus_features)
 
+    @property
+    def num_exit_stages(self) -> int:
+        """T: one exit after each frame (in model order)."""
+        return self.num_segments
+
+    @torch.no_grad()
+    def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
+        """The T exits one frame at a time, for the adaptive runtime (a generator; evaluation only).
+
+        Yields exit 0's logits (B, C), computed from model frame 0 alone: glance encoder, one policy step
+        (encoder, one GRU step from zeros, action), the crop, the focus encoder, the classifier MLP and exit
+        head 0 (no glance or focus head: only the exits predict). Each time it is sent the positions (m,)
+        (long, on the device) of the videos of its last yield that continue, it yields the next exit's
+        logits (m, C) for those only, continuing each video's GRU state and running maximum; so a video
+        that leaves after t + 1 frames has had only those frames processed. The policy is causal and the
+        classifier's state is a running maximum, so exit t equals exit t of the full pass (to the
+        batched kernels' rounding). ``amp``: the caller's (enabled, dtype) autocast setting, applied to
+        the two backbones. ``lap`` is not called (there is no separate policy stage).
+        ``before_focus(indices (n, 1), rows (n,))`` is called before each frame is read with its
+        temporal index and the rows of ``video`` still running.
+        """
+        frames = self.frames_in_model_order(video)  # (B, T, 3, H, W), model order
+        device_type, (amp_on, amp_dtype) = frames.device.type, amp
+        policy, classifier = self.policy.spatial, self.classifier
+        rows = torch.arange(frames.shape[0], device=frames.device)
+        state = running_max = None  # (1, n, H) GRU state; (n, hidden) running maximum of the MLP outputs
+        for t in range(self.num_segments):
+            if before_focus is not None:
+                before_focus(self.frame_order[t].view(1, 1).expand(rows.numel(), 1), rows)
+            frame = self.normalise(frames[rows, t])  # (n, 3, H, W)
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
+                fmap, glance_features = self.glance(self.glance_input(frame))
+            encoded = policy.encoder(fmap.float())  # (n, H)
+            outputs, state = policy.gru(encoded.unsqueeze(1), state)  # (n, 1, H), (1, n, H)
+            patch = self.crop(frame, policy.fc(outputs[:, 0]))  # (n, 3, P, P)
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
+                focus_features = self.focus(patch)
+            step = classifier.mlp(torch.cat((glance_features.float(), focus_features.float()), 1).unsqueeze(1))[:, 0]
+            running_max = step if running_max is None else torch.maximum(running_max, step)
+            keep = yield classifier.exits[t](running_max)  # (n, C)
+            if keep is not None and keep.numel() < rows.numel():
+                rows, state, running_max = rows[keep], state[:, keep], running_max[keep]
+
     def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
                 before_focus=None) -> AdaFocusV2Output:
         if before_focus is not None:  # every frame is read: the caller's frame source completes them all
@@ -431,6 +474,36 @@ def adafocus_v2_flops(model: AdaFocusV2) -> AdaFocusV2Flops:
             classifier_step=count_gmacs(lambda x: classifier.exits[-1](classifier.states(x)[:, -1]),
                                         zeros(1, 1, gdim + fdim)),
             num_frames=model.num_segments)
+
+
+#: The official early-exit script's per-frame GFLOPs table (its ``get_flops``), by glance architecture and
+#: patch size: glance encoder + ResNet-50 on one P x P patch + a constant share for the policy and the
+#: classifier. The official script knows no other patch size (ValueError there) and no ResNet-50 glance at 192.
+OFFICIAL_FLOPS_PER_FRAME = {
+    "mbv2": {96: 1.10096541, 128: 1.684842018, 160: 2.435540514, 192: 3.353060898},
+    "resnet50": {96: 1.547401154, 128: 2.131277762, 160: 2.881976258},
+}
+
+
+def official_flops_per_frame(glance_arch: str, patch_size: int) -> float:
+    """The official table's GFLOPs per frame (:data:`OFFICIAL_FLOPS_PER_FRAME`); ``ValueError`` (one line)
+    for a configuration the table lacks."""
+    arch = OFFICIAL_ARCH_NAMES.get(glance_arch, glance_arch)
+    table = OFFICIAL_FLOPS_PER_FRAME.get(arch)
+    if table is None or patch_size not in table:
+        known = ", ".join(f"{a} P={p}" for a, t in OFFICIAL_FLOPS_PER_FRAME.items() for p in t)
+        raise ValueError(f"the official AdaFocusV2 FLOPs table has no entry for glance_arch={glance_arch} "
+                         f"patch_size={patch_size} (it has: {known})")
+    return table[patch_size]
+
+
+def linear_exit_flops(per_frame: float, num_exits: int) -> List[float]:
+    """GFLOPs of exits 0..K-1 when every frame costs ``per_frame``: exit k costs (k + 1) frames, rounded
+    to float32 as the official early-exit script (``(k + 1) * per_frame`` in float32)."""
+    if num_exits < 1:
+        raise ValueError(f"num_exits must be >= 1, got {num_exits}")
+    frames = torch.arange(1, num_exits + 1, dtype=torch.float32)
+    return (frames * torch.tensor(float(per_frame), dtype=torch.float32)).tolist()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,6 +581,7 @@ ADAFOCUS_V2 = register_variant(Variant(
                                 manifest=official_manifest,
                                 class_weight_keys=("glance_head.1.weight", "global_CNN_fc.1.weight")),
     datasets=("actnet", "fcvid", "minik"),
+    exit_grid="v2",  # 16 exits, p = 5..39 over 10, q_k proportional to (p/10)^(k+1), no random baseline
     # The README commands' architecture and rates (ActivityNet, P = 128, MobileNetV2 glance; lr 0.002 is the default).
     defaults={"num_segments": 16, "patch_size": 128, "stn_hidden_dim": 2048, "sample": True, "weight_decay": 1e-4,
               "stn_lr_ratio": 0.1, "global_lr_ratio": 0.5, "classifier_lr_ratio": 5.0},

@@ -84,6 +84,33 @@ def test_running_max_exit_t_depends_only_on_frames_up_to_t():
     torch.testing.assert_close(classifier.states(features)[:, 2], z[:, :3].max(dim=1).values)
 
 
+@pytest.mark.parametrize("glance_arch", ["mbv2", "resnet50"])
+def test_adaptive_runtime_gives_the_full_pass_exits(glance_arch):
+    """AdaptiveRunner drives the model frame by frame: every video's logits are the full pass's exit at its
+    stage, the stage is the post-hoc decision's, and videos that left are not processed further."""
+    from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores
+
+    model = tiny_v2(glance_arch=glance_arch, glance_size=32).eval()
+    video = clip(batch=6)
+    with torch.no_grad():
+        exits = model(video).exit_logits  # (B, T, C)
+    scores = exit_scores(exits, "confidence")  # (B, T)
+    thresholds = torch.quantile(scores, 0.55, dim=0)  # between two scores: rounding cannot flip a decision
+    thresholds[-1] = -1e8
+    result = AdaptiveRunner(model, thresholds, criterion="confidence", flops=[1.0, 2.0, 3.0, 4.0]).run(video)
+    expected = assign_exits(scores, thresholds)
+    assert torch.equal(result.exit_stage, expected)
+    assert 0 < int((expected < model.num_exit_stages - 1).sum()) < video.shape[0]
+    torch.testing.assert_close(result.logits, exits[torch.arange(6), expected], rtol=1e-5, atol=1e-5)
+    assert result.stage_batch_sizes == [int((expected >= k).sum()) for k in range(model.num_exit_stages)]
+    assert result.gflops.tolist() == [float(k + 1) for k in expected.tolist()]
+    read = []
+    AdaptiveRunner(model, thresholds, criterion="confidence", flops=[1.0] * 4).run(
+        video, before_focus=lambda indices, rows: read.append((indices[:, 0].tolist(), rows.tolist())))
+    assert [frames for frames, _ in read] == [[int(model.frame_order[k])] * len(rows) for k, (_, rows) in enumerate(read)]
+    assert [rows for _, rows in read] == [(expected >= k).nonzero()[:, 0].tolist() for k in range(len(read))]
+
+
 def test_resnet_glance_sees_a_bilinear_align_corners_copy():
     model = tiny_v2(glance_arch="res50", glance_size=32).eval()
     assert model.glance_arch == "resnet50" and model.feature_size == 1

@@ -17,6 +17,10 @@ not 80); T_0 is the score of that many-th most confident threshold-set sample (1
 ``budget_sweep(..., metric='top1', p_values=TSM_P_VALUES, p_scale=TSM_P_SCALE,
 random_baseline=False)``.
 
+AdaFocusV2 (``P_GRIDS['v2']``) has K = 16 exits, one after each frame: q_k proportional to
+(p/10)**(k+1) for p = 5..39 (``first_power=1``, r = float32(p / 10)), linear FLOPs (exit k costs
+k + 1 frames), top-1 or mAP, no random baseline; the same quota and threshold rules.
+
 Modules:
 
 * :mod:`.criteria` — the exit criteria (``'confidence'``, ``'entropy'``, ``'max_prob'``) and
@@ -39,7 +43,8 @@ from .evaluation import (METRICS, ExitEvaluation, FixedExitPoint, StageMetric, e
 from .solver import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, assign_exits, count_exits, descending_order,
                      exit_distribution_ratio, exit_quota, geometric_exit_distribution, normalised_distribution,
                      solve_thresholds)
-from .sweeps import DEFAULT_P_VALUES, P_GRIDS, TSM_P_SCALE, TSM_P_VALUES, BudgetPoint, SweepResult, budget_sweep
+from .sweeps import (DEFAULT_P_VALUES, P_GRIDS, TSM_P_SCALE, TSM_P_VALUES, V2_P_SCALE, V2_P_VALUES, BudgetPoint,
+                     ExitGrid, SweepResult, budget_sweep)
 from .thresholds_file import ThresholdsFile, ThresholdsFileError, load_thresholds, save_thresholds
 
 __all__ = [
@@ -52,7 +57,7 @@ __all__ = [
     "METRICS", "expected_gflops", "exit_ratios", "random_exit_baseline", "StageMetric", "ExitEvaluation",
     "evaluate_exits", "FixedExitPoint", "fixed_exit_curve",
     # sweeps
-    "DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "P_GRIDS", "BudgetPoint", "SweepResult", "budget_sweep",
+    "DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "V2_P_VALUES", "V2_P_SCALE", "ExitGrid", "P_GRIDS", "BudgetPoint", "SweepResult", "budget_sweep",
     # budget
     "BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages",
     # thresholds file

@@ -74,32 +74,40 @@ def exit_distribution_ratio(p: float, p_scale: float = 1.0) -> float:
     return ratio
 
 
-def geometric_exit_distribution(p: float, num_stages: int, *, p_scale: float = 1.0) -> torch.Tensor:
-    """Target exit distribution q_k proportional to r**k, k = 0..K-1, normalised (float32).
+def geometric_exit_distribution(p: float, num_stages: int, *, p_scale: float = 1.0,
+                                first_power: int = 0) -> torch.Tensor:
+    """Target exit distribution q_k proportional to r**(k + first_power), k = 0..K-1, normalised (float32).
 
     r = float32(p / p_scale) (:func:`exit_distribution_ratio`). q is the official float32
-    expression ``exp(log(r) * [0, 1, ..., K-1])`` divided by its sum. This one function is the exit
-    distribution of both official procedures:
+    expression ``exp(log(r) * [first_power, first_power + 1, ..., first_power + K-1])`` divided by its
+    sum: the same distribution for every ``first_power`` in exact arithmetic, but the float32 values
+    (and hence the quotas) differ, so each procedure uses its own. This one function is the exit
+    distribution of the three official procedures:
 
     * Uni-AdaFocus (K = 17): grid p = 1/20, ..., 19/20 with ``p_scale=1`` (the same float32 r as the
       official p = 1..19 divided by 20), so q_k is proportional to p**k
       (docs/official-behaviour.md, "Early exit");
     * Uni-AdaFocus-TSM (K = 2, glance-only exit and full model): grid p = 1..399, 4e3, 4e4, 4e5,
-      4e6 with ``p_scale=100``, i.e. q = (1, r) / (1 + r), q_0 about 1 / (1 + p/100).
+      4e6 with ``p_scale=100``, i.e. q = (1, r) / (1 + r), q_0 about 1 / (1 + p/100);
+    * AdaFocusV2 (K = 16, one exit per frame): grid p = 5, 6, ..., 39 with ``p_scale=10`` and
+      ``first_power=1``, i.e. q_k proportional to (p/10)**(k+1), the official ``exp(log(p/10) * [1..16])``.
 
-    The official expression overflows float32 when r**(K-1) does (r > 1 and K large; neither
-    official grid gets there); only then is the exponent shifted by K-1 first (the same q up to
-    rounding), so the result stays finite.
+    The official expression overflows (or underflows to all zeros) in float32 when r**(largest
+    power) does (r far from 1 and K large; no official grid gets there); only then is the exponent
+    shifted by the largest (r > 1) or smallest (r < 1) power first (the same q up to rounding), so
+    the result stays finite.
     """
     if num_stages < 1:
         raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+    if int(first_power) != first_power:
+        raise ValueError(f"first_power must be an integer, got {first_power}")
     ratio = exit_distribution_ratio(p, p_scale)
     log_r = torch.log(torch.tensor([ratio], dtype=torch.float32))
-    k = torch.arange(num_stages, dtype=torch.float32)
+    k = torch.arange(int(first_power), int(first_power) + num_stages, dtype=torch.float32)
     q = torch.exp(log_r * k)
     total = q.sum()
-    if not torch.isfinite(total):
-        q = torch.exp(log_r * (k - (num_stages - 1)))
+    if not torch.isfinite(total) or float(total) == 0.0:
+        q = torch.exp(log_r * (k - (k[-1] if ratio > 1 else k[0])))
         total = q.sum()
     return q / total
 

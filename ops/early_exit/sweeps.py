@@ -17,6 +17,9 @@ The two official grids:
   (0.990 at p = 1 down to 2.5e-5 at p = 4e6); top-1 on the class ids; the official procedure has no
   random baseline (``random_baseline=False`` skips it). Thresholds and quotas follow the same
   float32 rules as Uni-AdaFocus (:mod:`.solver`).
+* AdaFocusV2 (16 exits, one per frame): :data:`V2_P_VALUES` = 5, 6, ..., 39 with
+  ``p_scale=V2_P_SCALE`` (10) and ``first_power=1``, so q_k is proportional to (p/10)**(k+1) (35
+  budgets); mAP or top-1; no random baseline officially. Same float32 quota and threshold rules.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -38,7 +41,8 @@ from .solver import (assign_exits, count_exits, descending_order, exit_quota, ge
 
 write_text_atomic = sibling("datasets.files").write_text_atomic
 
-__all__ = ["DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "P_GRIDS", "BudgetPoint", "SweepResult", "budget_sweep"]
+__all__ = ["DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "V2_P_VALUES", "V2_P_SCALE", "ExitGrid", "P_GRIDS",
+           "BudgetPoint", "SweepResult", "budget_sweep"]
 
 #: Uni-AdaFocus grid (use with ``p_scale=1``): 1/20, ..., 19/20, q_k proportional to p**k.
 DEFAULT_P_VALUES = tuple(i / 20 for i in range(1, 20))
@@ -49,11 +53,27 @@ TSM_P_VALUES = tuple(float(i) for i in range(1, 400)) + (4e3, 4e4, 4e5, 4e6)
 #: The TSM grid's divisor: r = float32(p / 100).
 TSM_P_SCALE = 100.0
 
-#: The official sweep grid of each variant, by the name its registry entry gives (``Variant.exit_grid``):
-#: (p values, p scale, whether a random-exit baseline is drawn next to each point).
+#: AdaFocusV2 grid (use with ``p_scale=V2_P_SCALE, first_power=1``): p = 5, ..., 39, q_k proportional to (p/10)**(k+1).
+V2_P_VALUES = tuple(float(i) for i in range(5, 40))
+
+#: The AdaFocusV2 grid's divisor: r = float32(p / 10).
+V2_P_SCALE = 10.0
+
+
+class ExitGrid(NamedTuple):
+    """An official sweep: the p values, r = float32(p / p_scale), whether a random-exit baseline is drawn
+    next to each point, and the power of r at stage 0 (q_k proportional to r**(k + first_power))."""
+    p_values: Sequence[float]
+    p_scale: float
+    random_baseline: bool
+    first_power: int = 0
+
+
+#: The official sweep grid of each variant, by the name its registry entry gives (``Variant.exit_grid``).
 P_GRIDS = {
-    "geometric": (DEFAULT_P_VALUES, 1.0, True),  # the main variant: 19 budgets, 17 exits
-    "tsm": (TSM_P_VALUES, TSM_P_SCALE, False),  # two exits, 403 budgets, no random baseline officially
+    "geometric": ExitGrid(DEFAULT_P_VALUES, 1.0, True),  # the main variant: 19 budgets, 17 exits
+    "tsm": ExitGrid(TSM_P_VALUES, TSM_P_SCALE, False),  # two exits, 403 budgets, no random baseline officially
+    "v2": ExitGrid(V2_P_VALUES, V2_P_SCALE, False, first_power=1),  # AdaFocusV2: 16 exits, 35 budgets
 }
 
 
@@ -87,6 +107,7 @@ class SweepResult:
     last_stage_metric: float
     timings: Dict[str, float] = field(default_factory=dict)
     p_scale: float = 1.0           # r = float32(p / p_scale)
+    first_power: int = 0           # q_k proportional to r**(k + first_power)
 
     # official-style lists
     @property
@@ -144,10 +165,11 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
                  p_values: Sequence[float] = DEFAULT_P_VALUES, seed: Optional[int] = 0,
                  generator: Generator = None, absent: str = "exclude",
                  on_overflow: str = "clamp", p_scale: float = 1.0,
-                 random_baseline: bool = True) -> SweepResult:
+                 random_baseline: bool = True, first_power: int = 0) -> SweepResult:
     """The official early-exit experiment (``early_exit``), vectorised.
 
-    For every p: q = :func:`.solver.geometric_exit_distribution` (p, K, p_scale=p_scale),
+    For every p: q = :func:`.solver.geometric_exit_distribution` (p, K, p_scale=p_scale,
+    first_power=first_power),
     thresholds from the threshold set (``train_logits`` (N1, K, C); ``train_targets`` is not used,
     as officially), exits of the evaluation set (``val_logits`` (N2, K, C)), its metric (``'mAP'``
     or ``'top1'``) and expected GFLOPs; then, when ``random_baseline``, the random baseline with the
@@ -158,7 +180,8 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
 
     Uni-AdaFocus: the defaults (``p_values=DEFAULT_P_VALUES``, ``p_scale=1``). Uni-AdaFocus-TSM
     (2 exits): ``p_values=TSM_P_VALUES, p_scale=TSM_P_SCALE, metric='top1',
-    random_baseline=False``.
+    random_baseline=False``. AdaFocusV2 (16 exits): ``p_values=V2_P_VALUES, p_scale=V2_P_SCALE,
+    first_power=1, random_baseline=False`` (``P_GRIDS['v2']``).
     """
     check_criterion(criterion)
     check_metric(metric)
@@ -198,7 +221,7 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
     t_solve = t_eval = t_rand = 0.0
     for p in p_values:
         t = time.perf_counter()
-        q = geometric_exit_distribution(p, k_stages, p_scale=p_scale)
+        q = geometric_exit_distribution(p, k_stages, p_scale=p_scale, first_power=first_power)
         quota = exit_quota(q, n1)
         thresholds = solve_thresholds(train_scores, quota=quota, order=order, on_overflow=on_overflow)
         t_solve += time.perf_counter() - t
@@ -229,4 +252,4 @@ def budget_sweep(train_logits: torch.Tensor, train_targets: Optional[torch.Tenso
                        num_train=n1, num_val=n2, flops=flops,
                        seed=None if (generator is not None or not random_baseline) else seed,
                        points=points, fixed_exits=fixed, last_stage_metric=fixed[-1].metric,
-                       timings=timings, p_scale=float(p_scale))
+                       timings=timings, p_scale=float(p_scale), first_power=int(first_power))
