@@ -22,6 +22,7 @@ encoders and heads, the official checkpoint filter and the FLOPs of its exits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import torch.nn as nn
 
@@ -32,6 +33,34 @@ from .patches import PatchGeometry
 from .policy import SpatialPolicy, TemporalPolicy
 from .temporal_shift import shift_mobilenet_v2, shift_resnet
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
+
+
+def shifted_encoders(num_glance: int, num_focus: int, shift_div: int = 8, glance_arch: str = "mbv2",
+                     focus_arch: str = "resnet50", pretrained: bool = False, glance_weights=None, focus_weights=None,
+                     zero_init_residual: bool = False) -> Tuple[GlanceEncoder, FocusEncoder]:
+    """The temporal-shift encoders of the Sth-Sth / Jester members: MobileNetV2 shifted over clips of
+    ``num_glance`` frames (frames (N*T_G, 3, H, W) -> map, pooled) and a ResNet shifted over clips of
+    ``num_focus`` frames (patches (N*T_L, 3, P, P) -> pooled). ImageNet weights load into the plain
+    encoders; the shift then wraps their convolutions (official keys ``...conv.0.net.weight``)."""
+    glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
+                           zero_init_residual=zero_init_residual)
+    shift_mobilenet_v2(glance.features, num_glance, shift_div)
+    focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
+                         zero_init_residual=zero_init_residual)
+    shift_resnet(focus, num_focus, shift_div)
+    return glance, focus
+
+
+def tsn_heads(num_classes: int, glance_dim: int, focus_dim: int) -> Tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    """The TSN heads of both encoders, official init N(0, 0.001), bias 0: (glance prediction head
+    ``global_CNN.new_fc``, live glance head ``global_CNN.new_new_fc``, focus prediction head
+    ``local_CNN.new_fc``, live focus head ``local_CNN.new_new_fc``); each (N, D) -> (N, C)."""
+    heads = (nn.Linear(glance_dim, num_classes), nn.Linear(glance_dim, num_classes),
+             nn.Linear(focus_dim, num_classes), nn.Linear(focus_dim, num_classes))
+    for head in heads:
+        nn.init.normal_(head.weight, 0.0, 0.001)
+        nn.init.zeros_(head.bias)
+    return heads
 
 
 class UniAdaFocusTSM(OnePatchNetwork):
@@ -54,22 +83,13 @@ class UniAdaFocusTSM(OnePatchNetwork):
         super().__init__(num_classes, num_segments, num_glance_segments, num_focus_segments, temperature)
         self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(input_size))
 
-        # ImageNet weights load into the plain encoders; the shift then wraps their convolutions.
-        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
-                                    zero_init_residual=zero_init_residual)
-        shift_mobilenet_v2(self.glance.features, num_glance_segments, shift_div)
-        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
-                                  zero_init_residual=zero_init_residual)
-        shift_resnet(self.focus, num_focus_segments, shift_div)
+        self.glance, self.focus = shifted_encoders(num_glance_segments, num_focus_segments, shift_div, glance_arch,
+                                                   focus_arch, pretrained, glance_weights, focus_weights,
+                                                   zero_init_residual)
         self.feature_dropout = nn.Dropout(dropout)
         gdim, fdim = self.glance.feature_dim, self.focus.feature_dim
-        self.glance_prediction_head = nn.Linear(gdim, num_classes)  # official global_CNN.new_fc
-        self.glance_head = nn.Linear(gdim, num_classes)  # official global_CNN.new_new_fc
-        self.focus_prediction_head = nn.Linear(fdim, num_classes)  # official local_CNN.new_fc
-        self.focus_head = nn.Linear(fdim, num_classes)  # official local_CNN.new_new_fc
-        for head in (self.glance_prediction_head, self.glance_head, self.focus_prediction_head, self.focus_head):
-            nn.init.normal_(head.weight, 0.0, 0.001)
-            nn.init.zeros_(head.bias)
+        (self.glance_prediction_head, self.glance_head,
+         self.focus_prediction_head, self.focus_head) = tsn_heads(num_classes, gdim, fdim)
         self.spatial_head = nn.Linear(gdim, num_classes)  # official aux_fc
         self.policy = nn.Module()
         self.policy.spatial = SpatialPolicy(gdim, stn_hidden_dim, self.geometry.feature_size,
@@ -116,6 +136,14 @@ OFFICIAL_KEYS = PrefixMap(
     inner={"global_CNN.base_model.": (mbv2_flat_to_torchvision, mbv2_torchvision_to_flat)},
 )
 official_manifest = OFFICIAL_KEYS.manifest
+
+
+def detect_official(keys) -> bool:
+    """Whether state-dict keys (without wrapper prefixes) are an official Uni-AdaFocus-TSM state dict: the
+    TSN-wrapped backbones without a ``policy_stn`` (AdaFocusV2's Sth-Sth / Jester checkpoints wrap the same
+    backbones and carry ``policy_stn``, see ``models.adafocus_v2_sth``)."""
+    keys = list(keys)
+    return OFFICIAL_KEYS.detect(keys) and not any(k.startswith("policy_stn.") for k in keys)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +209,7 @@ TSM = register_variant(Variant(
     frame_source="separate",
     objective_terms=("cat", "glance", "focus", "temporal", "spatial", "norm"),
     flops=tsm_flops,
-    checkpoint=CheckpointLayout(name="official TSM", detect=OFFICIAL_KEYS.detect, convert=OFFICIAL_KEYS.convert,
+    checkpoint=CheckpointLayout(name="official TSM", detect=detect_official, convert=OFFICIAL_KEYS.convert,
                                 manifest=OFFICIAL_KEYS.manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
     datasets=("something", "somethingv2", "jester"),
     presets=tuple(f"{name}_p{patch}_8x{focus}" for name in ("sthv1", "sthv2") for patch, focus in
