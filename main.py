@@ -249,7 +249,8 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
                                    else min(len(train_loader), args.iters_per_epoch))
     for epoch in range(start_epoch, args.epochs):
         progress.phase, progress.epoch = "training", epoch
-        lr = adjust_learning_rate(optimizer, epoch, args.lr, args.epochs, args.lr_type, args.lr_steps, args.weight_decay,
+        lr = adjust_learning_rate(optimizer, epoch, args.lr, args.lr_epochs or args.epochs, args.lr_type, args.lr_steps,
+                                  args.weight_decay,
                                   start_epochs={"spatial_policy": args.stn_start_epoch})
         train_stats = engine.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args, info, log)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}

@@ -582,6 +582,9 @@ ADAFOCUS_V2 = register_variant(Variant(
                                 class_weight_keys=("glance_head.1.weight", "global_CNN_fc.1.weight")),
     datasets=("actnet", "fcvid", "minik"),
     exit_grid="v2",  # 16 exits, p = 5..39 over 10, q_k proportional to (p/10)^(k+1), no random baseline
+    # One preset per released checkpoint (configs/v2_{dataset}_{glance}_p{P}.yaml).
+    presets=tuple(f"v2_actnet_{glance}_p{p}" for p in (96, 128, 160) for glance in ("mbv2", "res50"))
+    + tuple(f"v2_{dataset}_{glance}_p128" for dataset in ("fcvid", "minik") for glance in ("mbv2", "res50")),
     # The README commands' architecture and rates (ActivityNet, P = 128, MobileNetV2 glance; lr 0.002 is the default).
     defaults={"num_segments": 16, "patch_size": 128, "stn_hidden_dim": 2048, "sample": True, "weight_decay": 1e-4,
               "stn_lr_ratio": 0.1, "global_lr_ratio": 0.5, "classifier_lr_ratio": 5.0},

@@ -164,6 +164,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_batch_size", type=int, default=64, help="global evaluation batch size")
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.002, help="base learning rate")
     g.add_argument("--lr_type", choices=("cos", "step"), default="cos")
+    g.add_argument("--lr_epochs", type=int, default=0,
+                   help="the epoch count of the learning-rate schedule (0: --epochs); AdaFocusV2's official loop "
+                        "is --epochs 51 --lr_epochs 50 (a last epoch at rate 0)")
     g.add_argument("--lr_steps", type=float, nargs="+", default=[50, 100], help="epochs where 'step' decays x0.1")
     g.add_argument("--warmup_epochs", type=float, default=0.0,
                    help="raise every rate linearly per step from nearly 0 to the schedule's over this many "
@@ -393,7 +396,7 @@ POSITIVE = ("batch_size", "val_batch_size", "epochs", "num_segments", "num_glanc
             "input_size", "patch_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "mc_samples",
             "print_freq", "prefetch_factor", "shift_div", "glance_size")
 NON_NEGATIVE = ("workers", "eval_freq", "iters_per_epoch", "num_visualised", "weight_decay", "threshold_subset",
-                "warmup_epochs")
+                "warmup_epochs", "lr_epochs")
 
 
 def cuda_available() -> bool:

@@ -1,7 +1,7 @@
 """The official command lines of the three variants, as this project's commands.
 
 The official releases name one script per job (``main.py``, ``main_semiAMP.py``, ``main_nViewEval.py``,
-``test_early_exit_*.py``) and start their processes in two ways (``python -m torch.distributed.launch``,
+``test_early_exit_*.py``; AdaFocusV2's ``main_v2.py`` and ``test_early_exit.py``) and start their processes in two ways (``python -m torch.distributed.launch``,
 or ``python main.py ... --multiprocessing-distributed --world-size 1 --rank 0 --dist-url URL``). Here
 there are two entry points, ``main.py`` and ``test_early_exit.py``, which take every official flag, and
 torchrun starts the processes. :data:`OFFICIAL_SCRIPTS` is the one table of what each official script
@@ -25,6 +25,10 @@ from .config import OFFICIAL_POSITIONAL_DATASETS
 BOTH_CRITERIA = (("--criterion", "confidence", "entropy"),)
 #: Official training under float16 autocast with a gradient scaler.
 FLOAT16_TRAINING = (("--amp",), ("--amp_dtype", "float16"))
+#: The AdaFocusV2 release's scripts build its variant (their flags are the same as mn2_r50's).
+ADAFOCUS_V2 = (("--variant", "adafocus_v2"),)
+#: Releases whose commands start with flags (no positional data set); their script names tell them apart.
+FLAG_RELEASES = ("mn2_r50", "adafocus_v2")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class OfficialScript:
     ours: str
     adds: Tuple[Tuple[str, ...], ...]
     meaning: str
+    #: One process spreads each batch over the visible GPUs (``DataParallel``): torchrun starts one per GPU here.
+    data_parallel: bool = False
 
 
 OFFICIAL_SCRIPTS: Tuple[OfficialScript, ...] = (
@@ -59,6 +65,13 @@ OFFICIAL_SCRIPTS: Tuple[OfficialScript, ...] = (
                    "left, right, centre, raw logits averaged)"),
     OfficialScript("test_early_exit_unifocus_X3D_nViewEval.py", "x3d", "test_early_exit.py", BOTH_CRITERIA,
                    "two-exit early-exit sweep over --test_crops views, confidence and entropy criteria"),
+    OfficialScript("main_v2.py", "adafocus_v2", "main.py", ADAFOCUS_V2,
+                   "AdaFocusV2 (ActivityNet / FCVID / Mini-Kinetics form) training; --evaluate --resume CKPT "
+                   "evaluates. Its loop runs one epoch more than --epochs, at learning rate 0: add "
+                   "--epochs 51 --lr_epochs 50 for that", data_parallel=True),
+    OfficialScript("test_early_exit.py", "adafocus_v2", "test_early_exit.py", ADAFOCUS_V2 + (("--criterion", "confidence"),),
+                   "AdaFocusV2 early-exit budget sweep over its 16 exits (p = 5..39 over 10), confidence criterion",
+                   data_parallel=True),
 )
 
 #: Official launcher flags that take a value, and the one that takes none; torchrun replaces them.
@@ -76,10 +89,15 @@ class OfficialCommandError(ValueError):
     """A command line that is not an official one (the message is one line)."""
 
 
-def official_variant(args: Sequence[str]) -> str:
+def official_variant(args: Sequence[str], script_name: str = "") -> str:
     """The variant whose official command ``args`` (the script's arguments) are: tsm and x3d commands
-    start with their positional data set, mn2_r50 commands with flags."""
-    return OFFICIAL_POSITIONAL_DATASETS.get(args[0], "mn2_r50") if args else "mn2_r50"
+    start with their positional data set; mn2_r50 and adafocus_v2 commands with flags, and then the
+    script's name tells them apart (``main_v2.py`` and ``test_early_exit.py`` are AdaFocusV2's)."""
+    if args and args[0] in OFFICIAL_POSITIONAL_DATASETS:
+        return OFFICIAL_POSITIONAL_DATASETS[args[0]]
+    base = script_name.replace("\\", "/").rsplit("/", 1)[-1]
+    return next((v for v in FLAG_RELEASES if any(s.name == base and s.variant == v for s in OFFICIAL_SCRIPTS)),
+                "mn2_r50")
 
 
 def find_script(name: str, variant: str) -> OfficialScript:
@@ -123,7 +141,7 @@ def translate_arguments(script_name: str, args: Sequence[str]) -> Tuple[Official
     """An official script's arguments as our entry point's: (script row, our arguments, notes, launcher
     settings taken out of the arguments: ``world_size``, ``rank``, ``dist_url``, ``spawn``)."""
     args = list(args)
-    script = find_script(script_name, official_variant(args))
+    script = find_script(script_name, official_variant(args, script_name))
     ours, notes, launch = [], [], {"spawn": False}
     i = 0
     while i < len(args):
@@ -151,7 +169,7 @@ def translate_arguments(script_name: str, args: Sequence[str]) -> Tuple[Official
             ours += list(extra)
     if script.adds:
         notes.append(f"{script.name}: {script.meaning}")
-    if script.variant != "mn2_r50" and not _given(ours, "--data_dir"):
+    if script.variant not in FLAG_RELEASES and not _given(ours, "--data_dir"):
         ours += ["--data_dir", DATA_PLACEHOLDER]
         notes.append(f"the official {script.variant} code hard-codes the data root: --data_dir names it here")
     return script, ours, notes, launch
@@ -197,6 +215,12 @@ def translate_command(line: str) -> Translation:
     script, args, notes, launch = translate_arguments(tokens[0], tokens[1:])
     if launch["spawn"]:
         launcher_options = _spawn_options(env, launch, notes)
+    elif script.data_parallel and launcher_options is None:
+        count = _visible_devices(env)
+        if count not in (None, 1):
+            launcher_options = [f"--nproc_per_node={count}"]
+            notes.append(f"{script.name} spreads each batch over the visible GPUs in one process (DataParallel): "
+                         "torchrun starts one process per GPU here, with the same global --batch_size")
     if launcher_options is None or launcher_options == ["--nproc_per_node=1"]:
         launcher = ["python"]
     else:
@@ -204,11 +228,16 @@ def translate_command(line: str) -> Translation:
     return Translation(env, launcher, script.ours, args, script, notes)
 
 
+def _visible_devices(env: List[str]) -> Optional[int]:
+    """The number of devices ``CUDA_VISIBLE_DEVICES`` lists among the command's assignments (None: not set)."""
+    devices = next((a.split("=", 1)[1] for a in env if a.startswith("CUDA_VISIBLE_DEVICES=")), None)
+    return None if devices is None else len([d for d in devices.split(",") if d.strip()])
+
+
 def _spawn_options(env: List[str], launch: dict, notes: List[str]) -> List[str]:
     """torchrun's options for the official ``--multiprocessing-distributed`` start (one process per
     visible GPU on each of ``--world-size`` nodes)."""
-    devices = next((a.split("=", 1)[1] for a in env if a.startswith("CUDA_VISIBLE_DEVICES=")), None)
-    count = str(len([d for d in devices.split(",") if d.strip()])) if devices else GPUS_PLACEHOLDER
+    count = _visible_devices(env) or GPUS_PLACEHOLDER
     options = [f"--nproc_per_node={count}"]
     nodes = int(launch.get("world_size") or 1)
     if nodes > 1:
