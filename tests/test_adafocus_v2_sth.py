@@ -4,9 +4,12 @@ the released configurations' GFLOPs."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import VARIANTS, get_variant
 from models.adafocus_v2_sth import (OFFICIAL_KEYS, AdaFocusV2TSM, adafocus_v2_tsm_flops, detect_official,
@@ -16,7 +19,9 @@ from models.inference import prepare_for_inference
 from models.tsm import UniAdaFocusTSM
 from ops.checkpoint import CheckpointError, load_checkpoint
 from ops.config import official_variant
+from ops.objective import UniAdaFocusObjective
 from support import manifest_entries, reference_dir, require_reference
+from test_main import SYNTHETIC, _main_args, _run, data_dir  # noqa: F401  (data_dir: the synthetic data fixture)
 
 TINY = dict(num_classes=5, num_glance_segments=4, num_segments=6, patch_size=32, input_size=64, focus_arch="resnet18")
 
@@ -263,3 +268,56 @@ def test_the_exit_costs_the_released_gflops_within_one_percent(patch_size):
     assert (flops.num_glance, flops.num_focus) == (8, 12)
     assert flops.stages()[-1] == pytest.approx(RELEASED_GFLOPS[patch_size], rel=0.01)
     assert flops.policy > 0 and flops.patch_crop > 0 and flops.glance_heads > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# training objective and main.py
+# --------------------------------------------------------------------------------------------------
+def test_the_variant_objective_is_the_official_loss():
+    """(loss_1 + loss_2) / 2, loss_i = CE(prediction_i) + CE(global_reg_logit) + CE(local_reg_logit_i), path 1
+    the random box, path 2 the policy's (official main.py's training step)."""
+    model = tiny(dropout=0.0).train()
+    video, glance = clips()
+    target = torch.tensor([1, 4])
+    out = model(video, glance=glance, generator=torch.Generator().manual_seed(0))
+    variant = get_variant("adafocus_v2_tsm")
+    terms = UniAdaFocusObjective(6, 4, 6, terms=variant.objective_terms)(out, target)
+    rand, policy = out.random_pass, out
+    loss_1 = (F.cross_entropy(rand.prediction, target) + F.cross_entropy(out.glance_reg_logits, target)
+              + F.cross_entropy(rand.focus_logits.mean(dim=1), target))
+    loss_2 = (F.cross_entropy(policy.prediction, target) + F.cross_entropy(out.glance_reg_logits, target)
+              + F.cross_entropy(policy.focus_reg_logits, target))
+    torch.testing.assert_close(terms.total, (loss_1 + loss_2) / 2)
+    assert float(terms.temporal) == float(terms.spatial) == float(terms.kl) == float(terms.norm) == 0.0
+    terms.total.backward()  # the prediction reaches the heads only; the policy learns through the live focus head
+    assert model.policy.spatial.layers[10].weight.grad.abs().sum() > 0
+
+
+def test_main_trains_and_evaluates_a_tiny_adafocus_v2_tsm(data_dir, tmp_path):
+    """``main.py --variant adafocus_v2_tsm`` on the synthetic data (glance clip sampled apart from the focus
+    clip): the README's rates and clipping are the variant's defaults, the objective's cat / glance / focus
+    terms are trained, its one exit costs its FLOPs, and ``--evaluate --resume`` reproduces the last
+    validation."""
+    root = tmp_path / "runs"
+    sizes = ["--variant", "adafocus_v2_tsm", "--num_segments", "6", "--num_glance_segments", "4",
+             "--num_focus_segments", "6"]
+    _run([sys.executable] + _main_args(data_dir, root, *sizes, "--epochs", "1", "--iters_per_epoch", "2",
+                                       "--batch_size", "4", "--store_name", "sth"))
+    log = (root / "sth" / "log.txt").read_text()
+    assert "epoch 0 [2/2]" in log and " cat " in log and " focus " in log and " glance " in log
+    ckpt = torch.load(root / "sth" / "ckpt.pth.tar", weights_only=True)
+    config = ckpt["config"]
+    assert config["variant"] == "adafocus_v2_tsm" and (config["num_glance_segments"], config["num_segments"]) == (4, 6)
+    assert (config["clip_gradient"], config["weight_decay"], config["stn_lr_ratio"], config["global_lr_ratio"]) == \
+        (20.0, 5e-4, 0.01, 0.5)
+    assert any(k.startswith("policy.spatial.layers.") for k in ckpt["model"])
+    model = get_variant("adafocus_v2_tsm").build_from(argparse.Namespace(**config), num_classes=SYNTHETIC["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    gflops = adafocus_v2_tsm_flops(model).stages()[-1]
+    metrics = json.loads((root / "sth" / "metrics.json").read_text())
+    assert metrics["gflops"] == pytest.approx(gflops)
+    _run([sys.executable] + _main_args(data_dir, root, *sizes, "--evaluate", "--resume",
+                                       str(root / "sth" / "ckpt.pth.tar"), "--store_name", "sth_eval"))
+    evaluated = json.loads((root / "sth_eval" / "metrics_eval.json").read_text())
+    assert evaluated["metrics"]["loss"] == pytest.approx(metrics["final"]["loss"], abs=1e-6)
+    assert evaluated["metrics"]["prediction_top1"] == metrics["final"]["prediction_top1"]
