@@ -13,7 +13,7 @@ what they are (``glance``, ``focus``, ``policy.spatial`` ...); this module conve
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Iterable, List, Tuple
 
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
 from .uni_adafocus import UniAdaFocus
@@ -45,6 +45,15 @@ OFFICIAL_KEYS = PrefixMap(
     unused=("global_CNN.classifier.", "local_CNN.fc."),
 )
 ours_to_official = OFFICIAL_KEYS.to_official
+#: Keys of other official layouts that share these backbones' names: AdaFocusV2's recurrent policy.
+FOREIGN_PREFIXES = ("policy_stn.",)
+
+
+def detect_official(keys: Iterable[str]) -> bool:
+    """Whether state-dict keys (without wrapper prefixes) are in this layout: its backbones' keys, and none
+    of :data:`FOREIGN_PREFIXES` (an AdaFocusV2 file has the same ``global_CNN`` / ``local_CNN`` keys)."""
+    keys = list(keys)
+    return OFFICIAL_KEYS.detect(keys) and not any(k.startswith(FOREIGN_PREFIXES) for k in keys)
 
 
 def official_manifest(model) -> List[Tuple[str, List[int], str]]:
@@ -83,7 +92,7 @@ MN2_R50 = register_variant(Variant(
     frame_source="candidates",
     objective_terms=("cat", "glance", "focus", "temporal", "spatial", "kl", "norm"),
     flops=_flops,
-    checkpoint=CheckpointLayout(name="official", detect=OFFICIAL_KEYS.detect, convert=OFFICIAL_KEYS.convert,
+    checkpoint=CheckpointLayout(name="official", detect=detect_official, convert=OFFICIAL_KEYS.convert,
                                 manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
     datasets=("actnet", "fcvid", "minik"),
     presets=tuple(f"{d}_p{p}" for d in ("actnet", "fcvid", "minik") for p in (96, 128, 160)),

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import get_variant
+from models import VARIANTS, get_variant
 from models.adafocus_v2 import (AdaFocusV2, OFFICIAL_KEYS, RunningMaxClassifier, adafocus_v2_flops, coarse_to_fine_order,
                                 crop_fixed_patches, detect_official, official_manifest)
 from ops.checkpoint import CheckpointError, load_checkpoint
@@ -191,6 +191,35 @@ def official_state(model: AdaFocusV2) -> dict:
     return state
 
 
+@pytest.mark.parametrize("manifest", fixture_params("adafocus_v2_actnet_*_state_dict.json", "v2"))
+def test_an_official_file_alone_names_the_variant(manifest, tmp_path):
+    """A synthetic official checkpoint (the fixtures' generator, the release's {'state_dict'} layout) is
+    recognised as adafocus_v2 and nothing else, so ``main.py --evaluate --resume FILE --dataset actnet``
+    builds the variant, with its defaults, without --variant; the other variants' manifests are not
+    taken for it."""
+    from ops import config
+    from ops.config import official_variant
+    from support import load_generator, manifest_entries, reference_dir
+
+    manifest = require_fixture(manifest)
+    keys = [k for k, _, _ in manifest_entries(manifest)]
+    assert [name for name, v in VARIANTS.items() if v.checkpoint.detect(keys)] == ["adafocus_v2"]
+    generator = load_generator(manifest.parent / "make_parity_checkpoint_v2.py")
+    state = generator.make_checkpoint(generator.load_manifest(manifest), 0)["state_dict"]
+    path = tmp_path / "actnet_p128.pth.tar"
+    torch.save({"state_dict": state}, path)  # all that main_v2.py writes
+    assert official_variant({"state_dict": state}) == "adafocus_v2"
+    parser = config.get_args_parser()  # what main.py does before anything else
+    args = config.parse_args(["--evaluate", "--resume", str(path), "--dataset", "actnet", "--data_dir",
+                              str(tmp_path / "data")], parser)
+    config.adopt_checkpoint_config(args, parser)
+    assert args.variant == "adafocus_v2"
+    assert (args.num_segments, args.stn_hidden_dim, args.sample) == (16, 2048, True)  # the variant's defaults
+    for other in sorted(reference_dir().glob("*_state_dict.json")) + sorted(reference_dir().glob("*/*_state_dict.json")):
+        if other.parent.name != "v2" or "_actnet_" not in other.name:
+            assert not detect_official([k for k, _, _ in manifest_entries(other)]), other.name
+
+
 @pytest.mark.parametrize("glance_arch", ["mbv2", "res50"])
 def test_official_layout_loads_with_every_weight(glance_arch, tmp_path):
     source = tiny_v2(glance_arch=glance_arch, glance_size=32)
@@ -284,7 +313,8 @@ def test_main_trains_and_evaluates_a_tiny_adafocus_v2(data_dir, tmp_path):
     assert len(stages) == ckpt["config"]["num_segments"]
     metrics = json.loads((root / "v2" / "metrics.json").read_text())
     assert metrics["gflops"] == pytest.approx(stages[-1])  # the cost of the last exit: every frame
-    _run([sys.executable] + _main_args(data_dir, root, "--variant", "adafocus_v2", "--evaluate", "--resume",
+    # no --variant: the checkpoint's saved configuration names it
+    _run([sys.executable] + _main_args(data_dir, root, "--evaluate", "--resume",
                                        str(root / "v2" / "ckpt.pth.tar"), "--store_name", "v2_eval"))
     evaluated = json.loads((root / "v2_eval" / "metrics_eval.json").read_text())
     assert evaluated["metrics"]["loss"] == pytest.approx(metrics["final"]["loss"], abs=1e-6)
