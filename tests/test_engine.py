@@ -168,7 +168,7 @@ def test_variant_registry_names_and_checks():
     assert variant.checkpoint.detect(official) and variant.checkpoint.num_classes(official) == 3
     converted, dropped, unknown = variant.checkpoint.convert(official)
     assert unknown == [] and set(converted) == set(model.state_dict()) and dropped
-    with pytest.raises(KeyError, match="unknown variant 'i3d'; known: adafocus_v2, mn2_r50, tsm, x3d"):
+    with pytest.raises(KeyError, match="unknown variant 'i3d'; known: adafocus_v2, adafocus_v2_tsm, mn2_r50, tsm, x3d"):
         get_variant("i3d")
     with pytest.raises(SystemExit):
         config.parse_args(["--glance_arch", "x3d_s"])
