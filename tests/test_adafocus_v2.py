@@ -320,3 +320,12 @@ def test_main_trains_and_evaluates_a_tiny_adafocus_v2(data_dir, tmp_path):
     assert evaluated["metrics"]["loss"] == pytest.approx(metrics["final"]["loss"], abs=1e-6)
     assert evaluated["metrics"]["prediction_top1"] == metrics["final"]["prediction_top1"]
     assert evaluated["gflops"] == pytest.approx(stages[-1])
+    # test_early_exit.py on the run's checkpoint: V2's sweep (35 budgets over its T exits, no random baseline)
+    early = _main_args(data_dir, root, "--evaluate", "--resume", str(root / "v2" / "ckpt.pth.tar"), "--store_name",
+                       "v2_exit", "--criterion", "confidence", "--threshold_set", "val")
+    _run([sys.executable, "test_early_exit.py"] + early[1:])
+    sweep = json.loads((root / "v2_exit" / "early_exit" / "confidence.json").read_text())
+    assert (sweep["num_stages"], len(sweep["points"]), sweep["first_power"], sweep["seed"]) == (
+        ckpt["config"]["num_segments"], 35, 1, None)
+    assert [pt["p"] for pt in sweep["points"]] == [float(p) for p in range(5, 40)]
+    assert sweep["flops"] == pytest.approx(stages)
