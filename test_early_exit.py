@@ -19,9 +19,11 @@ entropy`` (docs/official-commands.md; ``python -m ops.official_commands "LINE"``
    in ``{root_log}/{store_name}/early_exit/logits_<key>.pt`` (atomic; the key covers the checkpoint
    file and every setting that changes the logits), so a re-sweep never runs the model again.
 2. Sweep. For each criterion (``entropy`` by default; ``confidence`` is the official max raw
-   logit; ``max_prob``), thresholds for the geometric exit distributions p = 0.05 .. 0.95 are solved
-   on the threshold set and evaluated on the evaluation set, next to a random-exit baseline with the
-   same exit counts and the fixed-exit curve. Written to ``early_exit/{criterion}.csv`` /
+   logit; ``max_prob``), thresholds for the geometric exit distributions of the variant's official grid
+   (``ops.early_exit.P_GRIDS``: p = 0.05 .. 0.95 for mn2_r50; for adafocus_v2 its 16 exits, p = 5 .. 39
+   over 10 with q_k proportional to (p/10)^(k+1)) are solved on the threshold set and evaluated on the
+   evaluation set, next to a random-exit baseline with the same exit counts (where the variant's official
+   sweep has one) and the fixed-exit curve. Written to ``early_exit/{criterion}.csv`` /
    ``.json`` / ``.png`` (metric against GFLOPs, paper Fig. 12) and the official
    ``log_early_exit_{criterion}.csv``.
 3. Budget. ``--budget G`` searches p continuously so that the average cost on the threshold set is
