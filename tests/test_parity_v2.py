@@ -99,7 +99,7 @@ def run(request, tmp_path_factory):
     fx = torch.load(path, weights_only=True)
     cfg = fx["config"]
     if cfg.get("tree") != ACT_TREE:
-        pytest.skip("STH form not built yet")
+        pytest.skip("STH form: the adafocus_v2_tsm variant, tested by tests/test_parity_v2_sth.py")
     torch.set_num_threads(fx.get("num_threads", 1))
     model = build_model(cfg)
     generator = fixture_generator(path, fx)
@@ -353,7 +353,7 @@ def step(request, tmp_path_factory):
     path = require_fixture(path)
     fx_config = torch.load(path, weights_only=True)["config"]
     if fx_config.get("tree") != ACT_TREE:
-        pytest.skip("STH form not built yet")
+        pytest.skip("STH form: the adafocus_v2_tsm variant, tested by tests/test_parity_v2_sth.py")
     if run_name not in torch.load(path, weights_only=True)["runs"]:
         pytest.skip(f"{path.name} has no run {run_name}")
     return training_step(path, run_name, tmp_path_factory.mktemp("v2_train"))
