@@ -410,6 +410,9 @@ ADAFOCUS_V2_TSM = register_variant(Variant(
                                 convert=convert_official, manifest=official_manifest,
                                 class_weight_keys=("glance_prediction_head.weight", "global_CNN.new_fc.weight")),
     datasets=("something", "somethingv2", "jester"),
+    # One per released checkpoint (configs/v2_*.yaml: Sth-Sth V1 / V2 at P = 128 ... 176, Jester at 128 and 176).
+    presets=tuple(f"v2_{name}_p{p}" for name in ("sthv1", "sthv2") for p in (128, 144, 160, 176))
+    + ("v2_jester_p128", "v2_jester_p176"),
     # The README command's architecture and rates (lr 0.01, weight decay 5e-4, clip 20, stn 0.01, global 0.5).
     defaults={"num_segments": 12, "num_glance_segments": 8, "num_focus_segments": 12, "patch_size": 144,
               "dropout": 0.5, "dataset": "something", "weight_decay": 5e-4, "clip_gradient": 20.0,

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+from models.adafocus_v2_sth import default_focus_segments
+
 from .config import OFFICIAL_POSITIONAL_DATASETS
 
 #: Both criteria, as every official early-exit script sweeps them.
@@ -27,8 +29,18 @@ BOTH_CRITERIA = (("--criterion", "confidence", "entropy"),)
 FLOAT16_TRAINING = (("--amp",), ("--amp_dtype", "float16"))
 #: The AdaFocusV2 release's scripts build its variant (their flags are the same as mn2_r50's).
 ADAFOCUS_V2 = (("--variant", "adafocus_v2"),)
+#: The AdaFocusV2 Something-Something / Jester main.py builds its variant (float32, no autocast).
+ADAFOCUS_V2_TSM = (("--variant", "adafocus_v2_tsm"),)
 #: Releases whose commands start with flags (no positional data set); their script names tell them apart.
 FLAG_RELEASES = ("mn2_r50", "adafocus_v2")
+#: Two releases run ``main.py DATASET RGB ...`` on Something-Something / Jester: Uni-AdaFocus-TSM (``tsm``) and
+#: AdaFocusV2 (``adafocus_v2_tsm``). Their flags tell them apart: the AdaFocusV2 parser has none of these
+#: (it would refuse them), and its frame count is ``--num_segments``, which the Uni-AdaFocus-TSM code never reads.
+UNI_TSM_ONLY_FLAGS = ("--num_glance_segments", "--num_input_focus_segments", "--num_focus_segments",
+                      "--stn_hidden_dim", "--temporal_hidden_dim", "--temporal_lr_ratio", "--norm_ratio",
+                      "--temperature", "--multiprocessing-distributed", "--world-size", "--rank", "--dist-url",
+                      "--dist-backend")
+V2_TSM_FRAMES_FLAG = "--num_segments"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,9 @@ OFFICIAL_SCRIPTS: Tuple[OfficialScript, ...] = (
     OfficialScript("test_early_exit.py", "adafocus_v2", "test_early_exit.py", ADAFOCUS_V2 + (("--criterion", "confidence"),),
                    "AdaFocusV2 early-exit budget sweep over its 16 exits (p = 5..39 over 10), confidence criterion",
                    data_parallel=True),
+    OfficialScript("main.py", "adafocus_v2_tsm", "main.py", ADAFOCUS_V2_TSM,
+                   "AdaFocusV2 (Something-Something / Jester form) training in float32; --evaluate --resume CKPT "
+                   "evaluates", data_parallel=True),
 )
 
 #: Official launcher flags that take a value, and the one that takes none; torchrun replaces them.
@@ -90,12 +105,30 @@ class OfficialCommandError(ValueError):
 
 
 def official_variant(args: Sequence[str], script_name: str = "") -> str:
-    """The variant whose official command ``args`` (the script's arguments) are: tsm and x3d commands
-    start with their positional data set; mn2_r50 and adafocus_v2 commands with flags, and then the
-    script's name tells them apart (``main_v2.py`` and ``test_early_exit.py`` are AdaFocusV2's)."""
-    if args and args[0] in OFFICIAL_POSITIONAL_DATASETS:
-        return OFFICIAL_POSITIONAL_DATASETS[args[0]]
+    """The variant whose official command ``args`` (the script's arguments) are: tsm, adafocus_v2_tsm and
+    x3d commands start with their positional data set; mn2_r50 and adafocus_v2 commands with flags, and
+    then the script's name tells them apart (``main_v2.py`` and ``test_early_exit.py`` are AdaFocusV2's).
+
+    ``main.py`` on Something-Something / Jester is Uni-AdaFocus-TSM's when it sets a flag of
+    :data:`UNI_TSM_ONLY_FLAGS`, AdaFocusV2's when it sets ``--num_segments`` instead; a command with
+    neither must name its variant (``--variant tsm`` or ``--variant adafocus_v2_tsm``)."""
     base = script_name.replace("\\", "/").rsplit("/", 1)[-1]
+    if args and args[0] in OFFICIAL_POSITIONAL_DATASETS:
+        variant = OFFICIAL_POSITIONAL_DATASETS[args[0]]
+        if variant != "tsm" or base != "main.py":
+            return variant
+        named = [t.split("=", 1)[-1] if "=" in t else (args[i + 1] if i + 1 < len(args) else "")
+                 for i, t in enumerate(args) if _flag_of(t) == "--variant"]
+        if named:
+            return named[-1]
+        if any(_given(args, flag) for flag in UNI_TSM_ONLY_FLAGS):
+            return "tsm"
+        if _given(args, V2_TSM_FRAMES_FLAG):
+            return "adafocus_v2_tsm"
+        raise OfficialCommandError(
+            f"main.py {args[0]}: both the Uni-AdaFocus-TSM and the AdaFocusV2 release run this command, and it sets "
+            f"none of the flags that tell them apart ({V2_TSM_FRAMES_FLAG}: AdaFocusV2; "
+            f"{', '.join(UNI_TSM_ONLY_FLAGS[:3])} ...: Uni-AdaFocus-TSM): add --variant tsm or --variant adafocus_v2_tsm")
     return next((v for v in FLAG_RELEASES if any(s.name == base and s.variant == v for s in OFFICIAL_SCRIPTS)),
                 "mn2_r50")
 
@@ -161,6 +194,8 @@ def translate_arguments(script_name: str, args: Sequence[str]) -> Tuple[Official
         else:
             ours.append(token)
         i += 1
+    if script.variant == "adafocus_v2_tsm":
+        ours = _v2_tsm_frame_counts(ours, notes)
     kept_url = "dist_url" in launch and not launch["spawn"]  # our own --dist_url (process-group init)
     if kept_url:
         ours += ["--dist_url", launch.pop("dist_url")]
@@ -173,6 +208,29 @@ def translate_arguments(script_name: str, args: Sequence[str]) -> Tuple[Official
         ours += ["--data_dir", DATA_PLACEHOLDER]
         notes.append(f"the official {script.variant} code hard-codes the data root: --data_dir names it here")
     return script, ours, notes, launch
+
+
+def _v2_tsm_frame_counts(args: List[str], notes: List[str]) -> List[str]:
+    """The AdaFocusV2 Sth-Sth / Jester ``--num_segments G`` (the glance frames; the focus frames are officially
+    int(1.5 G)) as ``--num_glance_segments G --num_segments L``: here ``--num_segments`` is the focus clip."""
+    out, i = [], 0
+    while i < len(args):
+        token = args[i]
+        if _flag_of(token).replace("-", "_") != "__num_segments":
+            out.append(token)
+        else:
+            value = token.split("=", 1)[1] if "=" in token else (args[i + 1] if i + 1 < len(args) else None)
+            i += 0 if "=" in token else 1
+            try:
+                glance = int(value)
+            except (TypeError, ValueError):
+                raise OfficialCommandError(f"--num_segments: expected a frame count, got {value!r}") from None
+            out += ["--num_glance_segments", str(glance), "--num_segments", str(default_focus_segments(glance))]
+            notes.append(f"--num_segments {glance}: the official glance frame count G, with int(1.5 G) = "
+                         f"{default_focus_segments(glance)} focus frames; here --num_glance_segments is G and "
+                         "--num_segments the focus frames")
+        i += 1
+    return out
 
 
 def _split_line(line: str) -> List[str]:

@@ -3,9 +3,9 @@
 The command lines come from two places: the official READMEs and behaviour descriptions in the
 reference folder (``papers/*.md`` of the uni-adafocus and AdaFocusV2 releases, ``reference/*.md``,
 ``reference/tsm``, ``reference/x3d``, ``reference/v2``; the AdaFocus V1 README belongs to a variant not
-built here, and the Something-Something form of AdaFocusV2 in ``reference/v2`` is skipped with its
-reason), and docs/official-commands.md, which quotes every official README command of the releases with
-ours under it. Each one is translated, its paths are replaced with temporary ones, and it must parse with
+built here; a README line with alternatives, ``main.py [something/somethingv2/jester] RGB ... --patch_size
+[128/144/160/176]``, stands for each of its choices), and docs/official-commands.md, which quotes every
+official README command of the releases with ours under it. Each one is translated, its paths are replaced with temporary ones, and it must parse with
 the official meaning (a few values per command are checked against the official line itself); a few
 run for real and must stop at the missing data folder with one line, no traceback.
 """
@@ -32,10 +32,10 @@ SCRIPT_NAMES = {s.name for s in OFFICIAL_SCRIPTS}
 #: READMEs in the papers folder that belong to releases not built here (AdaFocus V1). The AdaFocusV2 README
 #: is read (its top-level page quotes no command; its ActivityNet-form commands are quoted in reference/v2).
 OTHER_RELEASES = ("adafocusv1-readme.md",)
-#: The AdaFocusV2 release's scripts built here (its ActivityNet / FCVID / Mini-Kinetics form).
-V2_SCRIPTS = {s.name for s in OFFICIAL_SCRIPTS if s.variant == "adafocus_v2"}
-V2_STH_SKIP = ("the Something-Something / Jester form of AdaFocusV2 (its main.py) is not the adafocus_v2 variant's "
-               "command")
+#: The AdaFocusV2 release's two forms (ActivityNet / FCVID / Mini-Kinetics; Something-Something / Jester).
+V2_VARIANTS = ("adafocus_v2", "adafocus_v2_tsm")
+#: A README token that lists alternatives: ``[something/somethingv2/jester]``.
+ALTERNATIVES = re.compile(r"\[([^\[\]/\s]+(?:/[^\[\]/\s]+)+)\]")
 DOCS = REPO / "docs" / "official-commands.md"
 PROGRAM = re.compile(r"(^|\s)(python[0-9.]*|torchrun)\s")
 
@@ -79,17 +79,32 @@ def _official_sources():
     return files
 
 
+def _tokens(command: str):
+    return shlex.split(re.sub(r"\\\n", " ", command))
+
+
+def expand_alternatives(command: str):
+    """Every command a README line with ``[a/b/c]`` alternatives stands for (the line itself when it has none)."""
+    match = ALTERNATIVES.search(command)
+    if match is None:
+        return [command]
+    return [expanded for choice in match.group(1).split("/")
+            for expanded in expand_alternatives(command[:match.start()] + choice + command[match.end():])]
+
+
 def _shared_params():
     if not (reference_dir() / "make_parity_checkpoint.py").is_file():
         return [pytest.param(None, None, id="reference-folder-missing")]
     base = reference_dir().parent
     params = []
     for path in _official_sources():
-        for line, command in extract_commands(path.read_text(encoding="utf-8")):
-            sth_form = path.parent.name == "v2" and not any(t.rsplit("/", 1)[-1] in V2_SCRIPTS
-                                                            for t in command.split())
-            params.append(pytest.param(str(path.relative_to(base)), command, id=f"{path.relative_to(base)}:{line}",
-                                       marks=[pytest.mark.skip(reason=V2_STH_SKIP)] if sth_form else []))
+        for line, template in extract_commands(path.read_text(encoding="utf-8")):
+            expanded = expand_alternatives(template)
+            for command in expanded:
+                choice = "" if len(expanded) == 1 else "-" + "-".join(
+                    t for t, u in zip(_tokens(command), _tokens(template)) if t != u)
+                params.append(pytest.param(str(path.relative_to(base)), command,
+                                           id=f"{path.relative_to(base)}:{line}{choice}"))
     return params
 
 
@@ -110,10 +125,6 @@ def documented_pairs():
 
 SHARED = _shared_params()
 DOCUMENTED = documented_pairs()
-
-
-def _tokens(command: str):
-    return shlex.split(re.sub(r"\\\n", " ", command))
 
 
 def official_value(tokens, *flags):
@@ -154,10 +165,15 @@ def check_official_meaning(command: str, tmp_path: Path):
     official = _tokens(command)
     script = translation.official
     assert parsed.variant == script.variant
+    frames = "num_segments"
+    if script.variant == "adafocus_v2_tsm":  # its official --num_segments is G, with int(1.5 G) focus frames
+        frames = "num_glance_segments"
+        assert parsed.num_segments == parsed.num_focus_segments == int(1.5 * parsed.num_glance_segments)
+        assert not parsed.amp  # the AdaFocusV2 Sth-Sth / Jester main.py trains in float32
     checks = {"patch_size": (int, ("--patch_size",)), "batch_size": (int, ("--batch_size", "--batch-size", "-b")),
               "lr": (float, ("--lr",)), "weight_decay": (float, ("--weight_decay", "--wd", "--weight-decay")),
-              "num_segments": (int, ("--num_segments", "--num_input_focus_segments")),
-              "num_glance_segments": (int, ("--num_glance_segments",)),
+              "num_segments": (int, ("--num_input_focus_segments",) + (("--num_segments",) if frames == "num_segments" else ())),
+              "num_glance_segments": (int, ("--num_glance_segments",) + (("--num_segments",) if frames != "num_segments" else ())),
               "num_focus_segments": (int, ("--num_focus_segments",)), "norm_ratio": (float, ("--norm_ratio",)),
               "clip_gradient": (float, ("--gd", "--clip-gradient")), "dropout": (float, ("--dropout",)),
               "test_crops": (int, ("--test_crops",)), "glance_size": (int, ("--glance_size",))}
@@ -187,9 +203,29 @@ def test_the_adafocus_v2_sources_are_read_and_the_v1_readme_is_not():
     require_reference()
     names = [p.name for p in _official_sources()]
     assert "adafocusv2-readme.md" in names and "SPEC-V2.md" in names and "adafocusv1-readme.md" not in names
-    v2 = [p.values[1] for p in SHARED if p.values[0].startswith("reference/v2/") and not p.marks]
+    v2 = [p.values[1] for p in SHARED if p.values[0].startswith("reference/v2/")]
+    assert not [p for p in SHARED if p.marks]
     assert any("main_v2.py" in c for c in v2) and any("test_early_exit.py" in c for c in v2)
-    assert all(translate_command(c.replace("…", " ")).official.variant == "adafocus_v2" for c in v2)
+    variants = {c: translate_command(c.replace("…", " ")).official.variant for c in v2}
+    assert set(variants.values()) == set(V2_VARIANTS)
+    sth = sorted(c for c, v in variants.items() if v == "adafocus_v2_tsm")
+    assert all(" main.py " in c for c in sth) and len(sth) == 12  # 3 data sets x 4 patch sizes
+
+
+def test_the_two_something_something_releases_are_told_apart_by_their_flags():
+    """Uni-AdaFocus-TSM and AdaFocusV2 both run ``main.py something RGB``: V2's parser has none of the
+    Uni-AdaFocus-TSM flags, and V2's frame count is --num_segments; a command with neither names its variant."""
+    v2 = translate_command("python main.py jester RGB --num_segments=4 --patch_size 128")
+    assert v2.official.variant == "adafocus_v2_tsm"
+    assert v2.args[:6] == ["jester", "RGB", "--num_glance_segments", "4", "--num_segments", "6"]
+    assert translate_command("python main.py something RGB --num_glance_segments 8").official.variant == "tsm"
+    # a Uni-AdaFocus-TSM flag wins (its parser accepts --num_segments and never reads it; V2's refuses the other)
+    assert translate_command("python main.py something RGB --num_segments 8 --norm_ratio 0.5").official.variant == "tsm"
+    assert translate_command("python main.py something RGB --variant adafocus_v2_tsm").official.variant == \
+        "adafocus_v2_tsm"
+    with pytest.raises(OfficialCommandError, match="add --variant tsm or --variant adafocus_v2_tsm"):
+        translate_command("python main.py something RGB --evaluate --resume ckpt.pth.tar")
+    assert translate_command("python test_early_exit_uni_adafocus_tsm.py something RGB").official.variant == "tsm"
 
 
 @pytest.mark.parametrize("source, command", SHARED)
@@ -204,6 +240,19 @@ def test_every_documented_command_parses_and_the_page_shows_our_translation(line
     assert _tokens(ours) == _tokens(translation.command()), f"docs/official-commands.md:{line}"
 
 
+def _quoted(command: str, documented) -> bool:
+    """Whether the page quotes a README line: the line itself or, for a line with ``[a/b/c]`` alternatives,
+    some of the commands it stands for that together use every choice of every alternative."""
+    expanded = [_tokens(c) for c in expand_alternatives(command)]
+    quoted = [tokens for tokens in expanded if tokens in documented]
+    template = _tokens(command)
+    for i, token in enumerate(template):
+        match = ALTERNATIVES.fullmatch(token)
+        if match and set(match.group(1).split("/")) != {tokens[i] for tokens in quoted}:
+            return False
+    return bool(quoted)
+
+
 def test_the_page_quotes_every_official_command_of_the_reference_folder():
     require_reference()
     documented = [_tokens(official) for _, official, _ in DOCUMENTED]
@@ -212,8 +261,10 @@ def test_the_page_quotes_every_official_command_of_the_reference_folder():
         return tokens[-1].endswith(".py") and any(t[:len(tokens)] == tokens or t[1:len(tokens) + 1] == tokens
                                                   for t in documented)
 
-    missing = [source for source, command in (p.values for p in SHARED if not p.marks)
-               if "…" not in command and _tokens(command) not in documented and not fragment(command)]
+    base = reference_dir().parent
+    missing = [f"{path.relative_to(base)}:{line}" for path in _official_sources()
+               for line, command in extract_commands(path.read_text(encoding="utf-8"))
+               if "…" not in command and not _quoted(command, documented) and not fragment(command)]
     # (an elided command is a fragment of a quoted one: `python -m torch.distributed.launch ... main.py`)
     assert not missing, f"official commands not quoted in docs/official-commands.md: {missing}"
     scripts = {(translate_command(o).official.name, translate_command(o).official.variant) for _, o, _ in DOCUMENTED}
@@ -276,7 +327,8 @@ def test_official_commands_run_until_the_missing_data_folder(tmp_path):
              "mn2_r50-early-exit": _documented("test_early_exit_uni_adafocus.py", "mn2_r50"),
              "tsm-evaluate": _documented("main.py", "tsm") + " --evaluate --resume ckpt/sthv1.pth.tar",
              "x3d-3-view": _documented("main_nViewEval.py", "x3d"),
-             "adafocus_v2-train": _documented("main_v2.py", "adafocus_v2")}
+             "adafocus_v2-train": _documented("main_v2.py", "adafocus_v2"),
+             "adafocus_v2_tsm-train": _documented("main.py", "adafocus_v2_tsm")}
     commands, missing = [], {}
     for name, official in cases.items():
         folder = tmp_path / name

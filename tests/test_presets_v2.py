@@ -1,6 +1,7 @@
-"""Each adafocus_v2 preset resolves to the hyper-parameters of the official command of its released checkpoint
-(the ActivityNet / FCVID / Mini-Kinetics README command, varied per row as the official train script does),
-parsed through ops/official_commands.py; the epoch count and its official extra epoch."""
+"""Each adafocus_v2 and adafocus_v2_tsm preset resolves to the hyper-parameters of the official command of its
+released checkpoint (the ActivityNet / FCVID / Mini-Kinetics README command, varied per row as the official train
+script does; the Something-Something / Jester README command with its data set and P), parsed through
+ops/official_commands.py; the epoch count and its official extra epoch."""
 import pytest
 
 from models import get_variant
@@ -24,6 +25,18 @@ RELEASED = [("actnet", glance, patch) for patch in (96, 128, 160) for glance in 
 IGNORED = ({"config", "explicit", "root_log", "data_dir"} | set(config.UNUSED_OFFICIAL_FLAGS)) \
     - set(get_variant("adafocus_v2").hyper_parameters)
 
+# The Something-Something / Jester README command (data and log paths aside); rows vary the data set and P.
+STH_TEMPLATE = ("{dataset} RGB --root_log LOG_DIR --root_model CKPT_DIR --arch resnet50 --num_segments 8 "
+                "--gd 20 -j 8 --lr_steps 0 0 --lr_type cos --epochs 50 "
+                "--batch-size 32 --lr 0.01 --wd 5e-4 --dropout 0.5 --consensus_type=avg --eval-freq=1 "
+                "--shift --shift_div=8 --shift_place=blockres --npb --print-freq=1 "
+                "--patch_size {patch} --global_lr_ratio 0.5 --stn_lr_ratio 0.01")
+STH_DATASETS = {"sthv1": "something", "sthv2": "somethingv2", "jester": "jester"}
+STH_RELEASED = [(name, patch) for name in ("sthv1", "sthv2") for patch in (128, 144, 160, 176)] + \
+               [("jester", 128), ("jester", 176)]
+STH_IGNORED = ({"config", "explicit", "root_log", "data_dir"} | set(config.UNUSED_OFFICIAL_FLAGS)) \
+    - set(get_variant("adafocus_v2_tsm").hyper_parameters)
+
 
 def _official(dataset, glance, patch):
     lr, batch = ("0.003", 48) if dataset == "minik" else ("0.002", 32)
@@ -35,9 +48,16 @@ def _name(dataset, glance, patch):
     return f"v2_{dataset}_{glance}_p{patch}"
 
 
-def test_the_variant_lists_one_preset_per_released_checkpoint():
-    assert sorted(get_variant("adafocus_v2").presets) == sorted(_name(*row) for row in RELEASED)
-    assert sorted(p.stem for p in (REPO / "configs").glob("v2_*.yaml")) == sorted(_name(*row) for row in RELEASED)
+def _sth_name(name, patch):
+    return f"v2_{name}_p{patch}"
+
+
+def test_the_variants_list_one_preset_per_released_checkpoint():
+    act = sorted(_name(*row) for row in RELEASED)
+    sth = sorted(_sth_name(*row) for row in STH_RELEASED)
+    assert sorted(get_variant("adafocus_v2").presets) == act
+    assert sorted(get_variant("adafocus_v2_tsm").presets) == sth
+    assert sorted(p.stem for p in (REPO / "configs").glob("v2_*.yaml")) == sorted(act + sth)
 
 
 @pytest.mark.parametrize("row", RELEASED, ids=[_name(*row) for row in RELEASED])
@@ -54,6 +74,24 @@ def test_preset_equals_the_official_command(row):
     assert (preset.variant, preset.dataset, preset.patch_size, preset.sample) == ("adafocus_v2", dataset, patch, True)
     assert (preset.glance_weights is not None) == (glance == "res50")
     assert (preset.epochs, preset.lr_epochs) == (50, 0)
+
+
+@pytest.mark.parametrize("row", STH_RELEASED, ids=[_sth_name(*row) for row in STH_RELEASED])
+def test_sth_preset_equals_the_official_command(row):
+    name, patch = row
+    translation = translate_command("python main.py " + STH_TEMPLATE.format(dataset=STH_DATASETS[name], patch=patch))
+    assert translation.script == "main.py" and translation.official.variant == "adafocus_v2_tsm"
+    official = config.parse_args(translation.args)
+    preset = config.parse_args(["--config", str(REPO / "configs" / f"{_sth_name(*row)}.yaml")])
+    a = {k: v for k, v in vars(official).items() if k not in STH_IGNORED}
+    b = {k: v for k, v in vars(preset).items() if k not in STH_IGNORED}
+    assert a == b
+    assert (preset.variant, preset.dataset, preset.patch_size) == ("adafocus_v2_tsm", STH_DATASETS[name], patch)
+    # the official --num_segments 8 is G; int(1.5 G) focus frames; float32 training; the README's rates
+    assert (preset.num_glance_segments, preset.num_segments, preset.num_focus_segments) == (8, 12, 12)
+    assert (preset.amp, preset.clip_gradient, preset.batch_size, preset.lr, preset.weight_decay) == \
+        (False, 20.0, 32, 0.01, 5e-4)
+    assert (preset.stn_lr_ratio, preset.global_lr_ratio, preset.pretrained) == (0.01, 0.5, True)
 
 
 def test_the_official_extra_epoch_is_an_option():
