@@ -128,7 +128,12 @@ def test_two_process_evaluation_equals_one_process(data_dir, tmp_path):
 
 
 VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"],
-            "x3d": ["--variant", "x3d", "--glance_arch", "x3d_s", "--focus_arch", "x3d_l", "--glance_size", "32"]}
+            "x3d": ["--variant", "x3d", "--glance_arch", "x3d_s", "--focus_arch", "x3d_l", "--glance_size", "32"],
+            # AdaFocusV2: every one of the 8 frames is a glance and a focus frame; the Sth-Sth form samples its 4
+            # glance frames apart from its 6 focus frames
+            "adafocus_v2": ["--variant", "adafocus_v2"],
+            "adafocus_v2_tsm": ["--variant", "adafocus_v2_tsm", "--num_segments", "6", "--num_glance_segments", "4",
+                                "--num_focus_segments", "6"]}
 
 
 # Each variant under the official launcher (which passes --local-rank), and torchrun (which passes the rank in
@@ -136,7 +141,9 @@ VARIANTS = {"mn2_r50": [], "tsm": ["--variant", "tsm"],
 @pytest.mark.parametrize("launcher, variant", [("torch.distributed.launch", "mn2_r50"),
                                                ("torch.distributed.launch", "tsm"),
                                                ("torch.distributed.launch", "x3d"),
-                                               ("torch.distributed.run", "mn2_r50")])
+                                               ("torch.distributed.run", "mn2_r50"),
+                                               ("torch.distributed.launch", "adafocus_v2"),
+                                               ("torch.distributed.run", "adafocus_v2_tsm")])
 def test_both_launchers_start_a_two_process_training(data_dir, tmp_path, launcher, variant):
     root = tmp_path / "runs"
     _run([sys.executable, "-m", launcher, "--nproc_per_node=2", "--standalone"]
@@ -201,7 +208,8 @@ KILL_POINTS = {"boundary": lambda run: _saved_epoch(run / "ckpt.pth.tar") >= 1,
 
 @pytest.mark.parametrize("variant, workers, kill, processes", [
     ("mn2_r50", 0, "mid-epoch", 1), ("mn2_r50", 2, "mid-epoch", 1), ("mn2_r50", 2, "boundary", 1),
-    ("tsm", 2, "mid-epoch", 1), ("tsm", 2, "boundary", 1), ("x3d", 0, "mid-epoch", 1), ("mn2_r50", 1, "mid-epoch", 2)])
+    ("tsm", 2, "mid-epoch", 1), ("tsm", 2, "boundary", 1), ("x3d", 0, "mid-epoch", 1), ("mn2_r50", 1, "mid-epoch", 2),
+    ("adafocus_v2", 2, "mid-epoch", 1), ("adafocus_v2_tsm", 2, "mid-epoch", 1)])
 def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path, variant, workers, kill, processes):
     """A run killed and resumed with --resume auto ends bit for bit where an uninterrupted run does. The
     uninterrupted run has no loader workers and the killed one has ``workers`` per process: every random
