@@ -368,6 +368,12 @@ class AdaFocusV2(nn.Module):
         """T: one exit after each frame (in model order)."""
         return self.num_segments
 
+    @property
+    def exit_focus_frames(self) -> Tuple[int, ...]:
+        """The focus frames each exit has processed, (1, 2, ..., T): exit t after t + 1 frames, each frame
+        both a glance and a focus frame (no exit before the first patch, unlike Uni-AdaFocus's glance exit)."""
+        return tuple(range(1, self.num_segments + 1))
+
     @torch.no_grad()
     def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
         """The T exits one frame at a time, for the adaptive runtime (a generator; evaluation only).

@@ -196,6 +196,7 @@ def main(argv=None) -> int:
         raise SystemExit(str(exc)) from None
     names = names or [str(i) for i in range(num_classes)]
     stages = engine.exit_gflops(model)  # counted on the model itself, not on its inference copy
+    frames_used = exit_focus_frames(model, len(stages))
     model, which = evaluation_model(model.to(device).eval(), plain=args.plain_model, bf16_focus=args.bf16_focus)
     print(which, file=sys.stderr, flush=True)  # stdout holds the results only
     runner = None
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
     for number, path in enumerate(paths):
         started = time.perf_counter()
         try:
-            result = predict(path, model, variant, runner, stages, names, args, device)
+            result = predict(path, model, variant, runner, stages, frames_used, names, args, device)
         except DataError as exc:  # this video only: the others are still classified
             print(f"error: {cli.user_message(exc)}", file=sys.stderr, flush=True)
             unreadable.append(path)
@@ -234,16 +235,22 @@ def expand_videos(paths: List[str]) -> List[str]:
     return found
 
 
-def focus_frames_used(stage: int, model) -> int:
-    """Focus frames a video used when it left at exit ``stage`` (one per stage, or all at the last of two)."""
-    if model.num_exit_stages == model.num_focus + 1:
-        return stage
-    return 0 if stage == 0 else model.num_focus
+def exit_focus_frames(model, num_exits: int) -> List[int]:
+    """The focus frames a video has used when it leaves at each of the model's ``num_exits`` exits: the
+    model's own ``exit_focus_frames`` where it states them (AdaFocusV2's ActivityNet form: exit t after
+    t + 1 frames), else the family's rule: the last exit has used all T_L focus frames, and with T_L + 1
+    exits exit k has used k (exit 0 is the glance alone; of two exits, the first is the glance alone)."""
+    stated = getattr(model, "exit_focus_frames", None)
+    if stated is not None:
+        return list(stated)
+    one_per_exit = num_exits == model.num_focus + 1
+    return [model.num_focus if k == num_exits - 1 else (k if one_per_exit else 0) for k in range(num_exits)]
 
 
-def predict(path: str, model, variant, runner, stages, names, args, device) -> dict:
-    """Classify one video: top-k classes, the exit taken and its GFLOPs. A truncated video file is
-    classified from the frames that decode, with a warning on stderr."""
+def predict(path: str, model, variant, runner, stages, frames_used, names, args, device) -> dict:
+    """Classify one video: top-k classes, the exit taken, its GFLOPs (``stages``: per exit) and the focus
+    frames used (``frames_used``: per exit). A truncated video file is classified from the frames that
+    decode, with a warning on stderr."""
     clip, info = load_clip(path, model.num_segments, model.input_size, args.short_side, args.template)
     short = truncation(path, decoded=info.num_frames) if os.path.isfile(path) else ""
     if short:
@@ -264,8 +271,8 @@ def predict(path: str, model, variant, runner, stages, names, args, device) -> d
     return {
         "video": path, "frames_in_video": info.num_frames, "frames_sampled": info.frame_indices,
         "top": [{"class": int(i), "name": names[int(i)], "probability": float(p)} for p, i in zip(top.values, top.indices)],
-        "exit_stage": stage, "exit_step": focus_frames_used(stage, model), "focus_frames_used": focus_frames_used(stage, model),
-        "max_focus_frames": model.num_focus, "gflops": gflops, "gflops_all_exits": stages[-1],
+        "exit_stage": stage, "exit_step": frames_used[stage], "focus_frames_used": frames_used[stage],
+        "max_focus_frames": frames_used[-1], "gflops": gflops, "gflops_all_exits": stages[-1],
         "early_exit_criterion": runner.criterion if runner is not None else None,
     }
 

@@ -15,7 +15,8 @@ import torch
 
 import entry_points
 from support import REPO
-from test_main import SYNTHETIC, _env, _main_args, _run
+from test_main import SYNTHETIC, VARIANTS, _env, _main_args, _run, _run_side_by_side
+from test_main import data_dir  # noqa: F401  (the synthetic data fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -117,6 +118,34 @@ def test_predict_with_early_exit_thresholds(trained):
                    str(ckpt), "--thresholds", str(thresholds), "--device", "cpu"])
     assert "exit step 0 of 4 focus frames (early exit (entropy))" in result.stdout
     assert "1. " in result.stdout
+
+
+def test_predict_with_both_adafocus_v2_forms(data_dir, tmp_path):  # noqa: F811  (data_dir: the fixture)
+    """Tiny runs of both AdaFocusV2 forms predict: the ActivityNet form's 8 exits (exit t after t + 1
+    frames, every frame a focus frame) and the Sth-Sth form's one exit after its 6 focus frames (its 4
+    glance frames sampled apart); with thresholds that take every video at the first exit, the ActivityNet
+    form has used 1 frame."""
+    root = tmp_path / "runs"
+    forms = {"adafocus_v2": 8, "adafocus_v2_tsm": 6}  # the focus frames of test_main's tiny configurations
+    _run_side_by_side(*([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "1",
+                                                      "--batch_size", "4", "--eval_freq", "0", "--store_name", form,
+                                                      *VARIANTS[form]) for form in forms))
+    video = str(data_dir / "frames" / "val_00000")
+    for form, frames in forms.items():
+        ckpt = str(root / form / "ckpt.pth.tar")
+        result = json.loads(_run([sys.executable, "-m", "scripts.predict", video, "--checkpoint", ckpt, "--json",
+                                  "--device", "cpu"]).stdout)
+        assert (result["exit_stage"], result["exit_step"], result["max_focus_frames"]) == \
+            ((frames - 1, frames, frames) if form == "adafocus_v2" else (0, frames, frames)), result
+        assert result["gflops"] == result["gflops_all_exits"] > 0 and len(result["top"]) == SYNTHETIC["num_classes"]
+        assert result["frames_in_video"] == SYNTHETIC["frames_per_video"]
+    from ops.early_exit import save_thresholds
+
+    first_exit = save_thresholds(tmp_path / "first_exit.json", torch.tensor([-1e8] * 8), criterion="entropy",
+                                 flops=[0.1] * 8)
+    result = _run([sys.executable, "-m", "scripts.predict", video, "--checkpoint", str(root / "adafocus_v2" / "ckpt.pth.tar"),
+                   "--thresholds", str(first_exit), "--device", "cpu"])
+    assert "exit step 1 of 8 focus frames (early exit (entropy))" in result.stdout
 
 
 def test_predict_reports_bad_inputs(trained, tmp_path):

@@ -127,10 +127,10 @@ def test_monte_carlo_removal_steps_follow_each_variant():
 
 
 def test_prediction_reports_focus_frames_of_the_two_exits():
-    from scripts.predict import focus_frames_used
+    from scripts.predict import exit_focus_frames
 
     model = tiny_tsm()
-    assert [focus_frames_used(stage, model) for stage in (0, 1)] == [0, model.num_focus]
+    assert exit_focus_frames(model, model.num_exit_stages) == [0, model.num_focus]
 
 
 def test_zero_init_residual_reaches_both_shifted_encoders():
