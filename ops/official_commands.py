@@ -1,4 +1,4 @@
-"""The official command lines of the three variants, as this project's commands.
+"""The official command lines of the releases (Uni-AdaFocus: mn2_r50, tsm, x3d; AdaFocusV2: its two forms), as this project's commands.
 
 The official releases name one script per job (``main.py``, ``main_semiAMP.py``, ``main_nViewEval.py``,
 ``test_early_exit_*.py``; AdaFocusV2's ``main_v2.py`` and ``test_early_exit.py``) and start their processes in two ways (``python -m torch.distributed.launch``,
