@@ -358,7 +358,18 @@ def official_positionals(argv: List[str]) -> List[str]:
     if len(argv) >= 2 and argv[0] in OFFICIAL_POSITIONAL_DATASETS and not argv[1].startswith("-"):
         if argv[1] != "RGB":
             raise SystemExit(f"modality {argv[1]!r}: only RGB frames are supported (the official commands use RGB)")
-        return ["--variant", OFFICIAL_POSITIONAL_DATASETS[argv[0]], "--dataset", argv[0]] + argv[2:]
+        variant = OFFICIAL_POSITIONAL_DATASETS[argv[0]]
+        if variant == "tsm" and not any(t == "--variant" or t.startswith("--variant=") for t in argv):
+            from .official_commands import OfficialCommandError, official_variant
+            try:
+                told = official_variant(argv, "main.py")
+            except OfficialCommandError:
+                told = "tsm"  # neither release's flags: the Uni-AdaFocus-TSM reading, as before
+            if told == "adafocus_v2_tsm":  # its --num_segments is the glance count, ours the focus clip
+                raise SystemExit(f"main.py {argv[0]} RGB ... --num_segments: this is AdaFocusV2's Sth-Sth command; "
+                                 "python -m ops.official_commands 'python main.py ...' prints ours (--variant "
+                                 "adafocus_v2_tsm, --num_glance_segments G --num_segments int(1.5 G))")
+        return ["--variant", variant, "--dataset", argv[0]] + argv[2:]
     return argv
 
 

@@ -346,3 +346,18 @@ def test_official_commands_run_until_the_missing_data_folder(tmp_path):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "not found" in errors[0] and str(missing[name]) in errors[0], f"{name}\n{output[-3000:]}"
         assert not missing[name].exists()
+
+
+def test_main_py_refuses_adafocus_v2s_sth_command_given_to_it_untranslated(capsys):
+    """``main.py something RGB --num_segments G ...`` is AdaFocusV2's command (its --num_segments is the glance
+    count); run untranslated it would have built Uni-AdaFocus-TSM with G candidate frames."""
+    from ops import config
+
+    with pytest.raises(SystemExit) as stop:
+        config.parse_args(["something", "RGB", "--num_segments", "8", "--patch_size", "144"])
+    assert "this is AdaFocusV2's Sth-Sth command" in str(stop.value.code)
+    assert "python -m ops.official_commands" in str(stop.value.code)
+    tsm = config.parse_args(["something", "RGB", "--num_glance_segments", "8", "--num_segments", "36"])
+    assert tsm.variant == "tsm"
+    named = config.parse_args(["something", "RGB", "--variant", "adafocus_v2_tsm", "--num_segments", "12"])
+    assert named.variant == "adafocus_v2_tsm"
