@@ -24,17 +24,18 @@ import pytest
 from support import REPO, require_reference
 
 #: The fixture files of each subfolder of the reference folder ("" for the folder itself) that tests find by
-#: globbing. v1/ and v2/ hold fixtures of variants not built here.
+#: globbing. v1/ holds fixtures of a variant not built here.
 FIXTURE_GLOBS = {
     "": ("parity_*.pt", "early_exit_*.pt", "*_state_dict.json"),
     "tsm": ("parity_*.pt", "data_indices_*.pt", "early_exit_*.pt"),
     "x3d": ("parity_*.pt", "early_exit_*.pt", "*_state_dict.json"),
+    "v2": ("parity_*.pt", "train_loss_*.pt", "early_exit_*.pt", "*_state_dict.json"),
 }
 MANIFEST_SUFFIX = "_state_dict.json"
 
 #: Run for every second-name id: the data and early-exit fixture tests (seconds).
 CHEAP_MODULES = ("tests/test_data_tsm.py", "tests/test_early_exit_two_exits.py", "tests/test_early_exit_solver.py",
-                 "tests/test_data_kinetics.py")
+                 "tests/test_data_kinetics.py", "tests/test_early_exit_v2.py")
 #: Run for every second-name id too: one parity test per variant (it runs the fixture's whole forward), the
 #: manifest tests and one test of the weight files a manifest gives.
 SELECTED_TESTS = (
@@ -42,6 +43,11 @@ SELECTED_TESTS = (
     "tests/test_parity.py::test_manifest_file_is_json_list",
     "tests/test_parity_tsm.py::test_frame_indices_match_exactly",
     "tests/test_parity_x3d.py::test_frame_indices_match_exactly",
+    "tests/test_parity_v2.py::test_glance_features_maps_and_logits",
+    "tests/test_parity_v2_sth.py::test_glance_stages_features_maps_and_heads",
+    "tests/test_parity_v2.py::test_our_manifest_equals_the_official_manifest",
+    "tests/test_parity_v2_sth.py::test_our_manifest_equals_the_official_manifest",
+    "tests/test_parity_v2.py::test_crop_gradient_unit_case_is_exact",
     "tests/test_x3d_backbone.py::test_state_dict_equals_the_manifest_key_for_key_in_order",
     "tests/test_x3d_backbone.py::test_x3d_s_reproduces_the_official_glance_outputs",
     "tests/test_x3d_backbone.py::test_generated_pyth_loads_strictly_with_every_tensor_equal",
