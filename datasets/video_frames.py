@@ -14,9 +14,11 @@ What is read, per video and process: one demux pass (packets only, no decoding) 
 and modification time). Per item, one container is opened; :meth:`VideoFrameReader.read` seeks to the
 key frame at or before each needed frame that lies beyond the next key frame, and decodes forward,
 converting only the needed frames to RGB. A seek is trusted only while the frames it yields carry the
-presentation times the table expects, one after the other; otherwise (AVI files with packed B-frames
-carry swapped frame times) the video is marked unseekable for the process and decoded from its start,
-counting frames as the extraction does.
+presentation times the table expects, one after the other, starting with a frame the decoder marks a
+key frame (that first frame places it, so a seek that lands on an earlier key frame is fine).
+Otherwise (AVI files with packed B-frames carry swapped frame times; an AVI file cut before its index
+flags every packet a key frame) the video is marked unseekable for the process and decoded from its
+start, counting frames as the extraction does.
 
 Problems are :class:`~.errors.FrameError` lines naming the list line, the video file and the frame:
 a file that cannot be opened or holds no video stream, a truncated video (the rule of
@@ -345,17 +347,18 @@ class _DecodedFrames:
         """Yield ``(index, frame)`` for the sorted decoded indices ``wanted`` that decode; on a decode error
         or the end of the stream, stop and say why in :attr:`stopped`."""
         timing = self.timing
-        frames, position, verify, done = None, -1, False, 0
+        frames, position, verify, landing, done, sought = None, -1, False, False, 0, 0
         try:
             if self.container is None:
                 self._open()
             while done < len(wanted):
                 target = wanted[done]
                 key = timing.key_before(target) if timing.seekable else 0
-                if frames is None or key > position + 1:
+                if frames is None or (key > position + 1 and key > sought):  # (a seek may land before its key)
                     if key > 0:
                         self.container.seek(int(timing.pts[key]), stream=self.stream, backward=True, any_frame=False)
-                        position, verify = key - 1, True
+                        verify = landing = True
+                        sought = key
                     else:
                         position, verify = -1, False
                     frames = self.container.decode(self.stream)
@@ -365,16 +368,32 @@ class _DecodedFrames:
                     return
                 position += 1
                 self.decoded += 1
-                if verify and (position >= len(timing.pts) or frame.pts != timing.pts[position]):
-                    timing.seekable = False                              # frame times disagree with the table
-                    self._open()
-                    frames, position, verify = self.container.decode(self.stream), -1, False
-                    continue
+                if verify:
+                    if landing:                                          # the first frame after a seek
+                        position, landing = _landed(timing.pts, frame, target), False
+                    if position < 0 or position >= len(timing.pts) or frame.pts != timing.pts[position]:
+                        timing.seekable = False                          # frame times disagree with the table
+                        self._open()
+                        frames, position, verify = self.container.decode(self.stream), -1, False
+                        continue
                 if position == target:
                     yield position, frame
                     done += 1
         except _video_errors() as e:
             self.stopped = f"decoding stopped after frame {position + 1} of the stream: {_reason(e)}"
+
+
+def _landed(pts: np.ndarray, frame, target: int) -> int:
+    """The decoded index of the first frame after a seek: the table entry with the frame's time when there
+    is exactly one, at or before ``target``, and the decoder marks the frame a key frame; -1 otherwise (the
+    seek is not trusted: e.g. an AVI file without its index flags every packet a key frame, and a seek then
+    lands on frames that need the ones before)."""
+    frame_pts = frame.pts
+    if frame_pts is None or not frame.key_frame:
+        return -1
+    at = int(np.searchsorted(pts, frame_pts))
+    unique = at < len(pts) and pts[at] == frame_pts and (at + 1 == len(pts) or pts[at + 1] != frame_pts)
+    return at if unique and at <= target else -1
 
 
 def resolve_counts(records: Sequence[VideoRecord], root: str) -> List[VideoRecord]:

@@ -275,6 +275,16 @@ def test_truncated_video_is_one_line_or_read_as_far_as_it_goes(bad_dir, caplog):
     # the first frame.
     ds = _build(bad_dir, ["cut.avi,0,0"], missing_frames="repeat_first")
     assert ds[0]["video"].shape == (SEGMENTS, 3, SIZE, SIZE)
+    # Cut before its index, the AVI flags every packet a key frame: seeks must not be trusted (the frames
+    # are those decoded in order).
+    path = str(bad_dir / "videos" / "cut.avi")
+    with av.open(path) as container:
+        ordered = [np.asarray(frame_to_image(f, 0)) for f in container.decode(container.streams.video[0])]
+    assert len(ordered) == held and read_timing(path).keys.tolist() == list(range(held))
+    wanted = [5, 60, 150, held]
+    pixels = VideoFrameReader(path, missing="repeat_first").read(wanted)
+    for row, k in enumerate(wanted):
+        assert np.array_equal(pixels[row], ordered[k - 1]), k
     full = _build(bad_dir, ["cut.avi,795,0"], missing_frames="repeat_first")
     with caplog.at_level(logging.WARNING):
         clip = full[0]["video"]
