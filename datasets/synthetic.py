@@ -59,11 +59,22 @@ SPLIT_CODES = {"train": 0, "val": 1}
 DEFAULTS: Dict[str, Any] = dict(
     seed=0, num_classes=10, train_videos=500, val_videos=200, frames_per_video=48, frame_size=128,
     object_size=(0.125, 0.2), visible_fraction=(1 / 6, 1 / 3), num_distractors=(3, 5), quality=90,
-    twin_classes=0, checker_cell=2, chroma_subsampling="4:2:0",
+    twin_classes=0, checker_cell=2, chroma_subsampling="4:2:0", video_files=False, video_codec="ffv1",
+    key_frame_interval=250,
 )
 #: JPEG chroma subsampling (Pillow's names). 4:2:0 halves the colour resolution, which blends a fine
 #: coloured checker into other colours (and clips them), so a twin's mean colour would give it away.
 CHROMA_SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
+#: Codecs of ``video_files=True`` -> (PyAV encoder, pixel format, file extension, encoder options).
+#: ffv1: lossless, RGB stored as is (decoded frames equal the rendered ones exactly), every frame a key
+#: frame; h264: libx264 at constant quality 18 in YUV 4:2:0 (visually lossless, like most real videos),
+#: a key frame every ``key_frame_interval`` frames, two B-frames between references.
+VIDEO_CODECS: Dict[str, Tuple[str, str, str, Dict[str, str]]] = {
+    "ffv1": ("ffv1", "bgr0", ".mkv", {}),
+    "h264": ("libx264", "yuv420p", ".mp4", {"crf": "18", "preset": "veryfast", "bf": "2", "threads": "1"}),
+}
+#: Frame rate of the videos written with ``video_files=True``.
+VIDEO_RATE = 25
 MAX_OBJECT_SIZE = Fraction(1, 3)       # of the frame's short side
 MAX_VISIBLE_FRACTION = Fraction(1, 2)  # of the frames
 
@@ -282,8 +293,54 @@ def _bouncing_path(rng: np.random.Generator, n: int, low: np.ndarray, high: np.n
     return out
 
 
+def video_name(name: str, params: Dict[str, Any]) -> str:
+    """What the list file names for video ``name``: its frame folder, or (``video_files``) its video file."""
+    return name + VIDEO_CODECS[params["video_codec"]][2] if params["video_files"] else name
+
+
+class VideoWriter:
+    """Encodes frames ``(H, W, 3)`` uint8 RGB one by one into a video file at :data:`VIDEO_RATE` frames/s
+    with a codec of :data:`VIDEO_CODECS` (frame ``k``, 0-based, is shown at ``k / VIDEO_RATE`` s, so the
+    frame numbered ``k + 1`` by the extraction is the ``k``-th written). A context manager; leaving it
+    flushes the encoder and closes the file."""
+
+    def __init__(self, path: str, width: int, height: int, codec: str = "ffv1", key_frame_interval: int = 250):
+        import av
+        encoder, pix_fmt, _, options = VIDEO_CODECS[codec]
+        options = dict(options)
+        if codec == "h264":
+            options["x264-params"] = f"keyint={key_frame_interval}:min-keyint={key_frame_interval}:scenecut=0"
+        self.container = av.open(path, "w")
+        self.stream = self.container.add_stream(encoder, rate=VIDEO_RATE, options=options)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt
+        self.stream.codec_context.time_base = Fraction(1, VIDEO_RATE)
+        self.count = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        picture.pts, picture.time_base = self.count, Fraction(1, VIDEO_RATE)
+        self.count += 1
+        for packet in self.stream.encode(picture):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def render_video(seed_words: Sequence[int], label: int, params: Dict[str, Any], folder: Optional[str]):
-    """Render one video; write its frames to ``folder`` (if given).
+    """Render one video; write its frames to ``folder`` (if given): JPEG files ``FRAME_TEMPLATE``, or with
+    ``params['video_files']`` the video file ``folder`` + the codec's extension (:class:`VideoWriter`).
 
     Returns ``(frames or None, boxes (n, 4) float32, visible (n,) bool)``; ``frames`` (n, H, W, 3)
     uint8 only when ``folder`` is None (for tests and previews).
@@ -325,23 +382,32 @@ def render_video(seed_words: Sequence[int], label: int, params: Dict[str, Any], 
     boxes = np.stack([path[:, 0] + ex0, path[:, 1] + ey0, path[:, 0] + ex1, path[:, 1] + ey1], axis=1).astype(np.float32)
 
     frames = None if folder else np.empty((n, height, width, 3), dtype=np.uint8)
+    video = None
+    if folder and params["video_files"]:
+        video = VideoWriter(video_name(folder, params), width, height, params["video_codec"],
+                            params["key_frame_interval"])
     for f in range(n):
         frame = texture[pan[1, f]:pan[1, f] + height, pan[0, f]:pan[0, f] + width].copy()
         for d_alpha, d_colour, d_path in distractors:
             _blend(frame, d_alpha, d_colour, d_path[f, 0], d_path[f, 1])
         if visible[f]:
             _blend(frame, alpha, colour, path[f, 0], path[f, 1])
-        if folder:
+        if video is not None:
+            video.write(frame)
+        elif folder:
             Image.fromarray(frame).save(os.path.join(folder, FRAME_TEMPLATE.format(f + 1)), quality=params["quality"],
                                         subsampling=params["chroma_subsampling"])
         else:
             frames[f] = frame
+    if video is not None:
+        video.close()
     return frames, boxes, visible
 
 
 def _video_job(job):
     folder, seed_words, label, params = job
-    os.makedirs(folder, exist_ok=True)
+    if not params["video_files"]:
+        os.makedirs(folder, exist_ok=True)
     _, boxes, visible = render_video(seed_words, label, params, folder)
     return boxes, visible
 
@@ -390,7 +456,7 @@ def _normalise(p: Dict[str, Any]) -> None:
         if len(p[key]) != 2 or p[key][0] > p[key][1] or p[key][0] < 0:
             raise ValueError(f"{key} must be a range (low, high) with 0 <= low <= high, got {p[key]}")
     for key in ("seed", "num_classes", "train_videos", "val_videos", "frames_per_video", "quality", "twin_classes",
-                "checker_cell"):
+                "checker_cell", "key_frame_interval"):
         try:
             p[key] = int(p[key])
         except (TypeError, ValueError):
@@ -415,6 +481,14 @@ def _normalise(p: Dict[str, Any]) -> None:
         raise ValueError(f"visible_fraction must lie in (0, {MAX_VISIBLE_FRACTION}], got {p['visible_fraction']}")
     if not 1 <= p["quality"] <= 100:
         raise ValueError(f"quality must be in 1..100, got {p['quality']}")
+    if not isinstance(p["video_files"], bool):
+        raise ValueError(f"video_files must be true or false, got {p['video_files']!r}")
+    if p["video_codec"] not in VIDEO_CODECS:
+        raise ValueError(f"video_codec must be one of {', '.join(VIDEO_CODECS)}, got {p['video_codec']!r}")
+    if p["key_frame_interval"] < 1:
+        raise ValueError(f"key_frame_interval must be at least 1 frame, got {p['key_frame_interval']}")
+    if p["video_files"] and p["video_codec"] == "h264" and any(s % 2 for s in p["frame_size"]):
+        raise ValueError(f"video_codec h264 (YUV 4:2:0) needs an even frame width and height, got {p['frame_size']}")
     if p["chroma_subsampling"] not in CHROMA_SUBSAMPLING:
         raise ValueError(f"chroma_subsampling must be one of {', '.join(CHROMA_SUBSAMPLING)}, "
                          f"got {p['chroma_subsampling']!r}")
@@ -448,11 +522,11 @@ def _write_split(tmp: str, split: str, params: Dict[str, Any], pool) -> None:
             for i, (name, label) in enumerate(zip(names, labels))]
     results = _progress(pool.imap(_video_job, jobs, chunksize=4) if pool else map(_video_job, jobs), count,
                         f"synthetic {split}")
-    rows = [(name, boxes, visible) for name, (boxes, visible) in zip(names, results)]
+    rows = [(video_name(name, params), boxes, visible) for name, (boxes, visible) in zip(names, results)]
     write_boxes(os.path.join(tmp, f"object_boxes_{split}.csv"), rows)
     n = params["frames_per_video"]
     write_lines_atomic(os.path.join(tmp, f"synthetic_{split}_split.txt"),
-                       (format_list_line(name, n, [int(label)], separator=",", multi_label=True)
+                       (format_list_line(video_name(name, params), n, [int(label)], separator=",", multi_label=True)
                         for name, label in zip(names, labels)))
 
 
@@ -464,18 +538,24 @@ def generate(root: str, *, seed: int = DEFAULTS["seed"], num_classes: int = DEFA
              visible_fraction: Sequence[float] = DEFAULTS["visible_fraction"],
              num_distractors: Sequence[int] = DEFAULTS["num_distractors"], quality: int = DEFAULTS["quality"],
              twin_classes: int = DEFAULTS["twin_classes"], checker_cell: int = DEFAULTS["checker_cell"],
-             chroma_subsampling: str = DEFAULTS["chroma_subsampling"], overwrite: bool = False) -> str:
+             chroma_subsampling: str = DEFAULTS["chroma_subsampling"], video_files: bool = DEFAULTS["video_files"],
+             video_codec: str = DEFAULTS["video_codec"], key_frame_interval: int = DEFAULTS["key_frame_interval"],
+             overwrite: bool = False) -> str:
     """Generate the dataset into ``root`` (atomically: a temporary sibling folder, then a rename).
 
     ``frame_size`` is an int (square) or ``(width, height)``; ``workers`` processes render videos
     in parallel (default: the CPU count, at most 8). An existing ``root`` is an error unless
-    ``overwrite``. Returns ``root``.
+    ``overwrite``. ``video_files``: write each video as one file ``frames/<video>.mkv`` (``video_codec``
+    ``'ffv1'``, lossless) or ``frames/<video>.mp4`` (``'h264'``, a key frame every ``key_frame_interval``
+    frames) instead of a folder of JPEG frames; the list and box files then name the files (read them
+    with ``video_files=True``, flag ``--video_files``). Returns ``root``.
     """
     params = resolve_params(seed=seed, num_classes=num_classes, train_videos=train_videos, val_videos=val_videos,
                             frames_per_video=frames_per_video, frame_size=frame_size, object_size=object_size,
                             visible_fraction=visible_fraction, num_distractors=num_distractors, quality=quality,
                             twin_classes=twin_classes, checker_cell=checker_cell,
-                            chroma_subsampling=chroma_subsampling)
+                            chroma_subsampling=chroma_subsampling, video_files=video_files,
+                            video_codec=video_codec, key_frame_interval=key_frame_interval)
     root = os.path.abspath(root)
     if os.path.exists(root) and not overwrite:
         raise DataError(f"{root} already exists; pass overwrite=True or use ensure_generated()")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import DATASETS, DataError, build_dataset, synthetic
+from datasets import DATASETS, DataError, ListFileError, build_dataset, synthetic
 from datasets.boxes import read_boxes
 from datasets.lists import parse_list_file, read_class_file
 
@@ -126,6 +126,9 @@ def test_ensure_generated_reuses_and_checks_parameters(small_set, tmp_path):
     (dict(object_size=(0.1, 0.4)), "object_size"), (dict(visible_fraction=(0.1, 0.6)), "visible_fraction"),
     (dict(frame_size=16), "frame_size"), (dict(colour="red"), "unknown synthetic option"),
     (dict(checker_cell=0), "checker_cell must be at least 1"),
+    (dict(video_files="yes"), "video_files must be true or false"), (dict(video_codec="vp9"), "video_codec must be one of"),
+    (dict(key_frame_interval=0), "key_frame_interval must be at least 1"),
+    (dict(video_files=True, video_codec="h264", frame_size=(64, 49)), "even frame width and height"),
 ])
 def test_invalid_parameters(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -269,3 +272,53 @@ def test_chroma_subsampling_is_a_generation_option(tmp_path):
     assert synthetic.resolve_params()["chroma_subsampling"] == "4:2:0"  # the default frames are unchanged
     with pytest.raises(ValueError, match="chroma_subsampling must be one of 4:4:4, 4:2:2, 4:2:0"):
         synthetic.resolve_params(chroma_subsampling="4:1:1")
+
+
+def test_video_files_hold_the_rendered_frames_exactly(tmp_path):
+    """``video_files=True`` (lossless ffv1): one .mkv per video, named by the list and box files; its frames,
+    read as the dataset reads them, equal the generator's; a dataset of them builds with video_files=True."""
+    from datasets.video_frames import VideoFrameReader
+
+    root = tmp_path / "videos"
+    synthetic.generate(str(root), workers=1, **dict(SMALL, video_files=True))
+    params = synthetic.resolve_params(**dict(SMALL, video_files=True))
+    for split, code in synthetic.SPLIT_CODES.items():
+        records = parse_list_file(str(root / f"synthetic_{split}_split.txt"), separator=",", multi_label=True,
+                                  num_classes=3)
+        assert [r.path for r in records] == [f"{split}_{i:05d}.mkv" for i in range(SMALL[f"{split}_videos"])]
+        assert sorted(os.listdir(root / "frames")) == sorted(
+            f"{s}_{i:05d}.mkv" for s in synthetic.SPLIT_CODES for i in range(SMALL[f"{s}_videos"]))
+        boxes = read_boxes(str(root / f"object_boxes_{split}.csv"))
+        for i, record in enumerate(records):
+            frames, rendered_boxes, visible = synthetic.render_video((SMALL["seed"], code, i), record.labels[0],
+                                                                     params, None)
+            reader = VideoFrameReader(str(root / "frames" / record.path), num_frames=record.num_frames)
+            decoded = reader.read(range(1, SMALL["frames_per_video"] + 1))
+            assert decoded.shape == frames.shape and np.array_equal(decoded, frames), record.path
+            np.testing.assert_allclose(boxes[record.path][0], rendered_boxes, atol=0.01)
+            assert np.array_equal(boxes[record.path][1], visible)
+    dataset = build_dataset("synthetic", str(root), "val", num_segments=4, input_size=32, video_files=True,
+                            synthetic=dict(SMALL, video_files=True))
+    item = dataset[0]
+    assert item["video"].shape == (4, 3, 32, 32) and item["object_boxes"].shape == (4, 4)
+    with pytest.raises(ListFileError, match="video_files=True"):      # the frame-folder reading points to the flag
+        build_dataset("synthetic", str(root), "val", num_segments=4, input_size=32,
+                      synthetic=dict(SMALL, video_files=True))
+
+
+def test_h264_video_files_have_their_key_frame_interval(tmp_path):
+    """``video_codec='h264'``: .mp4 files with a key frame every ``key_frame_interval`` frames, close to the
+    rendered frames (lossy, constant quality 18)."""
+    from datasets.video_frames import VideoFrameReader, read_timing
+
+    options = dict(SMALL, train_videos=1, val_videos=1, frames_per_video=30, video_files=True, video_codec="h264",
+                   key_frame_interval=12)
+    synthetic.generate(str(tmp_path / "h264"), workers=1, **options)
+    video = tmp_path / "h264" / "frames" / "val_00000.mp4"
+    timing = read_timing(str(video))
+    assert timing.count == 30 and timing.keys.tolist() == [0, 12, 24]
+    label = parse_list_file(str(tmp_path / "h264" / "synthetic_val_split.txt"), separator=",", multi_label=True,
+                            num_classes=3)[0].labels[0]
+    frames = synthetic.render_video((SMALL["seed"], 1, 0), label, synthetic.resolve_params(**options), None)[0]
+    decoded = VideoFrameReader(str(video)).read(range(1, 31)).astype(int)
+    assert np.abs(decoded - frames).mean() < 4

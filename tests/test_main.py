@@ -68,6 +68,10 @@ SYNTHETIC = {"train_videos": 12, "val_videos": 7, "frames_per_video": 12, "frame
              "num_distractors": [1, 2]}
 
 
+#: Where the frames come from: JPEG frame folders, or one lossless video file per video (--video_files).
+SOURCES = {"frames": (SYNTHETIC, []), "videos": (dict(SYNTHETIC, video_files=True), ["--video_files"])}
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from datasets import synthetic
@@ -75,6 +79,22 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic") / "data"
     synthetic.ensure_generated(str(root), workers=1, **SYNTHETIC)
     return root
+
+
+@pytest.fixture(scope="module")
+def video_data_dir(tmp_path_factory):
+    from datasets import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic_videos") / "data"
+    synthetic.ensure_generated(str(root), workers=1, **SOURCES["videos"][0])
+    return root
+
+
+def _source(request, source):
+    """(data folder, main.py arguments) of the tiny synthetic set stored as ``source`` (a key of SOURCES)."""
+    options, flags = SOURCES[source]
+    folder = request.getfixturevalue("data_dir" if source == "frames" else "video_data_dir")
+    return folder, ["--synthetic", json.dumps(options)] + flags
 
 
 def _env(threads=1):
@@ -104,13 +124,16 @@ def _main_args(data_dir, root, *extra):
                                          "--root_log", str(root)] + list(extra)
 
 
-def test_two_process_evaluation_equals_one_process(data_dir, tmp_path):
-    """7 validation videos over 2 processes: same per-video predictions and metrics as 1 process."""
+@pytest.mark.parametrize("source", ["frames", "videos"])
+def test_two_process_evaluation_equals_one_process(request, tmp_path, source):
+    """7 validation videos over 2 processes: same per-video predictions and metrics as 1 process (from frame
+    folders, and from video files, where each process decodes its share of the videos)."""
+    data_dir, data_args = _source(request, source)
     root = tmp_path / "runs"
     _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "2", "--batch_size", "4",
-                                       "--store_name", "train"))
+                                       "--store_name", "train", *data_args))
     ckpt = root / "train" / "ckpt.pth.tar"
-    common = ["--evaluate", "--resume", str(ckpt), "--save_predictions", "--val_batch_size", "2"]
+    common = ["--evaluate", "--resume", str(ckpt), "--save_predictions", "--val_batch_size", "2", *data_args]
     _run([sys.executable] + _main_args(data_dir, root, "--store_name", "one", *common))
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
          + _main_args(data_dir, root, "--store_name", "two", *common))
@@ -206,17 +229,23 @@ KILL_POINTS = {"boundary": lambda run: _saved_epoch(run / "ckpt.pth.tar") >= 1,
                "mid-epoch": lambda run: (run / "log.txt").is_file() and "epoch 1 [1/2]" in (run / "log.txt").read_text()}
 
 
-@pytest.mark.parametrize("variant, workers, kill, processes", [
-    ("mn2_r50", 0, "mid-epoch", 1), ("mn2_r50", 2, "mid-epoch", 1), ("mn2_r50", 2, "boundary", 1),
-    ("tsm", 2, "mid-epoch", 1), ("tsm", 2, "boundary", 1), ("x3d", 0, "mid-epoch", 1), ("mn2_r50", 1, "mid-epoch", 2),
-    ("adafocus_v2", 2, "mid-epoch", 1), ("adafocus_v2_tsm", 2, "mid-epoch", 1)])
-def test_killed_run_resumes_to_the_same_weights_and_metrics(data_dir, tmp_path, variant, workers, kill, processes):
+@pytest.mark.parametrize("variant, workers, kill, processes, source", [
+    ("mn2_r50", 0, "mid-epoch", 1, "frames"), ("mn2_r50", 2, "mid-epoch", 1, "frames"),
+    ("mn2_r50", 2, "boundary", 1, "frames"), ("tsm", 2, "mid-epoch", 1, "frames"), ("tsm", 2, "boundary", 1, "frames"),
+    ("x3d", 0, "mid-epoch", 1, "frames"), ("mn2_r50", 1, "mid-epoch", 2, "frames"),
+    ("adafocus_v2", 2, "mid-epoch", 1, "frames"), ("adafocus_v2_tsm", 2, "mid-epoch", 1, "frames"),
+    ("mn2_r50", 2, "mid-epoch", 1, "videos")])
+def test_killed_run_resumes_to_the_same_weights_and_metrics(request, tmp_path, variant, workers, kill, processes,
+                                                           source):
     """A run killed and resumed with --resume auto ends bit for bit where an uninterrupted run does. The
     uninterrupted run has no loader workers and the killed one has ``workers`` per process: every random
     choice of an epoch (samples, crops, frame indices, dropout, the random-patch path) depends on the seed,
-    the epoch, the rank and the sample, never on the workers or on where the run started."""
+    the epoch, the rank and the sample, never on the workers or on where the run started; read from video
+    files, the frames are the same whichever process decodes them."""
+    data_dir, data_args = _source(request, source)
     root = tmp_path / "runs"
-    args = ["--epochs", "3", "--iters_per_epoch", "2", "--batch_size", "4", "--seed", "5", *VARIANTS[variant]]
+    args = ["--epochs", "3", "--iters_per_epoch", "2", "--batch_size", "4", "--seed", "5", *VARIANTS[variant],
+            *data_args]
     launcher = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone"]
                                    if processes > 1 else [])
     straight = entry_points.start(launcher + _main_args(data_dir, root, *args, "--store_name", "straight"),
