@@ -10,6 +10,7 @@ Self-contained: nothing here imports ``ops`` or ``datasets``. The variants regis
 from . import mn2_r50, tsm, uni_adafocus_x3d  # noqa: F401  (register the variants)
 from . import adafocus_v2  # noqa: F401  (registered last: earlier layouts are tried first)
 from . import adafocus_v2_sth  # noqa: F401  (the Sth-Sth / Jester form of AdaFocusV2)
+from . import adafocus_v1  # noqa: F401  (AdaFocus V1, ActivityNet / FCVID / Mini-Kinetics form)
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, BackboneWeightsError, FocusEncoder, GlanceEncoder
 from .classifier import ExitClassifier
 from .patches import PatchGeometry

@@ -27,6 +27,11 @@ unwrap = weights.unwrap
 
 FORMAT_NAME = "uniadafocus"
 FORMAT_VERSION = 1
+#: Where official checkpoints keep the model's state dict: ``state_dict`` (Uni-AdaFocus, AdaFocusV2) or
+#: ``model_state_dict`` (AdaFocus V1, beside its per-part entries ``glancer``, ``focuser``, ``fc``, ``policy``).
+OFFICIAL_STATE_ENTRIES = ("state_dict", "model_state_dict")
+#: Where official checkpoints keep their best validation metric (AdaFocus V1: ``best_acc``).
+OFFICIAL_METRIC_ENTRIES = ("best_acc1", "best_acc")
 
 
 class CheckpointError(weights.WeightsError):
@@ -76,7 +81,7 @@ def _layouts(model: Optional[torch.nn.Module] = None):
 
 def checkpoint_num_classes(ckpt: Dict[str, Any], path: str = "checkpoint") -> int:
     """The class count of a raw checkpoint dict (ours or official), read from a class-sized weight."""
-    state = weights.nested_state_dict(ckpt, ("model", "state_dict"))
+    state = weights.nested_state_dict(ckpt, ("model",) + OFFICIAL_STATE_ENTRIES)
     if state is not None:
         for layout in _layouts():
             found = layout.num_classes(state)
@@ -99,7 +104,7 @@ def official_state(ckpt: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
     wrapper prefixes removed; None for our own format."""
     if ckpt.get("format") == FORMAT_NAME:
         return None
-    state = weights.nested_state_dict(ckpt, ("state_dict",))
+    state = weights.nested_state_dict(ckpt, OFFICIAL_STATE_ENTRIES)
     return weights.strip_wrapper_prefixes(state) if state is not None else None
 
 
@@ -112,8 +117,8 @@ def model_state_from_checkpoint(ckpt: Dict[str, Any], path: str = "checkpoint",
     """
     if ckpt.get("format") == FORMAT_NAME:
         state, fmt = ckpt.get("model"), FORMAT_NAME
-    elif isinstance(ckpt.get("state_dict"), dict):
-        state, fmt = ckpt["state_dict"], "official"
+    elif any(isinstance(ckpt.get(entry), dict) for entry in OFFICIAL_STATE_ENTRIES):
+        state, fmt = next(ckpt[e] for e in OFFICIAL_STATE_ENTRIES if isinstance(ckpt.get(e), dict)), "official"
     elif weights.is_state_dict(ckpt):
         state, fmt = ckpt, "state_dict"
     else:
@@ -161,8 +166,10 @@ def load_checkpoint(path: str, model: torch.nn.Module, strict: bool = True) -> L
         extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "model", "epoch",
                                                               "best_metric", "optimizer")}
     else:
-        epoch, best, optimizer = ckpt.get("epoch", 0), ckpt.get("best_acc1"), None
-        extra = {k: v for k, v in ckpt.items() if k not in ("state_dict", "epoch", "best_acc1")} if fmt == "official" else {}
+        best = next((ckpt[k] for k in OFFICIAL_METRIC_ENTRIES if ckpt.get(k) is not None), None)
+        epoch, optimizer = ckpt.get("epoch", 0), None
+        extra = ({k: v for k, v in ckpt.items() if k not in OFFICIAL_STATE_ENTRIES + OFFICIAL_METRIC_ENTRIES + ("epoch",)}
+                 if fmt == "official" else {})
     return LoadedCheckpoint(path=path, format=fmt, epoch=int(_as_number(epoch) or 0), best_metric=_as_number(best),
                             optimizer=optimizer if isinstance(optimizer, dict) and optimizer else None,
                             extra=extra, dropped_keys=dropped)

@@ -1,0 +1,403 @@
+"""AdaFocus V1 (ICCV 2021), the form released for ActivityNet, FCVID and Mini-Kinetics: the evaluation forward.
+
+One patch per frame, chosen by a reinforcement-learning policy over a fixed grid of positions, and a
+recurrent classifier with a prediction after every frame (docs/adafocus-v1.md). For a video of T frames
+(every frame is both a glance and a focus frame):
+
+1. **glance** — every frame, resized to ``glance_size`` (nearest neighbour; the identity at the input
+   size), goes through MobileNetV2: feature maps (B*T, 1280, s, s), s = ceil(glance_size / 32), and their
+   spatial means (B*T, 1280).
+2. **policy** — :class:`GridPatchPolicy`, an actor-critic: each map is encoded to a vector (1x1 conv to 32
+   channels, ReLU, channel-major flatten, Linear, ReLU), a GRU runs over the frames from a zero state, and
+   the actor gives a softmax over the A = n x n grid positions. Evaluation takes the most probable
+   position (argmax); it draws no random number.
+3. **patch** — grid position a is (a // n, a % n) / (n - 1) (vertical first); the top-left corner of the
+   P x P patch is ``floor(position * (input_size - P))`` computed in float32, and the patch is an exact
+   slice of the frame (:func:`crop_integer_patches`; no resampling).
+4. **focus** — ResNet-50 on each patch: pooled features (B*T, 2048).
+5. **classifier** — :class:`RecurrentStepClassifier`: a GRU over concat(glance, focus) features of the
+   frames (from a zero state), dropout, and a linear layer on every step: logits (B, T, C); the prediction
+   is the last step's. Step t has seen frames 0..t.
+
+The GRU of the policy and the policy are causal and the chosen positions never feed back into the policy's
+state, so running every frame at once equals the official frame-by-frame loop.
+
+This module also registers the variant: hyper-parameters, FLOPs of every step counted from the module
+(:func:`adafocus_v1_flops`) and the official checkpoint layout (``glancer.net``, ``focuser.net``,
+``focuser.policy.policy``, ``classifier.gru`` ...; :data:`OFFICIAL_KEYS`). The staged training (with its
+PPO updates) and the Something-Something form are not built here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, NamedTuple, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
+
+#: The grid sizes the official action table offers (5 x 5, 6 x 6, 7 x 7 and 8 x 8 positions).
+ACTION_DIMS = (25, 36, 49, 64)
+#: Output channels of the policy's 1x1 convolution (official constant).
+POLICY_CONV_CHANNELS = 32
+
+
+# --------------------------------------------------------------------------------------------------
+# The action grid and the patch crop
+# --------------------------------------------------------------------------------------------------
+def action_grid(action_dim: int) -> torch.Tensor:
+    """The grid positions of a discrete policy with ``action_dim`` = n * n actions: (A, 2) float32, row a =
+    (a // n, a % n) / (n - 1), i.e. (vertical, horizontal) in [0, 1], row-major."""
+    if action_dim not in ACTION_DIMS:
+        raise ValueError(f"action_dim must be one of {ACTION_DIMS} (a square grid of patch positions), got {action_dim}")
+    n = math.isqrt(action_dim)
+    return torch.tensor([[i / (n - 1), j / (n - 1)] for i in range(n) for j in range(n)], dtype=torch.float32)
+
+
+def patch_corners(positions: torch.Tensor, input_size: int, patch_size: int) -> torch.Tensor:
+    """Grid positions (..., 2) float32 (vertical, horizontal) in [0, 1] -> top-left corners (..., 2) int64
+    ``(y, x) = floor(position * (input_size - P))``, the product taken in float32."""
+    return torch.floor(positions.float() * (input_size - patch_size)).long()
+
+
+def crop_integer_patches(frames: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Exact P x P slices: frames (N, C, H, W), corners (N, 2) int64 (y, x) -> patches (N, C, P, P) with
+    ``patches[n] = frames[n, :, y:y+P, x:x+P]``. Differentiable in the frames."""
+    if frames.dim() != 4 or corners.shape != (frames.shape[0], 2):
+        raise ValueError(f"frames must be (N, C, H, W) and corners (N, 2), got {tuple(frames.shape)} and "
+                         f"{tuple(corners.shape)}")
+    h, w = frames.shape[-2:]
+    if corners.numel() and (corners.min() < 0 or corners[:, 0].max() > h - patch_size
+                            or corners[:, 1].max() > w - patch_size):
+        raise ValueError(f"a {patch_size} x {patch_size} patch at corners {corners.tolist()} leaves the {h} x {w} frame")
+    offsets = torch.arange(patch_size, device=frames.device)
+    rows = (corners[:, 0:1] + offsets).unsqueeze(2)  # (N, P, 1)
+    cols = (corners[:, 1:2] + offsets).unsqueeze(1)  # (N, 1, P)
+    videos = torch.arange(frames.shape[0], device=frames.device).view(-1, 1, 1)
+    return frames.permute(0, 2, 3, 1)[videos, rows, cols].permute(0, 3, 1, 2)  # (N, C, P, P)
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy and classifier
+# --------------------------------------------------------------------------------------------------
+class GridPolicySteps(NamedTuple):
+    """What :class:`GridPatchPolicy` computes for B videos of T frames."""
+
+    actions: torch.Tensor  # (B, T) int64, the most probable grid position
+    probs: torch.Tensor  # (B, T, A) the actor's softmax
+    logits: torch.Tensor  # (B, T, A) the actor's input to the softmax
+    state_values: torch.Tensor  # (B, T) the critic's values
+    encoded: torch.Tensor  # (B, T, H) the per-frame encoder output (GRU input)
+    hidden: torch.Tensor  # (B, T, H) the GRU state after each frame
+
+
+class GridPatchPolicy(nn.Module):
+    """The actor-critic over a grid of patch positions: glance maps (B, T, C, s, s) -> one position per frame.
+
+    ``state_encoder``: Conv2d 1x1 (C -> 32, no bias), ReLU, flatten (channel-major), Linear(32 s s -> H),
+    ReLU; ``gru``: a one-layer GRU (H -> H) over the frames, from zeros; ``actor``: Linear(H -> A), softmax;
+    ``critic``: Linear(H -> 1). Layer indices follow the official actor-critic (state_encoder.0, .3; actor.0;
+    critic.0). Evaluation acts by argmax.
+    """
+
+    def __init__(self, in_channels: int, feature_size: int, hidden_dim: int, action_dim: int):
+        super().__init__()
+        self.state_encoder = nn.Sequential(
+            nn.Conv2d(in_channels, POLICY_CONV_CHANNELS, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(POLICY_CONV_CHANNELS * feature_size * feature_size, hidden_dim),
+            nn.ReLU(),
+        )
+        self.gru = nn.GRU(hidden_dim, hidden_dim, num_layers=1)
+        self.actor = nn.Sequential(nn.Linear(hidden_dim, action_dim), nn.Softmax(dim=-1))
+        self.critic = nn.Sequential(nn.Linear(hidden_dim, 1))
+
+    def forward(self, feature_maps: torch.Tensor) -> GridPolicySteps:
+        """feature_maps (B, T, C, s, s) -> :class:`GridPolicySteps`."""
+        b, t = feature_maps.shape[:2]
+        encoded = self.state_encoder(feature_maps.flatten(0, 1)).view(b, t, -1)  # (B, T, H)
+        hidden, _ = self.gru(encoded.transpose(0, 1))  # (T, B, H): the GRU is step-major
+        hidden = hidden.transpose(0, 1)  # (B, T, H)
+        logits = self.actor[0](hidden)  # (B, T, A)
+        probs = self.actor[1](logits)
+        return GridPolicySteps(probs.argmax(dim=-1), probs, logits, self.critic(hidden).squeeze(-1), encoded, hidden)
+
+
+class RecurrentStepClassifier(nn.Module):
+    """Per-frame features (B, T, D) -> logits (B, T, C): a one-layer GRU (D -> H, from zeros), dropout and
+    Linear(H -> C) on every step. Step t has seen frames 0..t."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.gru = nn.GRU(in_dim, hidden_dim, num_layers=1, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden_dim, num_classes)
+
+    def states(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> GRU outputs (B, T, H)."""
+        return self.gru(features)[0]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.states(features)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class AdaFocusV1Output:
+    """Everything the evaluation forward produces, per frame in temporal order."""
+
+    step_logits: torch.Tensor  # (B, T, C) the classifier after frames 0..t
+    actions: torch.Tensor  # (B, T) int64 grid positions
+    action_probs: torch.Tensor  # (B, T, A) the actor's softmax
+    corners: torch.Tensor  # (B, T, 2) int64 top-left (y, x) of each patch in input pixels
+    glance_features: torch.Tensor  # (B, T, Dg)
+    focus_features: torch.Tensor  # (B, T, Df)
+    patch_size: int = 0
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, C) the prediction: the last step."""
+        return self.step_logits[:, -1]
+
+    @property
+    def stage_logits(self) -> torch.Tensor:
+        """(B, T, C) the prediction after each frame."""
+        return self.step_logits
+
+    @property
+    def validation_logits(self) -> torch.Tensor:
+        """(B, T, C): the official loss is the cross-entropy of every step."""
+        return self.step_logits
+
+    @property
+    def cat_logits(self) -> torch.Tensor:
+        return self.step_logits
+
+    @property
+    def focus_indices(self) -> torch.Tensor:
+        """(B, T) the temporal index of each patch's frame."""
+        b, t = self.actions.shape
+        return torch.arange(t, device=self.actions.device).unsqueeze(0).expand(b, t)
+
+    @property
+    def patch_boxes(self) -> torch.Tensor:
+        """(B, T, 4) the patches as (x1, y1, x2, y2) in input pixels (pixel i covers [i, i+1))."""
+        y1, x1 = self.corners[..., 0].float(), self.corners[..., 1].float()
+        return torch.stack((x1, y1, x1 + self.patch_size, y1 + self.patch_size), dim=-1)
+
+
+class AdaFocusV1(nn.Module):
+    """The AdaFocus V1 network (ActivityNet / FCVID / Mini-Kinetics form), evaluation only. Keyword names
+    match the official configuration keys.
+
+    forward(video) with video (B, T, 3, H, W) or the official flattened layout (B, 3T, H, W), H = W =
+    input_size; uint8 frames are normalised here (ImageNet mean/std), floating frames are taken as
+    normalised. Returns :class:`AdaFocusV1Output`. The model must be in evaluation mode: its training (the
+    official stages 0-3, with PPO for the policy) is not built.
+
+    ``glance_head`` (Dropout 0.2, Linear) and ``focus_head`` (Linear) are the backbones' own classifiers,
+    which only the official stage 0 trains; the forward does not use them. ``hidden_state_dim``: the policy's
+    width; ``hidden_dim``: the classifier GRU's; ``with_glancer=False`` feeds the classifier the focus
+    features alone.
+    """
+
+    variant = "adafocus_v1"
+
+    def __init__(self, num_classes: int, num_segments: int = 16, patch_size: int = 128, input_size: int = 224,
+                 glance_size: int = 224, action_dim: int = 49, hidden_state_dim: int = 1024, hidden_dim: int = 1024,
+                 dropout: float = 0.8, with_glancer: bool = True, pretrained: bool = False,
+                 glance_weights=None, focus_weights=None):
+        super().__init__()
+        if not 0 < patch_size <= input_size:
+            raise ValueError(f"patch_size must be in 1..input_size ({input_size}), got {patch_size}")
+        if num_segments < 1:
+            raise ValueError(f"num_segments must be at least 1, got {num_segments}")
+        if glance_size < 1:
+            raise ValueError(f"glance_size must be positive, got {glance_size}")
+        self.num_classes, self.num_segments, self.patch_size, self.input_size = num_classes, num_segments, patch_size, input_size
+        self.glance_size, self.action_dim, self.with_glancer = glance_size, action_dim, with_glancer
+        self.feature_size = glance_feature_size(glance_size)
+        self.register_buffer("action_table", action_grid(action_dim), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+        self.glance = GlanceEncoder("mbv2", pretrained=pretrained, weights=glance_weights)
+        self.glance_head = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.glance.feature_dim, num_classes))
+        self.focus = FocusEncoder("resnet50", pretrained=pretrained, weights=focus_weights)
+        self.focus_head = nn.Linear(self.focus.feature_dim, num_classes)
+        self.policy = nn.Module()  # the family's policy container; V1 has only a spatial policy
+        self.policy.spatial = GridPatchPolicy(self.glance.feature_dim, self.feature_size, hidden_state_dim, action_dim)
+        classifier_in = self.focus.feature_dim + (self.glance.feature_dim if with_glancer else 0)
+        self.classifier = RecurrentStepClassifier(classifier_in, hidden_dim, num_classes, dropout)
+
+    # ------------------------------------------------------------------------------------------
+    # inputs
+    # ------------------------------------------------------------------------------------------
+    def frames(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) or (B, 3T, H, W) -> normalised (B, T, 3, H, W), checked."""
+        if video.dim() == 4 and video.shape[1] % 3 == 0:
+            video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
+        if video.shape[1] != self.num_segments:
+            raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
+        if video.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
+        if video.dtype == torch.uint8:
+            return (video.float().div_(255.0) - self.pixel_mean) / self.pixel_std
+        return video
+
+    def glance_input(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised frames (N, 3, H, W) -> (N, 3, g, g), g = glance_size: nearest-neighbour resize."""
+        if frames.shape[-2:] == (self.glance_size, self.glance_size):
+            return frames
+        return F.interpolate(frames, size=(self.glance_size, self.glance_size), mode="nearest")
+
+    # ------------------------------------------------------------------------------------------
+    # stages
+    # ------------------------------------------------------------------------------------------
+    def corners_of(self, actions: torch.Tensor) -> torch.Tensor:
+        """Grid indices (...) int64 -> patch corners (..., 2) int64 (y, x) in input pixels."""
+        return patch_corners(self.action_table[actions], self.input_size, self.patch_size)
+
+    def crop(self, frames: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, H, W), corners (N, 2) (y, x) -> patches (N, 3, P, P)."""
+        return crop_integer_patches(frames, corners, self.patch_size)
+
+    def classifier_input(self, glance_features: torch.Tensor, focus_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, Dg), (B, T, Df) -> the classifier's per-frame input (B, T, Dg + Df), or (B, T, Df)."""
+        return torch.cat((glance_features, focus_features), dim=2) if self.with_glancer else focus_features
+
+    @property
+    def num_exit_stages(self) -> int:
+        """T: a prediction after each frame."""
+        return self.num_segments
+
+    def forward(self, video: torch.Tensor) -> AdaFocusV1Output:
+        if self.training:
+            raise RuntimeError("adafocus_v1 runs in evaluation mode only (model.eval()): its staged training "
+                               "with PPO is not built")
+        frames = self.frames(video)  # (B, T, 3, H, W)
+        b, t = frames.shape[:2]
+        fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))  # (B*T, Dg, s, s), (B*T, Dg)
+        steps = self.policy.spatial(fmap.view(b, t, *fmap.shape[1:]))
+        corners = self.corners_of(steps.actions)  # (B, T, 2)
+        patches = self.crop(frames.flatten(0, 1), corners.flatten(0, 1))  # (B*T, 3, P, P)
+        focus_features = self.focus(patches).view(b, t, -1)  # (B, T, Df)
+        glance_features = glance_features.view(b, t, -1)
+        step_logits = self.classifier(self.classifier_input(glance_features, focus_features))  # (B, T, C)
+        return AdaFocusV1Output(step_logits, steps.actions, steps.probs, corners, glance_features, focus_features,
+                                self.patch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs of every step, counted from the module
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class AdaFocusV1Flops:
+    """GMACs (the papers' GFLOPs) of what the forward runs for one frame, counted on dummy inputs of the
+    configured size. Every frame costs the same, so the prediction after t + 1 frames costs (t + 1) x the sum."""
+
+    glance_frame: float  # the resize and MobileNetV2 on one frame
+    policy_step: float  # state encoder, one GRU step and the actor
+    focus_patch: float  # ResNet-50 on one P x P patch (the crop is a slice: no arithmetic)
+    classifier_step: float  # one classifier GRU step and its linear layer
+    num_frames: int
+
+    @property
+    def per_frame(self) -> float:
+        return self.glance_frame + self.policy_step + self.focus_patch + self.classifier_step
+
+    def stages(self) -> List[float]:
+        """GFLOPs of every prediction: [after 1 frame, ..., after T frames]."""
+        return [(t + 1) * self.per_frame for t in range(self.num_frames)]
+
+
+def adafocus_v1_flops(model: AdaFocusV1) -> AdaFocusV1Flops:
+    """Count every per-frame component of ``model`` (an :class:`AdaFocusV1`)."""
+    from .flops import count_gmacs, counting  # models.flops imports the main network, not this one
+
+    policy, classifier = model.policy.spatial, model.classifier
+    with counting(model) as zeros:
+        return AdaFocusV1Flops(
+            glance_frame=count_gmacs(lambda x: model.glance(model.glance_input(x)),
+                                     zeros(1, 3, model.input_size, model.input_size)),
+            policy_step=count_gmacs(policy, zeros(1, 1, model.glance.feature_dim, model.feature_size, model.feature_size)),
+            focus_patch=count_gmacs(model.focus, zeros(1, 3, model.patch_size, model.patch_size)),
+            classifier_step=count_gmacs(classifier, zeros(1, 1, classifier.gru.input_size)),
+            num_frames=model.num_segments)
+
+
+# --------------------------------------------------------------------------------------------------
+# The official checkpoint layout (662 keys for ActivityNet, A = 49, 224-px glance)
+# --------------------------------------------------------------------------------------------------
+#: The official acting copy of the actor-critic. The official code loads the same checkpoint entry into it
+#: and into the trained copy and copies the trained one over it after every update, so the two are equal
+#: in every checkpoint; only the trained copy is kept here.
+ACTING_COPY = "focuser.policy.policy_old."
+
+OFFICIAL_KEYS = PrefixMap(
+    pairs=(
+        ("glancer.net.classifier.", "glance_head."),
+        ("glancer.net.", "glance."),
+        ("focuser.net.fc.", "focus_head."),
+        ("focuser.net.", "focus."),
+        ("focuser.policy.policy.", "policy.spatial."),
+        ("classifier.", "classifier."),
+    ),
+    # The torchvision-layout ResNet-50 focuser and the actor-critic inside it are this tree's alone.
+    detect_prefixes=("focuser.net.conv1.", "focuser.policy.policy."),
+    order=("glancer.net.", "glancer.net.classifier.", "focuser.net.", "focuser.net.fc.", "focuser.policy.policy.",
+           ACTING_COPY, "classifier."),
+    unused=(ACTING_COPY,),
+)
+
+
+def detect_official(keys: Iterable[str]) -> bool:
+    """Whether state-dict keys (without wrapper prefixes) are an official AdaFocus V1 (ACT) state dict."""
+    return OFFICIAL_KEYS.detect(keys)
+
+
+def convert_official(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+    """Official state dict -> (our state dict, dropped acting-copy keys, unknown keys)."""
+    return OFFICIAL_KEYS.convert(state)
+
+
+def official_manifest(model: AdaFocusV1) -> List[Tuple[str, List[int], str]]:
+    """The official state-dict manifest ``[key, shape, dtype]`` of a configuration, in official order,
+    including the acting copy of the actor-critic (the trained copy's entries again)."""
+    trained = "focuser.policy.policy."
+    acting = [(ACTING_COPY + key[len(trained):], shape, dtype) for key, shape, dtype in OFFICIAL_KEYS.manifest(model)
+              if key.startswith(trained)]
+    return OFFICIAL_KEYS.manifest(model, extra=acting)
+
+
+ADAFOCUS_V1 = register_variant(Variant(
+    name="adafocus_v1",
+    summary="AdaFocus V1 (ActivityNet / FCVID / Mini-Kinetics form): MobileNetV2 glance, an actor-critic "
+            "choosing one of A grid positions per frame for a P x P patch, ResNet-50 focus, GRU classifier",
+    build=AdaFocusV1,
+    hyper_parameters=("num_segments", "patch_size", "input_size", "glance_size", "action_dim", "hidden_state_dim",
+                      "hidden_dim", "dropout", "with_glancer", "pretrained", "glance_weights", "focus_weights"),
+    encoders={"glance": ("mbv2",), "focus": ("resnet50",)},
+    policy="spatial: a GRU actor-critic over the frames' encoded glance maps picks one of A = n x n grid "
+           "positions per frame (argmax in evaluation); no temporal policy (every frame is processed)",
+    classifier="a GRU over concat(glance, focus) features of the frames, a linear layer on every step",
+    exits="T stages: the prediction after each frame",
+    frame_source="candidates",
+    objective_terms=("cat",),
+    flops=adafocus_v1_flops,
+    checkpoint=CheckpointLayout(name="official AdaFocus V1", detect=detect_official, convert=convert_official,
+                                manifest=official_manifest, class_weight_keys=("classifier.fc.weight",)),
+    datasets=("actnet", "fcvid", "minik"),
+    # The README evaluation command (ActivityNet, P = 128, A = 49).
+    defaults={"num_segments": 16, "patch_size": 128},
+))
