@@ -25,6 +25,7 @@ import subprocess
 from fractions import Fraction
 from typing import List, Optional, Tuple
 
+import numpy as np
 from PIL import Image
 
 from .frames import count_frames
@@ -46,8 +47,8 @@ def output_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
     return max(1, int(math.floor(width * short_side / height + 0.5))), short_side
 
 
-#: Counter-clockwise display rotation (degrees, from the stream's display matrix) -> PIL transpose.
-_ROTATIONS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+#: Counter-clockwise display rotation (degrees, from the stream's display matrix) -> quarter turns.
+_QUARTER_TURNS = {90: 1, 180: 2, 270: 3}
 
 
 def _round_half_up(x: Fraction) -> int:
@@ -146,12 +147,25 @@ class _FrameWriter:
                 shutil.copyfile(first, path)
 
 
-def frame_to_image(frame, short_side: int):
-    """A decoded frame -> PIL image, short side scaled (bicubic) and display rotation applied."""
+def frame_to_array(frame, short_side: int, reformatter=None) -> np.ndarray:
+    """A decoded frame -> uint8 RGB ``(h, w, 3)``, short side scaled (bicubic) and display rotation applied.
+
+    One swscale call to packed RGB (bicubic, also at the frame's own size, where it is exact for RGB
+    sources) read straight into numpy; a rotated frame is a rotated view. ``reformatter``: a PyAV
+    ``VideoReformatter`` to reuse (one per thread) instead of a new one per frame.
+    """
     w, h = output_size(frame.width, frame.height, short_side)
-    image = frame.to_image(width=w, height=h, interpolation="BICUBIC")
-    turn = _ROTATIONS.get(int(round(getattr(frame, "rotation", 0) or 0)) % 360)
-    return image.transpose(turn) if turn is not None else image
+    if reformatter is not None:
+        pixels = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    else:
+        pixels = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BICUBIC")
+    turns = _QUARTER_TURNS.get(int(round(getattr(frame, "rotation", 0) or 0)) % 360)
+    return np.rot90(pixels, turns) if turns else pixels
+
+
+def frame_to_image(frame, short_side: int) -> Image.Image:
+    """:func:`frame_to_array` as a PIL image."""
+    return Image.fromarray(np.ascontiguousarray(frame_to_array(frame, short_side)))
 
 
 def extract_pyav(source: str, folder: str, template: str, short_side: int, fps: Optional[float],

@@ -41,9 +41,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import FrameError
-from .frames import MISSING_POLICIES, Box, copy_pixels
+from .frames import MISSING_POLICIES, Box
 from .lists import VideoRecord
-from .video import claimed_frames, declared_duration, falls_short, frame_to_image, native_rate
+from .video import claimed_frames, declared_duration, falls_short, frame_to_array, native_rate
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,8 @@ class VideoFrameReader:
         frames = _DecodedFrames(self.video, timing)
         try:
             for index, frame in frames.take(sorted(rows)):
-                state.put(rows[index], frame_to_image(frame, 0), int(state.numbers[rows[index][0]]))
+                pixels = frame_to_array(frame, 0, frames.reformatter)
+                state.put(rows[index], pixels, int(state.numbers[rows[index][0]]))
         finally:
             frames.close()
             self.decoded += frames.decoded
@@ -305,16 +306,19 @@ class _Output:
         self.size: Optional[Tuple[int, int]] = None
         self.first = 0
 
-    def put(self, rows: List[int], image, number: int) -> None:
+    def put(self, rows: List[int], pixels: np.ndarray, number: int) -> None:
+        """Store frame ``number``, uint8 RGB ``pixels`` ``(h, w, 3)``, in ``rows`` (its crop region)."""
+        size = (pixels.shape[1], pixels.shape[0])
         if self.out is None:
-            self.size, self.first = image.size, number
+            self.size, self.first = size, number
             if self.expected is not None:
-                self.reader.check_size(number, image.size, *self.expected)
-            self.region = self.crop(*image.size) if self.crop else (0, 0) + image.size
+                self.reader.check_size(number, size, *self.expected)
+            self.region = self.crop(*size) if self.crop else (0, 0) + size
             self.out = np.empty((self.count, self.region[3], self.region[2], 3), dtype=np.uint8)
         else:
-            self.reader.check_size(number, image.size, self.size, self.first)
-        copy_pixels(image, self.region, self.out[rows[0]])
+            self.reader.check_size(number, size, self.size, self.first)
+        x, y, w, h = self.region
+        self.out[rows[0]] = pixels[y:y + h, x:x + w]
         for row in rows[1:]:
             self.out[row] = self.out[rows[0]]
         for row in rows:
@@ -327,11 +331,14 @@ class _DecodedFrames:
     def __init__(self, video: str, timing: VideoTiming):
         self.video, self.timing = video, timing
         self.container = None
+        self.reformatter = None
         self.stopped = ""
         self.decoded = 0
 
     def _open(self):
         import av
+        from av.video.reformatter import VideoReformatter
+        self.reformatter = VideoReformatter()                          # one conversion context per open video
         if self.container is not None:
             self.container.close()
         self.container = av.open(self.video)

@@ -162,6 +162,33 @@ def test_every_frame_equals_the_extracted_image(both):
             assert np.array_equal(pixels[row], extracted), (name, k)
 
 
+@pytest.mark.parametrize("short_side", [0, 36])
+def test_conversion_equals_pillow_bicubic_and_transpose(videos, short_side):
+    """The RGB conversion (one swscale call to a numpy array, a rotated view) gives the pixels of PyAV's PIL
+    conversion with the same bicubic scaling followed by PIL's transpose, for an RGB and a YUV source, at
+    the frame's size and scaled, with and without a display rotation."""
+    from PIL import Image
+    from av.video.reformatter import VideoReformatter
+    from datasets.video import frame_to_array, output_size
+    turn = {0: None, 90: Image.Transpose.ROTATE_90}
+    for name in ("intra.mkv", "gop.mp4", "rotated.mp4"):
+        with av.open(str(videos / name)) as container:
+            stream = container.streams.video[0]
+            reformatter = VideoReformatter()
+            for k, frame in enumerate(container.decode(stream)):
+                if k % 5:
+                    continue
+                w, h = output_size(frame.width, frame.height, short_side)
+                image = frame.to_image(width=w, height=h, interpolation="BICUBIC")
+                rotation = int(round(frame.rotation or 0)) % 360
+                if turn[rotation] is not None:
+                    image = image.transpose(turn[rotation])
+                assert (name == "rotated.mp4") == (rotation == 90)
+                assert np.array_equal(frame_to_array(frame, short_side), np.asarray(image)), (name, k)
+                assert np.array_equal(frame_to_array(frame, short_side, reformatter), np.asarray(image)), (name, k)
+                assert np.array_equal(np.asarray(frame_to_image(frame, short_side)), np.asarray(image)), (name, k)
+
+
 def test_training_draws_equal_the_frame_folders(both):
     by_frames, by_video = _pair(both, train=True)
     assert [r.num_frames for r in by_video.records] == [r.num_frames for r in by_frames.records]
