@@ -2,6 +2,7 @@
 
     python -m scripts.bench_video                                # the test videos ($UNIADAFOCUS_TEST_VIDEOS)
     python -m scripts.bench_video --videos DIR --short_side 0    # your videos, frames extracted at full size
+    python -m scripts.bench_video --synthetic_key_frames 250     # synthetic H.264 videos, a key frame every 250
 
 The videos are extracted once into a temporary folder (``python -m datasets.extract``: JPEG at
 ``--quality``, short side ``--short_side``, the video's own rate), and the same videos are read two
@@ -16,6 +17,11 @@ the needed frames and those between a key frame and a needed frame), as a share 
 videos, beside the distinct frames a clip needs (what the frame-folder side decodes). Note that the
 video side decodes at the video's own size: with ``--short_side`` below it the frame folders hold
 smaller images.
+
+``--synthetic_key_frames N`` benches synthetic videos instead (:mod:`datasets.synthetic` with
+``video_files=True, video_codec='h264'``: libx264 at constant quality 18, two B-frames, a key frame
+every N frames; ``--synthetic_videos`` videos of ``--synthetic_frames`` frames of 320x240), written
+into the temporary folder first.
 """
 from __future__ import annotations
 
@@ -39,6 +45,20 @@ TEMPLATE = "image_{:05d}.jpg"
 
 def default_videos() -> str:
     return os.environ.get("UNIADAFOCUS_TEST_VIDEOS") or os.path.expanduser("~/.cache/uniadafocus/test-videos")
+
+
+def synthetic_videos(work: str, key_frames: int, count: int, frames: int) -> str:
+    """Write ``count`` synthetic H.264 videos with a key frame every ``key_frames`` frames; their folder."""
+    from datasets import synthetic
+    root = os.path.join(work, "synthetic")
+    synthetic.generate(root, train_videos=1, val_videos=count, frames_per_video=frames, frame_size=(320, 240),
+                       video_files=True, video_codec="h264", key_frame_interval=key_frames, workers=1)
+    folder = os.path.join(work, "synthetic_videos")
+    os.makedirs(folder)
+    for name in sorted(os.listdir(os.path.join(root, "frames"))):
+        if name.startswith("val_"):
+            os.rename(os.path.join(root, "frames", name), os.path.join(folder, name))
+    return folder
 
 
 def prepare(videos: str, work: str, short_side: int, quality: int) -> tuple:
@@ -101,13 +121,26 @@ def main(argv=None) -> int:
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--clips", type=int, default=8, help="clips per round and side")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--synthetic_key_frames", type=int, default=0,
+                   help="bench synthetic H.264 videos with a key frame every this many frames instead of --videos")
+    p.add_argument("--synthetic_videos", type=int, default=4, help="with --synthetic_key_frames: how many videos")
+    p.add_argument("--synthetic_frames", type=int, default=300, help="with --synthetic_key_frames: frames per video")
     args = p.parse_args(argv)
-    if not os.path.isdir(args.videos):
+    if args.synthetic_key_frames < 0 or args.synthetic_videos < 1 or args.synthetic_frames < 3:
+        print("error: --synthetic_key_frames must be >= 0, --synthetic_videos >= 1 and --synthetic_frames >= 3",
+              file=sys.stderr)
+        return 2
+    if not args.synthetic_key_frames and not os.path.isdir(args.videos):
         print(f"error: --videos {args.videos}: no such folder (scripts/fetch_test_videos.sh DEST fetches "
               f"the test videos)", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench_video_") as work:
+        if args.synthetic_key_frames:
+            args.videos = synthetic_videos(work, args.synthetic_key_frames, args.synthetic_videos,
+                                           args.synthetic_frames)
+            print(f"{args.synthetic_videos} synthetic H.264 videos, {args.synthetic_frames} frames of 320x240, "
+                  f"a key frame every {args.synthetic_key_frames}")
         data, names, counts = prepare(args.videos, work, args.short_side, args.quality)
         total = sum(counts)
         print(f"T0={args.num_segments}, input {args.input_size}, one thread, {args.rounds} rounds x {args.clips} "
