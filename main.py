@@ -202,6 +202,7 @@ def _resumed_epoch(args, run_dir: str) -> int:
 
 def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     started = time.time()
+    get_variant(args.variant).require_entry_points()  # before anything is built or written
     used = set(get_variant(args.variant).hyper_parameters)  # e.g. --glance_size is x3d's
     for name in args.explicit:
         if name in UNUSED_OFFICIAL_FLAGS and name not in used:

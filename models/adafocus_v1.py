@@ -400,4 +400,7 @@ ADAFOCUS_V1 = register_variant(Variant(
     datasets=("actnet", "fcvid", "minik"),
     # The README evaluation command (ActivityNet, P = 128, A = 49).
     defaults={"num_segments": 16, "patch_size": 128},
+    not_in_entry_points="only its evaluation forward is built so far (models.adafocus_v1 from Python: load an "
+                        "official checkpoint with ops.checkpoint.load_checkpoint); its staged training with the PPO "
+                        "policy and its evaluation through main.py, test_early_exit.py and the scripts are not",
 ))

@@ -78,6 +78,14 @@ class Variant:
     #: floor(T_L * T_G / T0) (``ops.objective.default_mc_draws``).
     mc_draws: Optional[Callable[[int, int, int], int]] = None
     defaults: Dict[str, Any] = field(default_factory=dict)  # flag values when the command line sets none
+    #: Why the entry points (main.py, test_early_exit.py, the scripts) cannot run this variant yet ("" when
+    #: they can): :meth:`require_entry_points` refuses it in one line; the model itself is usable from Python.
+    not_in_entry_points: str = ""
+
+    def require_entry_points(self) -> None:
+        """Stop with one line when the entry points cannot run this variant yet."""
+        if self.not_in_entry_points:
+            raise SystemExit(f"--variant {self.name}: {self.not_in_entry_points}")
     choices: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)  # flags this variant restricts
 
     def __post_init__(self):

@@ -255,6 +255,7 @@ def build_model(args, num_classes: int, info: dist_ops.DistInfo):
 
     Evaluating a checkpoint loads no pretrained backbone weights: the checkpoint replaces them all.
     """
+    models.get_variant(args.variant).require_entry_points()
     settings = device_settings(args, info)
     apply_device_settings(settings)
     if args.evaluate and args.resume:

@@ -179,6 +179,7 @@ def main(argv=None) -> int:
         variant = get_variant(cfg["variant"])
     except KeyError as exc:
         raise SystemExit(f"--variant: {exc.args[0]}") from None
+    variant.require_entry_points()
     model = variant.build(num_classes=num_classes, **{k: v for k, v in cfg.items() if k in variant.hyper_parameters})
     try:
         load_checkpoint(args.checkpoint, model)

@@ -274,3 +274,23 @@ def test_every_step_costs_the_same_and_the_video_matches_the_official_figure(rea
                       + batchnorm_outputs(model.focus, torch.zeros(1, 3, 128, 128)))
     assert stages[-1] + 16 * thop_extra == pytest.approx(VIDEO_GFLOPS_P128, rel=0.01)
     assert stages[-1] == pytest.approx(VIDEO_GFLOPS_P128, rel=0.03)  # MACs alone: 2.5 % below the helper's
+
+
+@pytest.mark.parametrize("mode", [["--epochs", "1", "--batch_size", "4"], ["--evaluate"]])
+def test_main_py_refuses_the_variant_in_one_line_until_its_entry_points_are_built(tmp_path, mode):
+    """Only the evaluation forward is built: main.py says so in one line, before it builds or writes anything."""
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    synthetic = '{"train_videos": 8, "val_videos": 4, "frames_per_video": 8, "frame_size": 64, "num_classes": 3}'
+    result = subprocess.run([sys.executable, "main.py", "--variant", "adafocus_v1", "--dataset", "synthetic",
+                             "--data_dir", str(tmp_path / "data"), "--root_log", str(tmp_path / "runs"), "--synthetic",
+                             synthetic, "--num_segments", "4", "--input_size", "64", "--patch_size", "32",
+                             "--no-pretrained", "--workers", "0", "--device", "cpu", *mode],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: --variant adafocus_v1: {get_variant('adafocus_v1').not_in_entry_points}"]
+    assert not (tmp_path / "runs").exists()
