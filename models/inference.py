@@ -200,7 +200,10 @@ def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last:
     fast = copy.deepcopy(model).eval()
     on_cpu = next(fast.parameters()).device.type == "cpu"
     fast.focus_chunk = focus_chunk if focus_chunk is not None else (CPU_FOCUS_CHUNK if on_cpu else None)
-    for p in fast.parameters():
+    # Only the focus encoder's parameters stop requiring gradients: on a CPU, some kernels take another
+    # path for parameters that do not (measured: AdaFocusV2's GRU policy moved its actions by 2.4e-7), and
+    # everything upstream of the decisions must run exactly as in the model. Evaluation runs under no_grad.
+    for p in fast.focus.parameters():
         p.requires_grad_(False)
     if fold_bn:
         fold_batchnorm(fast.focus)

@@ -454,3 +454,16 @@ def test_crop_gradient_unit_case_is_exact(fixture_path):
     assert torch.equal(patches.detach(), case["patches"])
     assert torch.equal(loss.detach(), case["loss"])
     assert torch.equal(actions.grad, case["actions_grad"])
+
+
+def test_inference_copy_decides_as_the_model(run):
+    """CPU evaluation's inference copy (models.inference) keeps the glance and the policy as trained: the
+    same patch positions bit for bit; only the focus side is folded, to float rounding."""
+    from models.inference import prepare_for_inference
+
+    with torch.no_grad():
+        fast = prepare_for_inference(run["model"])(run["raw"])
+    plain = run["out"]
+    assert torch.equal(fast.actions, plain.actions) and torch.equal(fast.patch_boxes, plain.patch_boxes)
+    assert torch.equal(fast.glance_features, plain.glance_features)
+    torch.testing.assert_close(fast.exit_logits, plain.exit_logits, atol=1e-4, rtol=1e-4)

@@ -270,3 +270,15 @@ def test_our_manifest_equals_the_official_manifest(manifest_path):
     assert detect_official(keys)
     model = model_of_manifest(entries)
     assert [list(e) for e in official_manifest(model)] == [[k, list(s), d] for k, s, d in entries]
+
+
+def test_inference_copy_decides_as_the_model(run):
+    """CPU evaluation's inference copy (models.inference) keeps the glance and the policy as trained: the
+    same box bit for bit; only the focus side is folded, to float rounding."""
+    from models.inference import prepare_for_inference
+
+    with torch.no_grad():
+        fast = prepare_for_inference(run["model"])(run["focus"], glance=run["glance"])
+    plain = run["out"]
+    assert torch.equal(fast.actions, plain.actions) and torch.equal(fast.glance_features, plain.glance_features)
+    torch.testing.assert_close(fast.prediction, plain.prediction, atol=1e-4, rtol=1e-4)
