@@ -30,7 +30,7 @@ module (:func:`adafocus_v2_flops`) and the official checkpoint layout (``policy_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -42,6 +42,7 @@ from .backbones import (FOCUS_ARCHS, FocusEncoder, GlanceEncoder, glance_feature
 from .classifier import ExitMLP, _heads
 from .patches import sample_boxes
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .outputs import detach_output
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: Glance architectures: MobileNetV2 on the full frame, ResNet-50 on a small copy. ``res50`` is the
@@ -249,14 +250,7 @@ class AdaFocusV2Output:
         return self.focus_logits
 
     def detach(self) -> "AdaFocusV2Output":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                values[name] = value.detach()
-        if self.random_pass is not None:
-            values["random_pass"] = FocusPathV2(*(getattr(self.random_pass, f.name).detach()
-                                                  for f in fields(FocusPathV2)))
-        return AdaFocusV2Output(**values)
+        return detach_output(self)
 
 
 class AdaFocusV2(nn.Module):

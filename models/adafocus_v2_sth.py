@@ -26,7 +26,7 @@ counted from the module (:func:`adafocus_v2_tsm_flops`) and the official checkpo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -37,6 +37,7 @@ from .backbones import FOCUS_ARCHS, glance_feature_size, mbv2_flat_to_torchvisio
 from .inference import call_in_chunks
 from .tsm import shifted_encoders, tsn_heads
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .outputs import detach_output
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: Widths of the policy's two hidden linear layers (official constants).
@@ -170,14 +171,7 @@ class AdaFocusV2TSMOutput:
         return self.focus_logits.mean(dim=1, keepdim=True)
 
     def detach(self) -> "AdaFocusV2TSMOutput":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                values[name] = value.detach()
-        if self.random_pass is not None:
-            values["random_pass"] = FocusPassV2TSM(*(getattr(self.random_pass, f.name).detach()
-                                                     for f in fields(FocusPassV2TSM)))
-        return AdaFocusV2TSMOutput(**values)
+        return detach_output(self)
 
 
 class AdaFocusV2TSM(nn.Module):

@@ -39,7 +39,7 @@ may leave frames undecoded until the policy has chosen (``datasets.selected_fram
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -50,6 +50,7 @@ from .classifier import ExitClassifier
 from . import frame_selection
 from .inference import call_in_chunks
 from .patches import PatchGeometry
+from .outputs import detach_output
 from .policy import Policy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -183,14 +184,7 @@ class UniAdaFocusOutput:
         return self.exit_logits
 
     def detach(self) -> "UniAdaFocusOutput":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                values[name] = value.detach()
-        if self.random_pass is not None:
-            values["random_pass"] = FocusPass(*(t.detach() for t in (
-                self.random_pass.exit_logits, self.random_pass.focus_logits, self.random_pass.focus_actions)))
-        return UniAdaFocusOutput(**values)
+        return detach_output(self)
 
 
 class UniAdaFocus(nn.Module):

@@ -210,3 +210,20 @@ def test_zero_init_residual_is_refused_where_it_cannot_apply(capsys):
         with pytest.raises(SystemExit):
             config.parse_args(flags)
         assert message in capsys.readouterr().err
+
+
+def test_a_detached_output_keeps_every_field_and_detaches_every_tensor_nested_ones_too():
+    """``output.detach()`` of a training forward (with its random-patch pass) for every variant's output
+    type that has one: the same values, no gradient history, the non-tensor fields kept."""
+    model = tiny_model().train()
+    video = torch.randn(2, 8, 3, 64, 64)
+    out = model(video, generator=torch.Generator().manual_seed(0))
+    assert out.random_pass is not None and out.exit_logits.requires_grad
+    detached = out.detach()
+    assert type(detached) is type(out) and type(detached.random_pass) is type(out.random_pass)
+    for name, value in vars(out).items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(getattr(detached, name), value) and not getattr(detached, name).requires_grad, name
+    for name, value in vars(out.random_pass).items():
+        assert torch.equal(getattr(detached.random_pass, name), value)
+        assert not getattr(detached.random_pass, name).requires_grad, name
