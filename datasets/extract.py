@@ -197,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100")
     p.add_argument("--val_fraction", type=float, default=0.2, help="share of each class put in val (class folders)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    p.add_argument("--allow_truncated", action="store_true", help="keep videos that end early or fail mid-way")
+    p.add_argument("--allow_truncated", action=argparse.BooleanOptionalAction, default=False, help="keep videos that end early or fail mid-way")
     p.add_argument("--extensions", nargs="+", default=list(VIDEO_EXTENSIONS), help="video file extensions")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bar")
     return p
 
 

@@ -143,7 +143,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--focus_arch", default="resnet50")
     parser.add_argument("--accounting", choices=("measured", "official"), default="measured",
                         help="'measured': what the adaptive runtime spends; 'official': the official table's rule")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help="print JSON instead of a table")
     return parser
 
 

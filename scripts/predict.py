@@ -63,10 +63,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="frame file pattern for a frame folder, e.g. image_{:05d}.jpg")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object per video (one per line) instead of text")
-    p.add_argument("--plain_model", action="store_true",
+    p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False, help="print one JSON object per video (one per line) instead of text")
+    p.add_argument("--plain_model", action=argparse.BooleanOptionalAction, default=False,
                    help="run the model as trained instead of its CPU inference copy (models/inference.py)")
-    p.add_argument("--bf16_focus", action="store_true",
+    p.add_argument("--bf16_focus", action=argparse.BooleanOptionalAction, default=False,
                    help="CPU: the focus encoder under bfloat16 autocast, the glance in float32 (AVX512-BF16 or AMX)")
     g = p.add_argument_group("model sizes", "main.py's flags of the same names, for official release files (our "
                                             "checkpoints record their own; a flag that contradicts them is an error)")

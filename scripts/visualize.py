@@ -51,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="draw these video files or frame folders instead of dataset videos (needs --resume)")
     g.add_argument("--short_side", type=int, default=360, help="with --files: decode-time short side")
     g.add_argument("--out", default="uniadafocus_frames.png", help="PNG grid to write")
-    g.add_argument("--gif", action="store_true",
+    g.add_argument("--gif", action=argparse.BooleanOptionalAction, default=False,
                    help="also write OUT_STEM_<index>.gif per video (<index>: the --videos index or the --files position)")
     g.add_argument("--thumb", type=int, default=96, help="thumbnail side in pixels")
     return parser

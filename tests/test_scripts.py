@@ -324,3 +324,23 @@ def test_glance_probe_trains_the_glance_alone_and_reports_its_accuracy_on_the_ob
     with pytest.raises(SystemExit):
         probe_glance.main_cli(["--config", str(preset), "--set", "glance_size"])
     assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def test_every_on_off_switch_of_the_user_commands_has_its_no_form():
+    """main.py, test_early_exit.py, predict, visualize, extraction and the FLOPs table: no store_true switch is
+    left without its --no- form (a preset or a saved config that turns one on can be turned off again)."""
+    import argparse
+
+    import test_early_exit
+    from datasets import extract
+    from models import flops
+    from ops import config
+    from scripts import predict, visualize
+
+    parsers = {"main.py": config.get_args_parser(), "test_early_exit.py": test_early_exit.get_args_parser(),
+               "predict": predict.get_args_parser(), "visualize": visualize.get_args_parser(),
+               "extract": extract.build_parser(), "flops": flops._build_parser()}
+    for name, parser in parsers.items():
+        left = [a.option_strings[0] for a in parser._actions if isinstance(a, argparse._StoreTrueAction)]
+        assert left == [], (name, left)
+    assert predict.get_args_parser().parse_args(["x.mp4", "--checkpoint", "c.pth", "--json", "--no-json"]).json is False
