@@ -64,8 +64,10 @@ CACHE_VERSION = 1
 def get_args_parser() -> argparse.ArgumentParser:
     parser = config.get_args_parser()
     parser.prog = "test_early_exit.py"
-    parser.description = "Early-exit threshold solving and budget sweeps for Uni-AdaFocus."
-    g = parser.add_argument_group("early exit")
+    parser.description = ("Early-exit threshold solving and budget sweeps for every variant with exits (each with "
+                          "its official grid).")
+    g = config.own_options_first(parser, "early exit", "the sweep and its thresholds; main.py's flags (further "
+                                                       "below) give the data, the model and its checkpoint")
     g.add_argument("--criterion", nargs="+", default=["entropy"], choices=early_exit.CRITERIA,
                    help="exit criteria to sweep (entropy is the paper's; confidence the official max raw logit)")
     g.add_argument("--threshold_set", choices=("train", "val"), default="train",

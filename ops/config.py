@@ -71,6 +71,13 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def own_options_first(parser: argparse.ArgumentParser, title: str, description: Optional[str] = None):
+    """A new option group of an entry point that extends main.py's parser, listed first by ``--help``."""
+    group = parser.add_argument_group(title, description)
+    parser._action_groups.insert(0, parser._action_groups.pop())
+    return group
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """main.py's flags: every official flag with its name and meaning, and ours."""
     p = ArgumentParser("Uni-AdaFocus", description=DESCRIPTION, allow_abbrev=False,

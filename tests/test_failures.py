@@ -369,6 +369,15 @@ def test_visualize_help_starts_with_its_own_description_and_options():
     assert sections[:3] == ["visualisation:", "options:", "data:"], sections
 
 
+def test_test_early_exit_help_starts_with_its_own_description_and_options():
+    import test_early_exit
+
+    text = test_early_exit.get_args_parser().format_help()
+    assert text.split("\n\n")[1].startswith("Early-exit threshold solving")
+    sections = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert sections[:3] == ["early exit:", "options:", "data:"], sections
+
+
 def test_predict_and_probe_help_name_the_script_and_group_the_model_sizes(capsys):
     from scripts import predict, probe_glance, probe_spatial
 
