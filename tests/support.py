@@ -78,11 +78,50 @@ def fixture_generator(fixture_path: Path, fixture: dict):
 
 
 def fixture_manifest_path(fixture_path: Path, fixture: dict) -> Path:
-    """The manifest a parity fixture names (``manifest``), in its folder or the folder above."""
+    """The manifest a parity fixture names (``manifest``), in its folder or the folder above; a fixture that
+    names none (the mn2_r50 ones) has the official file name of its configuration,
+    ``uni_adafocus_{dataset}_p{patch_size}_state_dict.json``, in its folder."""
+    cfg = fixture.get("config", {})
+    name = fixture.get("manifest") or f"uni_adafocus_{cfg.get('dataset')}_p{cfg.get('patch_size')}_state_dict.json"
     for folder in (fixture_path.parent, fixture_path.parent.parent):
-        if (folder / fixture["manifest"]).is_file():
-            return folder / fixture["manifest"]
-    raise FileNotFoundError(f"{fixture['manifest']} (named by {fixture_path})")
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{name} (the manifest of {fixture_path})")
+
+
+def fixture_checkpoint(fixture_path: Path, fixture: dict, folder: Path):
+    """The fixture's synthetic official checkpoint, made by its generator from its manifest and
+    ``checkpoint_seed``, checked against its ``state_dict_sha256`` and written to ``folder/ckpt.pth.tar``:
+    (that path, the manifest)."""
+    generator = fixture_generator(fixture_path, fixture)
+    manifest = generator.load_manifest(fixture_manifest_path(fixture_path, fixture))
+    ckpt = generator.make_checkpoint(manifest, fixture["checkpoint_seed"])
+    if "state_dict" in ckpt:  # DataParallel / DDP layout: the digest is over the unprefixed state dict
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
+    else:  # a layout that splits the state over several entries (AdaFocus V1)
+        state = generator.make_state_dict(manifest, fixture["checkpoint_seed"])
+    assert generator.state_dict_digest(state) == fixture["state_dict_sha256"], \
+        f"the synthetic checkpoint differs from the one {fixture_path.name} was made with"
+    path = Path(folder) / "ckpt.pth.tar"
+    torch.save(ckpt, path)
+    return path, manifest
+
+
+class Capture:
+    """Forward hooks recording the outputs of named submodules during a forward: ``values[name]``."""
+
+    def __init__(self, modules: dict):
+        self.values = {}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name):
+        def record(module, inputs, output):
+            self.values[name] = output
+        return record
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
 
 def manifest_entries(path: Path) -> list:

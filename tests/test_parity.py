@@ -29,7 +29,7 @@ from models.mn2_r50 import official_manifest
 from models import frame_selection, patches
 from ops import objective
 from ops.checkpoint import load_checkpoint
-from support import (DEFAULT_GENERATOR, fixture_generator, fixture_params, load_generator, manifest_entries,
+from support import (DEFAULT_GENERATOR, fixture_checkpoint, fixture_params, load_generator, manifest_entries,
                      require_fixture)
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
@@ -44,17 +44,6 @@ def fixtures():
     return fixture_params("parity_*.pt")
 
 
-def manifest_path(fixture_path, fx):
-    """The manifest of an mn2_r50 fixture: the one it names (``manifest``), else the official file name of its
-    configuration, ``uni_adafocus_{dataset}_p{patch_size}_state_dict.json``, in its folder."""
-    cfg = fx["config"]
-    name = fx.get("manifest", f"uni_adafocus_{cfg['dataset']}_p{cfg['patch_size']}_state_dict.json")
-    path = fixture_path.parent / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} (the manifest of {fixture_path.name})")
-    return path
-
-
 def load_fixture(fixture_path, folder):
     """A parity fixture, its model with the fixture's synthetic official checkpoint loaded (written into
     ``folder``; CPU, eval mode) and its recorded input: (fx, model, images, info, manifest)."""
@@ -65,13 +54,7 @@ def load_fixture(fixture_path, folder):
                         patch_size=cfg["patch_size"], input_size=cfg["input_size"],
                         stn_hidden_dim=cfg["stn_hidden_dim"], temporal_hidden_dim=cfg["temporal_hidden_dim"],
                         dropout=cfg["dropout"], fc_dropout=cfg["fc_dropout"], temperature=cfg["temperature"])
-    mpc = fixture_generator(fixture_path, fx)
-    manifest = mpc.load_manifest(manifest_path(fixture_path, fx))
-    ckpt = mpc.make_checkpoint(manifest, fx["checkpoint_seed"])
-    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
-    assert mpc.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    path = folder / "ckpt.pth.tar"
-    torch.save(ckpt, path)
+    path, manifest = fixture_checkpoint(fixture_path, fx, folder)
     info = load_checkpoint(str(path), model)
 
     t0, size = cfg["num_segments"], cfg["input_size"]

@@ -18,7 +18,7 @@ from models.inference import prepare_for_inference
 from models.temporal_shift import temporal_shift
 from models.tsm import UniAdaFocusTSM, official_manifest, tsm_flops
 from ops.checkpoint import load_checkpoint
-from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
+from support import fixture_checkpoint, fixture_params, require_fixture
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 WEIGHTS = dict(atol=1e-5, rtol=1e-4)
@@ -49,13 +49,7 @@ def load_fixture(fixture_path, folder):
     fx = torch.load(fixture_path, weights_only=True)
     cfg = fx["config"]
     model = build_model(cfg)
-    generator = fixture_generator(fixture_path, fx)
-    manifest = generator.load_manifest(fixture_manifest_path(fixture_path, fx))
-    ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
-    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
-    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    path = folder / "ckpt.pth.tar"
-    torch.save(ckpt, path)
+    path, manifest = fixture_checkpoint(fixture_path, fx, folder)
     info = load_checkpoint(str(path), model)
 
     b, size = cfg["batch_size"], cfg["input_size"]

@@ -20,7 +20,7 @@ import torch
 
 from models.adafocus_v1 import AdaFocusV1, crop_integer_patches, official_manifest, patch_corners
 from ops.checkpoint import load_checkpoint
-from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
+from support import Capture, fixture_checkpoint, fixture_generator, fixture_params, require_fixture
 
 #: ``tree`` of the fixtures of the form built here (the official folder name).
 ACT_TREE = "Experiments on ActivityNet, FCVID and Mini-Kinetics"
@@ -53,23 +53,6 @@ def regenerate_input(fx) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(fx["input_seed"]), dtype=torch.float32)
 
 
-class Capture:
-    """Forward hooks recording the outputs of a few submodules during one forward."""
-
-    def __init__(self, modules: dict):
-        self.values = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
-
-    def _hook(self, name):
-        def record(module, inputs, output):
-            self.values[name] = output
-        return record
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
 @pytest.fixture(scope="module", params=fixture_params("parity_*.pt", "v1"))
 def run(request, tmp_path_factory):
     path = require_fixture(request.param)
@@ -79,13 +62,7 @@ def run(request, tmp_path_factory):
     torch.set_num_threads(fx.get("num_threads", 1))
     cfg = fx["config"]
     model = build_model(cfg)
-    generator = fixture_generator(path, fx)
-    manifest = generator.load_manifest(fixture_manifest_path(path, fx))
-    ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
-    generated = generator.make_state_dict(manifest, fx["checkpoint_seed"])
-    assert generator.state_dict_digest(generated) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    ckpt_path = tmp_path_factory.mktemp("v1_parity") / "ckpt.pth.tar"
-    torch.save(ckpt, ckpt_path)
+    ckpt_path, manifest = fixture_checkpoint(path, fx, tmp_path_factory.mktemp("v1_parity"))
     info = load_checkpoint(str(ckpt_path), model)
     model.eval()
 
@@ -99,7 +76,7 @@ def run(request, tmp_path_factory):
         out = model(images)
     rng_untouched = torch.equal(rng_before, torch.get_rng_state())
     capture.remove()
-    return dict(fx=fx, model=model, info=info, manifest=manifest, generated=generated, images=images, out=out,
+    return dict(fx=fx, path=path, model=model, info=info, manifest=manifest, images=images, out=out,
                 captured=capture.values, rng_untouched=rng_untouched)
 
 
@@ -110,7 +87,8 @@ def per_step(run, t: torch.Tensor) -> torch.Tensor:
 
 
 def test_checkpoint_loads_with_every_key(run):
-    model, info, generated = run["model"], run["info"], run["generated"]
+    model, info, fx = run["model"], run["info"], run["fx"]
+    generated = fixture_generator(run["path"], fx).make_state_dict(run["manifest"], fx["checkpoint_seed"])  # the official keys
     assert info.format == "official"
     acting_copy = sorted(k for k in generated if k.startswith("focuser.policy.policy_old."))
     assert acting_copy and sorted(info.dropped_keys) == acting_copy

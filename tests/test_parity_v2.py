@@ -28,7 +28,7 @@ from models.adafocus_v2 import (OFFICIAL_KEYS, AdaFocusV2, coarse_to_fine_order,
 from ops.checkpoint import load_checkpoint
 from ops.objective import UniAdaFocusObjective, step_cross_entropy, validation_loss
 from ops.schedule import adjust_learning_rate, param_groups
-from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
+from support import Capture, fixture_checkpoint, fixture_params, require_fixture
 
 #: ``config['tree']`` of the fixtures of the form built here (the official folder name).
 ACT_TREE = "Experiments on ActivityNet, FCVID and Mini-Kinetics"
@@ -76,23 +76,6 @@ def regenerate_inputs(fx):
     return raw, target_full
 
 
-class Capture:
-    """Forward hooks recording the outputs of a few submodules during one forward."""
-
-    def __init__(self, modules: dict):
-        self.values = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
-
-    def _hook(self, name):
-        def record(module, inputs, output):
-            self.values[name] = output
-        return record
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
 @pytest.fixture(scope="module", params=fixture_params("parity_*.pt", "v2"))
 def run(request, tmp_path_factory):
     path = require_fixture(request.param)
@@ -102,13 +85,7 @@ def run(request, tmp_path_factory):
         pytest.skip("STH form: the adafocus_v2_tsm variant, tested by tests/test_parity_v2_sth.py")
     torch.set_num_threads(fx.get("num_threads", 1))
     model = build_model(cfg)
-    generator = fixture_generator(path, fx)
-    manifest = generator.load_manifest(fixture_manifest_path(path, fx))
-    ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
-    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
-    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    ckpt_path = tmp_path_factory.mktemp("v2_parity") / "ckpt.pth.tar"
-    torch.save(ckpt, ckpt_path)
+    ckpt_path, manifest = fixture_checkpoint(path, fx, tmp_path_factory.mktemp("v2_parity"))
     info = load_checkpoint(str(ckpt_path), model)
     model.eval()
 
@@ -311,12 +288,7 @@ def training_step(path, run_name, folder):
     cfg, recorded = fx["config"], fx["runs"][run_name]
     torch.set_num_threads(fx.get("num_threads", 1))
     model = build_model({**cfg, "dropout": recorded["dropout"], "fc_dropout": recorded["fc_dropout"]})
-    generator = fixture_generator(path, fx)
-    ckpt = generator.make_checkpoint(generator.load_manifest(fixture_manifest_path(path, fx)), fx["checkpoint_seed"])
-    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
-    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    torch.save(ckpt, folder / "ckpt.pth.tar")
-    load_checkpoint(str(folder / "ckpt.pth.tar"), model)
+    load_checkpoint(str(fixture_checkpoint(path, fx, folder)[0]), model)
 
     groups = param_groups(model, stn_lr_ratio=cfg["stn_lr_ratio"], global_lr_ratio=cfg["global_lr_ratio"],
                           classifier_lr_ratio=cfg["classifier_lr_ratio"])

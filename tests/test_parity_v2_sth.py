@@ -30,9 +30,9 @@ from models.backbones import glance_feature_size
 from models.temporal_shift import temporal_shift
 from ops.checkpoint import load_checkpoint
 from ops.objective import validation_loss
-from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
+from support import Capture, fixture_checkpoint, fixture_params, require_fixture
 from test_parity_v2 import (ACTIONS, END_TO_END_FEATURES, END_TO_END_LOGITS, END_TO_END_PATCHES, GLANCE, GLANCE_MAP,
-                            PATCH_PIXELS, POLICY_INTERNALS, STAGE, Capture, assert_checksum_equal)
+                            PATCH_PIXELS, POLICY_INTERNALS, STAGE, assert_checksum_equal)
 
 #: ``config['tree']`` of the fixtures of the form built here (the official folder name).
 STH_TREE = "Experiments on Sth-Sth and Jester"
@@ -71,13 +71,7 @@ def run(request, tmp_path_factory):
         pytest.skip(f"{path.name} is of the tree {cfg.get('tree')!r}: tests/test_parity_v2.py runs it")
     torch.set_num_threads(fx.get("num_threads", 1))
     model = build_model(cfg)
-    generator = fixture_generator(path, fx)
-    manifest = generator.load_manifest(fixture_manifest_path(path, fx))
-    ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
-    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
-    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    ckpt_path = tmp_path_factory.mktemp("v2_sth_parity") / "ckpt.pth.tar"
-    torch.save(ckpt, ckpt_path)
+    ckpt_path, manifest = fixture_checkpoint(path, fx, tmp_path_factory.mktemp("v2_sth_parity"))
     info = load_checkpoint(str(ckpt_path), model)
     model.eval()
 

@@ -19,7 +19,7 @@ from models.inference import prepare_for_inference
 from models.uni_adafocus_x3d import UniAdaFocusX3D, official_manifest, x3d_flops
 from ops.checkpoint import load_checkpoint
 from ops.engine import average_views
-from support import fixture_generator, fixture_manifest_path, fixture_params, require_fixture
+from support import fixture_checkpoint, fixture_params, require_fixture
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)
 MAPS = dict(atol=5e-3, rtol=1e-3)
@@ -39,13 +39,7 @@ def _model(fixture_path, fx, tmp_path):
                            patch_size=cfg["patch_size"], input_size=cfg["input_size"], glance_size=cfg["glance_size"],
                            stn_hidden_dim=cfg.get("stn_hidden_dim", 128), temporal_hidden_dim=cfg.get("temporal_hidden_dim", 64),
                            dropout=cfg.get("dropout", 0.5))
-    generator = fixture_generator(fixture_path, fx)
-    manifest = generator.load_manifest(fixture_manifest_path(fixture_path, fx))
-    ckpt = generator.make_checkpoint(manifest, fx["checkpoint_seed"])
-    state = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
-    assert generator.state_dict_digest(state) == fx["state_dict_sha256"], "synthetic checkpoint differs from the fixture's"
-    path = tmp_path / "ckpt.pth.tar"
-    torch.save(ckpt, path)
+    path, manifest = fixture_checkpoint(fixture_path, fx, tmp_path)
     info = load_checkpoint(str(path), model)
     return model.eval(), manifest, info
 
