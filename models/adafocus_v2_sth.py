@@ -35,7 +35,7 @@ import torch.nn as nn
 from .adafocus_v2 import POLICY_CONV_CHANNELS, crop_fixed_patches
 from .backbones import FOCUS_ARCHS, glance_feature_size, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
 from .inference import call_in_chunks
-from .tsm import shifted_encoders, tsn_heads
+from .tsm import TSN_KEY_PAIRS, shifted_encoders, tsn_heads
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
 from .outputs import detach_output
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
@@ -345,16 +345,10 @@ def adafocus_v2_tsm_flops(model: AdaFocusV2TSM) -> AdaFocusV2TSMFlops:
 # --------------------------------------------------------------------------------------------------
 # The official checkpoint layout (660 keys for G = 8; only C and G change shapes)
 # --------------------------------------------------------------------------------------------------
-#: (official prefix, our prefix), most specific first; MobileNetV2's inner names are converted from the
-#: official flat layout. No unused keys: the TSN wrappers replace the ImageNet heads by dropout.
+#: (official prefix, our prefix), most specific first: the TSN encoders and heads as in the tsm variant's
+#: layout, and the policy; MobileNetV2's inner names are converted from the official flat layout.
 OFFICIAL_KEYS = PrefixMap(
-    pairs=(
-        ("global_CNN.base_model.", "glance."),
-        ("global_CNN.new_fc.", "glance_prediction_head."),
-        ("global_CNN.new_new_fc.", "glance_head."),
-        ("local_CNN.base_model.", "focus."),
-        ("local_CNN.new_fc.", "focus_prediction_head."),
-        ("local_CNN.new_new_fc.", "focus_head."),
+    pairs=TSN_KEY_PAIRS + (
         ("policy_stn.", "policy.spatial.layers."),
     ),
     detect_prefixes=("policy_stn.",),

@@ -117,16 +117,20 @@ class UniAdaFocusTSM(OnePatchNetwork):
 # --------------------------------------------------------------------------------------------------
 # The official checkpoint layout (672 keys for T_G = 8; only C and T_G change shapes)
 # --------------------------------------------------------------------------------------------------
-#: (official prefix, our prefix), most specific first; MobileNetV2's inner names are converted from the
-#: official flat layout. No unused keys: the TSN wrappers replace the ImageNet heads by dropout.
-OFFICIAL_KEYS = PrefixMap(
-    pairs=(
+#: The TSN-wrapped encoders and their two heads each (official prefix, ours): the official TSM trees of
+#: Uni-AdaFocus and of AdaFocusV2 name them alike. No unused keys: the wrappers replace the ImageNet heads.
+TSN_KEY_PAIRS = (
         ("global_CNN.base_model.", "glance."),
         ("global_CNN.new_fc.", "glance_prediction_head."),
         ("global_CNN.new_new_fc.", "glance_head."),
         ("local_CNN.base_model.", "focus."),
         ("local_CNN.new_fc.", "focus_prediction_head."),
         ("local_CNN.new_new_fc.", "focus_head."),
+)
+#: (official prefix, our prefix), most specific first; MobileNetV2's inner names are converted from the
+#: official flat layout.
+OFFICIAL_KEYS = PrefixMap(
+    pairs=TSN_KEY_PAIRS + (
         ("aux_fc.", "spatial_head."),
         ("spatial_policy.encoder.", "policy.spatial.layers."),
         ("temporal_policy.Tconv.", "policy.temporal.layers."),
