@@ -37,14 +37,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adafocus_v1_policy import GridPatchPolicy, GridPolicySteps  # noqa: F401  (GridPolicySteps: re-exported)
 from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: The grid sizes the official action table offers (5 x 5, 6 x 6, 7 x 7 and 8 x 8 positions).
 ACTION_DIMS = (25, 36, 49, 64)
-#: Output channels of the policy's 1x1 convolution (official constant).
-POLICY_CONV_CHANNELS = 32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,52 +82,8 @@ def crop_integer_patches(frames: torch.Tensor, corners: torch.Tensor, patch_size
 
 
 # --------------------------------------------------------------------------------------------------
-# Policy and classifier
+# The classifier (the policy is models.adafocus_v1_policy.GridPatchPolicy, shared with the other form)
 # --------------------------------------------------------------------------------------------------
-class GridPolicySteps(NamedTuple):
-    """What :class:`GridPatchPolicy` computes for B videos of T frames."""
-
-    actions: torch.Tensor  # (B, T) int64, the most probable grid position
-    probs: torch.Tensor  # (B, T, A) the actor's softmax
-    logits: torch.Tensor  # (B, T, A) the actor's input to the softmax
-    state_values: torch.Tensor  # (B, T) the critic's values
-    encoded: torch.Tensor  # (B, T, H) the per-frame encoder output (GRU input)
-    hidden: torch.Tensor  # (B, T, H) the GRU state after each frame
-
-
-class GridPatchPolicy(nn.Module):
-    """The actor-critic over a grid of patch positions: glance maps (B, T, C, s, s) -> one position per frame.
-
-    ``state_encoder``: Conv2d 1x1 (C -> 32, no bias), ReLU, flatten (channel-major), Linear(32 s s -> H),
-    ReLU; ``gru``: a one-layer GRU (H -> H) over the frames, from zeros; ``actor``: Linear(H -> A), softmax;
-    ``critic``: Linear(H -> 1). Layer indices follow the official actor-critic (state_encoder.0, .3; actor.0;
-    critic.0). Evaluation acts by argmax.
-    """
-
-    def __init__(self, in_channels: int, feature_size: int, hidden_dim: int, action_dim: int):
-        super().__init__()
-        self.state_encoder = nn.Sequential(
-            nn.Conv2d(in_channels, POLICY_CONV_CHANNELS, kernel_size=1, bias=False),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(POLICY_CONV_CHANNELS * feature_size * feature_size, hidden_dim),
-            nn.ReLU(),
-        )
-        self.gru = nn.GRU(hidden_dim, hidden_dim, num_layers=1)
-        self.actor = nn.Sequential(nn.Linear(hidden_dim, action_dim), nn.Softmax(dim=-1))
-        self.critic = nn.Sequential(nn.Linear(hidden_dim, 1))
-
-    def forward(self, feature_maps: torch.Tensor) -> GridPolicySteps:
-        """feature_maps (B, T, C, s, s) -> :class:`GridPolicySteps`."""
-        b, t = feature_maps.shape[:2]
-        encoded = self.state_encoder(feature_maps.flatten(0, 1)).view(b, t, -1)  # (B, T, H)
-        hidden, _ = self.gru(encoded.transpose(0, 1))  # (T, B, H): the GRU is step-major
-        hidden = hidden.transpose(0, 1)  # (B, T, H)
-        logits = self.actor[0](hidden)  # (B, T, A)
-        probs = self.actor[1](logits)
-        return GridPolicySteps(probs.argmax(dim=-1), probs, logits, self.critic(hidden).squeeze(-1), encoded, hidden)
-
-
 class RecurrentStepClassifier(nn.Module):
     """Per-frame features (B, T, D) -> logits (B, T, C): a one-layer GRU (D -> H, from zeros), dropout and
     Linear(H -> C) on every step. Step t has seen frames 0..t."""

@@ -127,7 +127,9 @@ def test_glance_maps_and_vectors(run):
 def test_policy_encoder_gru_actor_and_actions(run):
     fx, captured, out = run["fx"], run["captured"], run["out"]
     steps = captured["policy"]
-    torch.testing.assert_close(per_step(run, captured["flat"]), fx["policy_conv_relu_flat"], **FEATURES)
+    b, t = out.actions.shape
+    flat = captured["flat"].view(t, b, -1).transpose(0, 1)  # the policy encodes its maps step-major
+    torch.testing.assert_close(flat, fx["policy_conv_relu_flat"], **FEATURES)
     torch.testing.assert_close(steps.encoded, fx["policy_state_encoding"], **FEATURES)
     torch.testing.assert_close(steps.hidden, fx["policy_gru_hidden"], **FEATURES)
     torch.testing.assert_close(steps.logits, fx["actor_logits"], **FEATURES)
