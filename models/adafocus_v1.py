@@ -49,11 +49,12 @@ ACTION_DIMS = (25, 36, 49, 64)
 # --------------------------------------------------------------------------------------------------
 # The action grid and the patch crop
 # --------------------------------------------------------------------------------------------------
-def action_grid(action_dim: int) -> torch.Tensor:
+def action_grid(action_dim: int, sizes: Tuple[int, ...] = ACTION_DIMS) -> torch.Tensor:
     """The grid positions of a discrete policy with ``action_dim`` = n * n actions: (A, 2) float32, row a =
-    (a // n, a % n) / (n - 1), i.e. (vertical, horizontal) in [0, 1], row-major."""
-    if action_dim not in ACTION_DIMS:
-        raise ValueError(f"action_dim must be one of {ACTION_DIMS} (a square grid of patch positions), got {action_dim}")
+    (a // n, a % n) / (n - 1), i.e. (vertical, horizontal) in [0, 1], row-major. ``sizes``: the grid sizes
+    the form offers."""
+    if action_dim not in sizes:
+        raise ValueError(f"action_dim must be one of {sizes} (a square grid of patch positions), got {action_dim}")
     n = math.isqrt(action_dim)
     return torch.tensor([[i / (n - 1), j / (n - 1)] for i in range(n) for j in range(n)], dtype=torch.float32)
 

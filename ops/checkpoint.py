@@ -32,6 +32,9 @@ FORMAT_VERSION = 1
 OFFICIAL_STATE_ENTRIES = ("state_dict", "model_state_dict")
 #: Where official checkpoints keep their best validation metric (AdaFocus V1: ``best_acc``).
 OFFICIAL_METRIC_ENTRIES = ("best_acc1", "best_acc")
+#: AdaFocus V1's Something-Something checkpoints keep the actor-critic out of ``model_state_dict``, in the
+#: entry ``policy``; it joins the state dict under this prefix (their official manifest's namespace).
+SEPARATE_POLICY_PREFIX = "policy."
 
 
 class CheckpointError(weights.WeightsError):
@@ -119,6 +122,10 @@ def model_state_from_checkpoint(ckpt: Dict[str, Any], path: str = "checkpoint",
         state, fmt = ckpt.get("model"), FORMAT_NAME
     elif any(isinstance(ckpt.get(entry), dict) for entry in OFFICIAL_STATE_ENTRIES):
         state, fmt = next(ckpt[e] for e in OFFICIAL_STATE_ENTRIES if isinstance(ckpt.get(e), dict)), "official"
+        policy = ckpt.get("policy")
+        if (isinstance(policy, dict) and policy and isinstance(ckpt.get("model_state_dict"), dict)
+                and not any(k.startswith(SEPARATE_POLICY_PREFIX) or ".policy." in k for k in state)):
+            state = {**state, **{SEPARATE_POLICY_PREFIX + k: v for k, v in policy.items()}}
     elif weights.is_state_dict(ckpt):
         state, fmt = ckpt, "state_dict"
     else:
