@@ -260,7 +260,7 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
         progress.phase = f"in epoch {epoch}'s validation"
         if epoch == args.epochs - 1 or (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0):
             result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log,
-                                     ablation=args.policy_ablation and epoch == args.epochs - 1)
+                                     ablation=epoch == args.epochs - 1)  # the final evaluation
             final = result.metrics
             if best is None or final["score"] > best:
                 best, best_epoch = final["score"], epoch
@@ -298,7 +298,7 @@ def evaluate_once(args, info, model, val_loader, stages, run_dir: str, log: RunL
     """``--evaluate``: the metrics (and early exit with ``--thresholds``) of the loaded weights."""
     thresholds = engine.load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
     result = engine.evaluate(model, val_loader, args, info, collect_stages=thresholds is not None,
-                             visualise=args.num_visualised, log=log, ablation=args.policy_ablation)
+                             visualise=args.num_visualised, log=log, ablation=True)
     metrics, rows = result.metrics, result.rows
     log.info("evaluation: " + engine.summarise(metrics))
     if thresholds is not None:

@@ -234,6 +234,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the final evaluation also scores the model with uniformly spaced focus frames, with its "
                         "patches at random positions, and both, at equal GFLOPs, and its glance exit alone "
                         "(metrics.json 'policy_ablation'; mn2_r50)")
+    # Table 10: dynamics removed at evaluation time (ops/policy_ablation.py, docs/ablations.md)
+    def dynamics_name(value: str) -> str:
+        if value not in ("spatial", "temporal", "samplewise"):
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of spatial, temporal, samplewise")
+        return value
+
+    def gflops_budget(value: str) -> float:
+        try:
+            budget = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of GFLOPs") from None
+        if not budget > 0 or budget == float("inf"):
+            raise argparse.ArgumentTypeError(f"{value!r}: a budget must be a positive number of GFLOPs")
+        return budget
+
+    g.add_argument("--remove_dynamics", nargs="*", type=dynamics_name, default=None, metavar="DYNAMICS",
+                   help="the final evaluation also reports the metric at equal average GFLOPs (--budgets) with "
+                        "these dynamics removed: spatial (the focus encoder sees whole frames down-sampled to P x P), "
+                        "temporal (uniformly spaced frames), samplewise (random early exit with the adaptive "
+                        "policy's exit proportions); given with no name: the full model's row (metrics.json "
+                        "'dynamics_ablation'; mn2_r50)")
+    g.add_argument("--budgets", type=gflops_budget, nargs="+", default=None, metavar="GFLOPS",
+                   help="average GFLOPs per video of --remove_dynamics (default: 6 evenly spaced between the model's "
+                        "cheapest exit and its full cost)")
     g.add_argument("--thresholds", default=None,
                    help="early-exit thresholds file (test_early_exit.py --budget): --evaluate also reports the "
                         "metric, GFLOPs and exit distribution of early exit with them")

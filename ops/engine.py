@@ -25,7 +25,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -597,10 +597,15 @@ def frame_feed(loader, info: dist_ops.DistInfo):
 
 @torch.no_grad()
 def evaluate(model, loader, args, info, collect_stages: bool = False, visualise: int = 0,
-             log: Optional[RunLog] = None, ablation: bool = False) -> EvalResult:
+             log: Optional[RunLog] = None, ablation: bool = False,
+             dynamics: Optional[Sequence[str]] = None) -> EvalResult:
     """Evaluate every sample of ``loader.dataset`` exactly once over all processes (float32 unless
-    ``--eval_amp``); ``visualise``: draw that many videos of this process's shard; ``ablation``: also
-    evaluate the model with its policy replaced (:mod:`.policy_ablation`; ``metrics["policy_ablation"]``).
+    ``--eval_amp``); ``visualise``: draw that many videos of this process's shard; ``ablation``: the
+    final evaluation: ``metrics["stage_scores"]`` (the metric after t = 0..T_L focus frames) and the
+    ablations the flags ask for: ``--policy_ablation`` (:mod:`.policy_ablation`;
+    ``metrics["policy_ablation"]``) and ``--remove_dynamics`` (:func:`dynamics_ablation`;
+    ``metrics["dynamics_ablation"]``); ``dynamics``: also collect the stage logits with these dynamics
+    removed (``rows["dynamics"]``, :func:`.policy_ablation.dynamics_stage_logits`).
 
     A loader whose items leave frames undecoded (:func:`frame_decoding_options`) is fed through
     ``datasets.FrameFeed``: the model's ``before_focus`` hook decodes the focus frames its policy chose
@@ -610,9 +615,16 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     sync_buffers(model, info)
     net = evaluation_network(net, args, log)  # on a CPU: a fresh inference copy of the current weights
     dataset = loader.dataset
-    if ablation and not policy_ablation.supports(net):
-        raise SystemExit(f"--policy_ablation: the {getattr(net, 'variant', type(net).__name__)} variant has no "
-                         f"candidate-frame policy to replace (available for mn2_r50)")
+    policy = ablation and args.policy_ablation
+    removal = getattr(args, "remove_dynamics", None) if ablation else None
+    if removal is not None:
+        dynamics = policy_ablation.removed_dynamics(removal)
+    collect_stages = collect_stages or ablation
+    for flag, used in (("--policy_ablation", policy), ("--remove_dynamics", dynamics is not None)):
+        if used and not policy_ablation.supports(net):
+            raise SystemExit(f"{flag}: the {getattr(net, 'variant', type(net).__name__)} variant has no "
+                             f"candidate-frame policy to replace (available for mn2_r50)")
+    every_frame = policy or (dynamics is not None and "temporal" in dynamics)  # frames the policy did not choose
     ablation_rng = torch.Generator(device=info.device).manual_seed(epoch_seed(args.seed, 0, info.rank))
     local: Dict[str, List[torch.Tensor]] = {}
     images: List = []
@@ -629,12 +641,17 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
         hook = {"before_focus": part.require} if part is not None else {}
         with autocast(args, info.device, training=False):
             out = net(video, **glance, **hook)
-            if ablation and part is not None:
-                part.complete(len(part.indices))  # the ablation reads frames the policy did not choose
-            extra = policy_ablation.ablation_logits(net, video, out, generator=ablation_rng) if ablation else {}
+            if every_frame and part is not None:
+                part.complete(len(part.indices))  # the ablations read frames the policy did not choose
+            extra = policy_ablation.ablation_logits(net, video, out, generator=ablation_rng) if policy else {}
+            if dynamics is not None:
+                extra["dynamics"] = policy_ablation.dynamics_stage_logits(net, video, out, dynamics)  # (B, K, C)
         if views > 1:
             out, batch = average_views(out, views), centre_view(batch)
             extra = {k: v.view(-1, views, *v.shape[1:]).mean(dim=1) for k, v in extra.items()}  # raw logits, as the views
+        removed_rows = extra.pop("dynamics", None)
+        if removed_rows is not None:
+            local.setdefault("dynamics", []).append(removed_rows.cpu())
         loss_sum += validation_loss(out, target).double().cpu() * target.shape[0]
         for k, v in _batch_rows(batch, out, collect_stages).items():
             local.setdefault(k, []).append(v)
@@ -652,11 +669,44 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     loss = dist_ops.all_reduce_sum(loss_sum, info).item() / total
     metrics = head_metrics(rows, dataset_metric(dataset), loss)
     if ablation:
+        metrics["stage_scores"] = early_exit.StageMetric(rows["stages"], exit_targets(rows, metrics["metric"]),
+                                                         metrics["metric"]).stages()
+    if policy:
         metrics["policy_ablation"] = ablation_metrics(rows, metrics)
+    if removal is not None:
+        metrics["dynamics_ablation"] = dynamics_ablation(model, rows, metrics["metric"], args, info, log)
     if "object_boxes" in rows:
         metrics["policy"] = policy_quality(rows["focus_indices"], rows["patch_boxes"], rows["object_boxes"],
                                            rows["object_visible"], (args.input_size, args.input_size), seed=args.seed)
     return EvalResult(metrics, rows, images)
+
+
+def exit_targets(rows: Dict[str, torch.Tensor], metric: str) -> torch.Tensor:
+    """The targets early exit scores gathered rows against: multi-hot labels (mAP) or label ids (top1)."""
+    return rows["labels"].bool() if metric == "mAP" else rows["label"]
+
+
+def threshold_set_loader(args, info: dist_ops.DistInfo):
+    """The videos early-exit thresholds are fitted on, as officially: the training set with the training
+    augmentation, each video once over all processes."""
+    dataset = build_dataset(args, "train", info, train=True, decode_on_demand=True)
+    return build_eval_loader(dataset, args.val_batch_size, args, info)
+
+
+def dynamics_ablation(model, rows: Dict[str, torch.Tensor], metric: str, args, info,
+                      log: Optional[RunLog] = None) -> Dict:
+    """``--remove_dynamics`` (the paper's Table 10) on an evaluation's ``rows`` (with ``rows["dynamics"]``):
+    the threshold set is evaluated with the same removals, then :func:`.policy_ablation.dynamics_metrics`
+    gives the metric at each of ``--budgets`` (seeded by ``--seed``)."""
+    removed = policy_ablation.removed_dynamics(args.remove_dynamics)
+    started = time.time()
+    threshold = evaluate(model, threshold_set_loader(args, info), args, info, log=log, dynamics=removed).rows
+    if log is not None:
+        log.info(f"--remove_dynamics: threshold set (training videos) evaluated in {time.time() - started:.1f}s")
+    result = policy_ablation.dynamics_metrics(rows["dynamics"], exit_targets(rows, metric), threshold["dynamics"],
+                                              exit_gflops(model), removed, metric, budgets=args.budgets, seed=args.seed)
+    result["threshold_set"] = "train"
+    return result
 
 
 def ablation_metrics(rows: Dict[str, torch.Tensor], metrics: Dict) -> Dict[str, float]:
@@ -689,6 +739,8 @@ def summarise(metrics: Dict) -> str:
         text += (f"  | {a['metric']} at equal GFLOPs: uniform frames {a['uniform_frames']:.1f}, random patches "
                  f"{a['random_patches']:.1f}, both {a['uniform_frames_random_patches']:.1f}; glance exit alone "
                  f"{a['glance_exit']:.1f}")
+    if "dynamics_ablation" in metrics:
+        text += "  | " + policy_ablation.describe_dynamics(metrics["dynamics_ablation"])
     return text
 
 
@@ -709,9 +761,8 @@ def load_exit_thresholds(path: str, num_stages: int):
 
 def early_exit_metrics(rows: Dict[str, torch.Tensor], thresholds, flops: List[float], metric: str) -> Dict:
     """Early exit with ``thresholds`` on the gathered stage logits (exact: the exits are running maxima)."""
-    targets = rows["labels"].bool() if metric == "mAP" else rows["label"]
-    result = early_exit.evaluate_exits(rows["stages"].float(), targets, flops, thresholds=thresholds.thresholds,
-                                       criterion=thresholds.criterion, metric=metric)
+    result = early_exit.evaluate_exits(rows["stages"].float(), exit_targets(rows, metric), flops,
+                                       thresholds=thresholds.thresholds, criterion=thresholds.criterion, metric=metric)
     return {"criterion": thresholds.criterion, "budget_gflops": thresholds.budget_gflops, "metric_name": metric,
             "metric": result.metric, "gflops": result.expected_gflops, "exit_counts": result.exit_counts.tolist()}
 

@@ -18,16 +18,35 @@ exit, early-exit stage 0: the glance's GFLOPs only) and ``full`` the model as tr
 The replacements reuse the forward pass's glance features and spatial actions, so only the focus
 encoder and the classifier run again. Available for models with the candidate-frame flow (the
 ``mn2_r50`` variant: ``glance_stage`` / ``policy_stage`` / ``focus_features``).
+
+**Dynamics removed (the paper's Table 10, ``--remove_dynamics``).** The same model with any of its
+three kinds of dynamic computation removed, compared at equal average GFLOPs per video:
+
+* ``spatial`` — the focus encoder sees every focus frame whole, resampled to P x P (a box covering
+  the frame: :func:`whole_frame_actions`), so each frame costs what a patch costs;
+* ``temporal`` — the T_L uniformly spaced frames of :func:`uniform_frames` (with the spatial
+  policy's patches interpolated to them unless ``spatial`` is removed too);
+* ``samplewise`` — random early exit: at each budget the adaptive policy's thresholds are solved on
+  the threshold set (the training videos with the training augmentation, as the official early exit:
+  ``ops.early_exit.thresholds_for_budget`` with the entropy criterion), its exit counts on the
+  evaluation set are taken, and every video exits at a stage drawn at random so that exactly those
+  counts exit at each stage (``ops.early_exit.random_exit_baseline``; the metric is the mean over
+  ``draws`` seeded draws). With ``samplewise`` kept, the adaptive exits themselves are scored.
+
+:func:`dynamics_stage_logits` gives the early-exit stage logits with the spatial and temporal
+removals, :func:`dynamics_metrics` the metric at each budget (``metrics.json`` ``dynamics_ablation``).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 
+from . import early_exit
 from .packages import sibling
 
 frame_selection = sibling("models.frame_selection")
+uni_adafocus = sibling("models.uni_adafocus")
 
 #: setting -> (frames, patches); "policy" keeps the trained policy's decision.
 SETTINGS = {
@@ -90,3 +109,124 @@ def ablation_logits(net, video: torch.Tensor, out, draws: int = DEFAULT_DRAWS,
             logits = torch.stack([net.classifier(out.glance_features, f)[:, -1] for f in sets.unbind(0)], dim=1)
             result[name] = logits.float()  # (B, S, C)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Table 10: dynamics removed
+# ------------------------------------------------------------------------------------------------
+#: The three kinds of dynamic computation (``--remove_dynamics`` names).
+DYNAMICS = ("spatial", "temporal", "samplewise")
+#: Table 10's rows in the paper's order, each as the dynamics it removes.
+TABLE10_ROWS = (("spatial", "temporal", "samplewise"), ("spatial", "temporal"), ("spatial", "samplewise"),
+                ("temporal", "samplewise"), ("spatial",), ("temporal",), ("samplewise",), ())
+#: The criterion of the adaptive exits (the paper's).
+DYNAMICS_CRITERION = "entropy"
+
+
+def removed_dynamics(names: Iterable[str]) -> tuple:
+    """``--remove_dynamics`` values as a tuple in :data:`DYNAMICS` order (repeats collapse); ValueError on
+    another name."""
+    names = set(names)
+    unknown = sorted(names - set(DYNAMICS))
+    if unknown:
+        raise ValueError(f"unknown dynamics {unknown}; expected any of {list(DYNAMICS)}")
+    return tuple(d for d in DYNAMICS if d in names)
+
+
+def whole_frame_actions(shape, device: torch.device) -> torch.Tensor:
+    """Actions (*shape, 4) whose boxes cover the whole frame (size actions 1, extent = the side): the crop
+    is the frame resampled to P x P, bilinear on cell centres (``F.interpolate(..., mode='bilinear',
+    align_corners=False)`` of the frame)."""
+    actions = torch.zeros(*shape, 4, device=device)
+    actions[..., 2:] = 1.0
+    return actions
+
+
+@torch.no_grad()
+def dynamics_stage_logits(net, video: torch.Tensor, out, removed: Iterable[str]) -> torch.Tensor:
+    """(B, K, C) float early-exit stage logits of one evaluated batch with the ``spatial`` and/or ``temporal``
+    dynamics removed (``samplewise`` concerns the exits, not the logits; with neither of the other two:
+    the forward's own ``out.stage_logits``).
+
+    net, video, out: as :func:`ablation_logits`. Only the focus encoder and the classifier run again, on
+    T_L frames of P x P per video, as the forward (equal GFLOPs).
+    """
+    removed = removed_dynamics(removed)
+    if "spatial" not in removed and "temporal" not in removed:
+        return out.stage_logits.float()
+    frames = net.frames_view(video)
+    b, t0 = frames.shape[:2]
+    amp = net.autocast_setting(frames.device.type)
+    if "temporal" in removed:
+        indices = uniform_frames(b, out.glance_features.shape[1], t0, net.num_focus, frames.device)  # (B, T_L)
+    else:
+        indices = out.focus_indices
+    if "spatial" in removed:
+        actions = whole_frame_actions(indices.shape, frames.device)  # (B, T_L, 4)
+    else:
+        actions = net.gather_frames(frame_selection.interpolate_actions(out.glance_actions, t0), indices)
+    with torch.autocast(frames.device.type, enabled=False):
+        feats = net.focus_features(frames, indices, actions, amp)  # (B, T_L, Df)
+        exit_logits = net.classifier(out.glance_features, feats)  # (B, T_G + T_L, C)
+    return uni_adafocus.stage_logits(exit_logits, out.glance_features.shape[1]).float()
+
+
+def dynamics_metrics(eval_stages: torch.Tensor, targets: torch.Tensor, threshold_stages: torch.Tensor,
+                     flops: Sequence[float], removed: Iterable[str], metric: str,
+                     budgets: Optional[Sequence[float]] = None, seed: int = 0, draws: int = DEFAULT_DRAWS,
+                     criterion: str = DYNAMICS_CRITERION) -> Dict:
+    """The metric of one Table 10 row at each average-GFLOPs budget.
+
+    eval_stages (N, K, C) / threshold_stages (M, K, C): the stage logits of the evaluation and threshold
+    sets with the row's spatial / temporal removals (:func:`dynamics_stage_logits`); targets: the
+    evaluation set's multi-hot labels (mAP) or label ids (top1); flops (K,): each stage's GFLOPs;
+    budgets: default :func:`ops.early_exit.evenly_spaced_budgets`. At each budget the thresholds are
+    solved on the threshold set and the evaluation set exits with them (the ordinary early exit); with
+    ``samplewise`` removed, ``draws`` seeded random assignments with exactly those exit counts are scored
+    instead (their mean). A budget below the cheapest exit gives ``metric`` None.
+
+    Returns ``{"removed", "metric_name", "criterion", "budgets", "gflops", "threshold_gflops", "metric",
+    "exit_counts", "stage_scores"}``: per budget the GFLOPs spent on the evaluation set (and on the threshold
+    set, at most the budget), the metric (percent) and the evaluation set's exit counts (K,);
+    ``stage_scores`` the metric when every video exits after t focus frames (t = 0..T_L).
+    """
+    removed = removed_dynamics(removed)
+    budgets = [float(b) for b in (budgets or early_exit.evenly_spaced_budgets(flops))]
+    if any(not b > 0 for b in budgets):
+        raise ValueError(f"budgets must be positive GFLOPs, got {budgets}")
+    scores = early_exit.exit_scores(threshold_stages, criterion)
+    scored = early_exit.StageMetric(eval_stages, targets, metric)
+    generator = torch.Generator().manual_seed(seed)
+    result = {"removed": list(removed), "metric_name": metric, "criterion": criterion, "budgets": budgets,
+              "gflops": [], "threshold_gflops": [], "metric": [], "exit_counts": [],
+              "stage_scores": scored.stages()}
+    for budget in budgets:
+        try:
+            found = early_exit.thresholds_for_budget(scores, flops, budget)
+        except ValueError:  # below the cheapest exit
+            result["gflops"].append(None)
+            result["threshold_gflops"].append(None)
+            result["metric"].append(None)
+            result["exit_counts"].append(None)
+            continue
+        adaptive = early_exit.evaluate_exits(eval_stages, targets, flops, thresholds=found.thresholds,
+                                             criterion=criterion, metric=metric)
+        if "samplewise" in removed:
+            value = sum(scored(early_exit.random_exit_baseline(adaptive.exit_counts, generator))
+                        for _ in range(draws)) / draws
+        else:
+            value = adaptive.metric
+        result["gflops"].append(adaptive.expected_gflops)
+        result["threshold_gflops"].append(found.expected_gflops)
+        result["metric"].append(value)
+        result["exit_counts"].append(adaptive.exit_counts.tolist())
+    return result
+
+
+def describe_dynamics(result: Dict) -> str:
+    """One log line of :func:`dynamics_metrics`' result."""
+    removed = ", ".join(result["removed"]) or "nothing"
+    points = ", ".join(f"{m:.1f} at {g:.3f}" if m is not None else f"- at {b:.3f} (below the cheapest exit)"
+                       for b, g, m in zip(result["budgets"], result["gflops"], result["metric"]))
+    return f"{result['metric_name']} with {removed} removed, at GFLOPs budgets: {points}"
+

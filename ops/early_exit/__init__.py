@@ -31,12 +31,14 @@ Modules:
   GFLOPs, exit ratios; the random-exit baseline and the fixed-exit curve.
 * :mod:`.sweeps` — :func:`budget_sweep`, the official experiment over a grid of p
   (:data:`DEFAULT_P_VALUES`, :data:`TSM_P_VALUES`).
-* :mod:`.budget` — :func:`thresholds_for_budget`, thresholds whose cost fits a FLOPs budget.
+* :mod:`.budget` — :func:`thresholds_for_budget`, thresholds whose cost fits a FLOPs budget;
+  :func:`evenly_spaced_budgets` between a model's cheapest exit and its full cost.
 * :mod:`.thresholds_file` — the JSON thresholds file (:func:`save_thresholds`, :func:`load_thresholds`).
 * :mod:`.adaptive` — :class:`AdaptiveRunner`, inference that stops computing for a video once it exits.
 """
 from .adaptive import AdaptiveResult, AdaptiveRunner
-from .budget import BudgetThresholds, geometric_p_for_cost, quantile_exit_stages, thresholds_for_budget
+from .budget import (BudgetThresholds, evenly_spaced_budgets, geometric_p_for_cost, quantile_exit_stages,
+                     thresholds_for_budget)
 from .criteria import CRITERIA, exit_scores
 from .evaluation import (METRICS, ExitEvaluation, FixedExitPoint, StageMetric, evaluate_exits, exit_ratios,
                          expected_gflops, fixed_exit_curve, random_exit_baseline)
@@ -59,7 +61,7 @@ __all__ = [
     # sweeps
     "DEFAULT_P_VALUES", "TSM_P_VALUES", "TSM_P_SCALE", "V2_P_VALUES", "V2_P_SCALE", "ExitGrid", "P_GRIDS", "BudgetPoint", "SweepResult", "budget_sweep",
     # budget
-    "BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages",
+    "BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages", "evenly_spaced_budgets",
     # thresholds file
     "ThresholdsFile", "ThresholdsFileError", "save_thresholds", "load_thresholds",
     # adaptive runtime

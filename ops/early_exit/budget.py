@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ import torch
 from .solver import (assign_exits, check_scores, count_exits, descending_order, exit_quota,
                      geometric_exit_distribution, solve_thresholds)
 
-__all__ = ["BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages"]
+__all__ = ["BudgetThresholds", "thresholds_for_budget", "geometric_p_for_cost", "quantile_exit_stages",
+           "evenly_spaced_budgets"]
 
 
 @dataclass
@@ -126,3 +127,13 @@ def quantile_exit_stages(q: torch.Tensor, count: int, generator: Optional[torch.
     cdf[-1] = 1.0
     stages = torch.searchsorted(cdf, (torch.arange(count, dtype=torch.float64) + 0.5) / count).clamp_(max=q.numel() - 1)
     return stages[torch.randperm(count, generator=generator)]
+
+
+def evenly_spaced_budgets(flops: Sequence[float], count: int = 6) -> List[float]:
+    """``count`` average costs (GFLOPs per video) evenly spaced above the cheapest exit, the last one the full
+    cost: ``flops[0] + (flops[-1] - flops[0]) * i / count`` for i = 1..count (the paper's Table 10 reports
+    six such budgets)."""
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    low, high = float(flops[0]), float(flops[-1])
+    return [low + (high - low) * i / count for i in range(1, count + 1)]

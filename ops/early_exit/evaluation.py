@@ -191,6 +191,10 @@ class StageMetric:
             return float(self.correct[:, k].sum()) * 100.0 / self.num_samples
         return self.ap.evaluate_rows(self._table, self._base + k)[0]
 
+    def stages(self) -> List[float]:
+        """:meth:`stage` of every stage: the metric after t = 0..K-1 steps (the paper's "after t frames")."""
+        return [self.stage(k) for k in range(self.num_stages)]
+
 
 @dataclass
 class ExitEvaluation:
