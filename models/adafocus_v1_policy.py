@@ -101,10 +101,18 @@ class RecurrentActorCritic(nn.Module):
         """The GRU state after the last step of ``steps`` (B, T, ...), (1, B, H): what the next call starts from."""
         return steps.hidden[:, -1].unsqueeze(0)
 
+    @staticmethod
+    def actor_output(steps) -> torch.Tensor:
+        """The distribution's parameter in ``steps`` (B, T, ...): what :meth:`sample` and :meth:`distribution`
+        take."""
+        raise NotImplementedError
+
     def distribution(self, actor_output: torch.Tensor) -> Distribution:
+        """The actor's output (..., D) -> the action distribution with batch shape (...)."""
         raise NotImplementedError
 
     def sample(self, actor_output: torch.Tensor, generator: Optional[torch.Generator] = None) -> SampledActions:
+        """One step's actor output (B, D) -> :class:`SampledActions`, drawn from ``generator``."""
         raise NotImplementedError
 
     def evaluate(self, states: torch.Tensor, actions: torch.Tensor) -> EvaluatedActions:
@@ -148,6 +156,11 @@ class GridPatchPolicy(RecurrentActorCritic):
         probs = probs.transpose(0, 1)  # (B, T, A)
         return GridPolicySteps(probs.argmax(dim=-1), probs, logits.transpose(0, 1), values.t(),
                                encoded.transpose(0, 1), states.transpose(0, 1))
+
+    @staticmethod
+    def actor_output(steps: GridPolicySteps) -> torch.Tensor:
+        """The parameter of the distribution: the probabilities (B, T, A)."""
+        return steps.probs
 
     def distribution(self, actor_output: torch.Tensor) -> Categorical:
         """Probabilities (..., A) -> the categorical distribution the official act and update use."""
@@ -204,6 +217,11 @@ class GaussianPatchPolicy(RecurrentActorCritic):
         encoded, states, logits, means, values = self.run(feature_maps.transpose(0, 1), hidden)
         return GaussianPolicySteps(means.transpose(0, 1), logits.transpose(0, 1), values.t(), encoded.transpose(0, 1),
                                    states.transpose(0, 1))
+
+    @staticmethod
+    def actor_output(steps: GaussianPolicySteps) -> torch.Tensor:
+        """The parameter of the distribution: the means (B, T, 2)."""
+        return steps.actions
 
     def distribution(self, actor_output: torch.Tensor) -> MultivariateNormal:
         """Means (..., 2) -> the Gaussian with ``scale_tril = diag(action_std, action_std)``."""
