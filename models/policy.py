@@ -2,7 +2,8 @@
 
 * ``SpatialPolicy`` reads the (detached) glance feature maps of all T_G glance frames with 3-D
   convolutions and emits one deformable patch per glance frame: ``(a_y, a_x, a_h, a_w)`` in (0, 1)
-  (vertical and horizontal position, height and width; see ``models.patches``).
+  (vertical and horizontal position, height and width; see ``models.patches``), and, with a patch
+  transformation set (``models.patch_transforms``), the transformation's parameters from a head of their own.
 * ``TemporalPolicy`` reads the pooled glance features with temporal convolutions and scores every
   glance frame; a softmax of the scores gives the frame weights.
 
@@ -27,10 +28,16 @@ class SpatialPolicy(nn.Module):
     Conv3d 1x1x1 (C -> hidden), two Conv3d 3x3x3 (hidden -> hidden), each with BN and ReLU, then a
     Conv3d with kernel (k, h, w) to 4 outputs and a sigmoid. No biases (as official). ``temporal_kernel``
     k = 1 gives one patch per glance frame (the main variant); k = T_G one patch per video (TSM).
+
+    ``transform_params`` > 0 (a patch transformation's parameter count m, ``models.patch_transforms``):
+    ``transform_head``, a Conv3d of the same kernel from the last hidden layer to m raw outputs (with a
+    bias), starts at zero weights and bias, so that its first output is the identity transformation;
+    the actions are then (B, T_G - k + 1, 4 + m), the box terms first.
     """
 
     def __init__(self, in_channels: int = 1280, hidden_dim: int = 128, feature_size: int = 7,
-                 bn_momentum: float = SPATIAL_POLICY_BN_MOMENTUM, temporal_kernel: int = 1):
+                 bn_momentum: float = SPATIAL_POLICY_BN_MOMENTUM, temporal_kernel: int = 1,
+                 transform_params: int = 0):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv3d(in_channels, hidden_dim, kernel_size=1, bias=False),
@@ -45,11 +52,21 @@ class SpatialPolicy(nn.Module):
             nn.Conv3d(hidden_dim, 4, kernel_size=(temporal_kernel, feature_size, feature_size), bias=False),
             nn.Sigmoid(),
         )
+        self.transform_head = None
+        if transform_params:
+            self.transform_head = nn.Conv3d(hidden_dim, transform_params,
+                                            kernel_size=(temporal_kernel, feature_size, feature_size))
+            nn.init.zeros_(self.transform_head.weight)
+            nn.init.zeros_(self.transform_head.bias)
 
     def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
         x = feature_maps.permute(0, 2, 1, 3, 4)  # (B, C, T_G, h, w)
-        x = self.layers(x)  # (B, 4, T_G - k + 1, 1, 1)
-        return x.reshape(x.shape[0], 4, -1).transpose(1, 2)  # (B, T_G - k + 1, 4)
+        if self.transform_head is None:
+            x = self.layers(x)  # (B, 4, T_G - k + 1, 1, 1)
+            return x.reshape(x.shape[0], 4, -1).transpose(1, 2)  # (B, T_G - k + 1, 4)
+        hidden = self.layers[:-2](x)  # (B, hidden, T_G, h, w)
+        x = torch.cat((self.layers[-2:](hidden), self.transform_head(hidden)), dim=1)  # (B, 4 + m, T_G - k + 1, 1, 1)
+        return x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)  # (B, T_G - k + 1, 4 + m)
 
 
 class TemporalPolicy(nn.Module):
@@ -79,7 +96,8 @@ class TemporalPolicy(nn.Module):
 class Policy(nn.Module):
     """The two branches of the policy network, trained together with LR multipliers of their own."""
 
-    def __init__(self, in_channels: int, stn_hidden_dim: int, temporal_hidden_dim: int, feature_size: int):
+    def __init__(self, in_channels: int, stn_hidden_dim: int, temporal_hidden_dim: int, feature_size: int,
+                 transform_params: int = 0):
         super().__init__()
-        self.spatial = SpatialPolicy(in_channels, stn_hidden_dim, feature_size)
+        self.spatial = SpatialPolicy(in_channels, stn_hidden_dim, feature_size, transform_params=transform_params)
         self.temporal = TemporalPolicy(in_channels, temporal_hidden_dim)
