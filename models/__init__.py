@@ -11,6 +11,7 @@ from . import mn2_r50, tsm, uni_adafocus_x3d  # noqa: F401  (register the varian
 from . import adafocus_v2  # noqa: F401  (registered last: earlier layouts are tried first)
 from . import adafocus_v2_sth  # noqa: F401  (the Sth-Sth / Jester form of AdaFocusV2)
 from . import adafocus_v1  # noqa: F401  (AdaFocus V1, ActivityNet / FCVID / Mini-Kinetics form)
+from . import adafocus_v3  # noqa: F401  (AdaFocusV3, from its paper)
 from . import adafocus_v1_sth  # noqa: F401  (the Something-Something form of AdaFocus V1)
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, BackboneWeightsError, FocusEncoder, GlanceEncoder
 from .classifier import ExitClassifier

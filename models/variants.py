@@ -77,6 +77,10 @@ class Variant:
     #: T1, the Monte-Carlo temporal term's removal steps, from (T0, T_G, T_L); None: paper App. C,
     #: floor(T_L * T_G / T0) (``ops.objective.default_mc_draws``).
     mc_draws: Optional[Callable[[int, int, int], int]] = None
+    #: A training objective of the variant's own, built from the parsed flags (``objective(args)``, called
+    #: as ``objective(args)(out, target, generator=...)`` -> terms with a ``total``); None: ``ops.objective``'s
+    #: family objective with ``objective_terms``.
+    objective: Optional[Callable[[Any], Any]] = None
     defaults: Dict[str, Any] = field(default_factory=dict)  # flag values when the command line sets none
     #: Why the entry points (main.py, test_early_exit.py, the scripts) cannot run this variant yet ("" when
     #: they can): :meth:`require_entry_points` refuses it in one line; the model itself is usable from Python.

@@ -307,6 +307,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="torch.compile the glance and focus encoders (the first steps of each input shape are "
                         "slow while compiling; checkpoints keep their keys)")
 
+    # AdaFocusV3
+    g = p.add_argument_group("AdaFocusV3 (--variant adafocus_v3; docs/adafocus-v3.md): cubes of --patch_size "
+                                 "squared x --cube_frames, --num_focus_segments cubes")
+    g.add_argument("--cube_frames", type=int, default=1, help="T': frames of each video cube (paper: 1, or 12 on Sth-Sth)")
+    g.add_argument("--v3_gradient", choices=("feature", "pixel"), default="feature",
+                   help="how the cube centres get their gradient: 'feature' (AdaFocusV3, Eqs. 5-6: an enlarged cube, "
+                        "interpolation of its feature map) or 'pixel' (AdaFocusV2, Eqs. 2-4: trilinear pixels)")
+    g.add_argument("--tsm_encoders", action=argparse.BooleanOptionalAction, default=False,
+                   help="temporal shift in both encoders (over the glance frames and over each cube's frames)")
+    g.add_argument("--v3_loss", choices=("sum", "mean"), default="sum",
+                   help="Eq. 1: the exits' cross-entropies summed over the K + 1 steps, or their mean")
+
     g = p.add_argument_group("official flags the official code never read (accepted, with a warning)")
     g.add_argument("--num_steps", type=int, default=1)
     g.add_argument("--sample_sigma", type=float, default=0.015)

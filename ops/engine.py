@@ -270,8 +270,10 @@ def build_model(args, num_classes: int, info: dist_ops.DistInfo):
 
 
 def build_objective(args) -> UniAdaFocusObjective:
-    """The training objective with the terms of ``--variant`` and the loss flags."""
+    """The training objective with the terms of ``--variant`` and the loss flags (or the variant's own)."""
     variant = models.get_variant(args.variant)
+    if variant.objective is not None:
+        return variant.objective(args)
     sizes = (args.num_segments, args.num_glance_segments, args.num_focus_segments)
     return UniAdaFocusObjective(*sizes, terms=variant.objective_terms,
                                 mc_draws=variant.mc_draws(*sizes) if variant.mc_draws else None,

@@ -1,0 +1,620 @@
+"""AdaFocusV3 (ECCV 2022): spatial-temporal dynamic computation with video cubes (docs/adafocus-v3.md).
+
+AdaFocusV3 has no released code; this module follows the paper (§3, App. A, C). For a video of T frames:
+
+1. **glance** — the glance encoder sees T_G evenly spaced frames (``num_glance_segments``; all T by
+   default, paper §3.2: "all the frames of V are fed into f_G at the same time"): feature maps
+   (B, T_G, Dg, h, w) and pooled features (B, T_G, Dg).
+2. **policy** — :class:`CubePolicy`, not recurrent: it reads the glance maps of the whole video at once
+   and gives the centres of all K cubes (``num_focus_segments``) together, (B, K, 3) as ``(x, y, z)`` in
+   (0, 1). A cube is H' x W' x T' (``patch_size`` squared, ``cube_frames``): its top-left corner is
+   ``x (W - P)``, ``y (H - P)`` pixels and its first frame ``z (T - T')`` (continuous).
+3. **focus** — the focus encoder (a ResNet; with ``tsm_encoders`` shifted over the cube's frames) on
+   each cube; a cube's feature is the mean of its feature map over H_f x W_f x T_f.
+4. **classifier** — the family's :class:`models.classifier.ExitClassifier` with one glance exit: p0 from
+   the running maximum over the glance frames (the glance step, §3.4), then p_k after cube k from the
+   running maximum over the cubes next to the glance state (feature reuse). K + 1 exits in all.
+
+**Training** (§3.3) moves the cubes with one of two gradient estimators (``gradient``):
+
+* ``'pixel'`` (AdaFocusV2's, Eqs. 2-4): every cube pixel is a trilinear sample of the video (bilinear in
+  the frame, linear between the two neighbouring frames), so the loss reaches the centres through the
+  pixels;
+* ``'feature'`` (AdaFocusV3's, Eqs. 5-6): a cube enlarged by one feature cell along every axis
+  ((P + s) squared x (T' + 1) whole frames, s the focus encoder's stride) is cropped without gradient
+  for its position; its feature map e' ((H_f + 1) x (W_f + 1) x (T_f + 1)) is read by trilinear
+  interpolation at ``c - stopgrad(c) + o``, so the forward value is the map at the cube's place
+  (the half-cell centre in space, the cube's fractional frame offset in time) and the gradient for the
+  centre c comes through the feature map.
+
+**Inference** (§4.1) crops whole frames: cube k covers the T'-frame window nearest its start that still
+holds an uncovered frame, and processes only its uncovered frames, so no frame is processed twice (with
+T' = 1 every cube is a new frame). :meth:`AdaFocusV3.early_exit_steps` runs the cubes one at a time for
+the adaptive runtime. Training cubes may overlap (the paper removes covered frames at inference only).
+
+This module also registers the variant (hyper-parameters, FLOPs per exit, the paper's objective Eq. 1).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .adafocus_v2 import ResNetGlanceEncoder
+from .backbones import FOCUS_ARCHS, GlanceEncoder, glance_feature_size
+from .classifier import ExitClassifier
+from .outputs import detach_output
+from .patches import sample_boxes
+from .temporal_shift import TemporalShift, shift_mobilenet_v2, shift_resnet
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .variants import CheckpointLayout, Variant, register_variant
+
+#: The gradient estimators of the cube centres (paper §3.3).
+GRADIENTS = ("feature", "pixel")
+#: Output stride of the focus ResNets: the enlarged cube adds one feature cell, this many pixels.
+FOCUS_STRIDE = 32
+#: Output channels of the policy's 1x1 convolution over the stacked glance maps.
+POLICY_CONV_CHANNELS = 64
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------------
+def glance_frame_indices(num_frames: int, num_glance: int) -> List[int]:
+    """T_G evenly spaced frames of T: the middle frame of each of T_G equal parts (all T when T_G = T)."""
+    return [((2 * i + 1) * num_frames) // (2 * num_glance) for i in range(num_glance)]
+
+
+def inference_windows(starts: torch.Tensor, num_frames: int, cube_frames: int) -> List[List[List[int]]]:
+    """The frames each cube processes at inference: starts (B, K) continuous first frames in [0, T - T'].
+
+    Cube k takes the T'-frame window ``[w, w + T')`` nearest its start (ties: the earlier) among those
+    that hold a frame no earlier cube covered, and processes only those uncovered frames. Returns, per
+    video, per cube, the sorted frame indices (never empty while a frame is uncovered; the builder
+    guarantees that: T' + K - 1 <= T).
+    """
+    plans = []
+    for row in starts.detach().double().cpu().tolist():
+        covered = [False] * num_frames
+        cubes = []
+        for start in row:
+            windows = sorted(range(num_frames - cube_frames + 1), key=lambda w: (abs(w - start), w))
+            new: List[int] = []
+            for w in windows:
+                new = [f for f in range(w, w + cube_frames) if not covered[f]]
+                if new:
+                    break
+            for f in new:
+                covered[f] = True
+            cubes.append(new)
+        plans.append(cubes)
+    return plans
+
+
+def trilinear_read(maps: torch.Tensor, t: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of feature maps at continuous cell coordinates (cell centres at 0, 1, ...).
+
+    maps (N, D, Tm, Hm, Wm); t (N, To), r (N, Ho), c (N, Wo) the coordinates along each axis (a separable
+    grid). Returns (N, D, To, Ho, Wo), differentiable in ``maps`` and the coordinates.
+    """
+    n, _, tm, hm, wm = maps.shape
+
+    def normalised(u, size):  # align_corners=True: -1 and 1 are the first and last cell centres
+        return u * (2.0 / (size - 1)) - 1.0 if size > 1 else torch.zeros_like(u)
+
+    to, ho, wo = t.shape[1], r.shape[1], c.shape[1]
+    gt = normalised(t, tm).view(n, to, 1, 1).expand(n, to, ho, wo)
+    gr = normalised(r, hm).view(n, 1, ho, 1).expand(n, to, ho, wo)
+    gc = normalised(c, wm).view(n, 1, 1, wo).expand(n, to, ho, wo)
+    grid = torch.stack((gc, gr, gt), dim=-1).to(maps.dtype)  # (N, To, Ho, Wo, 3): x (W), y (H), z (T)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+@contextlib.contextmanager
+def shift_segments(encoder: nn.Module, count: int):
+    """Set every :class:`TemporalShift` of ``encoder`` to clips of ``count`` frames for the block."""
+    shifts = [m for m in encoder.modules() if isinstance(m, TemporalShift)]
+    saved = [m.num_segments for m in shifts]
+    for m in shifts:
+        m.num_segments = count
+    try:
+        yield
+    finally:
+        for m, n in zip(shifts, saved):
+            m.num_segments = n
+
+
+# --------------------------------------------------------------------------------------------------
+# Parts
+# --------------------------------------------------------------------------------------------------
+class CubePolicy(nn.Module):
+    """Glance maps of the whole video (B, G, C, h, w) -> K cube centres (B, K, 3) ``(x, y, z)`` in (0, 1).
+
+    ``layers``: Conv2d 1x1 over the maps stacked frame-major along the channels (G*C -> 64, no bias), BN,
+    Tanh, Flatten (64 h w), Linear (-> H), BN, Tanh, Linear (-> 3K), Sigmoid. The last layer starts with
+    zero weights and biases that place the cubes at the frame centre and evenly over the video in time
+    (z_k = (k + 0.5) / K), so that training starts from K distinct cubes.
+    """
+
+    def __init__(self, in_channels: int, num_frames: int, feature_size: int, hidden_dim: int, num_cubes: int):
+        super().__init__()
+        self.num_cubes = num_cubes
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels * num_frames, POLICY_CONV_CHANNELS, kernel_size=1, bias=False),
+            nn.BatchNorm2d(POLICY_CONV_CHANNELS),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(POLICY_CONV_CHANNELS * feature_size * feature_size, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, 3 * num_cubes),
+            nn.Sigmoid(),
+        )
+        last = self.layers[-2]
+        nn.init.zeros_(last.weight)
+        with torch.no_grad():
+            z = torch.tensor([(k + 0.5) / num_cubes for k in range(num_cubes)])
+            bias = torch.zeros(num_cubes, 3)
+            bias[:, 2] = torch.log(z / (1 - z))
+            last.bias.copy_(bias.flatten())
+
+    def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """feature_maps (B, G, C, h, w) -> centres (B, K, 3)."""
+        return self.layers(feature_maps.flatten(1, 2)).view(-1, self.num_cubes, 3)
+
+
+@dataclass
+class AdaFocusV3Output:
+    """Everything one forward produces. Stage 0 is the glance exit p0, stage k (1..K) the exit after cube k."""
+
+    stage_logits: torch.Tensor  # (B, K + 1, C)
+    centres: torch.Tensor  # (B, K, 3) the policy's (x, y, z) in (0, 1)
+    cube_starts: torch.Tensor  # (B, K) continuous first frame z (T - T')
+    focus_indices: torch.Tensor  # (B, K) the first frame each cube processed (inference) or starts at (training)
+    frames_used: torch.Tensor  # (B, K) frames each cube processed (inference); T' in training
+    patch_boxes: torch.Tensor  # (B, K, 4) the cubes' boxes (x1, y1, x2, y2) in input pixels
+
+    @property
+    def exit_logits(self) -> torch.Tensor:
+        return self.stage_logits
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, C) the prediction: the last exit."""
+        return self.stage_logits[:, -1]
+
+    @property
+    def glance_logits(self) -> torch.Tensor:
+        """(B, 1, C) p0, the glance exit."""
+        return self.stage_logits[:, :1]
+
+    @property
+    def focus_logits(self) -> torch.Tensor:
+        """(B, K, C) the exits after each cube."""
+        return self.stage_logits[:, 1:]
+
+    @property
+    def validation_logits(self) -> torch.Tensor:
+        """(B, K + 1, C): the validation loss is the CE of every exit, as the training objective."""
+        return self.stage_logits
+
+    def detach(self) -> "AdaFocusV3Output":
+        return detach_output(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------------
+class AdaFocusV3(nn.Module):
+    """The AdaFocusV3 network. Keyword names match the command-line flags.
+
+    forward(video, generator=None, before_focus=None) with video (B, T, 3, H, W) or (B, 3T, H, W) in
+    temporal order, H = W = input_size; uint8 frames are normalised here (ImageNet mean / std), floating
+    frames are taken as normalised. Returns :class:`AdaFocusV3Output`. ``generator`` is unused (the
+    training forward draws no random numbers besides dropout). ``before_focus(indices (B, T), None)`` is
+    called with every frame before any is read (the glance sees them all).
+
+    ``num_focus_segments``: K, the number of cubes; ``patch_size``: H' = W'; ``cube_frames``: T';
+    ``gradient``: ``'feature'`` or ``'pixel'`` (module docstring); ``tsm_encoders``: temporal shift in both
+    encoders (over the T_G glance frames and over each cube's frames; the paper's Sth-Sth form);
+    ``stn_hidden_dim``: the policy's width H; ``classifier_dim``: the exit classifier's MLP width.
+    """
+
+    variant = "adafocus_v3"
+
+    def __init__(self, num_classes: int, num_segments: int = 18, num_glance_segments: Optional[int] = None,
+                 num_focus_segments: int = 18, cube_frames: int = 1, patch_size: int = 128, input_size: int = 224,
+                 glance_arch: str = "mbv2", focus_arch: str = "resnet50", stn_hidden_dim: int = 1024,
+                 classifier_dim: int = 4096, dropout: float = 0.2, v3_gradient: str = "feature",
+                 tsm_encoders: bool = False, shift_div: int = 8, pretrained: bool = False,
+                 glance_weights: Optional[str] = None, focus_weights: Optional[str] = None,
+                 zero_init_residual: bool = False):
+        super().__init__()
+        num_glance_segments = num_glance_segments or num_segments
+        if v3_gradient not in GRADIENTS:
+            raise ValueError(f"--v3_gradient must be one of {GRADIENTS}, got {v3_gradient!r}")
+        if not 1 <= cube_frames < num_segments:
+            raise ValueError(f"--cube_frames {cube_frames} must be in 1..num_segments - 1 ({num_segments - 1}): "
+                             "a cube is shorter than the video")
+        if num_focus_segments < 1 or cube_frames + num_focus_segments - 1 > num_segments:
+            raise ValueError(f"--num_focus_segments {num_focus_segments} (cubes) with --cube_frames {cube_frames}: "
+                             f"at inference every cube needs a new frame, so T' + K - 1 must not exceed "
+                             f"--num_segments {num_segments}")
+        if num_glance_segments > num_segments:
+            raise ValueError(f"--num_glance_segments {num_glance_segments} must not exceed --num_segments {num_segments}")
+        if not 0 < patch_size < input_size:
+            raise ValueError(f"--patch_size {patch_size} must be in 1..input_size - 1 ({input_size - 1})")
+        if v3_gradient == "feature" and patch_size % FOCUS_STRIDE:
+            raise ValueError(f"--v3_gradient feature: --patch_size {patch_size} must be a multiple of the focus "
+                             f"encoder's stride {FOCUS_STRIDE} (the enlarged cube adds one feature cell)")
+        self.num_classes, self.num_segments, self.num_glance = num_classes, num_segments, num_glance_segments
+        self.num_cubes, self.cube_frames, self.patch_size, self.input_size = (num_focus_segments, cube_frames,
+                                                                              patch_size, input_size)
+        self.gradient, self.tsm_encoders = v3_gradient, tsm_encoders
+        self.feature_size = glance_feature_size(input_size)
+        self.register_buffer("glance_frames", torch.tensor(glance_frame_indices(num_segments, num_glance_segments)),
+                             persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
+                                    zero_init_residual=zero_init_residual)
+        # the focus ResNet returns its last map too (the feature estimator reads it)
+        self.focus = ResNetGlanceEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
+                                         zero_init_residual=zero_init_residual)
+        if tsm_encoders:
+            shift_mobilenet_v2(self.glance.features, num_glance_segments, shift_div)
+            shift_resnet(self.focus, cube_frames, shift_div)
+        glance_dim, focus_dim = self.glance.feature_dim, self.focus.feature_dim
+        self.policy = nn.Module()  # the family's policy container (optimiser group spatial_policy)
+        self.policy.spatial = CubePolicy(glance_dim, num_glance_segments, self.feature_size, stn_hidden_dim,
+                                         num_focus_segments)
+        self.classifier = ExitClassifier(glance_dim, focus_dim, 1, num_focus_segments, num_classes,
+                                         classifier_dim, dropout)
+
+    # ------------------------------------------------------------------------------------------
+    # inputs and geometry
+    # ------------------------------------------------------------------------------------------
+    def frames_of(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) or (B, 3T, H, W) -> normalised (B, T, 3, H, W), checked."""
+        if video.dim() == 4 and video.shape[1] % 3 == 0:
+            video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
+        if video.shape[1] != self.num_segments:
+            raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
+        if video.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
+        if video.dtype == torch.uint8:
+            return (video.float().div_(255.0) - self.pixel_mean) / self.pixel_std
+        return video
+
+    def corners(self, centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """centres (..., 3) -> (x1, y1, first frame), each (...): continuous pixels and frames."""
+        span = float(self.input_size - self.patch_size)
+        return (centres[..., 0] * span, centres[..., 1] * span,
+                centres[..., 2] * float(self.num_segments - self.cube_frames))
+
+    def boxes(self, centres: torch.Tensor) -> torch.Tensor:
+        """centres (..., 3) -> boxes (..., 4) (x1, y1, x2, y2) in input pixels."""
+        x1, y1, _ = self.corners(centres)
+        return torch.stack((x1, y1, x1 + self.patch_size, y1 + self.patch_size), dim=-1)
+
+    def crop(self, frames: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, extent: int) -> torch.Tensor:
+        """Square boxes of ``extent`` pixels at top-left (x1, y1), sampled on ``extent`` x ``extent`` cells:
+        frames (N, 3, H, W), x1 / y1 (N,) -> (N, 3, extent, extent); differentiable in all three."""
+        side = torch.full_like(x1, float(extent))
+        return sample_boxes(frames, x1, y1, side, side, extent, extent)
+
+    # ------------------------------------------------------------------------------------------
+    # stages
+    # ------------------------------------------------------------------------------------------
+    def glance_step(self, frames: torch.Tensor):
+        """frames (B, T, 3, H, W) normalised -> (maps (B, T_G, Dg, h, w), pooled (B, T_G, Dg))."""
+        b = frames.shape[0]
+        fmap, pooled = self.glance(frames.index_select(1, self.glance_frames).flatten(0, 1))
+        return fmap.view(b, self.num_glance, *fmap.shape[1:]), pooled.view(b, self.num_glance, -1)
+
+    def encode_clips(self, clips: torch.Tensor, frames_per_clip: int):
+        """clips (N * F, 3, S, S), F frames per clip -> (maps (N * F, Df, s, s), pooled (N * F, Df))."""
+        with shift_segments(self.focus, frames_per_clip):
+            return self.focus(clips)
+
+    def train_cube_features(self, frames: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """The training forward's cube features (B, K, Df), differentiable in the centres by ``gradient``."""
+        b, k = centres.shape[:2]
+        tp, p = self.cube_frames, self.patch_size
+        x1, y1, start = (v.reshape(b * k) for v in self.corners(centres))  # (B*K,)
+        video_rows = torch.arange(b, device=frames.device).repeat_interleave(k)  # (B*K,)
+        last = self.num_segments - 1
+        if self.gradient == "pixel":  # Eqs. 2-4: trilinear samples of the pixels
+            times = start.unsqueeze(1) + torch.arange(tp, device=frames.device, dtype=start.dtype)  # (B*K, T')
+            lower = times.detach().floor().clamp(0, last - 1)
+            weight = (times - lower).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1).flatten(0, 1)  # (B*K*T', 1, 1, 1)
+            rows = video_rows.repeat_interleave(tp)
+            xs, ys = x1.repeat_interleave(tp), y1.repeat_interleave(tp)
+            before = self.crop(frames[rows, lower.flatten().long()], xs, ys, p)
+            after = self.crop(frames[rows, lower.flatten().long() + 1], xs, ys, p)
+            cubes = before + weight * (after - before)  # (B*K*T', 3, P, P)
+            _, pooled = self.encode_clips(cubes, tp)
+            return pooled.view(b, k, tp, -1).mean(dim=2)
+        # Eqs. 5-6: an enlarged cube, one feature cell more along every axis, cropped without gradient
+        maps, offset = self.enlarged_maps(frames, video_rows, x1, y1, start)
+        # c - stopgrad(c) + o: zero in value, the centre's gradient in feature cells (Eq. 6)
+        features = self.read_enlarged(maps, offset, start - start.detach(), (y1 - y1.detach()) / FOCUS_STRIDE,
+                                      (x1 - x1.detach()) / FOCUS_STRIDE)
+        return features.view(b, k, -1)  # (B, K, Df)
+
+    def enlarged_maps(self, frames: torch.Tensor, video_rows: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor,
+                      start: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The feature maps e' of the enlarged cubes (paper Eq. 5) and the cubes' frame offsets inside them.
+
+        frames (B, T, 3, H, W); video_rows (N,) the video of each cube; x1, y1, start (N,) the cubes'
+        top-left pixels and first frames. Each enlarged cube is the (P + s) x (P + s) box centred on the
+        cube's box (a bilinear crop, s = :data:`FOCUS_STRIDE`) on the T' + 1 whole frames from
+        ``floor(start)`` (clamped into the video), cropped without gradient. Returns maps
+        (N, Df, T' + 1, s_f + 1, s_f + 1) and offset (N,) = start - first frame, in [0, 1] (detached).
+        """
+        tp = self.cube_frames
+        first = start.detach().floor().clamp(0, self.num_segments - tp - 1)
+        offset = start.detach() - first
+        rows = video_rows.repeat_interleave(tp + 1)
+        indices = (first.long().unsqueeze(1) + torch.arange(tp + 1, device=frames.device)).flatten()
+        half = FOCUS_STRIDE / 2.0
+        with torch.no_grad():
+            enlarged = self.crop(frames[rows, indices], (x1 - half).detach().repeat_interleave(tp + 1),
+                                 (y1 - half).detach().repeat_interleave(tp + 1), self.patch_size + FOCUS_STRIDE)
+        maps, _ = self.encode_clips(enlarged, tp + 1)  # (N*(T'+1), Df, s_f + 1, s_f + 1)
+        return maps.view(-1, tp + 1, *maps.shape[1:]).transpose(1, 2), offset
+
+    def read_enlarged(self, maps: torch.Tensor, offset: torch.Tensor, moved_t: torch.Tensor, moved_r: torch.Tensor,
+                      moved_c: torch.Tensor) -> torch.Tensor:
+        """The cube features (N, Df): the mean of e, the trilinear read of ``maps`` (N, Df, T'+1, s+1, s+1)
+        at the cube's place moved by ``moved_*`` (N,) cells (frames, rows, columns): element (k, i, j) of e
+        sits at (k + offset, i + 1/2, j + 1/2) + moved in e' (Eq. 6's o plus c - stopgrad(c))."""
+        cells = maps.shape[-1] - 1
+        steps_t = torch.arange(self.cube_frames, device=maps.device, dtype=maps.dtype).unsqueeze(0)
+        steps_s = torch.arange(cells, device=maps.device, dtype=maps.dtype).unsqueeze(0) + 0.5
+        e = trilinear_read(maps, steps_t + (offset + moved_t).unsqueeze(1), steps_s + moved_r.unsqueeze(1),
+                           steps_s + moved_c.unsqueeze(1))  # (N, Df, T', s, s)
+        return e.mean(dim=(2, 3, 4))
+
+    def eval_cube_features(self, frames: torch.Tensor, video_rows: torch.Tensor, centres: torch.Tensor,
+                           plans) -> torch.Tensor:
+        """Inference cube features (n, Df), one cube per row: frames (B, T, 3, H, W), video_rows (n,) the video
+        of each cube, centres (n, 3) and the frames each cube processes (``plans``: n lists of frame indices).
+        Cubes are encoded in groups of equal frame counts, one clip per cube (a shifted encoder sees each
+        cube's frames as one clip)."""
+        x1, y1, _ = self.corners(centres)
+        out = frames.new_zeros(len(plans), self.focus.feature_dim, dtype=torch.float32)
+        for count in sorted({len(plan) for plan in plans}):
+            members = [i for i, plan in enumerate(plans) if len(plan) == count]
+            index = torch.tensor(members, device=frames.device)
+            frame_ids = torch.tensor([plans[i] for i in members], device=frames.device).flatten()  # (m*count,)
+            picked = frames[video_rows[index].repeat_interleave(count), frame_ids]  # (m*count, 3, H, W)
+            patches = self.crop(picked, x1[index].repeat_interleave(count), y1[index].repeat_interleave(count),
+                                self.patch_size)
+            _, pooled = self.encode_clips(patches, count)
+            out[index] = pooled.view(len(members), count, -1).float().mean(dim=1)
+        return out
+
+    def policy_step(self, frames: torch.Tensor):
+        """Glance and policy: (glance maps, glance pooled (B, T_G, Dg), centres (B, K, 3))."""
+        fmap, pooled = self.glance_step(frames)
+        centres = self.policy.spatial(fmap.detach() if self.training else fmap)
+        return fmap, pooled, centres
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def num_exit_stages(self) -> int:
+        """K + 1: the glance exit, then one exit after each cube."""
+        return self.num_cubes + 1
+
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                before_focus=None) -> AdaFocusV3Output:
+        if before_focus is not None:  # the glance reads every frame
+            before_focus(torch.arange(self.num_segments, device=video.device).unsqueeze(0).expand(video.shape[0], -1),
+                         None)
+        frames = self.frames_of(video)
+        b = frames.shape[0]
+        _, glance_pooled, centres = self.policy_step(frames)
+        starts = self.corners(centres)[2]
+        if self.training:
+            cube_features = self.train_cube_features(frames, centres)  # (B, K, Df)
+            first = starts.detach().round().long()
+            used = torch.full_like(first, self.cube_frames)
+        else:
+            plans = inference_windows(starts, self.num_segments, self.cube_frames)
+            flat = [cube for video_plan in plans for cube in video_plan]
+            video_rows = torch.arange(b, device=frames.device).repeat_interleave(self.num_cubes)
+            cube_features = self.eval_cube_features(frames, video_rows, centres.flatten(0, 1),
+                                                    flat).view(b, self.num_cubes, -1)
+            first = torch.tensor([[cube[0] for cube in plan] for plan in plans], device=frames.device)
+            used = torch.tensor([[len(cube) for cube in plan] for plan in plans], device=frames.device)
+        classifier = self.classifier
+        glance_state = classifier.glance_states(glance_pooled)[:, -1]  # (B, hidden): max over the glance frames
+        p0 = classifier.glance_exits[0](glance_state)  # (B, C)
+        cube_logits = classifier.focus_logits(classifier.focus_states(cube_features), glance_state)  # (B, K, C)
+        stage_logits = torch.cat((p0.unsqueeze(1), cube_logits), dim=1)
+        return AdaFocusV3Output(stage_logits, centres, starts, first, used, self.boxes(centres))
+
+    @torch.no_grad()
+    def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
+        """The K + 1 exits one stage at a time, for the adaptive runtime (a generator; evaluation only).
+
+        Yields p0 (B, C) after the glance and the policy (all cube centres at once); each time it is sent
+        the positions (m,) (long, on the device) of the videos of its last yield that continue, it yields the
+        next cube's exit (m, C) for those only: their cube's uncovered frames through the focus encoder, the
+        classifier's running maximum continued. The cubes' frames are fixed by the policy's one decision, so
+        exit k equals the full pass's (to the batched kernels' rounding). ``amp``: the caller's (enabled,
+        dtype) autocast setting for the two encoders. ``lap('policy')`` is called after the policy.
+        ``before_focus(indices (n, 1), rows (n,))`` is called before the glance with every frame.
+        """
+        frames = self.frames_of(video)
+        device_type, (amp_on, amp_dtype) = frames.device.type, amp
+        rows = torch.arange(frames.shape[0], device=frames.device)
+        if before_focus is not None:
+            for t in range(self.num_segments):
+                before_focus(torch.full((rows.numel(), 1), t, dtype=torch.long, device=frames.device), rows)
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
+            fmap, pooled = self.glance_step(frames)
+        centres = self.policy.spatial(fmap.float())
+        if lap is not None:
+            lap("policy")
+        plans = inference_windows(self.corners(centres)[2], self.num_segments, self.cube_frames)
+        classifier = self.classifier
+        glance_state = classifier.glance_states(pooled.float())[:, -1]
+        state = None
+        keep = yield classifier.glance_exits[0](glance_state)
+        for k in range(self.num_cubes):
+            if keep is not None and keep.numel() < rows.numel():
+                rows, glance_state = rows[keep], glance_state[keep]
+                state = state[keep] if state is not None else None
+            picked = rows.tolist()
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
+                features = self.eval_cube_features(frames, rows, centres[rows, k], [plans[i][k] for i in picked])
+            state = classifier.focus_states(features.float().unsqueeze(1), state)[:, 0]
+            keep = yield classifier.focus_logits(state.unsqueeze(1), glance_state, first_step=k)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs of every exit, counted from the module
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class AdaFocusV3Flops:
+    """GMACs (the papers' GFLOPs) of each part, counted on dummy inputs of the configured size.
+
+    Stage 0 (the glance exit) costs the glance on T_G frames, the policy and the glance exit; stage k adds
+    the frames cubes 1..k processed (each a crop and the focus encoder on a P x P patch) and k classifier
+    steps. A cube's frame count varies at inference when T' > 1 (covered frames are skipped); stage k counts
+    at most ``min(k T', T)`` frames, its most (exact for T' = 1).
+    """
+
+    glance_frame: float  # glance encoder on one frame
+    glance_classifier: float  # the classifier's glance MLP on one frame
+    glance_exit: float  # the glance exit head
+    policy: float  # the cube policy on the T_G maps
+    patch_crop: float  # one P x P crop
+    focus_patch: float  # focus encoder on one patch
+    classifier_step: float  # the focus MLP on one cube and one exit head
+    num_glance: int
+    num_cubes: int
+    cube_frames: int
+    num_frames: int
+
+    def cube_frames_upto(self, k: int) -> int:
+        """Most frames processed by cubes 1..k."""
+        return min(k * self.cube_frames, self.num_frames)
+
+    def stages(self) -> List[float]:
+        """GFLOPs of every exit: [glance exit, after 1 cube, ..., after K cubes]."""
+        glance = self.num_glance * (self.glance_frame + self.glance_classifier) + self.policy + self.glance_exit
+        return [glance + self.cube_frames_upto(k) * (self.patch_crop + self.focus_patch) + k * self.classifier_step
+                for k in range(self.num_cubes + 1)]
+
+
+def adafocus_v3_flops(model: AdaFocusV3) -> AdaFocusV3Flops:
+    """Count every part of ``model`` (an :class:`AdaFocusV3`)."""
+    from .flops import count_gmacs, counting  # models.flops imports the main network, not this one
+
+    with counting(model) as zeros:
+        size, p, fs, g = model.input_size, model.patch_size, model.feature_size, model.num_glance
+        gdim, fdim = model.glance.feature_dim, model.focus.feature_dim
+        classifier = model.classifier
+        hidden = classifier.glance_exits[0][1].in_features
+        with shift_segments(model.glance, 1), shift_segments(model.focus, 1):
+            return AdaFocusV3Flops(
+                glance_frame=count_gmacs(model.glance, zeros(1, 3, size, size)),
+                glance_classifier=count_gmacs(classifier.glance_mlp, zeros(1, 1, gdim)),
+                glance_exit=count_gmacs(classifier.glance_exits[0], zeros(1, hidden)),
+                policy=count_gmacs(model.policy.spatial, zeros(1, g, gdim, fs, fs)),
+                patch_crop=count_gmacs(lambda x: model.crop(x, zeros(1), zeros(1), p), zeros(1, 3, size, size)),
+                focus_patch=count_gmacs(model.focus, zeros(1, 3, p, p)),
+                classifier_step=count_gmacs(lambda x: classifier.focus_logits(classifier.focus_states(x),
+                                                                             zeros(1, hidden)), zeros(1, 1, fdim)),
+                num_glance=g, num_cubes=model.num_cubes, cube_frames=model.cube_frames,
+                num_frames=model.num_segments)
+
+
+# --------------------------------------------------------------------------------------------------
+# The objective (paper Eq. 1)
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class AdaFocusV3Terms:
+    """Scalar loss terms; ``total`` is their sum."""
+
+    total: torch.Tensor
+    glance_exit: torch.Tensor  # CE of p0
+    cubes: torch.Tensor  # the CEs of p1..pK (summed, or averaged with the glance exit's share)
+
+
+class AdaFocusV3Objective:
+    """Paper Eq. 1: the cross-entropy of every prediction p_0 .. p_K, summed over the steps and averaged
+    over the videos (``reduction='sum'``); ``'mean'`` divides by the K + 1 steps.
+
+    ``objective(out, target, generator=None) -> AdaFocusV3Terms`` for an :class:`AdaFocusV3Output`.
+    """
+
+    def __init__(self, reduction: str = "sum"):
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"--v3_loss must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
+
+    def __call__(self, out: AdaFocusV3Output, target: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> AdaFocusV3Terms:
+        logits = out.stage_logits.float()  # (B, K + 1, C)
+        b, steps, c = logits.shape
+        losses = F.cross_entropy(logits.reshape(b * steps, c), target.repeat_interleave(steps),
+                                 reduction="none").view(b, steps).mean(dim=0)  # (K + 1,)
+        scale = 1.0 if self.reduction == "sum" else 1.0 / steps
+        glance, cubes = losses[0] * scale, losses[1:].sum() * scale
+        return AdaFocusV3Terms(total=glance + cubes, glance_exit=glance, cubes=cubes)
+
+
+def build_objective(args) -> AdaFocusV3Objective:
+    """The variant's objective from parsed flags (``--v3_loss``)."""
+    return AdaFocusV3Objective(getattr(args, "v3_loss", "sum"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------------------
+def _no_official_layout(what: str):
+    def refuse(*_):
+        raise ValueError(f"AdaFocusV3 has no released checkpoints: there is no official layout to {what}")
+    return refuse
+
+
+ADAFOCUS_V3 = register_variant(Variant(
+    name="adafocus_v3",
+    summary="AdaFocusV3 (from the paper; no released code): MobileNetV2 glance on all frames, a non-recurrent "
+            "policy placing K video cubes of P x P x T' at once, ResNet-50 focus on the cubes, one exit per cube "
+            "after the glance exit",
+    build=AdaFocusV3,
+    hyper_parameters=("num_segments", "num_glance_segments", "num_focus_segments", "cube_frames", "patch_size",
+                      "input_size", "glance_arch", "focus_arch", "stn_hidden_dim", "classifier_dim", "dropout",
+                      "v3_gradient", "tsm_encoders", "shift_div", "pretrained", "glance_weights", "focus_weights",
+                      "zero_init_residual"),
+    encoders={"glance": ("mbv2",), "focus": FOCUS_ARCHS},
+    policy="spatial-temporal: one pass over the glance maps of the whole video gives the centres (x, y, z) of all "
+           "K cubes; at inference covered frames are never processed again",
+    classifier="running max-pooling over the glance frames (exit p0), then over the cubes next to the glance state "
+               "(exits p1..pK)",
+    exits="K + 1 stages: the glance exit, then the exit after each cube",
+    frame_source="candidates",
+    objective_terms=(),  # the variant's own objective (paper Eq. 1), build_objective
+    objective=build_objective,
+    flops=adafocus_v3_flops,
+    checkpoint=CheckpointLayout(name="none (AdaFocusV3 has no released checkpoints)", detect=lambda keys: False,
+                                convert=_no_official_layout("convert"), manifest=_no_official_layout("list")),
+    datasets=("actnet", "fcvid", "minik", "something", "somethingv2"),
+    presets=tuple(f"v3_{d}_p{p}" for d in ("actnet", "fcvid", "minik") for p in (96, 128))
+    + ("v3_sthv1_p128x12", "v3_sthv2_p128x12"),
+    # AdaFocusV2's pipeline (App. C): its rates and weight decay; 18 frames and at most 18 cubes (§4.1, App. A).
+    defaults={"num_segments": 18, "num_glance_segments": 18, "num_focus_segments": 18, "patch_size": 128,
+              "stn_hidden_dim": 1024, "weight_decay": 1e-4, "stn_lr_ratio": 0.1, "global_lr_ratio": 0.5,
+              "classifier_lr_ratio": 5.0},
+))
