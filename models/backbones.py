@@ -173,10 +173,13 @@ class FocusEncoder(nn.Module):
 
     memory_format = torch.contiguous_format
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+    def feature_maps(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (N, 3, P, P) -> the last stage's feature maps (N, D, P/32, P/32)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(patches.contiguous(memory_format=self.memory_format)))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, D, P/32, P/32)
-        return x.mean(dim=(2, 3))  # (N, D)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.feature_maps(patches).mean(dim=(2, 3))  # (N, D)
 
 
 def downscale(frames: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:

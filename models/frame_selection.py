@@ -115,3 +115,89 @@ def select_focus_frames(weights: torch.Tensor, num_segments: int, num_focus: int
                         random: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """T_L focus-frame indices (B, T_L) into the T0 frames from the frame weights (B, T_G)."""
     return positions_to_indices(quantile_positions(weights, num_focus, random, generator), num_segments)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ablation rules (paper Table 9, ``--frame_sampling``): the T_L focus frames when the temporal policy
+# does not choose them. Each returns sorted, distinct indices (B, T_L) into the T0 candidates.
+# ------------------------------------------------------------------------------------------------
+#: ``policy`` (the temporal policy's weights, default); ``uniform`` (evenly spaced); ``random`` (T_L distinct
+#: frames drawn uniformly); ``central_clip`` (T_L consecutive frames in the middle); ``gaussian`` (positions
+#: drawn from a normal distribution centred at the middle, ``models.patches.GAUSSIAN_SPREAD``);
+#: ``mg_sampler`` (motion-guided sampling, :func:`motion_weights`).
+FRAME_SAMPLINGS = ("policy", "uniform", "random", "central_clip", "gaussian", "mg_sampler")
+
+
+def uniform_frame_indices(batch_size: int, num_segments: int, num_focus: int, device=None) -> torch.Tensor:
+    """(B, T_L) evenly spaced frames: the ones uniform frame weights select, ``floor((k + 0.5) T0 / T_L)``."""
+    weights = torch.full((batch_size, 1), 1.0, device=device)
+    return select_focus_frames(weights, num_segments, num_focus)
+
+
+def random_frame_indices(batch_size: int, num_segments: int, num_focus: int,
+                         generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """(B, T_L) distinct frames drawn uniformly at random (without replacement), sorted."""
+    gen_device = generator.device if generator is not None else device
+    keys = torch.rand(batch_size, num_segments, generator=generator, device=gen_device).to(device)
+    return torch.sort(torch.argsort(keys, dim=1)[:, :num_focus], dim=1).values
+
+
+def central_clip_indices(batch_size: int, num_segments: int, num_focus: int, device=None) -> torch.Tensor:
+    """(B, T_L) the T_L consecutive frames in the middle of the T0 candidates."""
+    start = (num_segments - num_focus) // 2
+    return (torch.arange(num_focus, device=device) + start).unsqueeze(0).expand(batch_size, num_focus)
+
+
+def gaussian_frame_indices(batch_size: int, num_segments: int, num_focus: int,
+                           generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """(B, T_L) frames at positions drawn from a normal distribution centred at the middle of the video
+    (clamped to it), sorted and made distinct as :func:`positions_to_indices` does."""
+    from .patches import draw_centred_gaussian
+
+    positions = draw_centred_gaussian((batch_size, num_focus), generator, device).clamp_(max=1.0 - 1e-6)
+    return positions_to_indices(torch.sort(positions, dim=1).values, num_segments)
+
+
+def motion_weights(frames: torch.Tensor) -> torch.Tensor:
+    """The motion distribution of MG Sampler (Zhi et al., ICCV 2021) over T0 frames: (B, T0, C, H, W) -> (B, T0).
+
+    Frame t's motion is the mean absolute difference of its pixels from frame t - 1 (frame 0: none); the
+    weights are the motions normalised to sum to 1 (uniform for a video without motion).
+    """
+    x = frames.float()
+    motion = torch.zeros(x.shape[:2], device=x.device)
+    motion[:, 1:] = (x[:, 1:] - x[:, :-1]).abs().flatten(2).mean(dim=2)
+    total = motion.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(motion, 1.0 / motion.shape[1])
+    return torch.where(total > 0, motion / total.clamp_min(1e-12), uniform)
+
+
+def mg_sampler_indices(frames: torch.Tensor, num_focus: int, random: bool = False,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """MG Sampler's frames (B, T_L) of the T0 frames (B, T0, C, H, W): the cumulative motion
+    (:func:`motion_weights`) is split into T_L parts of equal motion and one frame is taken from each,
+    where the cumulative motion crosses the part's middle (evaluation) or a uniformly random point of the
+    part (training), made distinct as :func:`positions_to_indices` does."""
+    weights = motion_weights(frames)  # (B, T0): one bin per frame
+    return select_focus_frames(weights, frames.shape[1], num_focus, random=random, generator=generator)
+
+
+def rule_frame_indices(rule: str, batch_size: int, num_segments: int, num_focus: int, random: bool = False,
+                       generator: Optional[torch.Generator] = None, device=None,
+                       frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The focus frames (B, T_L) of a ``--frame_sampling`` rule other than ``policy`` (see
+    :data:`FRAME_SAMPLINGS`). ``frames`` (B, T0, C, H, W): the candidates, for ``mg_sampler``; ``random``:
+    training (MG Sampler then draws within each part)."""
+    if rule == "uniform":
+        return uniform_frame_indices(batch_size, num_segments, num_focus, device)
+    if rule == "random":
+        return random_frame_indices(batch_size, num_segments, num_focus, generator, device)
+    if rule == "central_clip":
+        return central_clip_indices(batch_size, num_segments, num_focus, device)
+    if rule == "gaussian":
+        return gaussian_frame_indices(batch_size, num_segments, num_focus, generator, device)
+    if rule == "mg_sampler":
+        if frames is None:
+            raise ValueError("frame_sampling 'mg_sampler' needs the candidate frames")
+        return mg_sampler_indices(frames, num_focus, random, generator)
+    raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS[1:]} here, got {rule!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Iterable, List, Tuple
 
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
-from .uni_adafocus import UniAdaFocus
+from .uni_adafocus import ABLATION_KEYWORDS, UniAdaFocus
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: The official key layout: (official prefix, our prefix), most specific first; MobileNetV2's inner
@@ -83,7 +83,8 @@ MN2_R50 = register_variant(Variant(
     hyper_parameters=("num_segments", "num_glance_segments", "num_focus_segments", "patch_size", "input_size",
                       "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim", "dropout", "fc_dropout",
                       "temperature", "glance_arch", "focus_arch", "pretrained", "glance_weights", "focus_weights",
-                      "detach_temporal_input", "glance_size", "zero_init_residual"),
+                      "detach_temporal_input", "glance_size", "zero_init_residual", "patch_transform")
+    + ABLATION_KEYWORDS,
     encoders={"glance": GLANCE_ARCHS, "focus": FOCUS_ARCHS},
     policy="spatial: one deformable patch per glance frame, interpolated to every candidate frame; "
            "temporal: frame weights over the T_G glance frames, T_L focus frames at their CDF quantiles",

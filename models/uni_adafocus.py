@@ -29,6 +29,16 @@ The forward is built from three reusable stages, which the adaptive early-exit r
 * :meth:`UniAdaFocus.focus_features` — the crop and focus encoder of step 5, for any subset of videos
   and focus steps.
 
+Training-time ablations (paper Tables 6-9 and 15; the constructor's keywords after ``zero_init_residual``,
+each defaulting to the behaviour above): the training techniques of §3.3.2 (``aux_supervision``,
+``diversity_augmentation``, ``policy_stop_gradient``), how the spatial policy is trained
+(``spatial_training``: through e^G's interpolation, or V2's gradient through the patch pixels;
+``spatial_supervision``: e^G or AdaFocusV3's e^L of enlarged patches, ``enlarged_patch_margin``), what
+decides patches and frames (``patch_location``, ``patch_scale``, ``frame_sampling``: the policy or a rule of
+``models.patches`` / ``models.frame_selection``), ``size_regulariser`` (Eq. 15) and
+``reuse_glance_features`` (§3.1). Rules that draw at random use the training generator, and in evaluation
+a generator of the model's own, seeded with ``seed`` each time the model is put in evaluation mode.
+
 Backbone stages expect the caller to have turned autocast off and to pass the caller's setting as
 ``amp = (enabled, dtype)`` (see :meth:`UniAdaFocus.autocast_setting`), as :meth:`forward` does.
 
@@ -49,7 +59,7 @@ from .backbones import FocusEncoder, GlanceEncoder, downscale, glance_feature_si
 from .classifier import ExitClassifier
 from . import frame_selection
 from .inference import call_in_chunks
-from .patches import PatchGeometry
+from .patches import PATCH_LOCATIONS, PATCH_SCALES, PatchGeometry, crop_inner_region, place_patches, size_patches
 from .outputs import detach_output
 from .policy import Policy
 
@@ -94,7 +104,7 @@ class GlanceStage:
 
     indices: torch.Tensor  # (B, T_G) frames (of T0) seen by the glance encoder
     features: torch.Tensor  # (B, T_G, Dg) pooled glance features (float32)
-    feature_maps: torch.Tensor  # (B, T_G, Dg, h, w) glance feature maps, detached
+    feature_maps: torch.Tensor  # (B, T_G, Dg, h, w) glance feature maps, detached (policy_stop_gradient)
     logits: Optional[torch.Tensor] = None  # (B, T_G, C) glance head per frame, or None
 
     @property
@@ -120,7 +130,7 @@ class PolicyStage:
     frame_weights: torch.Tensor  # (B, T_G) temporal policy softmax
     selection_weights: torch.Tensor  # (B, T_G) softmax at the temperature, used for selection
     focus_indices: torch.Tensor  # (B, T_L) focus frames (of T0), increasing
-    focus_actions: torch.Tensor  # (B, T_L, 4) actions at the focus frames, detached
+    focus_actions: torch.Tensor  # (B, T_L, 4) actions at the focus frames, detached (but spatial_training pixels)
     spatial_frame_logits: Optional[torch.Tensor] = None  # (B, T_G, C) or None
 
 
@@ -131,8 +141,8 @@ class UniAdaFocusOutput:
     exit_logits: torch.Tensor  # (B, T_G + T_L, C) glance exits, then focus exits
     glance_logits: torch.Tensor  # (B, T_G, C) glance head per glance frame
     focus_logits: torch.Tensor  # (B, T_L, C) focus head per focus patch
-    spatial_frame_logits: torch.Tensor  # (B, T_G, C) auxiliary head on each cropped feature map
-    spatial_logits: torch.Tensor  # (B, C) the same averaged over glance frames (official)
+    spatial_frame_logits: Optional[torch.Tensor]  # (B, T_G, C) auxiliary head on each cropped feature map
+    spatial_logits: Optional[torch.Tensor]  # (B, C) the same averaged over glance frames (official)
     frame_weights: torch.Tensor  # (B, T_G) temporal policy softmax
     selection_weights: torch.Tensor  # (B, T_G) softmax at the temperature, used for selection
     glance_indices: torch.Tensor  # (B, T_G) frames (of T0) seen by the glance encoder
@@ -143,11 +153,18 @@ class UniAdaFocusOutput:
     glance_features: torch.Tensor  # (B, T_G, Dg)
     focus_features: torch.Tensor  # (B, T_L, Df)
     random_pass: Optional[FocusPass] = None
+    #: Training-time ablations (see the module doc): the objective terms this forward leaves out (their
+    #: inputs below read None), and whether a training forward has a single pass (no random patches).
+    ablated_terms: frozenset = frozenset()
+    single_pass: bool = False
 
     @property
     def logits(self) -> torch.Tensor:
         """(B, C) the prediction: the last exit."""
         return self.exit_logits[:, -1]
+
+    def _unless(self, term: str, value):
+        return None if term in self.ablated_terms else value
 
     @property
     def stage_logits(self) -> torch.Tensor:
@@ -161,22 +178,24 @@ class UniAdaFocusOutput:
     def cat_logits(self) -> torch.Tensor:
         return self.exit_logits
 
+    # (None: the term is left out, ``ablated_terms``.)
     @property
-    def glance_loss_logits(self) -> torch.Tensor:
-        return self.glance_logits
+    def glance_loss_logits(self) -> Optional[torch.Tensor]:
+        return self._unless("glance", self.glance_logits)
 
     @property
-    def focus_loss_logits(self) -> torch.Tensor:
-        return self.focus_logits
+    def focus_loss_logits(self) -> Optional[torch.Tensor]:
+        return self._unless("focus", self.focus_logits)
 
     @property
     def temporal_frame_logits(self) -> torch.Tensor:
         return self.glance_logits
 
     @property
-    def size_actions(self) -> torch.Tensor:
-        """The actions the patch-size regulariser reads: (B, T_G, 4), one per glance frame."""
-        return self.glance_actions
+    def size_actions(self) -> Optional[torch.Tensor]:
+        """The actions the patch-size regulariser reads: (B, T_G, 4), one per glance frame (the box terms;
+        None: no regulariser)."""
+        return self._unless("norm", self.glance_actions[..., :4])
 
     @property
     def validation_logits(self) -> torch.Tensor:
@@ -185,6 +204,50 @@ class UniAdaFocusOutput:
 
     def detach(self) -> "UniAdaFocusOutput":
         return detach_output(self)
+
+
+@dataclass(frozen=True)
+class TrainingAblations:
+    """The training-time ablations of paper Tables 6-9 and 15 (see the module doc); the defaults are the
+    full model, and each field is the command-line flag of the same name."""
+
+    aux_supervision: bool = True  # Eq. 11: the glance and focus heads' cross-entropies
+    diversity_augmentation: bool = True  # Eq. 12: the second, random-patch training pass
+    policy_stop_gradient: bool = True  # the spatial policy reads detached glance feature maps
+    spatial_training: str = "features"  # 'features' (Eq. 13-14) or 'pixels' (AdaFocusV2's gradient)
+    patch_scale: str = "policy"  # models.patches.PATCH_SCALES
+    size_regulariser: bool = True  # Eq. 15
+    patch_location: str = "policy"  # models.patches.PATCH_LOCATIONS
+    frame_sampling: str = "policy"  # models.frame_selection.FRAME_SAMPLINGS
+    reuse_glance_features: bool = True  # §3.1: the classifier reads e^G too
+    spatial_supervision: str = "glance"  # the spatial term's features: e^G ('glance') or e^L ('local')
+    enlarged_patch_margin: int = 0  # training: the focus encoder sees (P + margin)^2 patches
+
+    def __post_init__(self):
+        for name, allowed in (("spatial_training", SPATIAL_TRAININGS), ("patch_scale", PATCH_SCALES),
+                              ("patch_location", PATCH_LOCATIONS), ("frame_sampling", frame_selection.FRAME_SAMPLINGS),
+                              ("spatial_supervision", SPATIAL_SUPERVISIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.enlarged_patch_margin < 0:
+            raise ValueError(f"enlarged_patch_margin must be 0 or more, got {self.enlarged_patch_margin}")
+        if self.spatial_training == "pixels" and self.spatial_supervision == "local":
+            raise ValueError("spatial_supervision 'local' trains the spatial policy through features; "
+                             "spatial_training 'pixels' trains it through the patch pixels instead")
+
+    @property
+    def ablated_terms(self) -> frozenset:
+        """The objective terms a training forward leaves out (``UniAdaFocusOutput.ablated_terms``)."""
+        return frozenset(({"glance", "focus"} if not self.aux_supervision else set())
+                         | ({"spatial"} if self.spatial_training == "pixels" else set())
+                         | ({"norm"} if not self.size_regulariser else set()))
+
+
+SPATIAL_TRAININGS = ("features", "pixels")
+SPATIAL_SUPERVISIONS = ("glance", "local")
+#: The constructor's keywords of the ablations (the variant registry's hyper-parameters): every field of
+#: :class:`TrainingAblations`, and ``seed``, which seeds the evaluation draws of the random rules.
+ABLATION_KEYWORDS = tuple(TrainingAblations.__dataclass_fields__) + ("seed",)
 
 
 class UniAdaFocus(nn.Module):
@@ -197,6 +260,11 @@ class UniAdaFocus(nn.Module):
     is None, from the global torch RNG; dropout always uses the global RNG. ``before_focus(indices,
     rows)``: called once with the T_L focus frames (B, T_L) and ``rows=None`` after the policy chose
     them and before they are read (see the module doc).
+
+    ``patch_transform`` (``models.patch_transforms``; the paper's Table 11): the spatial policy also
+    outputs the transformation's k parameters, so every action below is (..., 4 + k), the box terms
+    first; image patches and the auxiliary feature-map crop are both sampled through it. ``none``
+    (default): the plain box, k = 0.
     """
 
     #: The registry entry of this network (``models.mn2_r50``).
@@ -209,7 +277,11 @@ class UniAdaFocus(nn.Module):
                  glance_arch: str = "mbv2", focus_arch: str = "resnet50", pretrained: bool = False,
                  glance_weights: Optional[str] = None, focus_weights: Optional[str] = None,
                  detach_temporal_input: bool = False, glance_size: Optional[int] = None,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, patch_transform: str = "none",
+                 aux_supervision: bool = True, diversity_augmentation: bool = True, policy_stop_gradient: bool = True,
+                 spatial_training: str = "features", patch_scale: str = "policy", size_regulariser: bool = True,
+                 patch_location: str = "policy", frame_sampling: str = "policy", reuse_glance_features: bool = True,
+                 spatial_supervision: str = "glance", enlarged_patch_margin: int = 0, seed: int = 0):
         super().__init__()
         if num_focus_segments > num_segments:
             raise ValueError(f"num_focus_segments ({num_focus_segments}) > num_segments ({num_segments})")
@@ -223,7 +295,8 @@ class UniAdaFocus(nn.Module):
             raise ValueError(f"glance_size must be in 1..input_size ({input_size}), got {glance_size}")
         #: Side of the frames the glance encoder sees: ``input_size`` (official) or a smaller ``glance_size``.
         self.glance_size = glance_size or input_size
-        self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(self.glance_size))
+        self.geometry = PatchGeometry(patch_size, input_size, glance_feature_size(self.glance_size),
+                                      transform=patch_transform)
 
         self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
                                     zero_init_residual=zero_init_residual)
@@ -232,8 +305,15 @@ class UniAdaFocus(nn.Module):
         gdim, fdim = self.glance.feature_dim, self.focus.feature_dim
         self.glance_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(gdim, num_classes))  # FC_G
         self.focus_head = nn.Sequential(nn.Dropout(fc_dropout), nn.Linear(fdim, num_classes))  # FC_L
-        self.spatial_head = nn.Linear(gdim, num_classes)  # FC_Aux
-        self.policy = Policy(gdim, stn_hidden_dim, temporal_hidden_dim, self.geometry.feature_size)
+        self.ablations = TrainingAblations(aux_supervision, diversity_augmentation, policy_stop_gradient,
+                                           spatial_training, patch_scale, size_regulariser, patch_location,
+                                           frame_sampling, reuse_glance_features, spatial_supervision,
+                                           enlarged_patch_margin)
+        self.seed, self._eval_generator = seed, None
+        # FC_Aux: on e^G crops, or on e^L crops (AdaFocusV3's supervision, spatial_supervision 'local')
+        self.spatial_head = nn.Linear(fdim if spatial_supervision == "local" else gdim, num_classes)
+        self.policy = Policy(gdim, stn_hidden_dim, temporal_hidden_dim, self.geometry.feature_size,
+                             transform_params=self.geometry.num_transform_params)
         self.classifier = ExitClassifier(gdim, fdim, num_glance_segments, num_focus_segments, num_classes,
                                          classifier_dim, dropout)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
@@ -326,16 +406,39 @@ class UniAdaFocus(nn.Module):
 
         return call_in_chunks(run, x, None if self.training else chunk)
 
-    def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P)."""
+    def crop_focus_patches(self, frames: torch.Tensor, actions: torch.Tensor, margin: int = 0) -> torch.Tensor:
+        """frames (B, K, 3, H, W) normalised, actions (B, K, 4) -> patches (B*K, 3, P, P); with ``margin``, the
+        boxes grown to (P + margin) x (P + margin) patches (``enlarged_patch_margin``)."""
+        if margin:
+            return self.geometry.crop_enlarged(frames.flatten(0, 1), actions.flatten(0, 1), margin)
         return self.geometry.crop(frames.flatten(0, 1), actions.flatten(0, 1))
 
+    def train(self, mode: bool = True):
+        self._eval_generator = None  # evaluation draws start again from ``seed``
+        return super().train(mode)
+
+    def draw_generator(self, generator: Optional[torch.Generator], device) -> Optional[torch.Generator]:
+        """Where the ablation rules draw: ``generator`` in training (None: the global RNG); in evaluation
+        the model's own generator, seeded with ``seed`` when the model was last put in evaluation mode."""
+        if self.training:
+            return generator
+        device = torch.device(device)
+        if self._eval_generator is None or self._eval_generator.device.type != device.type:
+            self._eval_generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._eval_generator
+
+    def classifier_glance_input(self, features: torch.Tensor) -> torch.Tensor:
+        """The glance features (B, T_G, Dg) the exit classifier reads: e^G's, or zeros without
+        ``reuse_glance_features`` (the same parameters; the classifier then depends on the focus alone)."""
+        return features if self.ablations.reuse_glance_features else torch.zeros_like(features)
+
     def random_actions(self, shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Random-patch actions (..., 4): uniform position, size = exactly P input pixels."""
+        """Random-patch actions (..., 4 + k): uniform position, size = exactly P input pixels, the patch
+        transformation's identity."""
         gen_device = generator.device if generator is not None else device
         actions = torch.rand(*shape, 4, generator=generator, device=gen_device).to(device)
         actions[..., 2:] = self.geometry.native_scale
-        return actions
+        return self.geometry.with_identity(actions)
 
     # ------------------------------------------------------------------------------------------
     # stages (shared by forward and the adaptive runtime, ops.early_exit.adaptive)
@@ -357,12 +460,13 @@ class UniAdaFocus(nn.Module):
         # (B*T_G, Dg, h, w), (B*T_G, Dg)
         fmap, feats = self.run_backbone(self.glance, glance_frames, amp)
         logits = self.glance_head(feats).view(b, self.num_glance, -1) if head else None  # (B, T_G, C)
-        fmap = fmap.detach()
+        if self.ablations.policy_stop_gradient:
+            fmap = fmap.detach()
         return GlanceStage(indices=indices, features=feats.view(b, self.num_glance, -1),
                            feature_maps=fmap.view(b, self.num_glance, *fmap.shape[1:]), logits=logits)
 
     def policy_stage(self, glance: GlanceStage, num_frames: int, generator: Optional[torch.Generator] = None,
-                     auxiliary: bool = True) -> PolicyStage:
+                     auxiliary: bool = True, frames: Optional[torch.Tensor] = None) -> PolicyStage:
         """Steps 2-4 on a glance stage (of any subset of the batch: see :meth:`GlanceStage.select`).
 
         The spatial policy reads the detached feature maps (one patch per glance frame, interpolated to
@@ -370,11 +474,15 @@ class UniAdaFocus(nn.Module):
         the T_L focus frames are taken at the quantiles of the tempered weights (deterministic in
         evaluation, stratified with draws from ``generator`` in training). ``auxiliary``: also run the
         auxiliary head on every glance map cropped by its own patch (the spatial objective's input).
-        Runs the spatial policy exactly once.
+        Runs the spatial policy exactly once. The ablations' rules replace the policy's positions, sizes or
+        frames (``frames`` (B, T0, 3, H, W): the candidates, which ``frame_sampling`` 'mg_sampler' reads).
         """
         b = glance.batch_size
+        ablations, draws = self.ablations, self.draw_generator(generator, glance.features.device)
         fmap = glance.feature_maps  # (B, T_G, Dg, h, w), detached
         glance_actions = self.policy.spatial(fmap)  # (B, T_G, 4)
+        glance_actions = size_patches(place_patches(glance_actions, ablations.patch_location, draws),
+                                      ablations.patch_scale, self.geometry.native_scale, draws)
         all_actions = frame_selection.interpolate_actions(glance_actions, num_frames)  # (B, T0, 4)
         gfeat = glance.features
         scores = self.policy.temporal(gfeat.detach() if self.detach_temporal_input else gfeat)  # (B, T_G)
@@ -382,19 +490,27 @@ class UniAdaFocus(nn.Module):
         selection_weights = torch.softmax(scores / self.temperature, dim=1)
 
         spatial_frame_logits = None
-        if auxiliary:  # each glance map cropped by its own patch (differentiable in the actions)
-            aux = self.geometry.crop_features(fmap.flatten(0, 1), glance_actions.reshape(-1, 4))  # (B*T_G, Dg, p, p)
+        if auxiliary and ablations.spatial_supervision == "glance" and ablations.spatial_training == "features":
+            # each glance map cropped by its own patch (differentiable in the actions)
+            aux = self.geometry.crop_features(fmap.flatten(0, 1), glance_actions.flatten(0, 1))  # (B*T_G, Dg, p, p)
             spatial_frame_logits = self.spatial_head(aux.mean(dim=(2, 3))).view(b, self.num_glance, -1)  # (B, T_G, C)
 
-        focus_indices = frame_selection.select_focus_frames(selection_weights, num_frames, self.num_focus,
-                                                            random=self.training, generator=generator)  # (B, T_L)
-        focus_actions = self.gather_frames(all_actions, focus_indices).detach()  # (B, T_L, 4)
+        if ablations.frame_sampling == "policy":
+            focus_indices = frame_selection.select_focus_frames(selection_weights, num_frames, self.num_focus,
+                                                                random=self.training, generator=generator)  # (B, T_L)
+        else:
+            focus_indices = frame_selection.rule_frame_indices(
+                ablations.frame_sampling, b, num_frames, self.num_focus, random=self.training, generator=draws,
+                device=glance.features.device, frames=frames)  # (B, T_L)
+        focus_actions = self.gather_frames(all_actions, focus_indices)  # (B, T_L, 4)
+        if ablations.spatial_training == "features":  # 'pixels': the patches' gradient reaches the policy
+            focus_actions = focus_actions.detach()
         return PolicyStage(glance_actions=glance_actions, all_actions=all_actions, frame_weights=frame_weights,
                            selection_weights=selection_weights, focus_indices=focus_indices,
                            focus_actions=focus_actions, spatial_frame_logits=spatial_frame_logits)
 
     def focus_features(self, frames: torch.Tensor, focus_indices: torch.Tensor, focus_actions: torch.Tensor, amp,
-                       rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       rows: Optional[torch.Tensor] = None, margin: int = 0, maps: bool = False):
         """Step 5: crop P x P patches and run the focus encoder, for any subset of videos and steps.
 
         frames: (B, T0, 3, H, W) the whole batch (uint8 or normalised float; autocast off, ``amp`` as
@@ -403,14 +519,37 @@ class UniAdaFocus(nn.Module):
         only; focus_actions (n, K, 4), or (S, n, K, 4) for S patch sets of the same frames that share
         one encoder call (training: the policy's patches and the random ones). Only the n*K frames
         are gathered and normalised. Returns features (n, K, Df), or (S, n, K, Df), float32.
+        ``margin``: crop (P + margin)-px patches of the grown boxes (:meth:`crop_focus_patches`); ``maps``:
+        also return the encoder's feature maps, (n, K, Df, h, w) or (S, n, K, Df, h, w).
         """
         frames_k = self.normalise(self.gather_frames(frames, focus_indices, rows))  # (n, K, 3, H, W)
         sets = focus_actions.unsqueeze(0) if focus_actions.dim() == 3 else focus_actions  # (S, n, K, 4)
-        patches = [self.crop_focus_patches(frames_k, actions) for actions in sets.unbind(0)]  # S x (n*K, 3, P, P)
+        patches = [self.crop_focus_patches(frames_k, actions, margin) for actions in sets.unbind(0)]  # S x (n*K, 3, P, P)
         patches = patches[0] if len(patches) == 1 else torch.cat(patches)
-        feats = self.run_backbone(self.focus, patches, amp, self.focus_chunk)  # (S*n*K, Df)
+        fmaps = None
+        if maps:
+            fmaps = self.run_backbone(self.focus.feature_maps, patches, amp, self.focus_chunk)  # (S*n*K, Df, h, w)
+            feats = fmaps.mean(dim=(2, 3))
+            fmaps = fmaps.view(*sets.shape[:-1], *fmaps.shape[1:])  # (S, n, K, Df, h, w)
+        else:
+            feats = self.run_backbone(self.focus, patches, amp, self.focus_chunk)  # (S*n*K, Df)
         feats = feats.view(*sets.shape[:-1], feats.shape[-1])  # (S, n, K, Df)
-        return feats[0] if focus_actions.dim() == 3 else feats
+        if focus_actions.dim() == 3:
+            feats, fmaps = feats[0], None if fmaps is None else fmaps[0]
+        return (feats, fmaps) if maps else feats
+
+    def local_spatial_logits(self, focus_maps: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """AdaFocusV3's spatial objective input (``spatial_supervision`` 'local'): each patch's own region of
+        the focus encoder's (detached) maps of its enlarged patch, pooled, through FC_Aux.
+
+        focus_maps (B, K, Df, h, w) of patches grown by (P + margin) / P; actions (B, K, 4) the patches'
+        actions, not detached (their gradient trains the policy). Returns (B, K, C).
+        """
+        b, k = actions.shape[:2]
+        factor = (self.patch_size + self.ablations.enlarged_patch_margin) / self.patch_size
+        side = max(2, round(focus_maps.shape[-1] / factor))
+        inner = crop_inner_region(focus_maps.detach().flatten(0, 1), actions.flatten(0, 1), factor, side)
+        return self.spatial_head(inner.mean(dim=(2, 3))).view(b, k, -1)
 
     def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
         """The T_L + 1 early-exit stages one at a time, for the adaptive runtime (a generator; evaluation).
@@ -428,10 +567,15 @@ class UniAdaFocus(nn.Module):
         clf = self.classifier
         frames = self.frames_view(video)
         glance = self.glance_stage(frames, amp, head=False)
-        glance_final = clf.glance_states(glance.features)[:, -1]  # (B, H)
+        glance_final = clf.glance_states(self.classifier_glance_input(glance.features))[:, -1]  # (B, H)
         keep = yield clf.glance_exits[-1](glance_final)  # (B, C)
         rows, glance_final = keep, glance_final[keep]
-        policy = self.policy_stage(glance.select(keep), frames.shape[1], auxiliary=False)
+        candidates = None
+        if self.ablations.frame_sampling == "mg_sampler":  # MG Sampler reads every candidate frame
+            if before_focus is not None:
+                before_focus(torch.arange(frames.shape[1], device=keep.device).expand(len(keep), -1), rows)
+            candidates = frames[keep.to(frames.device)]
+        policy = self.policy_stage(glance.select(keep), frames.shape[1], auxiliary=False, frames=candidates)
         indices, actions = policy.focus_indices, policy.focus_actions  # (n, T_L), (n, T_L, 4)
         del glance, policy
         if lap is not None:
@@ -462,37 +606,55 @@ class UniAdaFocus(nn.Module):
     def _forward(self, frames: torch.Tensor, amp, generator: Optional[torch.Generator],
                  before_focus=None) -> UniAdaFocusOutput:
         b, t0, _, height, width = frames.shape
-        training = self.training
+        training, ablations = self.training, self.ablations
+        random_pass_on = training and ablations.diversity_augmentation
+        local = training and ablations.spatial_supervision == "local"
 
         # 1. glance; 2-4. policy, spatial objective input, frame selection
         glance = self.glance_stage(frames, amp, generator, head=True)
-        policy = self.policy_stage(glance, t0, generator, auxiliary=True)
+        candidates = None
+        if ablations.frame_sampling == "mg_sampler":  # MG Sampler reads every candidate frame
+            if before_focus is not None:
+                before_focus(torch.arange(t0, device=frames.device).expand(b, -1), None)
+            candidates = frames
+        policy = self.policy_stage(glance, t0, generator, auxiliary=True, frames=candidates)
 
         # 5. focus (+ the random-patch pass in training, in the same backbone call)
         if before_focus is not None:
             before_focus(policy.focus_indices, None)
         actions, random_actions = policy.focus_actions, None  # (B, T_L, 4)
-        if training:
+        if random_pass_on:
             random_actions = self.random_actions((b, self.num_focus), frames.device, generator)
             actions = torch.stack((actions, random_actions))  # (2, B, T_L, 4)
-        ffeat = self.focus_features(frames, policy.focus_indices, actions, amp)
+        margin = ablations.enlarged_patch_margin if training else 0
+        ffeat = self.focus_features(frames, policy.focus_indices, actions, amp, margin=margin, maps=local)
+        if local:
+            ffeat, fmaps = ffeat
+            fmaps = fmaps.view(-1, b, *fmaps.shape[-4:])[0]  # (B, T_L, Df, h, w) of the policy's patches
         ffeat = ffeat.view(-1, b, self.num_focus, ffeat.shape[-1])  # (n, B, T_L, Df)
         focus_logits = self.focus_head(ffeat.flatten(0, 2)).view(-1, b, self.num_focus,
                                                                   self.num_classes)  # (n, B, T_L, C)
 
         # 6. classifier, once per pass (as official: its BatchNorm sees each pass separately)
         gfeat = glance.features  # (B, T_G, Dg)
-        exit_logits = self.classifier(gfeat, ffeat[0])  # (B, T_G + T_L, C)
+        clf_gfeat = self.classifier_glance_input(gfeat)
+        exit_logits = self.classifier(clf_gfeat, ffeat[0])  # (B, T_G + T_L, C)
         random_pass = None
-        if training:
-            random_pass = FocusPass(self.classifier(gfeat, ffeat[1]), focus_logits[1], random_actions)
+        if random_pass_on:
+            random_pass = FocusPass(self.classifier(clf_gfeat, ffeat[1]), focus_logits[1], random_actions)
 
-        spatial_frame_logits = policy.spatial_frame_logits
+        spatial_frame_logits = policy.spatial_frame_logits  # (B, T_G, C), or None
+        if local:  # (B, T_L, C): the focus frames' e^L, the actions not detached
+            live_actions = self.gather_frames(policy.all_actions, policy.focus_indices)
+            spatial_frame_logits = self.local_spatial_logits(fmaps, live_actions)
         return UniAdaFocusOutput(
             exit_logits=exit_logits, glance_logits=glance.logits, focus_logits=focus_logits[0],
-            spatial_frame_logits=spatial_frame_logits, spatial_logits=spatial_frame_logits.mean(dim=1),
+            spatial_frame_logits=spatial_frame_logits,
+            spatial_logits=None if spatial_frame_logits is None else spatial_frame_logits.mean(dim=1),
             frame_weights=policy.frame_weights, selection_weights=policy.selection_weights,
             glance_indices=glance.indices, focus_indices=policy.focus_indices,
             glance_actions=policy.glance_actions, focus_actions=policy.focus_actions,
             patch_boxes=self.geometry.boxes(policy.focus_actions, height, width),
-            glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass)
+            glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass,
+            ablated_terms=ablations.ablated_terms if training else frozenset(),
+            single_pass=training and not random_pass_on)

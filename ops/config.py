@@ -164,6 +164,46 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "temporal objective trains the policy alone. Sets --detach_temporal_input and "
                         "--temporal_objective paper (official: neither)")
 
+    # Ablations (paper Tables 6-9, 15)
+    g = p.add_argument_group("training-time ablations (paper Tables 6-9 and 15; docs/ablations.md; mn2_r50)")
+    on_off = argparse.BooleanOptionalAction
+    g.add_argument("--aux_supervision", action=on_off, default=True,
+                   help="Table 6, Eq. 11: the glance and focus heads' cross-entropies (the objective's glance and "
+                        "focus terms); off: the exits' cross-entropy trains the encoders alone")
+    g.add_argument("--diversity_augmentation", action=on_off, default=True,
+                   help="Table 6, Eq. 12: the second training pass on random patches; off: the policy's patches only")
+    g.add_argument("--policy_stop_gradient", action=on_off, default=True,
+                   help="Table 6: the spatial policy reads detached glance feature maps, so its training does not "
+                        "reach the glance encoder (the temporal policy's input: --detach_temporal_input)")
+    g.add_argument("--spatial_training", choices=("features", "pixels"), default="features",
+                   help="Table 7: the spatial policy learns from the glance features cropped by its patches (Eq. 14; "
+                        "the spatial term) or, as AdaFocusV2, from the gradient through the patch pixels")
+    g.add_argument("--patch_scale", choices=("policy", "fixed", "square", "random", "downsample"), default="policy",
+                   help="Tables 7, 9, 11: patch sizes from the policy (deformable), P x P pixels, the policy's scale "
+                        "with a square shape, random, or the whole frame down-sampled to P x P")
+    g.add_argument("--size_regulariser", action=on_off, default=True,
+                   help="Table 9, Eq. 15: the patch-size regulariser (--norm_ratio weights it)")
+    g.add_argument("--patch_location", choices=("policy", "random", "central", "gaussian"), default="policy",
+                   help="Table 9: patch positions from the policy, uniformly random, central, or normal around the "
+                        "centre")
+    g.add_argument("--frame_sampling", choices=("policy", "uniform", "random", "central_clip", "gaussian",
+                                                "mg_sampler"), default="policy",
+                   help="Tables 7, 9: focus frames from the temporal policy, evenly spaced, random, the central clip, "
+                        "normal around the middle, or motion-guided (MG Sampler; reads every candidate frame)")
+    g.add_argument("--reuse_glance_features", action=on_off, default=True,
+                   help="Table 8: the exit classifier reads the glance features too (off: the focus features alone)")
+    g.add_argument("--spatial_supervision", choices=("glance", "local"), default="glance",
+                   help="Table 15: the spatial term's features: the glance encoder's (e^G) or, as AdaFocusV3, the "
+                        "focus encoder's of the enlarged patch (e^L; AdaFocusV3 with --enlarged_patch_margin 32)")
+    g.add_argument("--enlarged_patch_margin", type=int, default=0,
+                   help="Table 15: in training the focus encoder sees (P + margin)^2 patches of boxes grown by "
+                        "(P + margin) / P (AdaFocusV3: 32); evaluation stays P x P. 0: none")
+    g.add_argument("--patch_transform", choices=sibling("models.patch_transforms").TRANSFORM_NAMES, default="none",
+                   help="Table 11: a transformation of the patch that the spatial policy also predicts, in the box's "
+                        "coordinates (models/patch_transforms.py; docs/ablations.md): a rotation, a 6-parameter "
+                        "affine, an 8-parameter homography or a thin-plate spline on a 3x3 control grid; none: the "
+                        "plain deformable box")
+
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=50)
     g.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=int, default=32,
@@ -309,7 +349,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     # AdaFocusV3
     g = p.add_argument_group("AdaFocusV3 (--variant adafocus_v3; docs/adafocus-v3.md): cubes of --patch_size "
-                                 "squared x --cube_frames, --num_focus_segments cubes")
+                                "squared x --cube_frames, --num_focus_segments cubes")
     g.add_argument("--cube_frames", type=int, default=1, help="T': frames of each video cube (paper: 1, or 12 on Sth-Sth)")
     g.add_argument("--v3_gradient", choices=("feature", "pixel"), default="feature",
                    help="how the cube centres get their gradient: 'feature' (AdaFocusV3, Eqs. 5-6: an enlarged cube, "
@@ -356,8 +396,13 @@ def _given_dests(parser: argparse.ArgumentParser, argv: List[str]) -> set:
     return given
 
 
-def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
-    """Defaults from a YAML file of ``flag_name: value`` pairs, checked against the parser."""
+def load_config_file(path: str, parser: argparse.ArgumentParser, with_base: bool = True, _chain=()) -> Dict:
+    """Defaults from a YAML file of ``flag_name: value`` pairs, checked against the parser.
+
+    ``base: FILE`` (a path relative to this file) loads FILE first, recursively, and this file's keys
+    override its values; a missing base or a cycle of bases is a parser error naming the file.
+    ``with_base=False``: this file's own keys only (its ``base`` dropped).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
@@ -372,6 +417,10 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
     actions = {a.dest: a for a in parser._actions}
     values = {k.replace("-", "_"): v for k, v in values.items()}
     values.pop("config", None)  # a run's saved config.yaml names the preset it started from
+    inherited = {}
+    if "base" in values:
+        base = values.pop("base")
+        inherited = _load_base(path, base, parser, _chain) if with_base else {}
     unknown = sorted(k for k in values if k not in actions)
     if unknown:
         parser.error(f"--config {path}: unknown keys {unknown}")
@@ -389,7 +438,22 @@ def load_config_file(path: str, parser: argparse.ArgumentParser) -> Dict:
             continue  # a saved configuration holds the unset optional flags too
         if choices is not None and values[key] not in choices:
             parser.error(f"--config {path}: {key} must be one of {sorted(choices)}, got {values[key]!r}")
-    return values
+    return {**inherited, **values}
+
+
+def _load_base(path: str, base, parser: argparse.ArgumentParser, chain) -> Dict:
+    """The values of ``base:`` in the config file ``path`` (its own bases first); ``chain``: the files that
+    led here, to refuse a cycle."""
+    if not isinstance(base, str) or not base:
+        parser.error(f"--config {path}: base must be a path to a YAML file (relative to {path}), got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    here = os.path.realpath(path)
+    if os.path.realpath(base_path) in chain + (here,):
+        loop = " -> ".join([*chain, here, os.path.realpath(base_path)])
+        parser.error(f"--config {path}: base {base} makes a cycle of config files ({loop})")
+    if not os.path.isfile(base_path):
+        parser.error(f"--config {path}: base {base} not found ({base_path})")
+    return load_config_file(base_path, parser, _chain=chain + (here,))
 
 
 #: The official tsm and x3d commands start with two positionals: ``something RGB`` (dataset, modality).
@@ -504,6 +568,7 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
             parser.error("--paper_stop_gradient uses --temporal_objective paper; "
                          f"--temporal_objective {args.temporal_objective} contradicts it")
         args.detach_temporal_input, args.temporal_objective = True, "paper"
+    check_ablations(args, parser)
     if getattr(args, "bf16_focus", False):
         evaluates_on = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda_available()) else "cpu"
         problem = sibling("models.inference").bf16_focus_problem(args.plain_model, evaluates_on,
@@ -535,11 +600,33 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
                          f"{args.device}{'' if args.device == 'cpu' else ', no CUDA device found'})")
 
 
+#: The training-time ablation flags (paper Tables 6-9, 15): model keywords of the variants that offer them.
+ABLATION_FLAGS = ("aux_supervision", "diversity_augmentation", "policy_stop_gradient", "spatial_training",
+                  "patch_scale", "size_regulariser", "patch_location", "frame_sampling", "reuse_glance_features",
+                  "spatial_supervision", "enlarged_patch_margin", "patch_transform")
+
+
+def check_ablations(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse, in one line, an ablation flag off its default that the variant cannot honour, and the
+    combinations that contradict each other."""
+    variant = models.get_variant(args.variant)
+    for name in ABLATION_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None and value != parser.get_default(name) and name not in variant.hyper_parameters:
+            shown = f"--{name} {value}" if not isinstance(value, bool) else f"--{'' if value else 'no-'}{name}"
+            parser.error(f"{shown}: the {variant.name} variant does not offer this ablation (mn2_r50 does)")
+    if getattr(args, "enlarged_patch_margin", 0) < 0:
+        parser.error(f"--enlarged_patch_margin must be 0 or more, got {args.enlarged_patch_margin}")
+    if getattr(args, "spatial_supervision", "glance") == "local" and getattr(args, "spatial_training", None) == "pixels":
+        parser.error("--spatial_supervision local trains the spatial policy through the focus features; "
+                     "--spatial_training pixels trains it through the patch pixels instead: choose one")
+
+
 #: Flags that set the model's shapes. An own checkpoint's saved configuration supplies those that no
 #: flag (nor ``--config``) sets; one that contradicts it is an error naming both values.
 MODEL_KEYS = ("variant", "glance_arch", "focus_arch", "num_segments", "num_glance_segments", "num_focus_segments",
               "patch_size", "input_size", "glance_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim",
-              "shift_div")
+              "shift_div", "patch_transform")
 
 
 def model_keys(variant_name: str) -> List[str]:

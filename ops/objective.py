@@ -26,6 +26,12 @@ Both sample, per Monte-Carlo copy, frames without replacement with probability p
 weights (Gumbel top-k, which is exactly sequential weighted sampling without replacement). The
 official form draws a fresh set for each number of removed frames; the paper form removes prefixes of
 one sequence. ``T1 = floor(T_L * T_G / T0)`` removal steps (App. C), 5 for the official sizes.
+
+Training-time ablations (paper Tables 6, 7, 9; ``models.uni_adafocus.TrainingAblations``) reach the
+objective through the forward output: a term whose input the output gives as None (``glance`` and
+``focus`` without auxiliary supervision, ``spatial`` with the pixel-based spatial training, ``norm``
+without the size regulariser) is zero, and an output with ``single_pass`` (no diversity augmentation)
+has no random-patch pass, so ``cat`` and ``focus`` are the policy pass's cross-entropies alone.
 """
 from __future__ import annotations
 
@@ -175,26 +181,41 @@ class UniAdaFocusObjective:
         self.kl_reference_size = num_focus_segments if kl_reference == "official" else None
 
     def __call__(self, out, target: torch.Tensor, generator: Optional[torch.Generator] = None) -> ObjectiveTerms:
-        if out.random_pass is None:
+        if out.random_pass is None and not getattr(out, "single_pass", False):
             raise ValueError("the objective needs a training-mode forward (with the random-patch pass)")
         zero = out.cat_logits.new_zeros(())  # (AdaFocusV2's output has no frame weights)
-        values = {name: getattr(self, f"_{name}")(out, target, generator) if name in self.terms else zero
-                  for name in self.TERMS}
+        values = {}
+        for name in self.TERMS:
+            value = getattr(self, f"_{name}")(out, target, generator) if name in self.terms else None
+            values[name] = zero if value is None else value  # None: the output leaves the term out
         return ObjectiveTerms(total=sum(values.values()), **values)
+
+    @staticmethod
+    def _two_passes(out, policy_value: torch.Tensor, random_value) -> torch.Tensor:
+        """Eq. 12: the mean of a cross-entropy over the policy's and the random patches (the policy's alone
+        for a ``single_pass`` output; ``random_value(random_pass)`` is then not called)."""
+        if getattr(out, "single_pass", False):
+            return policy_value
+        return 0.5 * (policy_value + random_value(out.random_pass))
 
     # one method per term, each already weighted ------------------------------------------------------
     def _cat(self, out, target, generator):
-        return 0.5 * (step_cross_entropy(out.cat_logits, target) + step_cross_entropy(out.random_pass.cat_logits, target))
+        return self._two_passes(out, step_cross_entropy(out.cat_logits, target),
+                                lambda random_pass: step_cross_entropy(random_pass.cat_logits, target))
 
     def _glance(self, out, target, generator):
         logits = out.glance_loss_logits  # (B, S, C)
+        if logits is None:
+            return None
         if self.glance_form == "video":
             logits = logits.mean(dim=1, keepdim=True)  # one prediction per video: the frames' mean logits
         return step_cross_entropy(logits, target)
 
     def _focus(self, out, target, generator):
-        return 0.5 * (step_cross_entropy(out.focus_loss_logits, target)
-                      + step_cross_entropy(out.random_pass.focus_loss_logits, target))
+        if out.focus_loss_logits is None:
+            return None
+        return self._two_passes(out, step_cross_entropy(out.focus_loss_logits, target),
+                                lambda random_pass: step_cross_entropy(random_pass.focus_loss_logits, target))
 
     def _temporal(self, out, target, generator):
         if self.temporal_form == "official":
@@ -207,6 +228,8 @@ class UniAdaFocusObjective:
         return temporal_mc_paper_loss(out.frame_weights, frame_losses, self.mc_draws, self.mc_samples, generator)
 
     def _spatial(self, out, target, generator):
+        if out.spatial_logits is None:
+            return None
         if self.spatial_form == "official":  # one CE per video of the frame-averaged crop
             return F.cross_entropy(out.spatial_logits, target)
         return step_cross_entropy(out.spatial_frame_logits, target)  # Eq. 14/15: one CE per glance frame
@@ -217,6 +240,8 @@ class UniAdaFocusObjective:
         return self.kl_ratio * kl_to_uniform(out.frame_weights, self.kl_reference_size)
 
     def _norm(self, out, target, generator):
+        if out.size_actions is None:
+            return None
         return self.norm_ratio * patch_size_regulariser(out.size_actions)
 
 
