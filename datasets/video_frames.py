@@ -20,6 +20,13 @@ Otherwise (AVI files with packed B-frames carry swapped frame times; an AVI file
 flags every packet a key frame) the video is marked unseekable for the process and decoded from its
 start, counting frames as the extraction does.
 
+Frames nobody needs and no other frame refers to (H.264 non-reference pictures, MPEG-4 Part 2 and
+MPEG-1/2 B-frames) are not decoded where the container stores presentation times (MP4, Matroska):
+their packets go to the decoder with ``skip_frame='NONREF'``, which drops them, and the frames that
+come out are placed by their times (each must be the next table entry but for skipped ones). The
+frames decoded are bit-identical to those of a decoding in order. Other codecs and containers
+(AVI, whose times are guesses; MPEG-4 streams with packed B-frames) decode every frame.
+
 Problems are :class:`~.errors.FrameError` lines naming the list line, the video file and the frame:
 a file that cannot be opened or holds no video stream, a truncated video (the rule of
 :func:`.video.falls_short`: its packets end well before the length its container declares), a list
@@ -51,6 +58,9 @@ logger = logging.getLogger(__name__)
 CACHE_SIZE = 4096
 _timings: "OrderedDict[Tuple[str, int, int], VideoTiming]" = OrderedDict()
 _timings_lock = threading.Lock()        # the selected-frame decoding reads videos from a thread pool
+#: Send the packets of frames nobody needs to the decoder as skippable where the video allows it
+#: (:attr:`VideoTiming.skippable`); False decodes every frame up to a needed one (for comparisons).
+SKIP_UNNEEDED = True
 
 
 def _video_errors() -> tuple:
@@ -68,7 +78,9 @@ class VideoTiming:
     decoded frame ``i`` fills (non-decreasing; frame ``i`` fills ``[slots[i], slots[i+1])``, the last
     one exactly ``slots[-1]``). keys: int64 ``(m,)``, sorted decoded indices of the key frames.
     truncated: '' for a complete video, else why it counts as truncated. seekable: cleared when a seek
-    turned out not to land where the table says (then every read decodes from the start).
+    turned out not to land where the table says (then every read decodes from the start). skippable:
+    frames nobody needs may go to the decoder as skippable, placing the decoded ones by their times
+    (:func:`skippable`).
     """
 
     pts: np.ndarray
@@ -76,6 +88,7 @@ class VideoTiming:
     keys: np.ndarray
     truncated: str = ""
     seekable: bool = True
+    skippable: bool = False
 
     @property
     def count(self) -> int:
@@ -113,10 +126,13 @@ def read_timing(path: str) -> VideoTiming:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         times, key_flags, untimed, stopped = [], [], 0, ""
+        can_skip = skippable(container.format.name, stream.codec_context.name)
         try:
             for packet in container.demux(stream):
                 if not packet.size:
                     continue
+                if can_skip and stream.codec_context.name == "mpeg4" and bytes(packet).count(VOP_START) > 1:
+                    can_skip = False                     # packed B-frames: a packet's time is not its frame's
                 if packet.pts is None:
                     untimed += 1
                     continue
@@ -142,7 +158,30 @@ def read_timing(path: str) -> VideoTiming:
             truncated = (f"truncated video: {claimed_frames(stream)}{length}, {len(pts)} in the file "
                          f"({float(span):.2f} s)" + (f"; {stopped}" if stopped else ""))
         return VideoTiming(pts=pts, slots=_slots(pts, time_base, rate), keys=keys.astype(np.int64),
-                           truncated=truncated)
+                           truncated=truncated, skippable=can_skip)
+
+
+#: Decoders that drop a frame no other frame refers to when asked (``skip_frame='NONREF'``): H.264
+#: slices with nal_ref_idc 0, MPEG-4 Part 2 B-VOPs, MPEG-1/2 B-pictures. Others decode every frame.
+SKIPPING_CODECS = frozenset({"h264", "mpeg4", "mpeg1video", "mpeg2video"})
+#: Containers that store each packet's presentation time (FFmpeg demuxer names), so that a frame can be
+#: placed by its time. AVI stores none: FFmpeg derives times from the packet count, and for B-frames,
+#: packed ones above all, they are not the display order.
+TIMED_CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm"})
+
+
+#: The start code of an MPEG-4 Part 2 video object plane (one frame). A "packed" stream (DivX, AVI
+#: files above all, and files remuxed from them) stores a B-frame in the packet of the frame before
+#: it, so one packet holds two; the decoder then returns frames one packet late, under other times.
+VOP_START = b"\x00\x00\x01\xb6"
+
+
+def skippable(container_format: str, codec: str) -> bool:
+    """Whether frames of a ``codec`` stream in a container of ``container_format`` (FFmpeg's demuxer
+    names, comma-separated) may be skipped: the decoder drops non-reference frames on request and the
+    container gives the times that place the decoded ones (:func:`read_timing` also clears it for an
+    MPEG-4 Part 2 stream with packed B-frames)."""
+    return codec in SKIPPING_CODECS and bool(TIMED_CONTAINERS & set(container_format.split(",")))
 
 
 def video_timing(path: str) -> VideoTiming:
@@ -350,14 +389,23 @@ class _DecodedFrames:
 
     def take(self, wanted: List[int]) -> Iterator[Tuple[int, "object"]]:
         """Yield ``(index, frame)`` for the sorted decoded indices ``wanted`` that decode; on a decode error
-        or the end of the stream, stop and say why in :attr:`stopped`."""
+        or the end of the stream, stop and say why in :attr:`stopped`.
+
+        With :attr:`VideoTiming.skippable` the packets of frames that are not wanted go to the decoder with
+        ``skip_frame='NONREF'`` (it drops them when no other frame refers to them; every frame it decodes
+        is then bit-identical) and each frame is placed by its time: it must be a table entry after the
+        previous one, with only frames sent as skippable in between. Frames that break this (or, without
+        skipping, whose times are not the next table entries after a seek) make the video unseekable for
+        the process, and it is decoded from its start without skipping, counting frames."""
         timing = self.timing
         frames, position, verify, landing, done, sought = None, -1, False, False, 0, 0
+        skipped: set = set()                    # decoded indices sent as skippable since the last (re)start
         try:
             if self.container is None:
                 self._open()
             while done < len(wanted):
                 target = wanted[done]
+                skip = SKIP_UNNEEDED and timing.skippable and timing.seekable
                 key = timing.key_before(target) if timing.seekable else 0
                 if frames is None or (key > position + 1 and key > sought):  # (a seek may land before its key)
                     if key > 0:
@@ -365,27 +413,49 @@ class _DecodedFrames:
                         verify = landing = True
                         sought = key
                     else:
-                        position, verify = -1, False
-                    frames = self.container.decode(self.stream)
+                        position, verify, landing = -1, skip, False
+                    skipped = set()
+                    frames = self._frames(set(wanted) if skip else None, skipped)
                 frame = next(frames, None)
                 if frame is None:
                     self.stopped = f"the stream ended after {position + 1} decoded frame(s)"
                     return
-                position += 1
                 self.decoded += 1
-                if verify:
-                    if landing:                                          # the first frame after a seek
-                        position, landing = _landed(timing.pts, frame, target), False
-                    if position < 0 or position >= len(timing.pts) or frame.pts != timing.pts[position]:
+                if not verify:
+                    position += 1
+                else:
+                    at = _landed(timing.pts, frame, target) if landing else _placed(timing.pts, frame, position,
+                                                                                     skipped)
+                    landing = False
+                    if at < 0:
                         timing.seekable = False                          # frame times disagree with the table
                         self._open()
-                        frames, position, verify = self.container.decode(self.stream), -1, False
+                        frames, position, verify = self._frames(None, skipped), -1, False
                         continue
+                    position = at
                 if position == target:
                     yield position, frame
                     done += 1
         except _video_errors() as e:
             self.stopped = f"decoding stopped after frame {position + 1} of the stream: {_reason(e)}"
+
+    def _frames(self, wanted: Optional[set], skipped: set) -> Iterator["object"]:
+        """The decoded frames from the container's position on. ``wanted``: the decoded indices whose packets
+        are decoded in full; every other packet whose time is a single table entry goes to the decoder
+        with ``skip_frame='NONREF'`` and its index is added to ``skipped`` (None: decode every packet)."""
+        codec = self.stream.codec_context
+        pts = self.timing.pts
+        mode = "DEFAULT"
+        codec.skip_frame = mode
+        for packet in self.container.demux(self.stream):
+            if wanted is not None and packet.size:
+                at = _table_index(pts, packet.pts)
+                want = "DEFAULT" if at < 0 or at in wanted else "NONREF"
+                if want == "NONREF":
+                    skipped.add(at)
+                if want != mode:
+                    codec.skip_frame = mode = want
+            yield from codec.decode(packet)
 
 
 _local = threading.local()
@@ -401,17 +471,34 @@ def _reformatter():
     return reformatter
 
 
+def _table_index(pts: np.ndarray, time: Optional[int]) -> int:
+    """The decoded index whose table time is ``time`` when exactly one is, else -1."""
+    if time is None:
+        return -1
+    at = int(np.searchsorted(pts, time))
+    unique = at < len(pts) and pts[at] == time and (at + 1 == len(pts) or pts[at + 1] != time)
+    return at if unique else -1
+
+
 def _landed(pts: np.ndarray, frame, target: int) -> int:
     """The decoded index of the first frame after a seek: the table entry with the frame's time when there
     is exactly one, at or before ``target``, and the decoder marks the frame a key frame; -1 otherwise (the
     seek is not trusted: e.g. an AVI file without its index flags every packet a key frame, and a seek then
     lands on frames that need the ones before)."""
-    frame_pts = frame.pts
-    if frame_pts is None or not frame.key_frame:
+    if not frame.key_frame:
         return -1
-    at = int(np.searchsorted(pts, frame_pts))
-    unique = at < len(pts) and pts[at] == frame_pts and (at + 1 == len(pts) or pts[at + 1] != frame_pts)
-    return at if unique and at <= target else -1
+    at = _table_index(pts, frame.pts)
+    return at if at <= target else -1
+
+
+def _placed(pts: np.ndarray, frame, position: int, skipped: set) -> int:
+    """The decoded index of a frame that follows decoded frame ``position``: its single table entry when
+    that comes after ``position`` and every entry in between is in ``skipped`` (sent to the decoder as
+    skippable); -1 otherwise."""
+    at = _table_index(pts, frame.pts)
+    if at <= position or any(k not in skipped for k in range(position + 1, at)):
+        return -1
+    return at
 
 
 def resolve_counts(records: Sequence[VideoRecord], root: str) -> List[VideoRecord]:

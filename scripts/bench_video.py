@@ -13,10 +13,13 @@ alternate which side goes first; the median round is reported, for training samp
 frames, random crop) and evaluation sampling (segment centres, centre crop).
 
 "decoded" is what the video side decodes per clip (:attr:`datasets.video_frames.VideoFrameReader.decoded`:
-the needed frames and those between a key frame and a needed frame), as a share of the frames of the
-videos, beside the distinct frames a clip needs (what the frame-folder side decodes). Note that the
+the needed frames and those between a key frame and a needed frame that the decoder could not skip),
+as a share of the frames of the videos, beside the distinct frames a clip needs (what the frame-folder side decodes). Note that the
 video side decodes at the video's own size: with ``--short_side`` below it the frame folders hold
 smaller images.
+
+``--plain`` adds a third side in the same rounds: the video files with no frame skipped
+(:data:`datasets.video_frames.SKIP_UNNEEDED` off: every frame from a key frame to a needed one decoded).
 
 ``--synthetic_key_frames N`` benches synthetic videos instead (:mod:`datasets.synthetic` with
 ``video_files=True, video_codec='h264'``: libx264 at constant quality 18, two B-frames, a key frame
@@ -37,10 +40,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets import build_dataset, extract  # noqa: E402
+from datasets import build_dataset, extract, video_frames  # noqa: E402
 from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
 
 TEMPLATE = "image_{:05d}.jpg"
+PLAIN = "no skipping"
 
 
 def default_videos() -> str:
@@ -89,11 +93,16 @@ def prepare(videos: str, work: str, short_side: int, quality: int) -> tuple:
     return out, names, [int(counts[s]) for s in stems]
 
 
-def time_round(dataset, indices) -> float:
-    started = time.perf_counter()
-    for index in indices:
-        dataset[index]
-    return len(indices) / (time.perf_counter() - started)
+def time_round(dataset, indices, skip: bool = True) -> float:
+    """Clips per second over ``indices``; ``skip``: :data:`datasets.video_frames.SKIP_UNNEEDED` meanwhile."""
+    video_frames.SKIP_UNNEEDED = skip
+    try:
+        started = time.perf_counter()
+        for index in indices:
+            dataset[index]
+        return len(indices) / (time.perf_counter() - started)
+    finally:
+        video_frames.SKIP_UNNEEDED = True
 
 
 def decoded_share(dataset, clips: int, rounds: int) -> tuple:
@@ -121,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--clips", type=int, default=8, help="clips per round and side")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--plain", action="store_true",
+                   help="also time the video files decoding every frame up to a needed one (no frame skipped)")
     p.add_argument("--synthetic_key_frames", type=int, default=0,
                    help="bench synthetic H.264 videos with a key frame every this many frames instead of --videos")
     p.add_argument("--synthetic_videos", type=int, default=4, help="with --synthetic_key_frames: how many videos")
@@ -154,13 +165,15 @@ def main(argv=None) -> int:
                 "video files": build_dataset("custom", data, "train", list_file=os.path.join(data, "videos_list.txt"),
                                              frame_root=os.path.abspath(args.videos), video_files=True, **common),
             }
+            if args.plain:
+                sides[PLAIN] = sides["video files"]
             rates = {name: [] for name in sides}
             order = list(sides)
             for r in range(args.rounds + 1):
                 indices = [(r * args.clips + k) % len(names) for k in range(args.clips)]
                 for name in (order if r % 2 else order[::-1]):
                     sides[name].set_epoch(r)
-                    rate = time_round(sides[name], indices)
+                    rate = time_round(sides[name], indices, skip=name != PLAIN)
                     if r:                                            # round 0 warms the caches
                         rates[name].append(rate)
             decoded, needed = decoded_share(sides["video files"], args.clips, args.rounds)
@@ -172,6 +185,12 @@ def main(argv=None) -> int:
             print(f"  video files / frame folders: {medians['video files'] / medians['frame folders']:.2f}x; "
                   f"decoded per clip {decoded:.1f} frames for {needed:.1f} needed "
                   f"({decoded / (total / len(names)):.0%} of a video's {total / len(names):.0f} frames on average)")
+            if args.plain:
+                video_frames.SKIP_UNNEEDED = False
+                plain, _ = decoded_share(sides["video files"], args.clips, args.rounds)
+                video_frames.SKIP_UNNEEDED = True
+                print(f"  {PLAIN} / frame folders: {medians[PLAIN] / medians['frame folders']:.2f}x, decoding "
+                      f"{plain:.1f} frames per clip; video files / {PLAIN}: {medians['video files'] / medians[PLAIN]:.2f}x")
     return 0
 
 

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from datasets import FrameError, ListFileError, build_dataset
 from datasets import extract
 from datasets.video import frame_to_image
-from datasets.video_frames import VideoFrameReader, read_timing
+from datasets import video_frames
+from datasets.video import frame_to_array
+from datasets.video_frames import VideoFrameReader, read_timing, skippable
 from ops.cli import user_message
 
 av = pytest.importorskip("av", reason="reading video files needs PyAV (the [video] extra)")
@@ -251,6 +253,117 @@ def test_packed_b_frame_avi_reads_as_decoded_from_the_start(test_videos):
     pixels = VideoFrameReader(path).read(wanted)
     for row, k in enumerate(wanted):
         assert np.array_equal(pixels[row], ordered[k - 1]), k
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frames nobody needs, skipped
+# ---------------------------------------------------------------------------------------------------
+def _in_order(path: str, numbers) -> dict:
+    """{frame number: pixels} of ``numbers``, from the whole video decoded in order (as the extraction)."""
+    timing = read_timing(path)
+    indices = timing.decoded_index(np.asarray(numbers) - 1)
+    found = {}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for index, frame in enumerate(container.decode(stream)):
+            for k in np.asarray(numbers)[indices == index]:
+                found[int(k)] = frame_to_array(frame, 0)
+    return found
+
+
+def _reads(count: int, seed: int, sets: int = 5, size: int = 12):
+    rng = np.random.default_rng(seed)
+    return [sorted(rng.choice(np.arange(1, count + 1), min(size, count), replace=False).tolist()) for _ in range(sets)]
+
+
+def _check_reads(path: str, reads) -> list:
+    """Every read of ``reads`` (lists of frame numbers) equals the frames decoded in order; the frames each
+    read decoded, with skipping and without (:data:`~datasets.video_frames.SKIP_UNNEEDED`)."""
+    reference = _in_order(path, sorted({k for numbers in reads for k in numbers}))
+    counts = []
+    for numbers in reads:
+        pair = []
+        for skip in (True, False):
+            video_frames.SKIP_UNNEEDED = skip
+            try:
+                reader = VideoFrameReader(path)
+                pixels = reader.read(numbers)
+            finally:
+                video_frames.SKIP_UNNEEDED = True
+            for row, k in enumerate(numbers):
+                assert np.array_equal(pixels[row], reference[k]), (path, skip, k)
+            pair.append(reader.decoded)
+        counts.append(tuple(pair))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def with_b_frames(tmp_path_factory, test_videos):
+    """Videos with non-reference frames: H.264 (yuv420p, three B-frames, with and without a B-pyramid, a key
+    frame every 40) in .mp4 and .mkv, MPEG-4 Part 2 and MPEG-2 with two B-frames, and Megamind.avi's
+    packed B-frames copied into a .mkv file unchanged (its packets' times are not its frames')."""
+    folder = tmp_path_factory.mktemp("b_frames")
+    frames = _pattern(100, 48, 64, 6)
+    for name, pyramid in (("h264.mp4", "normal"), ("h264.mkv", "none")):
+        write_video(folder / name, frames, "libx264", "yuv420p",
+                    options={"crf": "18", "bf": "3", "preset": "veryfast", "threads": "1",
+                             "x264-params": f"keyint=40:min-keyint=40:scenecut=0:b-pyramid={pyramid}"})
+    write_video(folder / "mpeg4.mp4", frames, "mpeg4", "yuv420p", options={"bf": "2", "g": "30", "threads": "1"})
+    write_video(folder / "mpeg2.mkv", frames, "mpeg2video", "yuv420p", options={"bf": "2", "g": "30", "threads": "1"})
+    with av.open(str(test_videos / "Megamind.avi")) as source, av.open(str(folder / "packed.mkv"), "w") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return folder
+
+
+def test_which_videos_skip_frames():
+    assert skippable("mov,mp4,m4a,3gp,3g2,mj2", "h264") and skippable("matroska,webm", "mpeg4")
+    assert skippable("matroska,webm", "mpeg2video")
+    assert not skippable("avi", "mpeg4") and not skippable("avi", "h264")          # no stored times
+    assert not skippable("matroska,webm", "ffv1") and not skippable("mov,mp4,m4a,3gp,3g2,mj2", "hevc")
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.mkv", "mpeg4.mp4", "mpeg2.mkv"])
+def test_skipping_non_reference_frames_gives_the_frames_decoded_in_order(with_b_frames, name):
+    path = str(with_b_frames / name)
+    timing = read_timing(path)
+    assert timing.skippable and timing.count == 100
+    counts = _check_reads(path, _reads(timing.count, 1) + [[100], [2, 3, 4, 5, 97, 98, 99], list(range(1, 101, 9))])
+    assert all(skipped <= plain for skipped, plain in counts)
+    assert sum(skipped for skipped, _ in counts) < 0.9 * sum(plain for _, plain in counts), counts
+    span = 100 - timing.key_before(99)                              # frame 100: its key frame on, in order
+    assert counts[-3][1] == span and counts[-3][0] < span
+
+
+def test_packed_b_frames_outside_avi_are_not_skipped(with_b_frames):
+    """Megamind.avi's packets copied into Matroska: two frames in some packets, so times do not place
+    frames, and the video is read without skipping (decoded from its start, counting frames)."""
+    path = str(with_b_frames / "packed.mkv")
+    timing = read_timing(path)
+    assert not timing.skippable and timing.count == 270
+    _check_reads(path, _reads(270, 2, sets=3))
+    assert not video_frames.video_timing(path).seekable               # its seeks were found out, too
+
+
+def test_codecs_without_skipping_decode_every_frame(both):
+    """ffv1 (no skipping decoder) and cinepak in AVI (no stored times): the same frames decoded either way."""
+    _, videos, _, counts = both
+    for name in ("intra.mkv", "vfr.mkv", "tree.avi"):
+        path = str(videos / name)
+        assert not read_timing(path).skippable
+        decoded = _check_reads(path, _reads(counts[name], 3, sets=3))
+        assert all(skipped == plain for skipped, plain in decoded), name
+
+
+@pytest.mark.parametrize("name", ["Megamind.avi", "Megamind_bugy.avi", "tree.avi", "vtest.avi"])
+def test_test_videos_read_as_decoded_in_order(test_videos, name):
+    path = str(test_videos / name)
+    count = read_timing(path).count
+    _check_reads(path, _reads(count, 4, sets=3, size=16) + [[1, count]])
 
 
 # ---------------------------------------------------------------------------------------------------
