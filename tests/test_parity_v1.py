@@ -58,7 +58,7 @@ def run(request, tmp_path_factory):
     path = require_fixture(request.param)
     fx = torch.load(path, weights_only=True)
     if fx["tree"] != ACT_TREE:
-        pytest.skip("the Something-Something form of AdaFocus V1 is not built yet")
+        pytest.skip(f"{path.name} is the Something-Something form's fixture: tests/test_parity_v1_sth.py tests it")
     torch.set_num_threads(fx.get("num_threads", 1))
     cfg = fx["config"]
     model = build_model(cfg)
