@@ -118,7 +118,7 @@ def flops_breakdown(model) -> FlopsBreakdown:
             glance_exit=count_gmacs(model.classifier.glance_exits[-1], zeros(1, hidden)),
             spatial_policy=count_gmacs(model.policy.spatial, zeros(1, g, gdim, model.feature_size, model.feature_size)),
             temporal_policy=count_gmacs(model.policy.temporal, zeros(1, g, gdim)),
-            patch_crop=count_gmacs(model.geometry.crop, frame, zeros(1, 4) + 0.5),
+            patch_crop=count_gmacs(model.geometry.crop, frame, model.geometry.with_identity(zeros(1, 4) + 0.5)),
             focus_patch=count_gmacs(model.focus, zeros(1, 3, p, p)),
             focus_mlp=count_gmacs(model.classifier.focus_mlp, zeros(1, 1, fdim)),
             focus_exit=count_gmacs(model.classifier.focus_exits[-1], zeros(1, 2 * hidden)),
