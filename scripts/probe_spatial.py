@@ -6,7 +6,8 @@ the policy's patch, pooled and classified (docs/official-behaviour.md, "Forward 
 evaluates that objective, on the validation glance frames that show the object, for four patch
 placements of the smallest size:
 
-* ``policy``  the trained policy's own patch (its size included);
+* ``policy``  the trained policy's own patch (its size included; with a patch transformation, its box
+  without the transformation, as every placement here);
 * ``object``  centred on the object's true box;
 * ``random``  uniformly random positions (seeded);
 * ``centre``  the frame centre.
@@ -83,10 +84,10 @@ def main_cli(argv=None) -> int:
             shown = torch.gather(torch.stack([it["object_visible"] for it in items]), 1, index).flatten().bool()
             target = labels.repeat_interleave(model.num_glance)[shown]
             maps = glance.feature_maps.flatten(0, 1)[shown]  # (n, Dg, h, w)
-            actions = placements(policy.glance_actions.reshape(-1, 4)[shown], boxes[shown], model.input_size,
+            actions = placements(policy.glance_actions[..., :4].reshape(-1, 4)[shown], boxes[shown], model.input_size,
                                  generator)
             for name, a in actions.items():
-                crop = model.geometry.crop_features(maps, a)
+                crop = model.geometry.crop_features(maps, model.geometry.with_identity(a))
                 logits = model.spatial_head(crop.mean(dim=(2, 3)))  # (n, C)
                 losses.setdefault(name, []).append(F.cross_entropy(logits, target, reduction="none"))
                 hits.setdefault(name, []).append((logits.argmax(1) == target).float())
