@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, NamedTuple, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .adafocus_v1_policy import GridPatchPolicy, GridPolicySteps  # noqa: F401  (GridPolicySteps: re-exported)
 from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
+from .ppo import PPO, RolloutMemory
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
@@ -106,6 +108,26 @@ class RecurrentStepClassifier(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # The network
 # --------------------------------------------------------------------------------------------------
+#: The official stage-2 rewards (``reward``): ``random`` the confidence gain over a random patch (the
+#: default, the paper's), ``prev`` the gain over the previous step, ``conf`` the confidence itself.
+STAGE2_REWARDS = ("random", "prev", "conf")
+
+
+class Stage2Rollout(NamedTuple):
+    """What :meth:`AdaFocusV1.stage2_rollout` computed for B videos of T frames, in temporal order."""
+
+    actions: torch.Tensor  # (B, T) int64 the sampled grid positions
+    logprobs: torch.Tensor  # (B, T) their log-probabilities under the acting copy
+    action_probs: torch.Tensor  # (B, T, A) the acting copy's softmax
+    corners: torch.Tensor  # (B, T, 2) int64 (y, x) of the policy's patches
+    step_logits: torch.Tensor  # (B, T, C) the classifier after frames 0..t with the policy's patches
+    confidence: torch.Tensor  # (B, T) softmax(step_logits)[label]
+    rewards: torch.Tensor  # (B, T) what went into the memory
+    baseline_corners: Optional[torch.Tensor] = None  # (B, T, 2) int64 the random patches ("random" only)
+    baseline_logits: Optional[torch.Tensor] = None  # (B, T, C) one classifier step on the random patch
+    baseline_confidence: Optional[torch.Tensor] = None  # (B, T)
+
+
 @dataclass
 class AdaFocusV1Output:
     """Everything the evaluation forward produces, per frame in temporal order."""
@@ -252,6 +274,82 @@ class AdaFocusV1(nn.Module):
         step_logits = self.classifier(self.classifier_input(glance_features, focus_features))  # (B, T, C)
         return AdaFocusV1Output(step_logits, steps.actions, steps.probs, corners, glance_features, focus_features,
                                 self.patch_size)
+
+
+    # ------------------------------------------------------------------------------------------
+    # the official stage 2: the policy's rollout (the update is models.ppo.PPO.update)
+    # ------------------------------------------------------------------------------------------
+    def random_corners(self, steps: int, batch: int, crop_rng=None) -> torch.Tensor:
+        """The official random patch of every step and video: (B, T, 2) int64 (y, x), drawn for t = 0..T-1,
+        for b = 0..B-1 as ``y = randint(0, H - P)`` then ``x = randint(0, W - P)`` from ``crop_rng`` (a
+        ``numpy.random.RandomState``; numpy's global generator, as the official code, when None). The
+        upper bound is exclusive, so the last offset H - P is never drawn (as official)."""
+        if self.patch_size >= self.input_size:
+            raise ValueError(f"the random-patch reward needs patch_size < input_size, got {self.patch_size} and "
+                             f"{self.input_size}")
+        rng = np.random if crop_rng is None else crop_rng
+        span = self.input_size - self.patch_size
+        draws = [[[rng.randint(0, span), rng.randint(0, span)] for _ in range(batch)] for _ in range(steps)]
+        return torch.tensor(draws, dtype=torch.int64).transpose(0, 1)  # (B, T, 2)
+
+    def stage2_rollout(self, video: torch.Tensor, target: torch.Tensor, ppo: PPO, memory: RolloutMemory,
+                       generator: Optional[torch.Generator] = None, crop_rng=None,
+                       reward: str = "random") -> Stage2Rollout:
+        """One official stage-2 episode on a batch (``GFV.one_step_act`` for every frame, and the rewards):
+        the acting copy ``ppo.policy_old`` samples a grid position per frame (its draws from ``generator``,
+        the global torch generator when None), stored with the glance maps in ``memory`` (``ppo.act``); the
+        focus encoder and the classifier run on the chosen patches; the reward of step t (``reward``, one of
+        :data:`STAGE2_REWARDS`) goes into ``memory`` too. Then ``ppo.update(memory)`` and ``memory.clear()``
+        finish the iteration. Everything runs without gradients.
+
+        video (B, T, 3, H, W) or (B, 3T, H, W); target (B,) or the official (B, K) label rows (column 0 is
+        the label, as official). With c_t = softmax(logits_t)[label]: ``random`` r_t = c_t - b_t, where b_t
+        is the confidence of one classifier step from the state after frames < t on the frame's glance
+        features and a random patch's focus features (:meth:`random_corners`, from ``crop_rng``); ``prev``
+        r_t = c_t - c_(t-1) (c_(-1) = 0); ``conf`` r_t = c_t. The caller sets the modes, as the official
+        stage 2 does: the model in evaluation mode, both policy copies in training mode."""
+        if reward not in STAGE2_REWARDS:
+            raise ValueError(f"reward must be one of {STAGE2_REWARDS}, got {reward!r} (the official reward "
+                             "function has no other branch)")
+        frames = self.frames(video)  # (B, T, 3, H, W)
+        b, t = frames.shape[:2]
+        labels = target[:, 0] if target.dim() == 2 else target
+        if labels.shape != (b,):
+            raise ValueError(f"target must be (B,) or (B, K) with B = {b}, got {tuple(target.shape)}")
+        with torch.no_grad():
+            fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))
+            fmap, glance_features = fmap.view(b, t, *fmap.shape[1:]), glance_features.view(b, t, -1)
+            acted = [ppo.act(fmap[:, step], memory, restart=(step == 0), generator=generator) for step in range(t)]
+            actions = torch.stack([a.actions for a in acted], dim=1)  # (B, T)
+            corners = self.corners_of(actions)
+            focus_features = self.focus(self.crop(frames.flatten(0, 1), corners.flatten(0, 1))).view(b, t, -1)
+            states = self.classifier.states(self.classifier_input(glance_features, focus_features))  # (B, T, H)
+            step_logits = self.classifier.fc(self.classifier.dropout(states))
+            confidence = step_logits.softmax(dim=-1).gather(2, labels.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
+            baseline = {}
+            if reward == "random":
+                baseline_corners = self.random_corners(t, b, crop_rng)
+                baseline_focus = self.focus(self.crop(frames.flatten(0, 1), baseline_corners.flatten(0, 1)))
+                baseline_input = self.classifier_input(glance_features, baseline_focus.view(b, t, -1))
+                # one GRU step per frame from the policy path's state after the frames before it
+                previous = torch.cat((torch.zeros_like(states[:, :1]), states[:, :-1]), dim=1)  # (B, T, H)
+                baseline_states, _ = self.classifier.gru(baseline_input.reshape(b * t, 1, -1),
+                                                         previous.reshape(1, b * t, -1).contiguous())
+                baseline_logits = self.classifier.fc(self.classifier.dropout(baseline_states.view(b, t, -1)))
+                baseline_confidence = baseline_logits.softmax(dim=-1).gather(
+                    2, labels.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
+                rewards = confidence - baseline_confidence
+                baseline = dict(baseline_corners=baseline_corners, baseline_logits=baseline_logits,
+                                baseline_confidence=baseline_confidence)
+            elif reward == "prev":
+                rewards = confidence - torch.cat((torch.zeros_like(confidence[:, :1]), confidence[:, :-1]), dim=1)
+            else:
+                rewards = confidence
+        for step in range(t):
+            memory.add_reward(rewards[:, step])
+        return Stage2Rollout(actions, torch.stack([a.logprobs for a in acted], dim=1),
+                             torch.stack([a.actor_output for a in acted], dim=1), corners, step_logits, confidence,
+                             rewards, **baseline)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ class SampledActions(NamedTuple):
     actions: torch.Tensor  # (B,) int64 grid positions, or (B, 2) float positions clamped to [0, 1]
     logprobs: torch.Tensor  # (B,) log-probability of ``actions`` (the Gaussian's: of the clamped action)
     raw: torch.Tensor  # the draw before clamping: (B,) as ``actions`` for the grid, (B, 2) for the Gaussian
+    actor_output: torch.Tensor  # the distribution's parameter it was drawn from: probabilities (B, A) / means (B, 2)
 
 
 class EvaluatedActions(NamedTuple):
@@ -172,7 +173,7 @@ class GridPatchPolicy(RecurrentActorCritic):
         dist = self.distribution(actor_output)
         actions = torch.multinomial(dist.probs.reshape(-1, dist.probs.shape[-1]), 1, True,
                                     generator=generator).view(actor_output.shape[:-1])
-        return SampledActions(actions, dist.log_prob(actions), actions)
+        return SampledActions(actions, dist.log_prob(actions), actions, actor_output)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,4 +238,4 @@ class GaussianPatchPolicy(RecurrentActorCritic):
         eps = torch.empty_like(actor_output).normal_(generator=generator)
         raw = dist.loc + torch.matmul(dist.scale_tril, eps.unsqueeze(-1)).squeeze(-1)
         actions = 1.0 - torch.relu(1.0 - torch.relu(raw))
-        return SampledActions(actions, dist.log_prob(actions), raw)
+        return SampledActions(actions, dist.log_prob(actions), raw, actor_output)

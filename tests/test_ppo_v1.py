@@ -22,19 +22,26 @@ the second iteration on are not compared.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from models.adafocus_v1_sth import AdaFocusV1TSM
 from models.adafocus_v1_policy import GaussianPatchPolicy, GridPatchPolicy, RecurrentActorCritic
 from models.ppo import (PPO, RolloutMemory, discounted_returns, merge_memories, normalize_returns, ppo_terms)
-from support import Capture, fixture_generator, fixture_params, require_fixture
+from ops.checkpoint import load_checkpoint
+from support import fixture_checkpoint, fixture_generator, fixture_params, require_fixture
+from test_parity_v1 import ACT_TREE, build_model, regenerate_input
 
 EXACT = dict(atol=0.0, rtol=0.0)
 PROBS = dict(atol=1e-5, rtol=0.0)
 TERMS = dict(atol=1e-4, rtol=1e-4)  # log-probabilities, values, entropies, ratios, losses
 NORMALISED = dict(atol=1e-4, rtol=1e-3)  # normalised returns, advantages
 GRADS = dict(atol=1e-5, rtol=1e-4)
+#: ``tree`` of the Something-Something form's fixtures (the official folder name).
+STH_TREE = "Experiments on Something-Something V1&V2"
+STH_STAGE2_SKIP = "its stage-2 iteration is replayed by the test_stage2_sth_* tests of this file"
 #: the fixture's (T, B) tensors that are loss terms of the update, as :class:`models.ppo.PPOTerms` names them
 TERM_NAMES = ("logprobs", "state_values", "dist_entropy", "ratios", "surr1", "surr2", "loss")
 
@@ -96,25 +103,23 @@ def replay_variant(path, fx: dict, name: str) -> dict:
     ppo = ppo_of(policy, c)
     buffers = torch.Generator().manual_seed(v["buffer_seed"])
     rollout = torch.Generator().manual_seed(v["rollout_seed"])
-    memory, results, actor_outputs = RolloutMemory(), [], []
+    memory, results = RolloutMemory(), []
     steps, b, f, side = c["T"], c["B"], c["feature_dim"], c["map_side"]
     for _ in range(c["n_iterations"]):
         states = [(torch.randn((b, f, side, side), generator=buffers) * 2.0).clamp(0, 6) for _ in range(steps)]
         rewards = [(torch.rand((1, b), generator=buffers) - 0.5) * 0.2 for _ in range(steps)]
         policy.train()
         ppo.policy_old.train()
-        raw, capture = [], Capture({"actor": ppo.policy_old.actor[1]})  # the softmax / sigmoid
+        acted = []
         for t in range(steps):
-            raw.append(ppo.act(states[t], memory, restart=(t == 0), generator=rollout).raw)
-            actor_outputs.append(capture.values["actor"][0])  # (B, D): one step, step-major
+            acted.append(ppo.act(states[t], memory, restart=(t == 0), generator=rollout))
             memory.add_reward(rewards[t])
-        capture.remove()
         stacked = memory.stacked()
         before = {k: p.detach().clone() for k, p in policy.named_parameters()}
         update = ppo.update(memory)
         results.append(dict(
             states=stacked[0], actions=stacked[1], old_logprobs=stacked[2], rewards=stacked[3], update=update,
-            raw=torch.stack(raw), actor_outputs=torch.stack(actor_outputs[-steps:]),
+            raw=torch.stack([a.raw for a in acted]), actor_outputs=torch.stack([a.actor_output for a in acted]),
             grads={k: p.grad.detach().clone() for k, p in policy.named_parameters()},
             deltas={k: p.detach() - before[k] for k, p in policy.named_parameters()},
             buffers={k: t.clone() for k, t in policy.state_dict().items() if k not in before},
@@ -204,3 +209,211 @@ def test_gradients_adam_steps_buffers_and_the_acting_copy(ppo_fixture):
             noisy = dict(atol=2 * v["config"]["lr"] * len(v["iterations"]), rtol=0.0)
             tol = noisy if key in noisy_biases | noisy_means else dict(atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(final[key].double(), value.double(), **tol, msg=lambda m: f"{name} {key}: {m}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage-2 iteration of the parity fixtures (ActivityNet form)
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=fixture_params("parity_*.pt", "v1"))
+def stage2(request, tmp_path_factory):
+    """One official stage-2 iteration replayed on the fixture's model and batch: the model in evaluation mode,
+    both policy copies in training mode, the draws from generators seeded with ``rollout_seed``."""
+    path = require_fixture(request.param)
+    fx = torch.load(path, weights_only=True)
+    if fx["tree"] != ACT_TREE:
+        pytest.skip(f"{path.name} is the Something-Something form's fixture: {STH_STAGE2_SKIP}")
+    torch.set_num_threads(fx.get("num_threads", 1))
+    model = build_model(fx["config"])
+    ckpt_path, _ = fixture_checkpoint(path, fx, tmp_path_factory.mktemp("v1_stage2"))
+    load_checkpoint(str(ckpt_path), model)
+    model.eval()
+    s2 = fx["stage2_iteration"]
+    ppo = PPO(model.policy.spatial, gamma=fx["config"]["gamma"], lr=fx["config"]["policy_lr"])
+    ppo.policy.train()
+    ppo.policy_old.train()
+    memory = RolloutMemory()
+    rollout = model.stage2_rollout(regenerate_input(fx), s2["target"], ppo, memory,
+                                   generator=torch.Generator().manual_seed(s2["rollout_seed"]),
+                                   crop_rng=np.random.RandomState(s2["rollout_seed"]), reward=fx["config"]["reward"])
+    stored = [t.clone() for t in memory.stacked()]
+    before = {k: p.detach().clone() for k, p in ppo.policy.named_parameters()}
+    update = ppo.update(memory)
+    params = dict(ppo.policy.named_parameters())
+    return dict(fx=fx, s2=s2, rollout=rollout, stored=stored, update=update, ppo=ppo,
+                grads={k: p.grad.detach().clone() for k, p in params.items()},
+                deltas={k: p.detach() - before[k] for k, p in params.items()})
+
+
+def step_major(t: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) -> the official (T, B, ...)."""
+    return t.transpose(0, 1)
+
+
+def test_stage2_sampled_actions_patches_and_random_crops(stage2):
+    s2, rollout = stage2["s2"], stage2["rollout"]
+    assert torch.equal(step_major(rollout.actions), s2["sampled_actions"])
+    torch.testing.assert_close(step_major(rollout.logprobs), s2["logprobs"], **TERMS)
+    torch.testing.assert_close(step_major(rollout.action_probs), s2["actor_probs"], **PROBS)
+    assert torch.equal(step_major(rollout.corners), s2["patch_coords"])
+    assert torch.equal(step_major(rollout.baseline_corners), s2["random_crop_yx"])
+
+
+def test_stage2_logits_confidences_rewards_and_memory(stage2):
+    s2, rollout = stage2["s2"], stage2["rollout"]
+    torch.testing.assert_close(step_major(rollout.step_logits), s2["logits"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(step_major(rollout.baseline_logits), s2["baseline_logits"], atol=1e-3, rtol=1e-3)
+    # the confidences and rewards are about 5e-3 and 1e-3: measured within 7e-8 (2 threads: 2.4e-8)
+    torch.testing.assert_close(step_major(rollout.confidence), s2["confidence"], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(step_major(rollout.baseline_confidence), s2["baseline_confidence"], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(step_major(rollout.rewards), s2["rewards"], atol=1e-6, rtol=1e-4)
+    states, actions, logprobs, rewards = stage2["stored"]
+    torch.testing.assert_close(states.double().sum(dim=(2, 3, 4)), s2["memory_states_sum"], atol=0.0, rtol=1e-5)
+    assert torch.equal(actions, s2["sampled_actions"])
+    torch.testing.assert_close(logprobs, s2["logprobs"], **TERMS)
+    torch.testing.assert_close(rewards, step_major(rollout.rewards), **EXACT)
+
+
+def test_stage2_update(stage2):
+    s2, update, grads, deltas = stage2["s2"], stage2["update"], stage2["grads"], stage2["deltas"]
+    recorded = s2["ppo_update"]
+    # the returns inherit the rewards' noise; normalised by their std (about 1e-3) it grows to about 5e-5
+    torch.testing.assert_close(update.discounted_returns, recorded["discounted_returns"], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(update.normalized_returns, recorded["normalized_returns"], **NORMALISED)
+    torch.testing.assert_close(update.terms.advantages, recorded["advantages"], **NORMALISED)
+    torch.testing.assert_close(stage2["stored"][2], recorded["old_logprobs"], **TERMS)
+    for name in TERM_NAMES:
+        tol = NORMALISED if name in ("surr1", "surr2", "loss") else TERMS  # these carry the advantages' noise
+        torch.testing.assert_close(getattr(update.terms, name).detach(), recorded[name], **tol,
+                                   msg=lambda m: f"{name}: {m}")
+    assert update.loss_mean == pytest.approx(recorded["loss_mean"], rel=1e-4, abs=1e-4)
+    lr = stage2["ppo"].optimizer.param_groups[0]["lr"]
+    stored = {k[len("grad."):] for k in recorded if k.startswith("grad.")}
+    assert stored, "the fixture stores no full gradient"
+    for key in stored:
+        torch.testing.assert_close(grads[key], recorded["grad." + key], **GRADS, msg=lambda m: f"{key}: {m}")
+    assert_adam_deltas({k: deltas[k] for k in stored}, grads, {k: recorded["delta." + k] for k in stored}, lr)
+    assert sorted(recorded["grad_absmax"]) == sorted(grads)
+    for key, grad in grads.items():
+        assert grad.abs().max().item() == pytest.approx(recorded["grad_absmax"][key], rel=1e-4, abs=1e-6), key
+        assert deltas[key].abs().max().item() == pytest.approx(recorded["param_delta_absmax"][key], abs=1e-7), key
+        # the sum of +-lr steps: the signs of entries with a tiny gradient are noise
+        tiny = int((grad.abs() <= 1e-5).sum())
+        assert abs(deltas[key].double().sum().item() - recorded["param_delta_sum"][key]) <= 2 * lr * tiny + 1e-5, key
+    old, new = stage2["ppo"].policy_old.state_dict(), stage2["ppo"].policy.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in new) and recorded["policy_old_equals_policy_after"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage-2 iteration of the parity fixtures (Something-Something form)
+# --------------------------------------------------------------------------------------------------
+def sth_model(cfg) -> AdaFocusV1TSM:
+    """The Something-Something form's model of a fixture's ``config``."""
+    return AdaFocusV1TSM(num_classes=cfg["num_classes"], num_segments=cfg["num_segments_focuser"],
+                         num_glance_segments=cfg["num_segments_glancer"], patch_size=cfg["patch_size"],
+                         input_size=cfg["input_size"], glance_size=cfg["glance_size"],
+                         ppo_continuous=cfg["ppo_continuous"], action_dim=cfg["action_dim"],
+                         action_std=cfg["action_std"], actorcritic_with_bn=cfg["actorcritic_with_bn"],
+                         hidden_state_dim=cfg["hidden_state_dim"], dropout=cfg["dropout"], shift_div=cfg["shift_div"])
+
+
+def sth_stage2_episode(model: AdaFocusV1TSM, video, glance, labels, ppo: PPO, memory: RolloutMemory,
+                       generator: torch.Generator) -> dict:
+    """The official stage-2 episode of the Something-Something form with one policy step per video, composed of
+    the model's stages: the acting copy samples one box per video from the stacked glance maps (``ppo.act``),
+    a random box comes from ``torch.rand(B, 2)`` (after the act's draw), and the reward is the prediction's
+    confidence in the label minus the random box's."""
+    video, glance = model.inputs(video, glance)
+    with torch.no_grad():
+        maps, glance_logits = model.glance_pass(glance)
+        sampled = ppo.act(maps.flatten(1, 2), memory, restart=True, generator=generator)
+        corners = model.corners_of(sampled.actions)
+        pred = glance_logits.mean(dim=1) + model.focus_pass(video, corners)[1].mean(dim=1)
+        random_corners = model.corners_of(torch.rand(video.shape[0], 2, generator=generator))
+        baseline = glance_logits.mean(dim=1) + model.focus_pass(video, random_corners)[1].mean(dim=1)
+        rewards = (pred.softmax(dim=-1).gather(1, labels[:, None]) - baseline.softmax(dim=-1).gather(1, labels[:, None]))
+    memory.add_reward(rewards[:, 0])
+    return dict(sampled=sampled, corners=corners, pred=pred, random_corners=random_corners, baseline=baseline,
+                rewards=rewards[:, 0])
+
+
+@pytest.fixture(scope="module", params=fixture_params("parity_*.pt", "v1"))
+def stage2_sth(request, tmp_path_factory):
+    path = require_fixture(request.param)
+    fx = torch.load(path, weights_only=True)
+    if fx["tree"] != STH_TREE:
+        pytest.skip(f"{path.name} is the ActivityNet form's fixture: the test_stage2_* tests above replay it")
+    cfg = fx["config"]
+    if cfg["video_div"] != 1:
+        pytest.skip(f"{path.name} has video_div {cfg['video_div']}: only one policy step per video is built")
+    torch.set_num_threads(fx.get("num_threads", 1))
+    model = sth_model(cfg)
+    ckpt_path, _ = fixture_checkpoint(path, fx, tmp_path_factory.mktemp("v1_sth_stage2"))
+    load_checkpoint(str(ckpt_path), model)
+    model.eval()
+    g = torch.Generator().manual_seed(fx["input_seed"])  # the glance frames first, then the focus frames
+    glance = torch.randn(fx["input_checksum_glancer"]["shape"], generator=g)
+    video = torch.randn(fx["input_checksum_focuser"]["shape"], generator=g)
+    s2 = fx["stage2_iteration"]
+    ppo = PPO(model.policy.spatial, gamma=cfg["gamma"], lr=cfg["policy_lr"])
+    ppo.policy.train()
+    ppo.policy_old.train()
+    memory = RolloutMemory()
+    episode = sth_stage2_episode(model, video, glance, s2["target"], ppo, memory,
+                                 torch.Generator().manual_seed(s2["rollout_seed"]))
+    acting_bn1d = ppo.policy_old.state_encoder[5].running_mean.clone()
+    stored = [t.clone() for t in memory.stacked()]
+    # The update from the recorded rewards: with one step of B = 2 videos the returns are normalised by the
+    # std of two rewards (4e-5 apart here), which magnifies their float noise (3e-7) about 2e4 times.
+    memory.rewards = list(s2["rewards"].unbind(0))
+    before = {k: p.detach().clone() for k, p in ppo.policy.named_parameters()}
+    update = ppo.update(memory)
+    params = dict(ppo.policy.named_parameters())
+    return dict(s2=s2, episode=episode, stored=stored, update=update, ppo=ppo, acting_bn1d=acting_bn1d,
+                grads={k: p.grad.detach().clone() for k, p in params.items()},
+                deltas={k: p.detach() - before[k] for k, p in params.items()})
+
+
+def test_stage2_sth_act_boxes_rewards_and_memory(stage2_sth):
+    s2, episode = stage2_sth["s2"], stage2_sth["episode"]
+    sampled = episode["sampled"]
+    torch.testing.assert_close(sampled.raw[None], s2["mvn_sample_raw"], **PROBS)
+    torch.testing.assert_close(sampled.actor_output[None], s2["action_mean"], **PROBS)
+    torch.testing.assert_close(sampled.actions[None], s2["sampled_actions_clamped"], **PROBS)
+    torch.testing.assert_close(sampled.logprobs[None], s2["logprobs"], **TERMS)
+    assert torch.equal(episode["corners"][None], s2["patch_coords"])
+    assert torch.equal(episode["random_corners"][None], s2["baseline_patch_coords"])
+    torch.testing.assert_close(episode["pred"][None], s2["pred"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(episode["baseline"][None], s2["baseline_logit"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(episode["rewards"][None], s2["rewards"], atol=1e-6, rtol=1e-4)
+    states, actions, logprobs, rewards = stage2_sth["stored"]
+    torch.testing.assert_close(states.double().sum(dim=(2, 3, 4)), s2["memory_states_sum"], atol=0.0, rtol=1e-5)
+    torch.testing.assert_close(actions, s2["sampled_actions_clamped"], **PROBS)
+    # the acting copy ran in training mode: its BatchNorm1d took the B videos' statistics
+    torch.testing.assert_close(stage2_sth["acting_bn1d"], s2["policy_old_bn1d_running_mean_after_act"], atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_stage2_sth_update(stage2_sth):
+    s2, update, grads, deltas = stage2_sth["s2"], stage2_sth["update"], stage2_sth["grads"], stage2_sth["deltas"]
+    recorded = s2["ppo_update"]
+    torch.testing.assert_close(update.normalized_returns, recorded["normalized_returns"], **NORMALISED)
+    torch.testing.assert_close(update.terms.advantages, recorded["advantages"], **NORMALISED)
+    for name in TERM_NAMES:
+        torch.testing.assert_close(getattr(update.terms, name).detach(), recorded[name], **NORMALISED,
+                                   msg=lambda m: f"{name}: {m}")
+    policy = stage2_sth["ppo"].policy
+    noisy_biases, _ = noise_gradient_keys(policy)
+    lr = stage2_sth["ppo"].optimizer.param_groups[0]["lr"]
+    stored = {k[len("grad."):] for k in recorded if k.startswith("grad.")} - noisy_biases
+    assert stored, "the fixture stores no full gradient"
+    for key in stored:
+        # the encoder's BatchNorms see only B videos: the README's rtol 1e-2 there
+        tol = dict(atol=1e-5, rtol=1e-2) if key.startswith("state_encoder.") else GRADS
+        torch.testing.assert_close(grads[key], recorded["grad." + key], **tol, msg=lambda m: f"{key}: {m}")
+    assert_adam_deltas({k: deltas[k] for k in stored}, grads, {k: recorded["delta." + k] for k in stored}, lr)
+    after = policy.state_dict()
+    for key in (k[len("after."):] for k in recorded if k.startswith("after.")):
+        torch.testing.assert_close(after[key].double(), recorded["after." + key].double(), atol=1e-5, rtol=1e-4,
+                                   msg=lambda m: f"{key}: {m}")
+    old = stage2_sth["ppo"].policy_old.state_dict()
+    assert all(torch.equal(old[k], after[k]) for k in after) and recorded["policy_old_equals_policy_after"]
