@@ -162,7 +162,7 @@ def dynamics_stage_logits(net, video: torch.Tensor, out, removed: Iterable[str])
     else:
         indices = out.focus_indices
     if "spatial" in removed:
-        actions = whole_frame_actions(indices.shape, frames.device)  # (B, T_L, 4)
+        actions = net.geometry.with_identity(whole_frame_actions(indices.shape, frames.device))  # (B, T_L, 4 + k)
     else:
         actions = net.gather_frames(frame_selection.interpolate_actions(out.glance_actions, t0), indices)
     with torch.autocast(frames.device.type, enabled=False):

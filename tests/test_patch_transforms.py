@@ -262,3 +262,22 @@ def test_patch_transform_is_refused_by_variants_without_it(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--patch_transform rotation: the tsm variant" in err
     assert "patch_transform" in config.model_keys("mn2_r50")
+
+
+@pytest.mark.parametrize("name", ["rotation", "homography"])
+def test_evaluation_ablations_run_with_a_transform(name):
+    from ops import policy_ablation
+
+    torch.manual_seed(0)
+    base = tiny_model().eval()
+    model = tiny_model(patch_transform=name).eval()
+    model.load_state_dict(base.state_dict(), strict=False)
+    video = random_video(batch=2)
+    with torch.no_grad():
+        a, b = base(video), model(video)
+        for removed in (["spatial"], ["spatial", "temporal"], ["temporal"]):
+            assert torch.equal(policy_ablation.dynamics_stage_logits(base, video, a, removed),
+                               policy_ablation.dynamics_stage_logits(model, video, b, removed))
+        x = policy_ablation.ablation_logits(base, video, a, draws=2, generator=torch.Generator().manual_seed(3))
+        y = policy_ablation.ablation_logits(model, video, b, draws=2, generator=torch.Generator().manual_seed(3))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
