@@ -184,10 +184,15 @@ def skippable(container_format: str, codec: str) -> bool:
     return codec in SKIPPING_CODECS and bool(TIMED_CONTAINERS & set(container_format.split(",")))
 
 
+def _file_key(path: str) -> Tuple[str, int, int]:
+    """``(absolute path, size, modification time)`` of ``path``: what the caches tell files apart by."""
+    info = os.stat(path)
+    return os.path.abspath(path), info.st_size, info.st_mtime_ns
+
+
 def video_timing(path: str) -> VideoTiming:
     """:func:`read_timing` through the per-process cache (keyed by path, size and modification time)."""
-    info = os.stat(path)
-    key = (os.path.abspath(path), info.st_size, info.st_mtime_ns)
+    key = _file_key(path)
     with _timings_lock:
         timing = _timings.get(key)
         if timing is not None:
@@ -296,15 +301,23 @@ class VideoFrameReader:
         return state.out
 
     def _decode_into(self, timing: VideoTiming, rows: Dict[int, List[int]], state: "_Output") -> str:
-        """Decode the decoded-frame indices ``rows`` keys into the rows of ``state``; '' or why it stopped early."""
-        frames = _DecodedFrames(self.video, timing)
+        """Decode the decoded-frame indices ``rows`` keys into the rows of ``state``; '' or why it stopped early.
+        The video is taken from the process's open videos when its decoder is there, and given back after a
+        read that got every frame it asked for."""
+        key = _file_key(self.video)
+        frames = _open_videos.take(key, timing) or _DecodedFrames(self.video, timing)
+        before = frames.decoded
+        reformatter = _reformatter()
         try:
             for index, frame in frames.take(sorted(rows)):
-                pixels = frame_to_array(frame, 0, frames.reformatter)
+                pixels = frame_to_array(frame, 0, reformatter)
                 state.put(rows[index], pixels, int(state.numbers[rows[index][0]]))
         finally:
-            frames.close()
-            self.decoded += frames.decoded
+            self.decoded += frames.decoded - before
+            if frames.finished:
+                _open_videos.give(key, frames)
+            else:
+                frames.close()
         return frames.stopped
 
     def _problem(self, number: int, timing: VideoTiming, stop: str) -> str:
@@ -365,14 +378,25 @@ class _Output:
 
 
 class _DecodedFrames:
-    """Decoded frames of one opened video, by decoded index, seeking forward where the table allows."""
+    """Decoded frames of one opened video, by decoded index, seeking forward where the table allows.
+
+    The decoder stays where a :meth:`take` left it: a later :meth:`take` whose frames all come after
+    the last one returned (and were not sent to the decoder as skippable) goes on from there, seeking
+    only past the next key frame as usual; any other starts over. :attr:`decoded` counts every frame
+    decoded, :attr:`footprint` estimates the bytes the decoder holds (0 before the first frame).
+    """
 
     def __init__(self, video: str, timing: VideoTiming):
         self.video, self.timing = video, timing
         self.container = None
-        self.reformatter = _reformatter()
         self.stopped = ""
         self.decoded = 0
+        self.footprint = 0
+        self.finished = False            # the last take returned every frame it was asked for
+        self._frames: Optional[Iterator["object"]] = None  # the decoder's output from where it stands
+        self._position, self._verify, self._sought, self._skip = -1, False, 0, False
+        self._skipped: set = set()       # decoded indices sent as skippable since the last (re)start
+        self._wanted: set = set()        # what the packets being sent are decoded for (the current take)
 
     def _open(self):
         import av
@@ -381,11 +405,28 @@ class _DecodedFrames:
         self.container = av.open(self.video)
         self.stream = self.container.streams.video[0]
         self.stream.codec_context.thread_count = 1                   # one thread per loader worker
+        self._fresh = True
 
     def close(self) -> None:
         if self.container is not None:
             self.container.close()
             self.container = None
+        self._frames = None
+
+    def _restart(self, key: int, skip: bool) -> bool:
+        """Start decoding at key frame ``key`` (seeking) or at the start (``key`` 0); whether to verify the
+        first frame as a landing."""
+        if key > 0:
+            self.container.seek(int(self.timing.pts[key]), stream=self.stream, backward=True, any_frame=False)
+            self._verify, self._sought = True, key
+        else:
+            if not self._fresh:
+                self._open()                                             # back to the start
+            self._position, self._verify, self._sought = -1, skip, 0
+        self._fresh = False
+        self._skip, self._skipped = skip, set()
+        self._frames = self._decode(self._wanted if skip else None, self._skipped)
+        return key > 0
 
     def take(self, wanted: List[int]) -> Iterator[Tuple[int, "object"]]:
         """Yield ``(index, frame)`` for the sorted decoded indices ``wanted`` that decode; on a decode error
@@ -398,8 +439,13 @@ class _DecodedFrames:
         skipping, whose times are not the next table entries after a seek) make the video unseekable for
         the process, and it is decoded from its start without skipping, counting frames."""
         timing = self.timing
-        frames, position, verify, landing, done, sought = None, -1, False, False, 0, 0
-        skipped: set = set()                    # decoded indices sent as skippable since the last (re)start
+        self.stopped, self.finished, landing, done = "", False, False, 0
+        skip = SKIP_UNNEEDED and timing.skippable and timing.seekable
+        if self._frames is not None and (wanted[0] <= self._position or skip != self._skip
+                                         or not self._skipped.isdisjoint(wanted)):
+            self._frames = None                                          # behind, or already skipped: start over
+        self._wanted.clear()
+        self._wanted.update(wanted)
         try:
             if self.container is None:
                 self._open()
@@ -407,42 +453,40 @@ class _DecodedFrames:
                 target = wanted[done]
                 skip = SKIP_UNNEEDED and timing.skippable and timing.seekable
                 key = timing.key_before(target) if timing.seekable else 0
-                if frames is None or (key > position + 1 and key > sought):  # (a seek may land before its key)
-                    if key > 0:
-                        self.container.seek(int(timing.pts[key]), stream=self.stream, backward=True, any_frame=False)
-                        verify = landing = True
-                        sought = key
-                    else:
-                        position, verify, landing = -1, skip, False
-                    skipped = set()
-                    frames = self._frames(set(wanted) if skip else None, skipped)
-                frame = next(frames, None)
+                if self._frames is None or (key > self._position + 1 and key > self._sought):  # (a seek may
+                    landing = self._restart(key, skip)                   # land before its key)
+                frame = next(self._frames, None)
                 if frame is None:
-                    self.stopped = f"the stream ended after {position + 1} decoded frame(s)"
+                    self.stopped = f"the stream ended after {self._position + 1} decoded frame(s)"
+                    self._frames = None
                     return
                 self.decoded += 1
-                if not verify:
-                    position += 1
+                if not self.footprint:
+                    self.footprint = REFERENCE_FRAMES * sum(plane.buffer_size for plane in frame.planes)
+                if not self._verify:
+                    self._position += 1
                 else:
-                    at = _landed(timing.pts, frame, target) if landing else _placed(timing.pts, frame, position,
-                                                                                     skipped)
+                    at = (_landed(timing.pts, frame, target) if landing
+                          else _placed(timing.pts, frame, self._position, self._skipped))
                     landing = False
                     if at < 0:
                         timing.seekable = False                          # frame times disagree with the table
-                        self._open()
-                        frames, position, verify = self._frames(None, skipped), -1, False
+                        self._restart(0, False)
                         continue
-                    position = at
-                if position == target:
-                    yield position, frame
+                    self._position = at
+                if self._position == target:
+                    yield self._position, frame
                     done += 1
+            self.finished = True
         except _video_errors() as e:
-            self.stopped = f"decoding stopped after frame {position + 1} of the stream: {_reason(e)}"
+            self.stopped = f"decoding stopped after frame {self._position + 1} of the stream: {_reason(e)}"
+            self._frames = None
 
-    def _frames(self, wanted: Optional[set], skipped: set) -> Iterator["object"]:
+    def _decode(self, wanted: Optional[set], skipped: set) -> Iterator["object"]:
         """The decoded frames from the container's position on. ``wanted``: the decoded indices whose packets
-        are decoded in full; every other packet whose time is a single table entry goes to the decoder
-        with ``skip_frame='NONREF'`` and its index is added to ``skipped`` (None: decode every packet)."""
+        are decoded in full (read as each packet is sent); every other packet whose time is a single
+        table entry goes to the decoder with ``skip_frame='NONREF'`` and its index is added to ``skipped``
+        (None: decode every packet)."""
         codec = self.stream.codec_context
         pts = self.timing.pts
         mode = "DEFAULT"
@@ -456,6 +500,71 @@ class _DecodedFrames:
                 if want != mode:
                     codec.skip_frame = mode = want
             yield from codec.decode(packet)
+
+
+#: Frames a decoder may hold at once, for the memory estimate of an open video: H.264's largest
+#: reference set (16) and the frame being decoded and the one returned.
+REFERENCE_FRAMES = 18
+#: Open videos one process keeps between reads, each decoder where its last read left it, so that a
+#: read of later frames of the same video (the focus frames after the glance frames, step by step)
+#: goes on decoding instead of opening, seeking and decoding the group of pictures again; at most
+#: this many, and decoders estimated to hold at most :data:`OPEN_VIDEO_BYTES` together (0: none kept).
+OPEN_VIDEOS = 64
+OPEN_VIDEO_BYTES = 256 << 20
+
+
+class _OpenVideos:
+    """The process's open videos (:data:`OPEN_VIDEOS`), keyed by path, size and modification time; an entry
+    is taken out while a read uses it (so no two threads share a decoder) and given back after."""
+
+    def __init__(self):
+        self.entries: "OrderedDict[Tuple[str, int, int], _DecodedFrames]" = OrderedDict()
+        self.lock = threading.Lock()
+
+    def take(self, key: Tuple[str, int, int], timing: VideoTiming) -> Optional[_DecodedFrames]:
+        """The open video of ``key`` (removed from the cache), or None; one read with another table (the
+        table cache dropped and read it again) is closed."""
+        with self.lock:
+            frames = self.entries.pop(key, None)
+        if frames is not None and frames.timing is not timing:
+            frames.close()
+            frames = None
+        return frames
+
+    def give(self, key: Tuple[str, int, int], frames: _DecodedFrames) -> None:
+        """Keep ``frames`` for the next read of ``key``, closing the least recently used beyond the bounds and
+        any entry of the same path with another size or modification time (a replaced file)."""
+        closing = []
+        with self.lock:
+            for other in [k for k in self.entries if k[0] == key[0] and k != key]:
+                closing.append(self.entries.pop(other))
+            if frames.footprint <= OPEN_VIDEO_BYTES and OPEN_VIDEOS > 0:
+                old = self.entries.pop(key, None)
+                if old is not None:
+                    closing.append(old)
+                self.entries[key] = frames
+            else:
+                closing.append(frames)
+            while self.entries and (len(self.entries) > OPEN_VIDEOS
+                                    or sum(f.footprint for f in self.entries.values()) > OPEN_VIDEO_BYTES):
+                closing.append(self.entries.popitem(last=False)[1])
+        for entry in closing:
+            entry.close()
+
+    def clear(self) -> None:
+        """Close every open video."""
+        with self.lock:
+            entries, self.entries = list(self.entries.values()), OrderedDict()
+        for entry in entries:
+            entry.close()
+
+
+_open_videos = _OpenVideos()
+
+
+def close_open_videos() -> None:
+    """Close the videos this process keeps open between reads (:data:`OPEN_VIDEOS`)."""
+    _open_videos.clear()
 
 
 _local = threading.local()

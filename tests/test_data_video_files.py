@@ -143,6 +143,7 @@ def test_frame_counts_match_the_extraction_and_the_variable_rate_video_repeats_f
 
 def test_reads_seek_to_the_key_frame_before_each_needed_frame(both):
     _, videos, _, _ = both
+    video_frames.close_open_videos()                                   # no decoder left where a read stopped
     reader = VideoFrameReader(str(videos / "gop.mp4"))
     reader.read([45])
     assert reader.decoded == 5                                         # key frame 41 (index 40) .. 45
@@ -286,6 +287,7 @@ def _check_reads(path: str, reads) -> list:
         pair = []
         for skip in (True, False):
             video_frames.SKIP_UNNEEDED = skip
+            video_frames.close_open_videos()
             try:
                 reader = VideoFrameReader(path)
                 pixels = reader.read(numbers)
@@ -364,6 +366,84 @@ def test_test_videos_read_as_decoded_in_order(test_videos, name):
     path = str(test_videos / name)
     count = read_timing(path).count
     _check_reads(path, _reads(count, 4, sets=3, size=16) + [[1, count]])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Open videos kept between reads
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["h264.mp4", "mpeg4.mp4"])
+def test_a_later_read_goes_on_from_where_the_decoder_stands(with_b_frames, name):
+    """Glance frames, then focus frames one read each (ascending, as the early-exit runtime asks): each
+    read after the first decodes from where the last stopped; a read of an earlier frame, or of one sent
+    to the decoder as skippable, starts over. Every frame equals the one decoded in order."""
+    path = str(with_b_frames / name)
+    timing = read_timing(path)
+    reference = _in_order(path, list(range(1, 101)))
+    video_frames.close_open_videos()
+    reads = [[3, 20], [22], [24], [30], [52], [60], [5], [61, 62]]
+    decoded = []
+    for numbers in reads:
+        reader = VideoFrameReader(path)
+        pixels = reader.read(numbers)
+        decoded.append(reader.decoded)
+        for row, k in enumerate(numbers):
+            assert np.array_equal(pixels[row], reference[k]), (name, k)
+    fresh = []
+    for numbers in reads:
+        video_frames.close_open_videos()
+        reader = VideoFrameReader(path)
+        reader.read(numbers)
+        fresh.append(reader.decoded)
+    assert sum(decoded) < sum(fresh), (decoded, fresh)
+    # the read of frame 5 is behind the decoder: it starts over and decodes as much as a fresh read
+    assert decoded[6] == fresh[6]
+    # a frame between two read ones that went to the decoder as skippable: read after them, it starts over
+    video_frames.close_open_videos()
+    VideoFrameReader(path).read([12, 18])
+    (kept,) = video_frames._open_videos.entries.values()
+    k = min(i for i in kept._skipped if 11 < i < 17) + 1               # frame number of a skipped index
+    reader = VideoFrameReader(path)
+    assert np.array_equal(reader.read([k])[0], reference[k])
+    video_frames.close_open_videos()
+    fresh_read = VideoFrameReader(path)
+    fresh_read.read([k])
+    assert reader.decoded == fresh_read.decoded and timing.skippable
+
+
+def test_open_videos_are_bounded_in_number_and_memory_and_dropped_when_the_file_changes(with_b_frames, tmp_path,
+                                                                                       monkeypatch):
+    names = ["h264.mp4", "h264.mkv", "mpeg4.mp4"]
+    paths = [str(with_b_frames / n) for n in names]
+    video_frames.close_open_videos()
+    monkeypatch.setattr(video_frames, "OPEN_VIDEOS", 2)
+    for path in paths:
+        VideoFrameReader(path).read([5])
+    kept = [key[0] for key in video_frames._open_videos.entries]
+    assert kept == [os.path.abspath(p) for p in paths[1:]]          # the least recently used one closed
+    # memory: each decoder counts 18 frames of its buffers' size
+    with av.open(paths[1]) as container:
+        frame = next(container.decode(container.streams.video[0]))
+        footprint = video_frames.REFERENCE_FRAMES * sum(plane.buffer_size for plane in frame.planes)
+    assert [f.footprint for f in video_frames._open_videos.entries.values()] == [footprint] * 2
+    monkeypatch.setattr(video_frames, "OPEN_VIDEO_BYTES", footprint)
+    VideoFrameReader(paths[0]).read([5])
+    assert [key[0] for key in video_frames._open_videos.entries] == [os.path.abspath(paths[0])]
+    monkeypatch.setattr(video_frames, "OPEN_VIDEO_BYTES", footprint - 1)
+    VideoFrameReader(paths[1]).read([5])
+    assert not video_frames._open_videos.entries                     # larger than the bound: closed
+    # a file replaced under the same name: its open decoder is not used (and is closed)
+    monkeypatch.setattr(video_frames, "OPEN_VIDEO_BYTES", 1 << 30)
+    path = tmp_path / "replaced.mp4"
+    shutil.copyfile(paths[0], path)
+    VideoFrameReader(str(path)).read([5])
+    write_video(path, _pattern(100, 48, 64, 7), "libx264", "yuv420p",
+                options={"crf": "18", "bf": "3", "preset": "veryfast", "threads": "1"})
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    pixels = VideoFrameReader(str(path)).read([6])
+    assert np.array_equal(pixels[0], _in_order(str(path), [6])[6])
+    assert [key[0] for key in video_frames._open_videos.entries].count(str(path)) == 1
+    video_frames.close_open_videos()
+    assert not video_frames._open_videos.entries
 
 
 # ---------------------------------------------------------------------------------------------------
