@@ -22,6 +22,8 @@ the second iteration on are not compared.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,7 @@ from models.adafocus_v1_policy import GaussianPatchPolicy, GridPatchPolicy, Recu
 from models.ppo import (PPO, RolloutMemory, discounted_returns, merge_memories, normalize_returns, ppo_terms)
 from ops.checkpoint import load_checkpoint
 from support import fixture_checkpoint, fixture_generator, fixture_params, require_fixture
+from test_adafocus_v1 import random_clip, tiny_v1
 from test_parity_v1 import ACT_TREE, build_model, regenerate_input
 
 EXACT = dict(atol=0.0, rtol=0.0)
@@ -417,3 +420,233 @@ def test_stage2_sth_update(stage2_sth):
                                    msg=lambda m: f"{key}: {m}")
     old = stage2_sth["ppo"].policy_old.state_dict()
     assert all(torch.equal(old[k], after[k]) for k in after) and recorded["policy_old_equals_policy_after"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Properties (any sizes and seeds, no fixture)
+# --------------------------------------------------------------------------------------------------
+def random_rollout(policy, ppo: PPO, steps: int, batch: int, seed: int, channels: int = 6, side: int = 3):
+    """A memory filled by ``ppo.act`` on random maps, with random rewards."""
+    g = torch.Generator().manual_seed(seed)
+    memory = RolloutMemory()
+    for t in range(steps):
+        ppo.act(torch.rand(batch, channels, side, side, generator=g) * 3, memory, restart=(t == 0), generator=g)
+        memory.add_reward(torch.randn(batch, generator=g) * 0.1)
+    return memory
+
+
+@pytest.mark.parametrize("steps, batch, gamma, seed", [(1, 3, 0.7, 0), (5, 2, 0.7, 1), (9, 4, 0.95, 2), (4, 1, 0.0, 3)])
+def test_returns_are_the_discounted_sum_of_the_later_rewards(steps, batch, gamma, seed):
+    rewards = torch.randn(steps, batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = torch.zeros_like(rewards)
+    for t in range(steps):
+        for b in range(batch):
+            expected[t, b] = sum(gamma ** (k - t) * rewards[k, b].item() for k in range(t, steps))
+    torch.testing.assert_close(discounted_returns(rewards, gamma), expected, atol=1e-12, rtol=1e-12)
+    if steps * batch > 1:
+        normalised = normalize_returns(expected)
+        torch.testing.assert_close(normalised, (expected - expected.mean()) / (expected.std(unbiased=True) + 1e-5))
+
+
+def test_clipped_surrogate_at_ratio_one_and_outside_the_clip_range():
+    g = torch.Generator().manual_seed(5)
+    values, entropy = torch.randn(3, 4, generator=g), torch.rand(3, 4, generator=g)
+    returns = torch.randn(3, 4, generator=g)
+    advantages = returns - values
+    logprobs = torch.randn(3, 4, generator=g) - 1
+    mse = ((values - returns) ** 2).mean()
+    # ratio 1: both surrogates are the advantage
+    terms = ppo_terms(logprobs, values, entropy, logprobs.clone(), returns, eps_clip=0.2)
+    torch.testing.assert_close(terms.ratios, torch.ones(3, 4))
+    torch.testing.assert_close(terms.loss, -advantages + 0.5 * mse - 0.01 * entropy)
+    # ratios 2 and 0.5 (outside [0.8, 1.2]): min(r A, clip(r) A) per sign of A
+    for ratio, clipped in ((2.0, 1.2), (0.5, 0.8)):
+        terms = ppo_terms(logprobs + torch.log(torch.tensor(ratio)), values, entropy, logprobs, returns, eps_clip=0.2)
+        expected = torch.minimum(ratio * advantages, clipped * advantages)
+        torch.testing.assert_close(terms.surr2, clipped * advantages)
+        torch.testing.assert_close(terms.loss, -expected + 0.5 * mse - 0.01 * entropy)
+        # a positive advantage is capped at 1.2 A, a negative one at 0.8 A: the gradient stops where the clip acts
+        chosen = torch.where(advantages > 0, torch.full_like(advantages, min(ratio, clipped)),
+                             torch.full_like(advantages, max(ratio, clipped)))
+        torch.testing.assert_close(-expected, -chosen * advantages)
+
+
+@pytest.mark.parametrize("kind", ["grid", "gaussian"])
+def test_policy_gradient_part_is_minus_advantage_times_grad_log_pi(kind):
+    """One epoch from the acting weights (no BatchNorm, so the ratio is 1): the gradient of the loss without its
+    value and entropy terms is -mean(A * grad log pi), A the normalised return minus the (detached) value."""
+    torch.manual_seed(3)
+    policy = GridPatchPolicy(6, 3, 8, 16) if kind == "grid" else GaussianPatchPolicy(6, 3, 8, 0.3, with_bn=False)
+    initial = copy.deepcopy(policy)
+    ppo = PPO(policy, value_coef=0.0, entropy_coef=0.0)
+    memory = random_rollout(policy, ppo, steps=4, batch=3, seed=7)
+    states, actions, _, rewards = memory.stacked()
+    update = ppo.update(memory)
+    torch.testing.assert_close(update.terms.ratios.detach(), torch.ones_like(rewards))
+    evaluated = initial.evaluate(states, actions)
+    advantages = normalize_returns(discounted_returns(rewards, ppo.gamma)) - evaluated.state_values.detach()
+    (-(advantages * evaluated.logprobs).mean()).backward()
+    for (key, p), ref in zip(policy.named_parameters(), initial.parameters()):
+        expected = ref.grad if ref.grad is not None else torch.zeros_like(p)  # the critic: only the value term
+        torch.testing.assert_close(p.grad, expected, atol=1e-7, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+        assert torch.equal(p.detach() != ref.detach(), p.grad != 0), f"{key}: Adam moved exactly the entries with a gradient"
+    assert any(p.grad.abs().max() > 0 for p in policy.parameters())
+
+
+def test_gaussian_sample_is_clamped_and_scored_at_the_clamped_action():
+    torch.manual_seed(0)
+    policy = GaussianPatchPolicy(6, 3, 8, action_std=0.5)
+    means = torch.tensor([[0.05, 0.95], [0.5, 0.5], [0.99, 0.01]])
+    sampled = policy.sample(means, torch.Generator().manual_seed(1))
+    eps = torch.empty(3, 2).normal_(generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(sampled.raw, means + 0.5 * eps, **EXACT)
+    torch.testing.assert_close(sampled.actions, sampled.raw.clamp(0, 1), atol=1e-7, rtol=0.0)
+    expected = (-0.5 * (((sampled.actions - means) / 0.5) ** 2).sum(-1) - 2 * torch.log(torch.tensor(0.5))
+                - torch.log(torch.tensor(2 * torch.pi)))
+    torch.testing.assert_close(sampled.logprobs, expected)
+
+
+def two_halves(memory: RolloutMemory, split: int):
+    """The memories two processes would hold: videos [0, split) and [split, B) of ``memory``."""
+    packed = memory.packed()
+    first = {k: v[:, :split] if v is not None else None for k, v in packed.items()}
+    second = {k: v[:, split:] if v is not None else None for k, v in packed.items()}
+    return RolloutMemory.from_packed(first), RolloutMemory.from_packed(second)
+
+
+@pytest.mark.parametrize("kind", ["grid", "gaussian"])
+def test_merging_the_halves_gives_the_whole_memory_and_the_same_update(kind):
+    torch.manual_seed(4)
+    policy = GridPatchPolicy(6, 3, 8, 36) if kind == "grid" else GaussianPatchPolicy(6, 3, 8)
+    twin = copy.deepcopy(policy)
+    ppo, ppo_twin = PPO(policy), PPO(twin)
+    whole = random_rollout(policy, ppo, steps=3, batch=5, seed=9)
+    first, second = two_halves(whole, 2)
+    assert (first.batch_size, second.batch_size, first.num_steps) == (2, 3, 3)
+    # every field of the packed layout has the same shape on every process but for the batch axis
+    for name, value in first.packed().items():
+        assert value.shape[:1] + value.shape[2:] == second.packed()[name].shape[:1] + second.packed()[name].shape[2:]
+    merged = merge_memories([first, second])
+    for name, value in whole.packed().items():
+        assert torch.equal(merged.packed()[name], value), name
+    a, b = ppo.update(whole), ppo_twin.update(merged)
+    for name in ("logprobs", "state_values", "dist_entropy", "ratios", "advantages", "loss"):
+        assert torch.equal(getattr(a.terms, name), getattr(b.terms, name)), name
+    for p, q in zip(policy.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_memories_of_different_steps_are_refused():
+    torch.manual_seed(0)
+    policy = GridPatchPolicy(6, 3, 8, 25)
+    ppo = PPO(policy)
+    with pytest.raises(ValueError, match="differ in shape") as info:
+        merge_memories([random_rollout(policy, ppo, 2, 2, seed=0), random_rollout(policy, ppo, 3, 2, seed=1)])
+    assert "\n" not in str(info.value)
+    incomplete = random_rollout(policy, ppo, 2, 2, seed=0)
+    incomplete.rewards.pop()
+    with pytest.raises(ValueError, match="incomplete"):
+        incomplete.stacked()
+
+
+def test_a_checkpoint_in_the_middle_of_an_episode_resumes_exactly(tmp_path):
+    """Memory, PPO (optimiser, acting copy with its BatchNorm statistics) and the generator saved after two of
+    four steps and the second update, loaded into fresh objects: the same actions and weights as without."""
+    def build():
+        torch.manual_seed(2)
+        policy = GaussianPatchPolicy(6, 3, 8)
+        return policy, PPO(policy)
+
+    def steps(ppo, memory, g, range_):
+        for t in range_:
+            ppo.act(torch.rand(4, 6, 3, 3, generator=g) * 3, memory, restart=(t == 0), generator=g)
+            memory.add_reward(torch.randn(4, generator=g) * 0.1)
+
+    policy, ppo = build()
+    g, memory = torch.Generator().manual_seed(8), RolloutMemory()
+    for _ in range(2):  # two full episodes, so that Adam has moments
+        steps(ppo, memory, g, range(4))
+        ppo.update(memory)
+        memory.clear()
+    steps(ppo, memory, g, range(2))
+    torch.save({"memory": memory.state_dict(), "ppo": ppo.state_dict(), "policy": policy.state_dict(),
+                "rng": g.get_state()}, tmp_path / "mid.pt")
+    steps(ppo, memory, g, range(2, 4))
+    straight = ppo.update(memory)
+
+    saved = torch.load(tmp_path / "mid.pt", weights_only=True)
+    policy2, ppo2 = build()
+    policy2.load_state_dict(saved["policy"])
+    ppo2.load_state_dict(saved["ppo"])
+    memory2, g2 = RolloutMemory(), torch.Generator()
+    memory2.load_state_dict(saved["memory"])
+    g2.set_state(saved["rng"])
+    steps(ppo2, memory2, g2, range(2, 4))
+    resumed = ppo2.update(memory2)
+    assert torch.equal(resumed.terms.loss, straight.terms.loss)
+    for a, b in zip(policy.state_dict().values(), policy2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage-2 episode on a tiny model
+# --------------------------------------------------------------------------------------------------
+def tiny_episode(reward: str, seed: int = 0):
+    model = tiny_v1(seed=seed)
+    clip = random_clip(model, batch=3, seed=seed + 1)
+    target = torch.tensor([[1, -1], [4, 2], [0, -1]])
+    ppo = PPO(model.policy.spatial)
+    memory = RolloutMemory()
+    rollout = model.stage2_rollout(clip, target, ppo, memory, generator=torch.Generator().manual_seed(seed),
+                                   crop_rng=np.random.RandomState(seed), reward=reward)
+    return model, clip, target, memory, rollout
+
+
+def test_stage2_rewards_of_every_kind():
+    model, clip, target, memory, random = tiny_episode("random")
+    _, _, _, _, conf = tiny_episode("conf")
+    _, _, _, _, prev = tiny_episode("prev")
+    assert torch.equal(conf.actions, random.actions) and torch.equal(prev.actions, random.actions)
+    torch.testing.assert_close(conf.rewards, conf.confidence, **EXACT)
+    torch.testing.assert_close(prev.rewards[:, 1:], prev.confidence[:, 1:] - prev.confidence[:, :-1])
+    torch.testing.assert_close(prev.rewards[:, 0], prev.confidence[:, 0])
+    torch.testing.assert_close(random.rewards, random.confidence - random.baseline_confidence, **EXACT)
+    assert conf.baseline_logits is None and prev.baseline_corners is None
+    probs = random.step_logits.softmax(-1)
+    torch.testing.assert_close(random.confidence, probs[torch.arange(3)[:, None], torch.arange(4), target[:, :1]])
+    # the memory: the glance maps, the sampled positions with their log-probabilities, the rewards
+    states, actions, logprobs, rewards = memory.stacked()
+    assert states.shape[:2] == (4, 3) and torch.equal(actions, random.actions.t())
+    torch.testing.assert_close(logprobs, random.logprobs.t(), **EXACT)
+    torch.testing.assert_close(rewards, random.rewards.t(), **EXACT)
+    with torch.no_grad():
+        maps = model.glance(model.glance_input(model.frames(clip).flatten(0, 1)))[0].view(3, 4, *states.shape[2:])
+    torch.testing.assert_close(states, maps.transpose(0, 1), **EXACT)
+
+
+def test_stage2_baseline_is_one_classifier_step_after_the_policy_path():
+    """Step t's baseline: the classifier over the policy's patches of frames < t and the random patch of frame t."""
+    model, clip, _, _, rollout = tiny_episode("random", seed=2)
+    frames = model.frames(clip)
+    span = model.input_size - model.patch_size
+    assert rollout.baseline_corners.min() >= 0 and rollout.baseline_corners.max() < span
+    with torch.no_grad():
+        glance = model.glance(model.glance_input(frames.flatten(0, 1)))[1].view(3, 4, -1)
+        def focus(corners):
+            return model.focus(model.crop(frames.flatten(0, 1), corners.flatten(0, 1))).view(3, 4, -1)
+        policy_focus, random_focus = focus(rollout.corners), focus(rollout.baseline_corners)
+        for t in range(4):
+            mixed = torch.cat((policy_focus[:, :t], random_focus[:, t:t + 1]), dim=1)
+            logits = model.classifier(model.classifier_input(glance[:, :t + 1], mixed))[:, -1]
+            torch.testing.assert_close(rollout.baseline_logits[:, t], logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rollout.step_logits, model.classifier(model.classifier_input(glance, policy_focus)),
+                                   atol=1e-5, rtol=1e-5)
+    assert torch.equal(rollout.corners, model.corners_of(rollout.actions))
+
+
+def test_stage2_refuses_an_unknown_reward_in_one_line():
+    model = tiny_v1()
+    with pytest.raises(ValueError, match=r"reward must be one of \('random', 'prev', 'conf'\), got 'padding'") as info:
+        model.stage2_rollout(random_clip(model), torch.tensor([0, 1]), PPO(model.policy.spatial), RolloutMemory(),
+                             reward="padding")
+    assert "\n" not in str(info.value)
