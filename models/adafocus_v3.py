@@ -2,8 +2,9 @@
 
 AdaFocusV3 has no released code; this module follows the paper (§3, App. A, C). For a video of T frames:
 
-1. **glance** — the glance encoder sees T_G evenly spaced frames (``num_glance_segments``; all T by
-   default, paper §3.2: "all the frames of V are fed into f_G at the same time"): feature maps
+1. **glance** — the glance encoder sees T_G evenly spaced frames (``num_glance_segments``, the family's
+   rule ``models.frame_selection.glance_frame_indices``; all T by default, paper §3.2: "all the frames of
+   V are fed into f_G at the same time"): feature maps
    (B, T_G, Dg, h, w) and pooled features (B, T_G, Dg).
 2. **policy** — :class:`CubePolicy`, not recurrent: it reads the glance maps of the whole video at once
    and gives the centres of all K cubes (``num_focus_segments``) together, (B, K, 3) as ``(x, y, z)`` in
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from .adafocus_v2 import ResNetGlanceEncoder
 from .backbones import FOCUS_ARCHS, GlanceEncoder, glance_feature_size
 from .classifier import ExitClassifier
+from .frame_selection import glance_frame_indices
 from .outputs import detach_output
 from .patches import sample_boxes
 from .temporal_shift import TemporalShift, shift_mobilenet_v2, shift_resnet
@@ -64,11 +66,6 @@ POLICY_CONV_CHANNELS = 64
 # --------------------------------------------------------------------------------------------------
 # Geometry
 # --------------------------------------------------------------------------------------------------
-def glance_frame_indices(num_frames: int, num_glance: int) -> List[int]:
-    """T_G evenly spaced frames of T: the middle frame of each of T_G equal parts (all T when T_G = T)."""
-    return [((2 * i + 1) * num_frames) // (2 * num_glance) for i in range(num_glance)]
-
-
 def inference_windows(starts: torch.Tensor, num_frames: int, cube_frames: int) -> List[List[List[int]]]:
     """The frames each cube processes at inference: starts (B, K) continuous first frames in [0, T - T'].
 
@@ -215,8 +212,9 @@ class AdaFocusV3(nn.Module):
     forward(video, generator=None, before_focus=None) with video (B, T, 3, H, W) or (B, 3T, H, W) in
     temporal order, H = W = input_size; uint8 frames are normalised here (ImageNet mean / std), floating
     frames are taken as normalised. Returns :class:`AdaFocusV3Output`. ``generator`` is unused (the
-    training forward draws no random numbers besides dropout). ``before_focus(indices (B, T), None)`` is
-    called with every frame before any is read (the glance sees them all).
+    training forward draws no random numbers besides dropout). In evaluation, ``before_focus(indices (B, n),
+    None)`` is called with the frames the cubes read (each video's, padded with its first) before any is
+    read (the family's hook for deferred decoding; the glance frames come decoded).
 
     ``num_focus_segments``: K, the number of cubes; ``patch_size``: H' = W'; ``cube_frames``: T';
     ``gradient``: ``'feature'`` or ``'pixel'`` (module docstring); ``tsm_encoders``: temporal shift in both
@@ -256,8 +254,8 @@ class AdaFocusV3(nn.Module):
                                                                               patch_size, input_size)
         self.gradient, self.tsm_encoders = v3_gradient, tsm_encoders
         self.feature_size = glance_feature_size(input_size)
-        self.register_buffer("glance_frames", torch.tensor(glance_frame_indices(num_segments, num_glance_segments)),
-                             persistent=False)
+        self.register_buffer("glance_frames", glance_frame_indices(num_segments, num_glance_segments)[0],
+                             persistent=False)  # the family's evaluation rule, in training too
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
         self.glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
@@ -279,7 +277,8 @@ class AdaFocusV3(nn.Module):
     # inputs and geometry
     # ------------------------------------------------------------------------------------------
     def frames_of(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) or (B, 3T, H, W) -> normalised (B, T, 3, H, W), checked."""
+        """(B, T, 3, H, W) or (B, 3T, H, W) -> (B, T, 3, H, W), checked (not normalised: frames are normalised
+        when they are read, after ``before_focus`` has completed them)."""
         if video.dim() == 4 and video.shape[1] % 3 == 0:
             video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
         if video.dim() != 5 or video.shape[2] != 3:
@@ -288,9 +287,13 @@ class AdaFocusV3(nn.Module):
             raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
         if video.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
-        if video.dtype == torch.uint8:
-            return (video.float().div_(255.0) - self.pixel_mean) / self.pixel_std
         return video
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
+        if frames.dtype == torch.uint8:
+            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
+        return frames
 
     def corners(self, centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """centres (..., 3) -> (x1, y1, first frame), each (...): continuous pixels and frames."""
@@ -313,9 +316,9 @@ class AdaFocusV3(nn.Module):
     # stages
     # ------------------------------------------------------------------------------------------
     def glance_step(self, frames: torch.Tensor):
-        """frames (B, T, 3, H, W) normalised -> (maps (B, T_G, Dg, h, w), pooled (B, T_G, Dg))."""
+        """frames (B, T, 3, H, W) -> (maps (B, T_G, Dg, h, w), pooled (B, T_G, Dg))."""
         b = frames.shape[0]
-        fmap, pooled = self.glance(frames.index_select(1, self.glance_frames).flatten(0, 1))
+        fmap, pooled = self.glance(self.normalise(frames.index_select(1, self.glance_frames).flatten(0, 1)))
         return fmap.view(b, self.num_glance, *fmap.shape[1:]), pooled.view(b, self.num_glance, -1)
 
     def encode_clips(self, clips: torch.Tensor, frames_per_clip: int):
@@ -336,8 +339,8 @@ class AdaFocusV3(nn.Module):
             weight = (times - lower).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1).flatten(0, 1)  # (B*K*T', 1, 1, 1)
             rows = video_rows.repeat_interleave(tp)
             xs, ys = x1.repeat_interleave(tp), y1.repeat_interleave(tp)
-            before = self.crop(frames[rows, lower.flatten().long()], xs, ys, p)
-            after = self.crop(frames[rows, lower.flatten().long() + 1], xs, ys, p)
+            before = self.crop(self.normalise(frames[rows, lower.flatten().long()]), xs, ys, p)
+            after = self.crop(self.normalise(frames[rows, lower.flatten().long() + 1]), xs, ys, p)
             cubes = before + weight * (after - before)  # (B*K*T', 3, P, P)
             _, pooled = self.encode_clips(cubes, tp)
             return pooled.view(b, k, tp, -1).mean(dim=2)
@@ -365,7 +368,7 @@ class AdaFocusV3(nn.Module):
         indices = (first.long().unsqueeze(1) + torch.arange(tp + 1, device=frames.device)).flatten()
         half = FOCUS_STRIDE / 2.0
         with torch.no_grad():
-            enlarged = self.crop(frames[rows, indices], (x1 - half).detach().repeat_interleave(tp + 1),
+            enlarged = self.crop(self.normalise(frames[rows, indices]), (x1 - half).detach().repeat_interleave(tp + 1),
                                  (y1 - half).detach().repeat_interleave(tp + 1), self.patch_size + FOCUS_STRIDE)
         maps, _ = self.encode_clips(enlarged, tp + 1)  # (N*(T'+1), Df, s_f + 1, s_f + 1)
         return maps.view(-1, tp + 1, *maps.shape[1:]).transpose(1, 2), offset
@@ -394,7 +397,7 @@ class AdaFocusV3(nn.Module):
             members = [i for i, plan in enumerate(plans) if len(plan) == count]
             index = torch.tensor(members, device=frames.device)
             frame_ids = torch.tensor([plans[i] for i in members], device=frames.device).flatten()  # (m*count,)
-            picked = frames[video_rows[index].repeat_interleave(count), frame_ids]  # (m*count, 3, H, W)
+            picked = self.normalise(frames[video_rows[index].repeat_interleave(count), frame_ids])  # (m*count, 3, H, W)
             patches = self.crop(picked, x1[index].repeat_interleave(count), y1[index].repeat_interleave(count),
                                 self.patch_size)
             _, pooled = self.encode_clips(patches, count)
@@ -407,6 +410,16 @@ class AdaFocusV3(nn.Module):
         centres = self.policy.spatial(fmap.detach() if self.training else fmap)
         return fmap, pooled, centres
 
+    def exits(self, glance_pooled: torch.Tensor, cube_features: torch.Tensor) -> torch.Tensor:
+        """The classifier: glance features (B, T_G, Dg) and cube features (B, K, Df) -> stage logits (B, K + 1, C):
+        p0 from the running maximum of the glance frames, p_k from the running maximum of cubes 1..k next to
+        the glance state (feature reuse)."""
+        classifier = self.classifier
+        glance_state = classifier.glance_states(glance_pooled)[:, -1]  # (B, hidden): max over the glance frames
+        p0 = classifier.glance_exits[0](glance_state)  # (B, C)
+        cube_logits = classifier.focus_logits(classifier.focus_states(cube_features), glance_state)  # (B, K, C)
+        return torch.cat((p0.unsqueeze(1), cube_logits), dim=1)
+
     # ------------------------------------------------------------------------------------------
     @property
     def num_exit_stages(self) -> int:
@@ -415,9 +428,6 @@ class AdaFocusV3(nn.Module):
 
     def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
                 before_focus=None) -> AdaFocusV3Output:
-        if before_focus is not None:  # the glance reads every frame
-            before_focus(torch.arange(self.num_segments, device=video.device).unsqueeze(0).expand(video.shape[0], -1),
-                         None)
         frames = self.frames_of(video)
         b = frames.shape[0]
         _, glance_pooled, centres = self.policy_step(frames)
@@ -428,17 +438,18 @@ class AdaFocusV3(nn.Module):
             used = torch.full_like(first, self.cube_frames)
         else:
             plans = inference_windows(starts, self.num_segments, self.cube_frames)
+            if before_focus is not None:  # the frames the cubes read, padded with each video's first one
+                wanted = [sorted({f for cube in plan for f in cube}) for plan in plans]
+                width = max(len(w) for w in wanted)
+                before_focus(torch.tensor([w + w[:1] * (width - len(w)) for w in wanted], device=frames.device),
+                             None)
             flat = [cube for video_plan in plans for cube in video_plan]
             video_rows = torch.arange(b, device=frames.device).repeat_interleave(self.num_cubes)
             cube_features = self.eval_cube_features(frames, video_rows, centres.flatten(0, 1),
                                                     flat).view(b, self.num_cubes, -1)
             first = torch.tensor([[cube[0] for cube in plan] for plan in plans], device=frames.device)
             used = torch.tensor([[len(cube) for cube in plan] for plan in plans], device=frames.device)
-        classifier = self.classifier
-        glance_state = classifier.glance_states(glance_pooled)[:, -1]  # (B, hidden): max over the glance frames
-        p0 = classifier.glance_exits[0](glance_state)  # (B, C)
-        cube_logits = classifier.focus_logits(classifier.focus_states(cube_features), glance_state)  # (B, K, C)
-        stage_logits = torch.cat((p0.unsqueeze(1), cube_logits), dim=1)
+        stage_logits = self.exits(glance_pooled, cube_features)
         return AdaFocusV3Output(stage_logits, centres, starts, first, used, self.boxes(centres))
 
     @torch.no_grad()
@@ -451,14 +462,12 @@ class AdaFocusV3(nn.Module):
         classifier's running maximum continued. The cubes' frames are fixed by the policy's one decision, so
         exit k equals the full pass's (to the batched kernels' rounding). ``amp``: the caller's (enabled,
         dtype) autocast setting for the two encoders. ``lap('policy')`` is called after the policy.
-        ``before_focus(indices (n, 1), rows (n,))`` is called before the glance with every frame.
+        ``before_focus(indices (m, count), rows (m,))`` is called before each cube with the frames it reads
+        (per group of videos whose cube reads ``count`` frames) and their rows of ``video``.
         """
         frames = self.frames_of(video)
         device_type, (amp_on, amp_dtype) = frames.device.type, amp
         rows = torch.arange(frames.shape[0], device=frames.device)
-        if before_focus is not None:
-            for t in range(self.num_segments):
-                before_focus(torch.full((rows.numel(), 1), t, dtype=torch.long, device=frames.device), rows)
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
             fmap, pooled = self.glance_step(frames)
         centres = self.policy.spatial(fmap.float())
@@ -474,6 +483,11 @@ class AdaFocusV3(nn.Module):
                 rows, glance_state = rows[keep], glance_state[keep]
                 state = state[keep] if state is not None else None
             picked = rows.tolist()
+            if before_focus is not None:  # this cube's frames, for each group of equal frame counts
+                for count in sorted({len(plans[i][k]) for i in picked}):
+                    members = [j for j, i in enumerate(picked) if len(plans[i][k]) == count]
+                    before_focus(torch.tensor([plans[picked[j]][k] for j in members], device=frames.device),
+                                 rows[members])
             with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
                 features = self.eval_cube_features(frames, rows, centres[rows, k], [plans[i][k] for i in picked])
             state = classifier.focus_states(features.float().unsqueeze(1), state)[:, 0]
@@ -565,7 +579,8 @@ class AdaFocusV3Objective:
 
     def __call__(self, out: AdaFocusV3Output, target: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> AdaFocusV3Terms:
-        logits = out.stage_logits.float()  # (B, K + 1, C)
+        logits = out.stage_logits  # (B, K + 1, C); half precision (autocast) is computed in float32
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         b, steps, c = logits.shape
         losses = F.cross_entropy(logits.reshape(b * steps, c), target.repeat_interleave(steps),
                                  reduction="none").view(b, steps).mean(dim=0)  # (K + 1,)
