@@ -24,8 +24,10 @@ state, so running every frame at once equals the official frame-by-frame loop.
 
 This module also registers the variant: hyper-parameters, FLOPs of every step counted from the module
 (:func:`adafocus_v1_flops`) and the official checkpoint layout (``glancer.net``, ``focuser.net``,
-``focuser.policy.policy``, ``classifier.gru`` ...; :data:`OFFICIAL_KEYS`). The staged training (with its
-PPO updates) and the Something-Something form are not built here.
+``focuser.policy.policy``, ``classifier.gru`` ...; :data:`OFFICIAL_KEYS`), and the official stage-2 episode
+(:meth:`AdaFocusV1.stage2_rollout`: the policy's sampled positions and rewards into a rollout memory, which
+``models.ppo.PPO.update`` turns into one PPO step). The staged training loop is not built here; the
+Something-Something form is ``models.adafocus_v1_sth``.
 """
 from __future__ import annotations
 
@@ -178,8 +180,8 @@ class AdaFocusV1(nn.Module):
 
     forward(video) with video (B, T, 3, H, W) or the official flattened layout (B, 3T, H, W), H = W =
     input_size; uint8 frames are normalised here (ImageNet mean/std), floating frames are taken as
-    normalised. Returns :class:`AdaFocusV1Output`. The model must be in evaluation mode: its training (the
-    official stages 0-3, with PPO for the policy) is not built.
+    normalised. Returns :class:`AdaFocusV1Output`. The model must be in evaluation mode: its training loop (the
+    official stages 0-3) is not built; :meth:`stage2_rollout` is the stage-2 episode of the policy's PPO.
 
     ``glance_head`` (Dropout 0.2, Linear) and ``focus_head`` (Linear) are the backbones' own classifiers,
     which only the official stage 0 trains; the forward does not use them. ``hidden_state_dim``: the policy's
@@ -262,7 +264,7 @@ class AdaFocusV1(nn.Module):
     def forward(self, video: torch.Tensor) -> AdaFocusV1Output:
         if self.training:
             raise RuntimeError("adafocus_v1 runs in evaluation mode only (model.eval()): its staged training "
-                               "with PPO is not built")
+                               "loop is not built (stage2_rollout and models.ppo give the policy's stage 2)")
         frames = self.frames(video)  # (B, T, 3, H, W)
         b, t = frames.shape[:2]
         fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))  # (B*T, Dg, s, s), (B*T, Dg)
