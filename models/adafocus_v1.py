@@ -298,9 +298,10 @@ class AdaFocusV1(nn.Module):
                        generator: Optional[torch.Generator] = None, crop_rng=None,
                        reward: str = "random") -> Stage2Rollout:
         """One official stage-2 episode on a batch (``GFV.one_step_act`` for every frame, and the rewards):
-        the acting copy ``ppo.policy_old`` samples a grid position per frame (its draws from ``generator``,
-        the global torch generator when None), stored with the glance maps in ``memory`` (``ppo.act``); the
-        focus encoder and the classifier run on the chosen patches; the reward of step t (``reward``, one of
+        the acting copy ``ppo.policy_old`` samples a grid position per frame (its draws from ``generator``, a
+        generator on the model's device, or the global torch generator when None), stored with the glance maps
+        in ``memory`` (``ppo.act``); the focus encoder and the classifier run on the chosen patches; the reward
+        of step t (``reward``, one of
         :data:`STAGE2_REWARDS`) goes into ``memory`` too. Then ``ppo.update(memory)`` and ``memory.clear()``
         finish the iteration. Everything runs without gradients.
 
@@ -330,7 +331,7 @@ class AdaFocusV1(nn.Module):
             confidence = step_logits.softmax(dim=-1).gather(2, labels.view(b, 1, 1).expand(b, t, 1)).squeeze(2)
             baseline = {}
             if reward == "random":
-                baseline_corners = self.random_corners(t, b, crop_rng)
+                baseline_corners = self.random_corners(t, b, crop_rng).to(frames.device)
                 baseline_focus = self.focus(self.crop(frames.flatten(0, 1), baseline_corners.flatten(0, 1)))
                 baseline_input = self.classifier_input(glance_features, baseline_focus.view(b, t, -1))
                 # one GRU step per frame from the policy path's state after the frames before it
