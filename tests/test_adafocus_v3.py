@@ -272,7 +272,8 @@ def test_bad_cube_settings_are_refused_in_one_line():
 # --------------------------------------------------------------------------------------------------
 def test_main_trains_and_evaluates_a_tiny_v3_and_test_early_exit_runs_on_it(data_dir, tmp_path):
     """``main.py --variant adafocus_v3`` on the synthetic data trains Eq. 1's terms and evaluates every exit with
-    its FLOPs; ``--evaluate --resume`` reproduces the last validation; test_early_exit.py sweeps the K + 1 exits."""
+    its FLOPs; ``--evaluate --resume`` reproduces the last validation, with the cubes' frames decoded on demand or
+    every frame decoded; test_early_exit.py sweeps the K + 1 exits."""
     root = tmp_path / "runs"
     _run([sys.executable] + _main_args(data_dir, root, "--variant", "adafocus_v3", "--epochs", "1", "--iters_per_epoch",
                                        "2", "--batch_size", "4", "--store_name", "v3"))
@@ -287,10 +288,13 @@ def test_main_trains_and_evaluates_a_tiny_v3_and_test_early_exit_runs_on_it(data
     assert len(stages) == ckpt["config"]["num_focus_segments"] + 1
     metrics = json.loads((root / "v3" / "metrics.json").read_text())
     assert metrics["gflops"] == pytest.approx(stages[-1])
-    _run([sys.executable] + _main_args(data_dir, root, "--variant", "adafocus_v3", "--evaluate", "--resume",
-                                       str(root / "v3" / "ckpt.pth.tar"), "--store_name", "v3_eval"))
-    evaluated = json.loads((root / "v3_eval" / "metrics_eval.json").read_text())
-    assert evaluated["metrics"]["loss"] == pytest.approx(metrics["final"]["loss"], abs=1e-6)
+    # no --variant: the checkpoint's configuration names it; the frames the cubes read are decoded on demand,
+    # and decoding every frame gives the same evaluation
+    for name, extra in (("v3_eval", []), ("v3_eval_all", ["--decode_all_frames"])):
+        _run([sys.executable] + _main_args(data_dir, root, "--evaluate", "--resume", str(root / "v3" / "ckpt.pth.tar"),
+                                           "--store_name", name, *extra))
+        evaluated = json.loads((root / name / "metrics_eval.json").read_text())
+        assert evaluated["metrics"]["loss"] == pytest.approx(metrics["final"]["loss"], abs=1e-6), name
     early = _main_args(data_dir, root, "--variant", "adafocus_v3", "--evaluate", "--resume",
                        str(root / "v3" / "ckpt.pth.tar"), "--store_name", "v3_exit", "--threshold_set", "val")
     _run([sys.executable, "test_early_exit.py"] + early[1:])
