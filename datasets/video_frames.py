@@ -518,6 +518,12 @@ class _OpenVideos:
     is taken out while a read uses it (so no two threads share a decoder) and given back after."""
 
     def __init__(self):
+        self.forget()
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        """Start empty without closing anything: in a forked child (a loader worker) the parent's open
+        videos share their file offsets with the parent's, so they are left alone."""
         self.entries: "OrderedDict[Tuple[str, int, int], _DecodedFrames]" = OrderedDict()
         self.lock = threading.Lock()
 

@@ -3,6 +3,7 @@
     python -m scripts.bench_video                                # the test videos ($UNIADAFOCUS_TEST_VIDEOS)
     python -m scripts.bench_video --videos DIR --short_side 0    # your videos, frames extracted at full size
     python -m scripts.bench_video --synthetic_key_frames 250     # synthetic H.264 videos, a key frame every 250
+    python -m scripts.bench_video --plain --selected 4,4         # also: the reader as before; glance + focus reads
 
 The videos are extracted once into a temporary folder (``python -m datasets.extract``: JPEG at
 ``--quality``, short side ``--short_side``, the video's own rate), and the same videos are read two
@@ -14,12 +15,18 @@ frames, random crop) and evaluation sampling (segment centres, centre crop).
 
 "decoded" is what the video side decodes per clip (:attr:`datasets.video_frames.VideoFrameReader.decoded`:
 the needed frames and those between a key frame and a needed frame that the decoder could not skip),
-as a share of the frames of the videos, beside the distinct frames a clip needs (what the frame-folder side decodes). Note that the
-video side decodes at the video's own size: with ``--short_side`` below it the frame folders hold
-smaller images.
+as a share of the frames of the videos, beside the distinct frames a clip needs (what the
+frame-folder side decodes). Note that the video side decodes at the video's own size: with
+``--short_side`` below it the frame folders hold smaller images.
 
-``--plain`` adds a third side in the same rounds: the video files with no frame skipped
-(:data:`datasets.video_frames.SKIP_UNNEEDED` off: every frame from a key frame to a needed one decoded).
+``--plain`` adds a third side in the same rounds: the video files read as before the reader skipped
+frames and kept videos open (:data:`datasets.video_frames.SKIP_UNNEEDED` off, every frame from a key
+frame to a needed one decoded; :data:`datasets.video_frames.OPEN_VIDEOS` 0).
+
+``--selected G,L`` adds selected-frame evaluation (``decode_positions``, :mod:`datasets.selected_frames`):
+per clip the item with G evenly spaced glance positions, then L other positions (drawn per clip,
+ascending) one ``decode_frames`` call each, as the early-exit runtime asks for focus frames step by
+step in the main process (no video stays open from the item, read in a worker, to the focus frames).
 
 ``--synthetic_key_frames N`` benches synthetic videos instead (:mod:`datasets.synthetic` with
 ``video_files=True, video_codec='h264'``: libx264 at constant quality 18, two B-frames, a key frame
@@ -29,6 +36,7 @@ into the temporary folder first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -44,7 +52,7 @@ from datasets import build_dataset, extract, video_frames  # noqa: E402
 from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
 
 TEMPLATE = "image_{:05d}.jpg"
-PLAIN = "no skipping"
+PLAIN = "as before"
 
 
 def default_videos() -> str:
@@ -93,30 +101,69 @@ def prepare(videos: str, work: str, short_side: int, quality: int) -> tuple:
     return out, names, [int(counts[s]) for s in stems]
 
 
-def time_round(dataset, indices, skip: bool = True) -> float:
-    """Clips per second over ``indices``; ``skip``: :data:`datasets.video_frames.SKIP_UNNEEDED` meanwhile."""
-    video_frames.SKIP_UNNEEDED = skip
+@contextlib.contextmanager
+def reader_settings(improved: bool):
+    """The video reader as it is (``improved``) or as before: every frame from a key frame to a needed one
+    decoded (:data:`datasets.video_frames.SKIP_UNNEEDED` off) and no video kept open between reads
+    (:data:`datasets.video_frames.OPEN_VIDEOS` 0)."""
+    saved = video_frames.SKIP_UNNEEDED, video_frames.OPEN_VIDEOS
+    video_frames.close_open_videos()
+    if not improved:
+        video_frames.SKIP_UNNEEDED, video_frames.OPEN_VIDEOS = False, 0
     try:
+        yield
+    finally:
+        video_frames.SKIP_UNNEEDED, video_frames.OPEN_VIDEOS = saved
+        video_frames.close_open_videos()
+
+
+def read_clip(dataset, index: int, focus: int) -> None:
+    """One clip: the item; with ``focus`` (a dataset with ``decode_positions``) also that many other
+    positions, distinct, drawn per index, ascending, one :meth:`decode_frames` call each (as the
+    early-exit runtime asks for focus frames step by step). The item is read in a loader worker and the
+    focus frames in the main process, so no video stays open from one to the other."""
+    dataset[index]
+    video_frames.close_open_videos()
+    if focus:
+        numbers = dataset.frame_indices(index)
+        others = np.setdiff1d(np.arange(len(numbers)), dataset.decode_positions)
+        for position in np.sort(np.random.default_rng(index).choice(others, focus, replace=False)):
+            dataset.decode_frames(index, numbers[[position]])
+
+
+def time_round(dataset, indices, improved: bool = True, focus: int = 0) -> float:
+    """Clips per second over ``indices`` (:func:`read_clip`), the reader as :func:`reader_settings` sets it."""
+    with reader_settings(improved):
         started = time.perf_counter()
         for index in indices:
-            dataset[index]
+            read_clip(dataset, index, focus)
         return len(indices) / (time.perf_counter() - started)
-    finally:
-        video_frames.SKIP_UNNEEDED = True
 
 
-def decoded_share(dataset, clips: int, rounds: int) -> tuple:
+def decoded_share(dataset, clips: int, rounds: int, improved: bool = True, focus: int = 0) -> tuple:
     """(frames the video side decodes per clip, distinct frames a clip needs), averaged over the timed clips."""
     decoded, needed = [], []
-    for r in range(1, rounds + 1):
-        dataset.set_epoch(r)
-        for k in range(clips):
-            index = (r * clips + k) % len(dataset)
-            wanted = np.unique(dataset.frame_indices(index))
-            reader = dataset.reader(index)
-            reader.read(wanted)
-            decoded.append(reader.decoded)
-            needed.append(len(wanted))
+    with reader_settings(improved):
+        for r in range(1, rounds + 1):
+            dataset.set_epoch(r)
+            for k in range(clips):
+                index = (r * clips + k) % len(dataset)
+                numbers = dataset.frame_indices(index)
+                reader = dataset.reader(index)
+                if not focus:
+                    wanted = [np.unique(numbers)]
+                else:
+                    others = np.setdiff1d(np.arange(len(numbers)), dataset.decode_positions)
+                    chosen = np.sort(np.random.default_rng(index).choice(others, focus, replace=False))
+                    wanted = [np.unique(numbers[dataset.decode_positions])] + [numbers[[p]] for p in chosen]
+                total = 0
+                for frames in wanted:
+                    reader.read(frames)
+                    total += reader.decoded
+                    if frames is wanted[0]:
+                        video_frames.close_open_videos()        # the item in a worker, the rest in the main process
+                decoded.append(total)
+                needed.append(len(np.unique(np.concatenate(wanted))))
     return float(np.mean(decoded)), float(np.mean(needed))
 
 
@@ -131,7 +178,11 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=8, help="clips per round and side")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--plain", action="store_true",
-                   help="also time the video files decoding every frame up to a needed one (no frame skipped)")
+                   help="also time the video files read as before: every frame up to a needed one decoded, no "
+                        "video kept open between reads")
+    p.add_argument("--selected", default="", metavar="G,L",
+                   help="also bench selected-frame evaluation: G evenly spaced glance positions in one read, then L "
+                        "other positions (drawn per clip, ascending) one read each")
     p.add_argument("--synthetic_key_frames", type=int, default=0,
                    help="bench synthetic H.264 videos with a key frame every this many frames instead of --videos")
     p.add_argument("--synthetic_videos", type=int, default=4, help="with --synthetic_key_frames: how many videos")
@@ -140,6 +191,14 @@ def main(argv=None) -> int:
     if args.synthetic_key_frames < 0 or args.synthetic_videos < 1 or args.synthetic_frames < 3:
         print("error: --synthetic_key_frames must be >= 0, --synthetic_videos >= 1 and --synthetic_frames >= 3",
               file=sys.stderr)
+        return 2
+    try:
+        glance, focus = (int(v) for v in args.selected.split(",")) if args.selected else (0, 0)
+        if args.selected and not (glance >= 1 and focus >= 1 and glance + focus <= args.num_segments):
+            raise ValueError
+    except ValueError:
+        print(f"error: --selected {args.selected}: give G,L, two positive counts with G + L <= --num_segments "
+              f"({args.num_segments})", file=sys.stderr)
         return 2
     if not args.synthetic_key_frames and not os.path.isdir(args.videos):
         print(f"error: --videos {args.videos}: no such folder (scripts/fetch_test_videos.sh DEST fetches "
@@ -156,9 +215,13 @@ def main(argv=None) -> int:
         total = sum(counts)
         print(f"T0={args.num_segments}, input {args.input_size}, one thread, {args.rounds} rounds x {args.clips} "
               f"clips per side, sides alternating, median round reported")
-        for train in (True, False):
+        modes = [("train", True, None, 0), ("val", False, None, 0)]
+        if glance:
+            modes.append((f"val, {glance} glance frames then {focus} focus frames one read each", False,
+                          (np.arange(glance) * args.num_segments // glance).tolist(), focus))
+        for label, train, positions, steps in modes:
             common = dict(num_segments=args.num_segments, input_size=args.input_size, train=train,
-                          template=TEMPLATE)
+                          template=TEMPLATE, decode_positions=positions)
             sides = {
                 "frame folders": build_dataset("custom", data, "train", list_file=os.path.join(data, "frames_list.txt"),
                                                **common),
@@ -173,12 +236,12 @@ def main(argv=None) -> int:
                 indices = [(r * args.clips + k) % len(names) for k in range(args.clips)]
                 for name in (order if r % 2 else order[::-1]):
                     sides[name].set_epoch(r)
-                    rate = time_round(sides[name], indices, skip=name != PLAIN)
+                    rate = time_round(sides[name], indices, improved=name != PLAIN, focus=steps)
                     if r:                                            # round 0 warms the caches
                         rates[name].append(rate)
-            decoded, needed = decoded_share(sides["video files"], args.clips, args.rounds)
+            decoded, needed = decoded_share(sides["video files"], args.clips, args.rounds, focus=steps)
             medians = {name: statistics.median(v) for name, v in rates.items()}
-            print(f"[{'train' if train else 'val'}]")
+            print(f"[{label}]")
             for name, value in medians.items():
                 print(f"  {name:14s} {value:7.2f} clips/s per worker  (rounds: "
                       f"{', '.join(f'{v:.2f}' for v in rates[name])})")
@@ -186,9 +249,7 @@ def main(argv=None) -> int:
                   f"decoded per clip {decoded:.1f} frames for {needed:.1f} needed "
                   f"({decoded / (total / len(names)):.0%} of a video's {total / len(names):.0f} frames on average)")
             if args.plain:
-                video_frames.SKIP_UNNEEDED = False
-                plain, _ = decoded_share(sides["video files"], args.clips, args.rounds)
-                video_frames.SKIP_UNNEEDED = True
+                plain, _ = decoded_share(sides["video files"], args.clips, args.rounds, improved=False, focus=steps)
                 print(f"  {PLAIN} / frame folders: {medians[PLAIN] / medians['frame folders']:.2f}x, decoding "
                       f"{plain:.1f} frames per clip; video files / {PLAIN}: {medians['video files'] / medians[PLAIN]:.2f}x")
     return 0

@@ -446,6 +446,27 @@ def test_open_videos_are_bounded_in_number_and_memory_and_dropped_when_the_file_
     assert not video_frames._open_videos.entries
 
 
+def test_a_forked_loader_worker_does_not_use_the_parents_open_videos(with_b_frames):
+    """Open videos share their file offsets with a forked child: a worker starts with none."""
+    import multiprocessing
+    path = str(with_b_frames / "h264.mp4")
+    video_frames.close_open_videos()
+    VideoFrameReader(path).read([30])
+    assert len(video_frames._open_videos.entries) == 1
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_open_video_count) == 0
+    (kept,) = video_frames._open_videos.entries.values()
+    k = min(i for i in range(30, 39) if i not in kept._skipped) + 1  # a later frame not sent as skippable
+    reader = VideoFrameReader(path)                                  # the parent's goes on from frame 30
+    reader.read([k])
+    assert reader.decoded <= k - 30
+    video_frames.close_open_videos()
+
+
+def _open_video_count() -> int:
+    return len(video_frames._open_videos.entries)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad files
 # ---------------------------------------------------------------------------------------------------
