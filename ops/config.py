@@ -663,8 +663,10 @@ def official_variant(ckpt: Dict) -> Optional[str]:
 #: Flags that say which data a run read. Our checkpoints save them: ``--resume`` takes those that no
 #: flag (nor ``--config``) sets, as long as the data set is the saved one.
 DATA_KEYS = ("dataset", "data_dir", "dataset_config", "synthetic", "video_files")
-#: Other saved settings that change a checkpoint's predictions and are taken when no flag sets them.
-PREDICTION_KEYS = ("temperature",)
+#: Other saved settings that change a checkpoint's predictions and are taken when no flag sets them (the
+#: ablations' rules apply in evaluation too; spatial_supervision sets the auxiliary head's width).
+PREDICTION_KEYS = ("temperature", "patch_scale", "patch_location", "frame_sampling", "reuse_glance_features",
+                   "spatial_supervision")
 
 
 def adopt_data_config(current: Dict, explicit: set, saved: Dict) -> Dict:

@@ -386,3 +386,18 @@ def test_flags_reach_the_model_and_other_variants_refuse_them(capsys):
     with pytest.raises(SystemExit):
         config.parse_args(["--spatial_supervision", "local", "--spatial_training", "pixels"])
     assert "choose one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["table15-adafocusv3", "table9-central-patches"])
+def test_a_rows_checkpoint_evaluates_with_its_saved_rules(name, data_dir, tmp_path):
+    """--evaluate --resume takes the row's rules (and the auxiliary head's width) from the checkpoint's
+    saved configuration: the same metrics as the run's final evaluation."""
+    row = REPO / "configs" / "ablations" / f"{name}.yaml"
+    argv = ["--config", str(row)] + RUN + ["--data_dir", str(data_dir), "--synthetic", json.dumps(SYNTHETIC),
+                                           "--root_log", str(tmp_path), "--store_name", "run"]
+    assert main.main(argv) == 0
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert main.main(["--evaluate", "--resume", str(tmp_path / "run" / "ckpt.pth.tar"), "--workers", "0",
+                      "--device", "cpu", "--no-tensorboard", "--num_visualised", "0"]) == 0
+    evaluated = json.loads((tmp_path / "run" / "metrics_eval.json").read_text())["metrics"]
+    assert evaluated["metric"] == final["metric"] and evaluated["loss"] == pytest.approx(final["loss"], abs=1e-6)
