@@ -401,3 +401,20 @@ def test_a_rows_checkpoint_evaluates_with_its_saved_rules(name, data_dir, tmp_pa
                       "--device", "cpu", "--no-tensorboard", "--num_visualised", "0"]) == 0
     evaluated = json.loads((tmp_path / "run" / "metrics_eval.json").read_text())["metrics"]
     assert evaluated["metric"] == final["metric"] and evaluated["loss"] == pytest.approx(final["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("rules", [dict(frame_sampling="mg_sampler", reuse_glance_features=False),
+                                   dict(patch_location="central", patch_scale="downsample",
+                                        frame_sampling="central_clip")])
+def test_the_adaptive_runtime_applies_the_rules_as_the_forward(rules):
+    """Stage by stage (ops.early_exit.adaptive's path), deterministic rules give the full forward's stages."""
+    torch.manual_seed(0)
+    model = tiny_model(**rules).eval()
+    video = random_video(batch=3, dtype=torch.uint8)
+    with torch.no_grad():
+        full = model(video).stage_logits
+        steps = model.early_exit_steps(video, (False, torch.bfloat16))
+        stages, everyone = [next(steps)], torch.arange(3)
+        for _ in range(TINY["num_focus_segments"]):
+            stages.append(steps.send(everyone))
+    torch.testing.assert_close(torch.stack(stages, dim=1), full, atol=1e-5, rtol=1e-5)
