@@ -443,7 +443,7 @@ def markdown(results: List[Dict], seeds: Sequence[int]) -> str:
         rows = [r for r in results if r["table"] == table]
         columns = next((r["columns"] for r in rows if r["columns"]), [])
         form = next((r["form"] for r in rows if r["columns"]), "frames")
-        heads = [f"≤ {c:.3g} GFLOPs" for c in columns] if form == "gflops" else [f"t = {c}" for c in columns]
+        heads = [f"{c:.3g} GFLOPs" for c in columns] if form == "gflops" else [f"t = {c}" for c in columns]
         metric = "metric at average GFLOPs/video" if form == "gflops" else "metric after t frames"
         lines += [f"## Table {table} ({metric})", "",
                   "| row | " + " | ".join(heads) + " | paper | wall time |",
