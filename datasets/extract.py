@@ -189,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output data directory")
     p.add_argument("--format", default="custom", choices=sorted(n for n in DATASETS if n != "synthetic"),
                    help="dataset layout to write (file names, separator, frame root, template)")
-    p.add_argument("--template", default=None, help="frame file name (default: the format's, e.g. image_{:05d}.jpg)")
+    p.add_argument("--template", default=None, help="frame file name (unset: the format's, e.g. image_{:05d}.jpg)")
     p.add_argument("--short_side", type=int, default=360, help="scale the short side to this (0: keep)")
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the video's own)")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (unset: the video's own)")
     p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 16)), help="parallel processes")
     p.add_argument("--backend", default="auto", choices=("auto", "pyav", "ffmpeg"))
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100")

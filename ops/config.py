@@ -59,6 +59,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{' (--help lists the flags)' if own else ''}\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with every option's default printed once: appended as ``(default: ...)`` unless the
+    option's own help already says what its default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default" in text.lower() else super()._get_help_string(action)
+
+
 def _json_object(text: str) -> dict:
     """A command-line JSON object (``--synthetic``); anything else is an argparse error naming what it got."""
     try:
@@ -81,7 +90,7 @@ def own_options_first(parser: argparse.ArgumentParser, title: str, description: 
 def get_args_parser() -> argparse.ArgumentParser:
     """main.py's flags: every official flag with its name and meaning, and ours."""
     p = ArgumentParser("Uni-AdaFocus", description=DESCRIPTION, allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of defaults (configs/*.yaml); the command line overrides it")
 
     g = p.add_argument_group("data")

@@ -344,3 +344,25 @@ def test_every_on_off_switch_of_the_user_commands_has_its_no_form():
         left = [a.option_strings[0] for a in parser._actions if isinstance(a, argparse._StoreTrueAction)]
         assert left == [], (name, left)
     assert predict.get_args_parser().parse_args(["x.mp4", "--checkpoint", "c.pth", "--json", "--no-json"]).json is False
+
+
+def test_help_prints_every_default_once():
+    """Each option of the user commands' --help says its default at most once: an option whose help text
+    already names its default gets no ``(default: ...)`` appended."""
+    import test_early_exit
+    from datasets import extract
+    from models import flops
+    from ops import config
+    from scripts import ablate, predict, visualize
+
+    parsers = {"main.py": config.get_args_parser(), "test_early_exit.py": test_early_exit.get_args_parser(),
+               "predict": predict.get_args_parser(), "visualize": visualize.get_args_parser(),
+               "extract": extract.build_parser(), "flops": flops._build_parser(), "ablate": ablate.get_args_parser()}
+    for name, parser in parsers.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.help or action.help == "==SUPPRESS==":
+                continue
+            shown = formatter._get_help_string(action) % {"default": action.default, "prog": parser.prog}
+            said = action.help.lower().count("default")
+            assert shown.lower().count("default") <= max(1, said), (name, action.option_strings, shown)
