@@ -59,7 +59,7 @@ ROW_NAME = re.compile(r"^table(\d+)-([a-z0-9]+(?:-[a-z0-9]+)*)\.yaml$")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.ablate", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m scripts.ablate", allow_abbrev=False, formatter_class=config.HelpFormatter,
         description="Train and evaluate the paper's ablation rows (configs/ablations) over seeds and write the "
                     "tables in the paper's form. main.py's own flags go after --.")
     p.add_argument("--tables", type=int, nargs="+", default=[], help=f"tables to run, of {list(TABLES)}")
