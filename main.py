@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 
 from datasets.files import write_text_atomic  # noqa: E402
 from models import get_variant  # noqa: E402
-from ops import cli, engine  # noqa: E402
+from ops import cli, engine, staged_training  # noqa: E402
 from ops import distributed as dist_ops  # noqa: E402
 from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint  # noqa: E402
 from ops.config import (UNUSED_OFFICIAL_FLAGS, adopt_checkpoint_config, get_args_parser, parse_args,  # noqa: E402
@@ -203,6 +203,7 @@ def _resumed_epoch(args, run_dir: str) -> int:
 def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     started = time.time()
     get_variant(args.variant).require_entry_points()  # before anything is built or written
+    staged_training.check_flags(args)  # adafocus_v1's --stage and its hand-over flags
     used = set(get_variant(args.variant).hyper_parameters)  # e.g. --glance_size is x3d's
     for name in args.explicit:
         if name in UNUSED_OFFICIAL_FLAGS and name not in used:
@@ -221,7 +222,8 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     train_set, train_loader, val_set, val_loader = engine.build_loaders(args, info)
     model = engine.build_model(args, val_set.num_classes, info)
     objective = engine.build_objective(args)
-    optimizer = engine.build_optimizer(args, model)
+    staged = staged_training.for_run(args, model, info, log)  # adafocus_v1's --stage (None otherwise)
+    optimizer = staged.optimizer if staged else engine.build_optimizer(args, model)
     scaler = engine.build_scaler(args, info)
     start_epoch, best, best_epoch = 0, None, None
     if args.resume:
@@ -238,7 +240,7 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     if info.is_main:  # an evaluation writes its own configuration, never the training run's
         name = f"config_{args.eval_suffix}.yaml" if args.evaluate else "config.yaml"
         write_text_atomic(os.path.join(run_dir, name), yaml.safe_dump(plain_config(args), sort_keys=True))
-    if info.distributed:
+    if info.distributed and not staged:  # a stage averages its gradients / gathers its rollouts itself
         ddp_kwargs = {"device_ids": [info.local_rank]} if info.device.type == "cuda" else {}
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
@@ -250,10 +252,14 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
                                    else min(len(train_loader), args.iters_per_epoch))
     for epoch in range(start_epoch, args.epochs):
         progress.phase, progress.epoch = "training", epoch
-        lr = adjust_learning_rate(optimizer, epoch, args.lr, args.lr_epochs or args.epochs, args.lr_type, args.lr_steps,
-                                  args.weight_decay,
-                                  start_epochs={"spatial_policy": args.stn_start_epoch})
-        train_stats = engine.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args, info, log)
+        if staged:
+            lr, train_stats = optimizer.adjust(epoch), staged.train_one_epoch(model, progress.batches, epoch, log)
+        else:
+            lr = adjust_learning_rate(optimizer, epoch, args.lr, args.lr_epochs or args.epochs, args.lr_type,
+                                      args.lr_steps, args.weight_decay,
+                                      start_epochs={"spatial_policy": args.stn_start_epoch})
+            train_stats = engine.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args,
+                                                 info, log)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)
         is_best = False

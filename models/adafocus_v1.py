@@ -26,8 +26,9 @@ This module also registers the variant: hyper-parameters, FLOPs of every step co
 (:func:`adafocus_v1_flops`) and the official checkpoint layout (``glancer.net``, ``focuser.net``,
 ``focuser.policy.policy``, ``classifier.gru`` ...; :data:`OFFICIAL_KEYS`), and the official stage-2 episode
 (:meth:`AdaFocusV1.stage2_rollout`: the policy's sampled positions and rewards into a rollout memory, which
-``models.ppo.PPO.update`` turns into one PPO step). The staged training loop is not built here; the
-Something-Something form is ``models.adafocus_v1_sth``.
+``models.ppo.PPO.update`` turns into one PPO step). The official training stages 0-3 run in
+``ops/staged_training.py`` (main.py ``--stage``) from these parts; the Something-Something form is
+``models.adafocus_v1_sth``.
 """
 from __future__ import annotations
 
@@ -141,6 +142,13 @@ class AdaFocusV1Output:
     glance_features: torch.Tensor  # (B, T, Dg)
     focus_features: torch.Tensor  # (B, T, Df)
     patch_size: int = 0
+    glance_logits: Optional[torch.Tensor] = None  # (B, T, C) the glance encoder's own head (stage 0) per frame
+    focus_logits: Optional[torch.Tensor] = None  # (B, T, C) the focus encoder's own head (stage 0) per patch
+
+    @property
+    def exit_logits(self) -> torch.Tensor:
+        """(B, T, C) every exit: the classifier after frames 0..t."""
+        return self.step_logits
 
     @property
     def logits(self) -> torch.Tensor:
@@ -175,16 +183,18 @@ class AdaFocusV1Output:
 
 
 class AdaFocusV1(nn.Module):
-    """The AdaFocus V1 network (ActivityNet / FCVID / Mini-Kinetics form), evaluation only. Keyword names
-    match the official configuration keys.
+    """The AdaFocus V1 network (ActivityNet / FCVID / Mini-Kinetics form). Keyword names match the official
+    configuration keys.
 
     forward(video) with video (B, T, 3, H, W) or the official flattened layout (B, 3T, H, W), H = W =
     input_size; uint8 frames are normalised here (ImageNet mean/std), floating frames are taken as
-    normalised. Returns :class:`AdaFocusV1Output`. The model must be in evaluation mode: its training loop (the
-    official stages 0-3) is not built; :meth:`stage2_rollout` is the stage-2 episode of the policy's PPO.
+    normalised. Returns :class:`AdaFocusV1Output`. The forward is the evaluation (evaluation mode); the
+    official training stages use the parts directly (``ops/staged_training.py``), and :meth:`stage2_rollout`
+    is the stage-2 episode of the policy's PPO.
 
     ``glance_head`` (Dropout 0.2, Linear) and ``focus_head`` (Linear) are the backbones' own classifiers,
-    which only the official stage 0 trains; the forward does not use them. ``hidden_state_dim``: the policy's
+    which only the official stage 0 trains; the forward reports their logits (``glance_logits`` /
+    ``focus_logits``, the evaluation's secondary heads) but the prediction does not use them. ``hidden_state_dim``: the policy's
     width; ``hidden_dim``: the classifier GRU's; ``with_glancer=False`` feeds the classifier the focus
     features alone.
     """
@@ -261,10 +271,17 @@ class AdaFocusV1(nn.Module):
         """T: a prediction after each frame."""
         return self.num_segments
 
-    def forward(self, video: torch.Tensor) -> AdaFocusV1Output:
+    def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
+                before_focus=None) -> AdaFocusV1Output:
+        """The evaluation forward (see the class docstring). ``generator`` is unused (nothing is drawn);
+        ``before_focus(indices (B, T), None)`` is called first with every frame (each is a glance and a focus
+        frame), for a caller whose frames are decoded on demand."""
         if self.training:
-            raise RuntimeError("adafocus_v1 runs in evaluation mode only (model.eval()): its staged training "
-                               "loop is not built (stage2_rollout and models.ppo give the policy's stage 2)")
+            raise RuntimeError("adafocus_v1's forward runs in evaluation mode only (model.eval()); it trains in the "
+                               "official stages (ops/staged_training.py: main.py --stage 0..3)")
+        if before_focus is not None:
+            before_focus(torch.arange(self.num_segments, device=video.device).unsqueeze(0).expand(video.shape[0], -1),
+                         None)
         frames = self.frames(video)  # (B, T, 3, H, W)
         b, t = frames.shape[:2]
         fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))  # (B*T, Dg, s, s), (B*T, Dg)
@@ -275,7 +292,7 @@ class AdaFocusV1(nn.Module):
         glance_features = glance_features.view(b, t, -1)
         step_logits = self.classifier(self.classifier_input(glance_features, focus_features))  # (B, T, C)
         return AdaFocusV1Output(step_logits, steps.actions, steps.probs, corners, glance_features, focus_features,
-                                self.patch_size)
+                                self.patch_size, self.glance_head(glance_features), self.focus_head(focus_features))
 
 
     # ------------------------------------------------------------------------------------------
@@ -455,9 +472,11 @@ ADAFOCUS_V1 = register_variant(Variant(
     checkpoint=CheckpointLayout(name="official AdaFocus V1", detect=detect_official, convert=convert_official,
                                 manifest=official_manifest, class_weight_keys=("classifier.fc.weight",)),
     datasets=("actnet", "fcvid", "minik"),
+    # The README's four training stages at the released patch sizes (configs/v1_{dataset}_p{P}_stage{N}.yaml).
+    presets=tuple(f"v1_{dataset}_p{patch}_stage{stage}" for dataset in ("actnet", "fcvid", "minik")
+                  for patch in (128, 160, 192) for stage in range(4)),
     # The README evaluation command (ActivityNet, P = 128, A = 49).
-    defaults={"num_segments": 16, "patch_size": 128},
-    not_in_entry_points="only its evaluation forward is built so far (models.adafocus_v1 from Python: load an "
-                        "official checkpoint with ops.checkpoint.load_checkpoint); its staged training with the PPO "
-                        "policy and its evaluation through main.py, test_early_exit.py and the scripts are not",
+    # (dropout and weight decay: the README's and the official configuration's; training: --stage, presets
+    # configs/v1_*_stage*.yaml)
+    defaults={"num_segments": 16, "patch_size": 128, "dropout": 0.8, "weight_decay": 1e-4},
 ))

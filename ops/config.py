@@ -368,6 +368,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--v3_loss", choices=("sum", "mean"), default="sum",
                    help="Eq. 1: the exits' cross-entropies summed over the K + 1 steps, or their mean")
 
+    # AdaFocus V1
+    g = p.add_argument_group("AdaFocus V1 (--variant adafocus_v1; docs/adafocus-v1.md): the official staged training "
+                                "(ops/staged_training.py); names as the official configuration keys")
+    g.add_argument("--stage", "--train_stage", dest="stage", type=int, choices=(0, 1, 2, 3), default=None,
+                   help="official train_stage: 0 one encoder on whole frames (--pretrain_glancer picks which), 1 the "
+                        "focus encoder and the classifier on random patches, 2 the policy by PPO, 3 the classifier on "
+                        "the policy's patches")
+    g.add_argument("--stage_checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="the previous stage's checkpoint (a run's ckpt.pth.tar or an official file): stage 1 takes "
+                        "one or two stage-0 files (official pretrained_glancer / pretrained_focuser), stage 2 a "
+                        "stage-1 one, stage 3 a stage-2 one (official resume); stage 0 may take the other encoder's "
+                        "stage-0 file")
+    g.add_argument("--pretrain_glancer", action=argparse.BooleanOptionalAction, default=True,
+                   help="stage 0: train the glance encoder (else the focus encoder) with its own linear head")
+    g.add_argument("--backbone_lr", type=float, default=0.01, help="SGD rate of the encoders (stages 0 and 1)")
+    g.add_argument("--fc_lr", type=float, default=0.005, help="SGD rate of the recurrent classifier (stages 1 and 3)")
+    g.add_argument("--policy_lr", type=float, default=3e-4, help="stage 2: Adam rate of the policy (no schedule)")
+    g.add_argument("--gamma", type=float, default=0.7, help="stage 2: PPO discount of the per-frame rewards")
+    g.add_argument("--reward", choices=("random", "prev", "conf"), default="random",
+                   help="stage 2: the confidence gain over a random patch (official default), over the previous "
+                        "frame, or the confidence itself")
+    g.add_argument("--action_dim", type=int, default=None,
+                   help="A: grid positions of the policy (adafocus_v1: 25, 36, 49 or 64; default: the variant's, 49)")
+    g.add_argument("--hidden_state_dim", type=int, default=None,
+                   help="width of the policy's encoder and GRU (default: the variant's, 1024)")
+    g.add_argument("--with_glancer", action=argparse.BooleanOptionalAction, default=True,
+                   help="the classifier reads the glance features with the focus features")
+
     g = p.add_argument_group("official flags the official code never read (accepted, with a warning)")
     g.add_argument("--num_steps", type=int, default=1)
     g.add_argument("--sample_sigma", type=float, default=0.015)
@@ -635,7 +663,7 @@ def check_ablations(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 #: flag (nor ``--config``) sets; one that contradicts it is an error naming both values.
 MODEL_KEYS = ("variant", "glance_arch", "focus_arch", "num_segments", "num_glance_segments", "num_focus_segments",
               "patch_size", "input_size", "glance_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim",
-              "shift_div", "patch_transform")
+              "shift_div", "patch_transform", "action_dim", "hidden_state_dim", "hidden_dim", "with_glancer")
 
 
 def model_keys(variant_name: str) -> List[str]:

@@ -802,6 +802,7 @@ def restore(args, model, optimizer, scaler, log: RunLog, run_dir: str):
 
 def save_run_checkpoint(path: str, model, optimizer, scaler, epoch: int, best, best_epoch, args) -> None:
     """Everything a resumed run needs: weights, optimizer, scaler, RNG states, configuration."""
+    stage = {"stage": args.stage} if getattr(args, "stage", None) is not None else {}  # adafocus_v1's stages
     save_checkpoint(path, model, optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict() if scaler is not None else None, epoch=epoch, best_metric=best,
-                    best_epoch=best_epoch, rng=rng_state(), config=plain_config(args))
+                    best_epoch=best_epoch, rng=rng_state(), config=plain_config(args), **stage)

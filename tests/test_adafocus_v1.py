@@ -276,9 +276,9 @@ def test_every_step_costs_the_same_and_the_video_matches_the_official_figure(rea
     assert stages[-1] == pytest.approx(VIDEO_GFLOPS_P128, rel=0.03)  # MACs alone: 2.5 % below the helper's
 
 
-@pytest.mark.parametrize("mode", [["--epochs", "1", "--batch_size", "4"], ["--evaluate"]])
-def test_main_py_refuses_the_variant_in_one_line_until_its_entry_points_are_built(tmp_path, mode):
-    """Only the evaluation forward is built: main.py says so in one line, before it builds or writes anything."""
+def test_main_py_refuses_training_without_a_stage_in_one_line(tmp_path):
+    """The variant trains in the official stages only: main.py without --stage says so in one line and leaves
+    no run folder (the stages themselves, evaluation and early exit: tests/test_v1_training.py)."""
     import subprocess
     import sys
 
@@ -288,9 +288,10 @@ def test_main_py_refuses_the_variant_in_one_line_until_its_entry_points_are_buil
     result = subprocess.run([sys.executable, "main.py", "--variant", "adafocus_v1", "--dataset", "synthetic",
                              "--data_dir", str(tmp_path / "data"), "--root_log", str(tmp_path / "runs"), "--synthetic",
                              synthetic, "--num_segments", "4", "--input_size", "64", "--patch_size", "32",
-                             "--no-pretrained", "--workers", "0", "--device", "cpu", *mode],
+                             "--no-pretrained", "--workers", "0", "--device", "cpu", "--epochs", "1", "--batch_size", "4"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: --variant adafocus_v1: {get_variant('adafocus_v1').not_in_entry_points}"]
+    assert len(errors) == 1 and errors[0].startswith("error: --variant adafocus_v1 trains in the official stages: "
+                                                     "pass --stage 0, 1, 2 or 3"), result.stderr[-3000:]
     assert not (tmp_path / "runs").exists()
