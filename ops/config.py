@@ -659,11 +659,14 @@ def check_ablations(args: argparse.Namespace, parser: argparse.ArgumentParser) -
                      "--spatial_training pixels trains it through the patch pixels instead: choose one")
 
 
-#: Flags that set the model's shapes. An own checkpoint's saved configuration supplies those that no
-#: flag (nor ``--config``) sets; one that contradicts it is an error naming both values.
+#: Flags that set the model's shapes or its evaluation forward (frame counts, cube length, visiting order,
+#: the policy's form). An own checkpoint's saved configuration supplies those that no flag (nor
+#: ``--config``) sets; one that contradicts it is an error naming both values. Every hyper-parameter of a
+#: registered variant is here, in :data:`PREDICTION_KEYS` or in :data:`TRAINING_ONLY_KEYS`.
 MODEL_KEYS = ("variant", "glance_arch", "focus_arch", "num_segments", "num_glance_segments", "num_focus_segments",
               "patch_size", "input_size", "glance_size", "stn_hidden_dim", "temporal_hidden_dim", "classifier_dim",
-              "shift_div", "patch_transform", "action_dim", "hidden_state_dim", "hidden_dim", "with_glancer")
+              "shift_div", "patch_transform", "action_dim", "hidden_state_dim", "hidden_dim", "with_glancer",
+              "cube_frames", "tsm_encoders", "sample", "ppo_continuous", "actorcritic_with_bn")
 
 
 def model_keys(variant_name: str) -> List[str]:
@@ -701,9 +704,30 @@ def official_variant(ckpt: Dict) -> Optional[str]:
 #: flag (nor ``--config``) sets, as long as the data set is the saved one.
 DATA_KEYS = ("dataset", "data_dir", "dataset_config", "synthetic", "video_files")
 #: Other saved settings that change a checkpoint's predictions and are taken when no flag sets them (the
-#: ablations' rules apply in evaluation too; spatial_supervision sets the auxiliary head's width).
+#: ablations' rules apply in evaluation too; spatial_supervision sets the auxiliary head's width; seed
+#: seeds the evaluation draws of the random rules).
 PREDICTION_KEYS = ("temperature", "patch_scale", "patch_location", "frame_sampling", "reuse_glance_features",
-                   "spatial_supervision")
+                   "spatial_supervision", "seed")
+#: The variants' other hyper-parameters (``Variant.hyper_parameters``), which a checkpoint's saved
+#: configuration need not give back: each changes only the training or the initial weights (which the
+#: checkpoint's own replace), never the trained model's shapes nor its evaluation forward.
+TRAINING_ONLY_KEYS = {
+    "dropout": "dropout is off in evaluation",
+    "fc_dropout": "dropout is off in evaluation",
+    "pretrained": "the initial weights; the checkpoint's replace them",
+    "glance_weights": "the initial weights; the checkpoint's replace them",
+    "focus_weights": "the initial weights; the checkpoint's replace them",
+    "zero_init_residual": "the initial weights; the checkpoint's replace them",
+    "detach_temporal_input": "a stop-gradient: the same forward values",
+    "aux_supervision": "objective terms only (the heads are built either way)",
+    "diversity_augmentation": "the training forward's second, random-patch pass",
+    "policy_stop_gradient": "a stop-gradient: the same forward values",
+    "spatial_training": "which gradient trains the spatial policy",
+    "size_regulariser": "an objective term",
+    "enlarged_patch_margin": "training patches only (evaluation crops P x P)",
+    "v3_gradient": "the training forward's gradient estimator (evaluation reads the cubes' frames either way)",
+    "action_std": "the Gaussian policy's sampling in training (evaluation takes the mean)",
+}
 
 
 def adopt_data_config(current: Dict, explicit: set, saved: Dict) -> Dict:

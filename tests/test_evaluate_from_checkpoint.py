@@ -145,3 +145,38 @@ def test_no_forms_override_a_config_file_and_the_official_spellings_still_work(t
     args = config.parse_args(["-e", "--npb", "--no_partialbn", "--shift", "--sample"])
     assert args.evaluate and args.npb and args.shift and args.sample
     assert not config.parse_args(["--no-npb"]).npb
+
+
+def test_every_variant_hyper_parameter_is_restored_or_declared_training_only():
+    """Each registered variant's hyper-parameter comes back from a checkpoint's saved configuration
+    (MODEL_KEYS / PREDICTION_KEYS) or is listed, with its reason, as changing only the training."""
+    import models
+
+    restored = set(config.MODEL_KEYS) | set(config.PREDICTION_KEYS)
+    assert not restored & set(config.TRAINING_ONLY_KEYS)
+    assert all(reason.strip() for reason in config.TRAINING_ONLY_KEYS.values())
+    used = set()
+    for name, variant in models.VARIANTS.items():
+        unlisted = [k for k in variant.hyper_parameters if k not in restored and k not in config.TRAINING_ONLY_KEYS]
+        assert unlisted == [], f"{name}: {unlisted}"
+        used |= set(variant.hyper_parameters)
+    assert set(config.TRAINING_ONLY_KEYS) <= used  # no stale entry
+
+
+@pytest.mark.parametrize("variant,saved", [
+    ("adafocus_v3", {"cube_frames": 2, "tsm_encoders": True, "num_segments": 8, "num_glance_segments": 4,
+                     "num_focus_segments": 3, "patch_size": 32, "input_size": 64, "shift_div": 4}),
+    ("adafocus_v2", {"sample": False, "num_segments": 6}),
+])
+def test_evaluate_resume_restores_the_variants_forward_settings(variant, saved, tmp_path):
+    """--evaluate --resume of a run whose model differs from the variant's defaults (an AdaFocusV3 run with
+    T' = 2 cubes and shifted encoders; an AdaFocusV2 run without the coarse-to-fine order) rebuilds it."""
+    parser = config.get_args_parser()
+    run = config.plain_config(config.parse_args(["--variant", variant, "--dataset", "synthetic"]
+                                                + [f"--{k}={v}" if not isinstance(v, bool) else
+                                                   f"--{'' if v else 'no-'}{k}" for k, v in saved.items()], parser))
+    path = tmp_path / "ckpt.pth.tar"
+    torch.save({"config": run, "state_dict": {}}, path)
+    args = config.parse_args(["--evaluate", "--resume", str(path)], parser)
+    assert config.adopt_checkpoint_config(args, parser)
+    assert {k: getattr(args, k) for k in saved} == saved
