@@ -47,7 +47,20 @@ from ops import cli, config, engine  # noqa: E402
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint  # noqa: E402
 from ops.early_exit import AdaptiveRunner, load_thresholds  # noqa: E402
 
-MODEL_KEYS = config.MODEL_KEYS + ("temperature",)
+#: main.py's flags, by destination: the model options below take their types and choices.
+MAIN_FLAGS = {action.dest: action for action in config.get_args_parser()._actions}
+#: The model options: main.py's model flags (``config.MODEL_KEYS``) and the temperature.
+MODEL_KEYS = tuple(k for k in config.MODEL_KEYS + ("temperature",) if k in MAIN_FLAGS)
+
+
+def add_model_option(group, key: str) -> None:
+    """``--key`` typed as main.py's flag of the same name (its type and choices, or its on/off form),
+    default None (not given)."""
+    flag = MAIN_FLAGS[key]
+    if isinstance(flag, argparse.BooleanOptionalAction):
+        group.add_argument("--" + key, action=argparse.BooleanOptionalAction, default=None, help=flag.help)
+    else:
+        group.add_argument("--" + key, type=flag.type, choices=flag.choices, default=None, help=flag.help)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -71,8 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model sizes", "main.py's flags of the same names, for official release files (our "
                                             "checkpoints record their own; a flag that contradicts them is an error)")
     for key in MODEL_KEYS:
-        g.add_argument("--" + key, type=str if key in ("variant", "glance_arch", "focus_arch") else
-                       (float if key == "temperature" else int), default=None)
+        add_model_option(g, key)
     return p
 
 

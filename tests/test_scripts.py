@@ -366,3 +366,22 @@ def test_help_prints_every_default_once():
             shown = formatter._get_help_string(action) % {"default": action.default, "prog": parser.prog}
             said = action.help.lower().count("default")
             assert shown.lower().count("default") <= max(1, said), (name, action.option_strings, shown)
+
+
+def test_predict_model_options_take_main_pys_types_and_choices(capsys):
+    """predict's model options parse as main.py's flags: strings with their choices, on/off switches,
+    integers; an unknown choice is one line naming the option."""
+    from scripts import predict
+
+    parser = predict.get_args_parser()
+    args = parser.parse_args(["x.mp4", "--checkpoint", "c.pth", "--patch_transform", "rotation", "--variant",
+                              "adafocus_v3", "--cube_frames", "2", "--tsm_encoders", "--no-sample", "--temperature", "0.5"])
+    assert (args.patch_transform, args.variant, args.cube_frames, args.tsm_encoders, args.sample, args.temperature) \
+        == ("rotation", "adafocus_v3", 2, True, False, 0.5)
+    assert parser.parse_args(["x.mp4", "--checkpoint", "c.pth"]).tsm_encoders is None  # not given
+    cfg = predict.model_config(args, {})
+    assert (cfg["patch_transform"], cfg["cube_frames"], cfg["tsm_encoders"]) == ("rotation", 2, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["x.mp4", "--checkpoint", "c.pth", "--patch_transform", "twist"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--patch_transform" in err and "twist" in err
