@@ -11,7 +11,7 @@ folder stores its frames losslessly (a ``.png`` template), the same pixels.
 
 What is read, per video and process: one demux pass (packets only, no decoding) gives the slot table
 (:class:`VideoTiming`; kept in a per-process cache of :data:`CACHE_SIZE` videos, keyed by path, size
-and modification time). Per item, one container is opened; :meth:`VideoFrameReader.read` seeks to the
+and modification time). Per item, one container is used; :meth:`VideoFrameReader.read` seeks to the
 key frame at or before each needed frame that lies beyond the next key frame, and decodes forward,
 converting only the needed frames to RGB. A seek is trusted only while the frames it yields carry the
 presentation times the table expects, one after the other, starting with a frame the decoder marks a
@@ -27,6 +27,12 @@ come out are placed by their times (each must be the next table entry but for sk
 frames decoded are bit-identical to those of a decoding in order. Other codecs and containers
 (AVI, whose times are guesses; MPEG-4 streams with packed B-frames) decode every frame.
 
+After a read the video stays open, its decoder where the read stopped (:data:`OPEN_VIDEOS` per
+process, bounded in count and estimated memory, least recently used closed first, a replaced file's
+dropped, none inherited by a forked worker): a later read whose frames all come after the last one
+returned goes on decoding from there (the focus frames after the glance frames, step by step),
+any other opens it again and seeks.
+
 Problems are :class:`~.errors.FrameError` lines naming the list line, the video file and the frame:
 a file that cannot be opened or holds no video stream, a truncated video (the rule of
 :func:`.video.falls_short`: its packets end well before the length its container declares), a list
@@ -37,6 +43,7 @@ substitution logged) and a truncated video is read as far as it goes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -98,6 +105,12 @@ class VideoTiming:
     def decoded_index(self, offsets: np.ndarray) -> np.ndarray:
         """Decoded-frame indices ``(N,)`` of the 0-based frame numbers ``offsets`` ``(N,)`` (each < count)."""
         return np.searchsorted(self.slots, offsets, side="right") - 1
+
+    @functools.cached_property
+    def single_times(self) -> Dict[int, int]:
+        """{time: decoded index} of the times that exactly one decoded frame has."""
+        times, first, counts = np.unique(self.pts, return_index=True, return_counts=True)
+        return {int(t): int(i) for t, i, c in zip(times, first, counts) if c == 1}
 
     def key_before(self, decoded: int) -> int:
         """The decoded index of the last key frame at or before decoded frame ``decoded`` (0 if none)."""
@@ -466,8 +479,8 @@ class _DecodedFrames:
                 if not self._verify:
                     self._position += 1
                 else:
-                    at = (_landed(timing.pts, frame, target) if landing
-                          else _placed(timing.pts, frame, self._position, self._skipped))
+                    at = (_landed(timing, frame, target) if landing
+                          else _placed(timing, frame, self._position, self._skipped))
                     landing = False
                     if at < 0:
                         timing.seekable = False                          # frame times disagree with the table
@@ -488,12 +501,12 @@ class _DecodedFrames:
         table entry goes to the decoder with ``skip_frame='NONREF'`` and its index is added to ``skipped``
         (None: decode every packet)."""
         codec = self.stream.codec_context
-        pts = self.timing.pts
+        single = self.timing.single_times
         mode = "DEFAULT"
         codec.skip_frame = mode
         for packet in self.container.demux(self.stream):
             if wanted is not None and packet.size:
-                at = _table_index(pts, packet.pts)
+                at = single.get(packet.pts, -1)
                 want = "DEFAULT" if at < 0 or at in wanted else "NONREF"
                 if want == "NONREF":
                     skipped.add(at)
@@ -586,31 +599,22 @@ def _reformatter():
     return reformatter
 
 
-def _table_index(pts: np.ndarray, time: Optional[int]) -> int:
-    """The decoded index whose table time is ``time`` when exactly one is, else -1."""
-    if time is None:
-        return -1
-    at = int(np.searchsorted(pts, time))
-    unique = at < len(pts) and pts[at] == time and (at + 1 == len(pts) or pts[at + 1] != time)
-    return at if unique else -1
-
-
-def _landed(pts: np.ndarray, frame, target: int) -> int:
+def _landed(timing: VideoTiming, frame, target: int) -> int:
     """The decoded index of the first frame after a seek: the table entry with the frame's time when there
     is exactly one, at or before ``target``, and the decoder marks the frame a key frame; -1 otherwise (the
     seek is not trusted: e.g. an AVI file without its index flags every packet a key frame, and a seek then
     lands on frames that need the ones before)."""
     if not frame.key_frame:
         return -1
-    at = _table_index(pts, frame.pts)
+    at = timing.single_times.get(frame.pts, -1)
     return at if at <= target else -1
 
 
-def _placed(pts: np.ndarray, frame, position: int, skipped: set) -> int:
+def _placed(timing: VideoTiming, frame, position: int, skipped: set) -> int:
     """The decoded index of a frame that follows decoded frame ``position``: its single table entry when
     that comes after ``position`` and every entry in between is in ``skipped`` (sent to the decoder as
     skippable); -1 otherwise."""
-    at = _table_index(pts, frame.pts)
+    at = timing.single_times.get(frame.pts, -1)
     if at <= position or any(k not in skipped for k in range(position + 1, at)):
         return -1
     return at
