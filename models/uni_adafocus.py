@@ -432,6 +432,12 @@ class UniAdaFocus(nn.Module):
         ``reuse_glance_features`` (the same parameters; the classifier then depends on the focus alone)."""
         return features if self.ablations.reuse_glance_features else torch.zeros_like(features)
 
+    def classify(self, glance_features: torch.Tensor, focus_features: torch.Tensor) -> torch.Tensor:
+        """Exit logits (B, T_G + T_L, C) of the classifier on glance features (B, T_G, Dg) and focus features
+        (B, T_L, Df), the glance features as :meth:`classifier_glance_input` gives them (the forward's and
+        every re-run of the classifier on other focus features)."""
+        return self.classifier(self.classifier_glance_input(glance_features), focus_features)
+
     def random_actions(self, shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Random-patch actions (..., 4 + k): uniform position, size = exactly P input pixels, the patch
         transformation's identity."""
@@ -637,11 +643,10 @@ class UniAdaFocus(nn.Module):
 
         # 6. classifier, once per pass (as official: its BatchNorm sees each pass separately)
         gfeat = glance.features  # (B, T_G, Dg)
-        clf_gfeat = self.classifier_glance_input(gfeat)
-        exit_logits = self.classifier(clf_gfeat, ffeat[0])  # (B, T_G + T_L, C)
+        exit_logits = self.classify(gfeat, ffeat[0])  # (B, T_G + T_L, C)
         random_pass = None
         if random_pass_on:
-            random_pass = FocusPass(self.classifier(clf_gfeat, ffeat[1]), focus_logits[1], random_actions)
+            random_pass = FocusPass(self.classify(gfeat, ffeat[1]), focus_logits[1], random_actions)
 
         spatial_frame_logits = policy.spatial_frame_logits  # (B, T_G, C), or None
         if local:  # (B, T_L, C): the focus frames' e^L, the actions not detached

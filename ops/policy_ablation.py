@@ -5,18 +5,20 @@ trained network is evaluated once more on every video with one or both of its po
 replaced by a rule that needs no policy, keeping the number of focus frames and the patch sizes, so
 every setting spends exactly the same GFLOPs as the full model:
 
-* ``uniform_frames`` — the T_L evenly spaced frames that uniform frame weights select, instead of the
-  temporal policy's choice (their patches: the spatial policy's, interpolated to those frames);
+* ``uniform_frames`` — the T_L evenly spaced frames that uniform frame weights select
+  (``models.frame_selection.uniform_frame_indices``, the ``--frame_sampling uniform`` rule), instead of
+  the temporal policy's choice (their patches: the spatial policy's, interpolated to those frames);
 * ``random_patches`` — the spatial policy's patches moved to uniformly random positions in the frame
-  (same width and height), on the frames the temporal policy chose; the metric is averaged over
-  ``draws`` independent draws;
+  (same width and height: ``models.patches.place_patches``, the ``--patch_location random`` rule), on
+  the frames the temporal policy chose; the metric is averaged over ``draws`` independent draws;
 * ``uniform_frames_random_patches`` — both.
 
 Next to them, ``glance_exit`` is the model stopped after its glance (the classifier's last glance
 exit, early-exit stage 0: the glance's GFLOPs only) and ``full`` the model as trained (its last exit).
 
 The replacements reuse the forward pass's glance features and spatial actions, so only the focus
-encoder and the classifier run again. Available for models with the candidate-frame flow (the
+encoder and the classifier run again (the model's own ``classify``: without ``--reuse_glance_features``
+the classifier reads no glance features, as in the forward). Available for models with the candidate-frame flow (the
 ``mn2_r50`` variant: ``glance_stage`` / ``policy_stage`` / ``focus_features``).
 
 **Dynamics removed (the paper's Table 10, ``--remove_dynamics``).** The same model with any of its
@@ -24,7 +26,7 @@ three kinds of dynamic computation removed, compared at equal average GFLOPs per
 
 * ``spatial`` — the focus encoder sees every focus frame whole, resampled to P x P (a box covering
   the frame: :func:`whole_frame_actions`), so each frame costs what a patch costs;
-* ``temporal`` — the T_L uniformly spaced frames of :func:`uniform_frames` (with the spatial
+* ``temporal`` — the T_L uniformly spaced frames of ``--frame_sampling uniform`` (with the spatial
   policy's patches interpolated to them unless ``spatial`` is removed too);
 * ``samplewise`` — random early exit: at each budget the adaptive policy's thresholds are solved on
   the threshold set (the training videos with the training augmentation, as the official early exit:
@@ -46,6 +48,7 @@ from . import early_exit
 from .packages import sibling
 
 frame_selection = sibling("models.frame_selection")
+patches = sibling("models.patches")
 uni_adafocus = sibling("models.uni_adafocus")
 
 #: setting -> (frames, patches); "policy" keeps the trained policy's decision.
@@ -60,26 +63,8 @@ DEFAULT_DRAWS = 4
 
 def supports(net) -> bool:
     """Whether ``net`` exposes the staged candidate-frame flow the replacements need."""
-    return all(hasattr(net, name) for name in ("focus_features", "classifier", "frames_view", "num_focus")) \
+    return all(hasattr(net, name) for name in ("focus_features", "classify", "frames_view", "num_focus")) \
         and getattr(net, "variant", None) == "mn2_r50"
-
-
-def uniform_frames(batch_size: int, num_glance: int, num_frames: int, num_focus: int,
-                   device: torch.device) -> torch.Tensor:
-    """(B, T_L) the focus frames (of T0) that uniform frame weights select."""
-    weights = torch.full((batch_size, num_glance), 1.0 / num_glance, device=device)
-    return frame_selection.select_focus_frames(weights, num_frames, num_focus)
-
-
-def random_positions(actions: torch.Tensor, draws: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """``draws`` copies of actions (B, K, 4) with uniformly random positions and the same sizes: (S, B, K, 4).
-
-    An action's position components (a_y, a_x) place its box anywhere inside the frame whatever its size.
-    """
-    moved = actions.unsqueeze(0).repeat(draws, 1, 1, 1)
-    gen_device = generator.device if generator is not None else actions.device
-    moved[..., :2] = torch.rand(moved.shape[:-1] + (2,), generator=generator, device=gen_device).to(actions)
-    return moved
 
 
 @torch.no_grad()
@@ -96,17 +81,17 @@ def ablation_logits(net, video: torch.Tensor, out, draws: int = DEFAULT_DRAWS,
     amp = net.autocast_setting(frames.device.type)
     all_actions = frame_selection.interpolate_actions(out.glance_actions, t0)  # (B, T0, 4)
     frame_choice = {"policy": out.focus_indices,
-                    "uniform": uniform_frames(b, out.glance_features.shape[1], t0, net.num_focus, frames.device)}
+                    "uniform": frame_selection.uniform_frame_indices(b, t0, net.num_focus, frames.device)}
     result = {"glance_exit": out.stage_logits[:, :1]}
     with torch.autocast(frames.device.type, enabled=False):
         for name, (frames_rule, patches_rule) in SETTINGS.items():
             indices = frame_choice[frames_rule]  # (B, T_L)
             actions = net.gather_frames(all_actions, indices)  # (B, T_L, 4)
-            if patches_rule == "random":
-                actions = random_positions(actions, draws, generator)  # (S, B, T_L, 4)
+            if patches_rule == "random":  # draws copies, each moved: (S, B, T_L, 4)
+                actions = patches.place_patches(actions.unsqueeze(0).expand(draws, *actions.shape), "random", generator)
             feats = net.focus_features(frames, indices, actions, amp)  # (B, T_L, Df) or (S, B, T_L, Df)
             sets = feats.unsqueeze(0) if feats.dim() == 3 else feats
-            logits = torch.stack([net.classifier(out.glance_features, f)[:, -1] for f in sets.unbind(0)], dim=1)
+            logits = torch.stack([net.classify(out.glance_features, f)[:, -1] for f in sets.unbind(0)], dim=1)
             result[name] = logits.float()  # (B, S, C)
     return result
 
@@ -158,7 +143,7 @@ def dynamics_stage_logits(net, video: torch.Tensor, out, removed: Iterable[str])
     b, t0 = frames.shape[:2]
     amp = net.autocast_setting(frames.device.type)
     if "temporal" in removed:
-        indices = uniform_frames(b, out.glance_features.shape[1], t0, net.num_focus, frames.device)  # (B, T_L)
+        indices = frame_selection.uniform_frame_indices(b, t0, net.num_focus, frames.device)  # (B, T_L)
     else:
         indices = out.focus_indices
     if "spatial" in removed:
@@ -167,7 +152,7 @@ def dynamics_stage_logits(net, video: torch.Tensor, out, removed: Iterable[str])
         actions = net.gather_frames(frame_selection.interpolate_actions(out.glance_actions, t0), indices)
     with torch.autocast(frames.device.type, enabled=False):
         feats = net.focus_features(frames, indices, actions, amp)  # (B, T_L, Df)
-        exit_logits = net.classifier(out.glance_features, feats)  # (B, T_G + T_L, C)
+        exit_logits = net.classify(out.glance_features, feats)  # (B, T_G + T_L, C)
     return uni_adafocus.stage_logits(exit_logits, out.glance_features.shape[1]).float()
 
 

@@ -31,17 +31,47 @@ def test_keeping_the_policy_reproduces_the_model(monkeypatch):
     torch.testing.assert_close(logits["glance_exit"][:, 0], out.stage_logits[:, 0])
 
 
-def test_uniform_frames_are_evenly_spaced_and_patches_keep_their_sizes():
-    frames = policy_ablation.uniform_frames(2, 4, 16, 4, torch.device("cpu"))
-    assert frames.tolist() == [[2, 6, 10, 14]] * 2
-    reference = frame_selection.select_focus_frames(torch.full((1, 8), 1 / 8), 16, 4)
-    assert frames[0].tolist() == reference[0].tolist()
-    actions = torch.rand(2, 3, 4)
-    moved = policy_ablation.random_positions(actions, 5, torch.Generator().manual_seed(0))
-    assert moved.shape == (5, 2, 3, 4)
-    assert torch.equal(moved[..., 2:], actions.expand(5, -1, -1, -1)[..., 2:])   # same width and height
-    assert ((moved[..., :2] >= 0) & (moved[..., :2] <= 1)).all()                  # boxes stay inside the frame
-    assert not torch.equal(moved[0, ..., :2], moved[1, ..., :2])                  # independent draws
+def test_uniform_frames_and_random_patches_are_the_shared_rules(monkeypatch):
+    """The replacements are --frame_sampling uniform's frames and --patch_location random's positions (the
+    shared rules of models/frame_selection.py and models/patches.py): one draw per copy, sizes kept."""
+    from models import patches
+
+    calls = []
+    for module, name in ((frame_selection, "uniform_frame_indices"), (patches, "place_patches")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append((_n, a)) or _f(*a, **k))
+    torch.manual_seed(0)
+    model = tiny_model(num_focus_segments=3).eval()
+    video = random_video(batch=2)
+    with torch.no_grad():
+        out = model(video)
+    calls.clear()
+    logits = policy_ablation.ablation_logits(model, video, out, draws=5, generator=torch.Generator().manual_seed(0))
+    assert logits["random_patches"].shape[1] == 5 and logits["uniform_frames"].shape[1] == 1
+    assert calls[0][0] == "uniform_frame_indices" and calls[0][1][1:3] == (8, 3)
+    placed = [a for n, a in calls if n == "place_patches"]  # random_patches, uniform_frames_random_patches
+    assert len(placed) == 2 and all(a[0].shape == (5, 2, 3, 4) and a[1] == "random" for a in placed)
+    assert frame_selection.uniform_frame_indices(2, 16, 4).tolist() == [[2, 6, 10, 14]] * 2
+
+
+def test_without_glance_feature_reuse_the_ablations_ignore_the_glance_features():
+    """With --no-reuse_glance_features the classifier reads no e^G in the forward, nor when the policy
+    ablation and the dynamics removal run it again: their logits do not depend on the glance features."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = tiny_model(num_focus_segments=3, reuse_glance_features=False).eval()
+    video = random_video(batch=2)
+    with torch.no_grad():
+        out = model(video)
+    other = dataclasses.replace(out, glance_features=torch.randn_like(out.glance_features) * 10)
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    for a, b in zip(policy_ablation.ablation_logits(model, video, out, generator=seeded()).values(),
+                    policy_ablation.ablation_logits(model, video, other, generator=seeded()).values()):
+        torch.testing.assert_close(a, b)
+    for removed in (["spatial"], ["temporal"], ["spatial", "temporal"]):
+        torch.testing.assert_close(policy_ablation.dynamics_stage_logits(model, video, out, removed),
+                                   policy_ablation.dynamics_stage_logits(model, video, other, removed))
 
 
 def test_replaced_settings_spend_the_same_focus_compute(monkeypatch):
