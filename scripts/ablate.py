@@ -8,9 +8,12 @@
 
 A row is a file ``configs/ablations/table{N}-{slug}.yaml`` (docs/ablations.md): its first line names the
 row (``# Table N: ...``), its second gives the paper's figures (``# paper: ...``), then ``base:`` and the
-flags that make the row. Each row's own flags are applied on ``--base`` (default: the row's own base)
+flags that make the row. A row's base is a preset or another row file (Tables 10, 11 and 15 build on
+Table 9's full model, ``table9-dynamic-ours.yaml``), whose flags the row inherits. Each row's flags
+(its own and those of the row files it builds on) are applied on ``--base`` (default: the row's preset)
 and written, with the seed and the run folder, to ``ablation.yaml`` in the run folder, which main.py
-runs. Rows whose flags only act at evaluation time (``--remove_dynamics``, ``--budgets``: Table 10)
+runs. A row's ``epochs:`` (Table 15's reduced-epoch rows) is relative to its preset's: on another
+``--base`` it becomes the same fraction of that base's epochs (rounded, at least 1). Rows whose flags only act at evaluation time (``--remove_dynamics``, ``--budgets``: Table 10)
 share one trained model per seed (``{out}/table{N}/model-{digest}/seed{S}``) and are each an
 evaluation of it (``metrics_{slug}.json``); the other rows train their own
 (``{out}/table{N}/{slug}/seed{S}``). A finished run or evaluation is reused, never overwritten; an
@@ -66,7 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=[], help="row files to run, as glob patterns of their names "
                                                          "(e.g. 'table9-*', 'table10-remove-spatial')")
     p.add_argument("--base", default=None,
-                   help="configuration the rows' own flags are applied on (default: each row's own base)")
+                   help="configuration the rows' flags are applied on (default: each row's own preset); a row's "
+                        "epochs: is scaled to it (row epochs / its preset's epochs x this base's, rounded, at least 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1007], help="seeds (one trained model per row and seed)")
     p.add_argument("--out", default="exp/ablations", help="folder of the runs and the tables")
     p.add_argument("--workers", type=int, default=1, help="runs at a time (1 under torchrun)")
@@ -82,7 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 @dataclass
 class Row:
     """One row file: ``table``, ``slug``, ``label`` (the paper's row), ``paper`` (its figures' line),
-    ``flags`` (the file's keys without ``base``), ``base`` (the file's own base, a path)."""
+    ``flags`` (the file's keys without ``base``, over those of the row files it builds on), ``base`` (the
+    preset under them, a path)."""
     path: str
     table: int
     slug: str
@@ -101,8 +106,9 @@ class Row:
         return any(k in self.flags for k in EVALUATION_KEYS)
 
 
-def read_row(path: str) -> Row:
-    """A row file, or one line naming the file and what is wrong with it."""
+def read_row(path: str, _chain: Sequence[str] = ()) -> Row:
+    """A row file (with the flags of the row files it builds on), or one line naming the file and what is
+    wrong with it."""
     match = ROW_NAME.match(os.path.basename(path))
     if not match:
         raise SystemExit(f"{path}: a row file is named table{{N}}-{{slug}}.yaml (slug: lower-case words joined by '-')")
@@ -122,9 +128,14 @@ def read_row(path: str) -> Row:
         raise SystemExit(f"{path}: expected a mapping of flag names to values")
     flags = {k.replace("-", "_"): v for k, v in values.items()}
     base = flags.pop("base", None)
+    base = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
+    if base is not None and ROW_NAME.match(os.path.basename(base)):  # another row: its flags, then this one's
+        if os.path.normpath(path) in _chain or base == os.path.normpath(path):
+            raise SystemExit(f"{path}: base: {os.path.basename(base)} leads back to this row")
+        parent = read_row(base, tuple(_chain) + (os.path.normpath(path),))
+        flags, base = {**parent.flags, **flags}, parent.base
     return Row(path=path, table=table, slug=match.group(2), label=lines[0].split(": ", 1)[1].strip(),
-               paper=lines[1].split(": ", 1)[1].strip(), flags=flags,
-               base=os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None)
+               paper=lines[1].split(": ", 1)[1].strip(), flags=flags, base=base)
 
 
 def documented_order(docs: str = DOCS) -> List[str]:
@@ -170,13 +181,34 @@ def base_values(path: str) -> Dict:
     return config.load_config_file(path, config.get_args_parser())
 
 
+def base_epochs(path: Optional[str]) -> int:
+    """The epochs of a configuration file (main.py's default where it sets none, or for no file)."""
+    values = base_values(path) if path else {}
+    return values.get("epochs", config.get_args_parser().get_default("epochs"))
+
+
+def scaled_epochs(row: Row, base: Optional[str]) -> Optional[Dict]:
+    """A row's ``epochs:`` on ``base``: ``{"row", "row_base", "base", "epochs"}`` with the row's epochs, its
+    preset's, ``base``'s, and the row's fraction of its preset's times ``base``'s (rounded, at least 1);
+    None for a row without ``epochs:``."""
+    if "epochs" not in row.flags:
+        return None
+    own, other = base_epochs(row.base), base_epochs(base or row.base)
+    return {"row": row.flags["epochs"], "row_base": own, "base": other,
+            "epochs": max(1, round(row.flags["epochs"] / own * other))}
+
+
 def merged_config(row: Row, base: Optional[str]) -> Dict:
-    """The row's configuration: ``base`` (default the row's own) with the row's own flags applied on it."""
+    """The row's configuration: ``base`` (default the row's preset) with the row's flags applied on it, its
+    ``epochs:`` scaled to the base (:func:`scaled_epochs`)."""
     base = base or row.base
     if base is None:
         raise SystemExit(f"{row.path}: no base: and no --base")
     merged = dict(base_values(base))
     merged.update(row.flags)
+    epochs = scaled_epochs(row, base)
+    if epochs is not None:
+        merged["epochs"] = epochs["epochs"]
     return merged
 
 
@@ -530,6 +562,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     runner.count_steps(runs)
     runner.say(f"{len(rows)} rows, {len(args.seeds)} seed(s): {len(runs)} trained models, {runner.steps} step(s) to run "
                f"({'dry run' if args.dry_run else args.out})")
+    for row in rows:
+        epochs = scaled_epochs(row, args.base)
+        if epochs is not None and args.base is not None:
+            runner.say(f"{row.name}: epochs {epochs['row']} of its preset's {epochs['row_base']} -> {epochs['epochs']} "
+                       f"of --base's {epochs['base']}")
     try:
         if args.workers == 1:
             for run in runs:

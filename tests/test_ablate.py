@@ -90,13 +90,47 @@ def test_bad_table_row_and_config_each_get_one_line(tmp_path):
 
 
 def test_a_rows_own_flags_apply_on_another_base():
+    """A Table 10 row builds on Table 9's full model (no reuse of e^G): its flags are that row's and its own."""
     row = ablate.read_row(str(REPO / "configs/ablations/table10-remove-spatial-samplewise.yaml"))
-    assert row.flags == {"remove_dynamics": ["spatial", "samplewise"]} and row.base.endswith("configs/actnet_p128.yaml")
+    assert row.flags == {"reuse_glance_features": False, "remove_dynamics": ["spatial", "samplewise"]}
+    assert row.base.endswith("configs/actnet_p128.yaml")
     base = config.load_config_file(str(REPO / "configs/synthetic.yaml"), config.get_args_parser())
     merged = ablate.merged_config(row, str(REPO / "configs/synthetic.yaml"))
-    assert merged == {**base, "remove_dynamics": ["spatial", "samplewise"]}
+    assert merged == {**base, "reuse_glance_features": False, "remove_dynamics": ["spatial", "samplewise"]}
     own = ablate.merged_config(row, None)  # the row's own base
     assert own["dataset"] == "actnet" and own["patch_size"] == 128 and own["remove_dynamics"] == ["spatial", "samplewise"]
+
+
+def test_rows_building_on_a_row_inherit_its_flags_and_epochs_scale_to_another_base(tmp_path, capsys):
+    """Tables 10, 11 and 15 build on Table 9's full model; a row's epochs: is a fraction of its preset's,
+    which another --base scales (rounded, at least 1), as the dry run says."""
+    for table in (10, 11, 15):
+        for path in sorted((REPO / "configs/ablations").glob(f"table{table}-*.yaml")):
+            assert re.search(r"^base: table9-dynamic-ours\.yaml$", path.read_text(), re.M), path.name
+            assert ablate.read_row(str(path)).flags["reuse_glance_features"] is False, path.name
+    rows_dir = tmp_path / "ablations"
+    rows_dir.mkdir()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(dict(TINY_BASE, epochs=50)))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(dict(TINY_BASE, epochs=12)))
+    _row(rows_dir, "table9-full", "full", "1.0%", reuse_glance_features=False, lr=0.01)
+    (rows_dir / "table15-short.yaml").write_text("# Table 15: short\n# paper: 2.0%\nbase: table9-full.yaml\nepochs: 32\n"
+                                                  "lr: 0.02\n")
+    (rows_dir / "table15-tiny.yaml").write_text("# Table 15: tiny\n# paper: 3.0%\nbase: table9-full.yaml\nepochs: 1\n")
+    short = ablate.read_row(str(rows_dir / "table15-short.yaml"))
+    assert short.flags == {"reuse_glance_features": False, "lr": 0.02, "epochs": 32}
+    assert short.base == str(tmp_path / "base.yaml")
+    assert ablate.merged_config(short, None)["epochs"] == 32  # on its own preset: as written
+    assert ablate.merged_config(short, str(tmp_path / "other.yaml"))["epochs"] == 8  # 32 / 50 x 12 = 7.68
+    assert ablate.merged_config(ablate.read_row(str(rows_dir / "table15-tiny.yaml")), str(tmp_path / "other.yaml"))[
+        "epochs"] == 1  # 1 / 50 x 12 rounds to 0: at least 1
+    assert ablate.main(["--tables", "15", "--rows_dir", str(rows_dir), "--base", str(tmp_path / "other.yaml"),
+                        "--out", str(tmp_path / "o"), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "table15-short: epochs 32 of its preset's 50 -> 8 of --base's 12" in out
+    assert "table15-tiny: epochs 1 of its preset's 50 -> 1 of --base's 12" in out
+    (rows_dir / "table9-loop.yaml").write_text("# Table 9: loop\n# paper: 1.0%\nbase: table9-loop.yaml\n")
+    with pytest.raises(SystemExit, match=r"table9-loop.yaml: base: table9-loop.yaml leads back to this row"):
+        ablate.read_row(str(rows_dir / "table9-loop.yaml"))
 
 
 def test_two_rows_end_to_end_and_a_second_invocation_reuses_the_runs(tmp_path, capsys):
