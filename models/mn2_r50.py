@@ -97,4 +97,5 @@ MN2_R50 = register_variant(Variant(
                                 manifest=official_manifest, class_weight_keys=("spatial_head.weight", "aux_fc.weight")),
     datasets=("actnet", "fcvid", "minik"),
     presets=tuple(f"{d}_p{p}" for d in ("actnet", "fcvid", "minik") for p in (96, 128, 160)),
+    evaluation_ablations=True,
 ))

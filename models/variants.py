@@ -91,6 +91,9 @@ class Variant:
         if self.not_in_entry_points:
             raise SystemExit(f"--variant {self.name}: {self.not_in_entry_points}")
     choices: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)  # flags this variant restricts
+    #: Whether the evaluation-time ablations (``--policy_ablation``, ``--remove_dynamics``) can replace its
+    #: policy's decisions (its staged candidate-frame flow: ``ops.policy_ablation``).
+    evaluation_ablations: bool = False
 
     def __post_init__(self):
         if self.frame_source not in FRAME_SOURCES:

@@ -285,8 +285,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(metrics.json 'policy_ablation'; mn2_r50)")
     # Table 10: dynamics removed at evaluation time (ops/policy_ablation.py, docs/ablations.md)
     def dynamics_name(value: str) -> str:
-        if value not in ("spatial", "temporal", "samplewise"):
-            raise argparse.ArgumentTypeError(f"{value!r} is not one of spatial, temporal, samplewise")
+        if value not in DYNAMICS:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(DYNAMICS)}")
         return value
 
     def gflops_budget(value: str) -> float:
@@ -606,6 +606,7 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
                          f"--temporal_objective {args.temporal_objective} contradicts it")
         args.detach_temporal_input, args.temporal_objective = True, "paper"
     check_ablations(args, parser)
+    check_evaluation_ablations(args, parser)
     if getattr(args, "bf16_focus", False):
         evaluates_on = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda_available()) else "cpu"
         problem = sibling("models.inference").bf16_focus_problem(args.plain_model, evaluates_on,
@@ -637,6 +638,8 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
                          f"{args.device}{'' if args.device == 'cpu' else ', no CUDA device found'})")
 
 
+#: The three kinds of dynamic computation the paper's Table 10 removes (``--remove_dynamics`` names).
+DYNAMICS = ("spatial", "temporal", "samplewise")
 #: The training-time ablation flags (paper Tables 6-9, 15): model keywords of the variants that offer them.
 ABLATION_FLAGS = ("aux_supervision", "diversity_augmentation", "policy_stop_gradient", "spatial_training",
                   "patch_scale", "size_regulariser", "patch_location", "frame_sampling", "reuse_glance_features",
@@ -657,6 +660,31 @@ def check_ablations(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if getattr(args, "spatial_supervision", "glance") == "local" and getattr(args, "spatial_training", None) == "pixels":
         parser.error("--spatial_supervision local trains the spatial policy through the focus features; "
                      "--spatial_training pixels trains it through the patch pixels instead: choose one")
+
+
+def check_evaluation_ablations(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse, in one line at start-up, ``--policy_ablation`` / ``--remove_dynamics`` on a variant that cannot
+    honour them, and ``--remove_dynamics`` / ``--budgets`` values of a config file that the command line's
+    types would have refused (YAML numbers and single names skip them)."""
+    variant = models.get_variant(args.variant)
+    if isinstance(getattr(args, "remove_dynamics", None), str):  # a config file's single name
+        args.remove_dynamics = [args.remove_dynamics]
+    for flag, used in (("--policy_ablation", getattr(args, "policy_ablation", False)),
+                       ("--remove_dynamics", getattr(args, "remove_dynamics", None) is not None)):
+        if used and not variant.evaluation_ablations:
+            able = ", ".join(n for n, v in models.VARIANTS.items() if v.evaluation_ablations)
+            parser.error(f"{flag}: the {variant.name} variant has no candidate-frame policy to replace "
+                         f"(available for {able})")
+    for name in getattr(args, "remove_dynamics", None) or ():
+        if name not in DYNAMICS:
+            parser.error(f"--remove_dynamics {name!r} is not one of {', '.join(DYNAMICS)}")
+    budgets = getattr(args, "budgets", None)
+    if budgets is not None:
+        budgets = budgets if isinstance(budgets, list) else [budgets]
+        for budget in budgets:
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+                parser.error(f"--budgets {budget!r}: a budget must be a positive number of GFLOPs")
+        args.budgets = [float(b) for b in budgets]
 
 
 #: Flags that set the model's shapes or its evaluation forward (frame counts, cube length, visiting order,

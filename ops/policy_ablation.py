@@ -45,6 +45,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 
 from . import early_exit
+from .config import DYNAMICS
 from .packages import sibling
 
 frame_selection = sibling("models.frame_selection")
@@ -62,9 +63,11 @@ DEFAULT_DRAWS = 4
 
 
 def supports(net) -> bool:
-    """Whether ``net`` exposes the staged candidate-frame flow the replacements need."""
+    """Whether ``net`` exposes the staged candidate-frame flow the replacements need (its variant declares
+    ``evaluation_ablations``)."""
+    variant = sibling("models").VARIANTS.get(getattr(net, "variant", None))
     return all(hasattr(net, name) for name in ("focus_features", "classify", "frames_view", "num_focus")) \
-        and getattr(net, "variant", None) == "mn2_r50"
+        and variant is not None and variant.evaluation_ablations
 
 
 @torch.no_grad()
@@ -99,8 +102,6 @@ def ablation_logits(net, video: torch.Tensor, out, draws: int = DEFAULT_DRAWS,
 # ------------------------------------------------------------------------------------------------
 # Table 10: dynamics removed
 # ------------------------------------------------------------------------------------------------
-#: The three kinds of dynamic computation (``--remove_dynamics`` names).
-DYNAMICS = ("spatial", "temporal", "samplewise")
 #: Table 10's rows in the paper's order, each as the dynamics it removes.
 TABLE10_ROWS = (("spatial", "temporal", "samplewise"), ("spatial", "temporal"), ("spatial", "samplewise"),
                 ("temporal", "samplewise"), ("spatial",), ("temporal",), ("samplewise",), ())

@@ -287,3 +287,42 @@ def test_the_flags_refuse_bad_values(capsys):
     args = parser.parse_args(["--remove_dynamics"])
     assert args.remove_dynamics == [] and parser.parse_args([]).remove_dynamics is None
     assert os.path.isfile(REPO / "configs/ablations/table10-remove-none.yaml")
+
+
+@pytest.mark.parametrize("variant", ["tsm", "adafocus_v2", "adafocus_v3"])
+@pytest.mark.parametrize("flag", [["--policy_ablation"], ["--remove_dynamics", "spatial"], ["--remove_dynamics"]])
+def test_evaluation_ablations_on_a_variant_without_them_are_refused_at_start_up(capsys, variant, flag):
+    """Refused when the flags are read (one line), not at the final evaluation after training."""
+    with pytest.raises(SystemExit):
+        config.parse_args(["--variant", variant] + flag)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag[0]}: the {variant} variant has no candidate-frame policy to replace " \
+                              "(available for mn2_r50)" in err[0], err
+
+
+@pytest.mark.parametrize("text,shown", [("budgets: [2.0, -1]", "-1"), ("budgets: [0]", "0"), ("budgets: -3.5", "-3.5"),
+                                        ("budgets: [.inf]", "inf"), ("budgets: [true]", "True"),
+                                        ("remove_dynamics: [1]", None)])
+def test_config_file_budgets_and_dynamics_get_one_line(capsys, tmp_path, text, shown):
+    """A config file's numbers skip the command line's types: --budgets and --remove_dynamics are checked
+    again, one line naming the flag and the value, no traceback."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"remove_dynamics: [spatial]\n{text}\n" if text.startswith("budgets") else text + "\n")
+    with pytest.raises(SystemExit):
+        config.parse_args(["--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (f"--budgets {shown}: a budget must be a positive number of GFLOPs" if shown is not None else
+                "--remove_dynamics 1 is not one of spatial, temporal, samplewise")
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_config_file_budgets_and_a_single_dynamics_name_are_read():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "run.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("remove_dynamics: temporal\nbudgets: [2, 3.5]\n")
+        args = config.parse_args(["--config", path])
+    assert args.remove_dynamics == ["temporal"] and args.budgets == [2.0, 3.5]
+    assert all(isinstance(b, float) for b in args.budgets)

@@ -105,12 +105,16 @@ def test_the_job_reports_the_ablation(tmp_path):
     assert "top1 at equal GFLOPs: uniform frames" in log
 
 
-def test_the_ablation_needs_the_candidate_frame_flow(tmp_path):
+def test_the_ablation_needs_the_candidate_frame_flow(tmp_path, capsys):
+    """Refused in one line when the flags are read: nothing is built, trained or written."""
     argv = TINY + ["--dataset", "synthetic", "--data_dir", str(tmp_path / "data"), "--synthetic", json.dumps(SYNTHETIC),
                    "--root_log", str(tmp_path / "exp"), "--policy_ablation", "--variant", "tsm", "--glance_arch",
-                   "mbv2", "--focus_arch", "resnet50", "--evaluate"]
-    with pytest.raises(SystemExit, match="--policy_ablation: the tsm variant"):
+                   "mbv2", "--focus_arch", "resnet50"]
+    with pytest.raises(SystemExit):
         main.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--policy_ablation: the tsm variant has no candidate-frame policy" in err[0], err
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "data").exists()
 
 
 def test_a_coarse_glance_sees_downscaled_frames_and_costs_less():
