@@ -128,15 +128,8 @@ def _threshold_loader(args, info, val_loader):
     """The loader of the threshold set (sharded without padding, like evaluation)."""
     if args.threshold_set == "val":
         return val_loader
-    dataset = engine.build_dataset(args, "train", info, train=args.threshold_augmentation, decode_on_demand=True)
-    indices = list(range(len(dataset)))
-    if args.threshold_subset and args.threshold_subset < len(dataset):
-        generator = torch.Generator().manual_seed(args.seed)
-        indices = sorted(torch.randperm(len(dataset), generator=generator)[:args.threshold_subset].tolist())
-        dataset = torch.utils.data.Subset(dataset, indices)
-        dataset.num_classes = dataset.dataset.num_classes
-        dataset.spec = dataset.dataset.spec
-    return engine.build_eval_loader(dataset, args.val_batch_size, args, info)
+    return engine.threshold_set_loader(args, info, augmentation=args.threshold_augmentation,
+                                       subset=args.threshold_subset)
 
 
 def generate_logits(args, info, log: RunLog) -> Dict:

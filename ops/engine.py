@@ -688,10 +688,16 @@ def exit_targets(rows: Dict[str, torch.Tensor], metric: str) -> torch.Tensor:
     return rows["labels"].bool() if metric == "mAP" else rows["label"]
 
 
-def threshold_set_loader(args, info: dist_ops.DistInfo):
+def threshold_set_loader(args, info: dist_ops.DistInfo, augmentation: bool = True, subset: int = 0):
     """The videos early-exit thresholds are fitted on, as officially: the training set with the training
-    augmentation, each video once over all processes."""
-    dataset = build_dataset(args, "train", info, train=True, decode_on_demand=True)
+    augmentation (``augmentation=False``: the evaluation transform), each video once over all processes.
+    ``subset``: that many training videos instead (fewer: all), drawn with ``--seed``, in their order."""
+    dataset = build_dataset(args, "train", info, train=augmentation, decode_on_demand=True)
+    if subset and subset < len(dataset):
+        generator = torch.Generator().manual_seed(args.seed)
+        indices = sorted(torch.randperm(len(dataset), generator=generator)[:subset].tolist())
+        whole, dataset = dataset, torch.utils.data.Subset(dataset, indices)
+        dataset.num_classes, dataset.spec = whole.num_classes, whole.spec
     return build_eval_loader(dataset, args.val_batch_size, args, info)
 
 

@@ -207,3 +207,26 @@ def test_warm_up_ramps_the_rate_per_step_through_its_epochs_only(data_dir, tmp_p
     text = (tmp_path / "warm" / "log.txt").read_text()
     rates = [float(rate) for rate in re.findall(r"epoch \d+ \[\d+/2\] lr (\S+)", text)]
     assert rates == pytest.approx([0.005, 0.01, 0.005, 0.005])  # epoch 1: the cosine's 0.005, no ramp
+
+
+def test_threshold_set_loader_draws_a_seeded_subset_for_test_early_exit(data_dir):
+    """One threshold-set loader: the training videos (with or without their augmentation), or a seeded,
+    ordered subset of them, which test_early_exit.py's --threshold_subset takes."""
+    import test_early_exit
+    from ops import distributed as dist_ops
+
+    info = dist_ops.DistInfo(device=torch.device("cpu"))
+    args = config.parse_args(TINY + ["--data_dir", str(data_dir), "--synthetic", json.dumps(SYNTHETIC), "--seed", "3"])
+    whole = engine.threshold_set_loader(args, info).dataset
+    assert len(whole) == SYNTHETIC["train_videos"] and whole.train
+    part = engine.threshold_set_loader(args, info, augmentation=False, subset=3).dataset
+    assert len(part.indices) == 3 and part.indices == sorted(set(part.indices)) and not part.dataset.train
+    assert (part.num_classes, part.spec) == (whole.num_classes, whole.spec)
+    assert engine.threshold_set_loader(args, info, subset=3).dataset.indices == part.indices  # seeded by --seed
+    assert len(engine.threshold_set_loader(args, info, subset=99).dataset) == SYNTHETIC["train_videos"]
+    ee = test_early_exit.get_args_parser().parse_args(["--resume", "x.pth", "--threshold_subset", "3",
+                                                       "--no-threshold_augmentation"] + TINY[:-4]
+                                                      + ["--data_dir", str(data_dir), "--seed", "3"])
+    ee.synthetic = SYNTHETIC
+    chosen = test_early_exit._threshold_loader(ee, info, None).dataset
+    assert chosen.indices == part.indices and not chosen.dataset.train
