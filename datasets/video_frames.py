@@ -24,8 +24,12 @@ Frames nobody needs and no other frame refers to (H.264 non-reference pictures, 
 MPEG-1/2 B-frames) are not decoded where the container stores presentation times (MP4, Matroska):
 their packets go to the decoder with ``skip_frame='NONREF'``, which drops them, and the frames that
 come out are placed by their times (each must be the next table entry but for skipped ones). The
-frames decoded are bit-identical to those of a decoding in order. Other codecs and containers
-(AVI, whose times are guesses; MPEG-4 streams with packed B-frames) decode every frame.
+frames decoded are bit-identical to those of a decoding in order. An unseekable video of such a
+codec (AVI, whose times are guesses; MPEG-4 streams with packed B-frames, whose frames come out a
+packet late under other times) skips the same way once a decoding from its start without skipping
+recorded the times and picture types the decoder returned, in order (as far as that decoding went):
+the frames are then placed by that record, and any disagreement ends skipping for the video. Other
+codecs decode every frame.
 
 After a read the video stays open, its decoder where the read stopped (:data:`OPEN_VIDEOS` per
 process, bounded in count and estimated memory, least recently used closed first, a replaced file's
@@ -87,7 +91,13 @@ class VideoTiming:
     truncated: '' for a complete video, else why it counts as truncated. seekable: cleared when a seek
     turned out not to land where the table says (then every read decodes from the start). skippable:
     frames nobody needs may go to the decoder as skippable, placing the decoded ones by their times
-    (:func:`skippable`).
+    (:func:`skippable`). codec_skips: the decoder can drop non-reference frames (:data:`SKIPPING_CODECS`);
+    for an unseekable video, ``order`` (the times of decoded frames 0, 1, ... as a decoding from the
+    start without skipping returned them: recorded as far as one went), ``order_kinds`` (their picture
+    types) and ``order_index`` ({time: decoded index} over ``order``, -1 for a time met twice) then place
+    the frames a decoding with skipping returns, up to where ``order`` reaches (and before
+    ``order_flushed``, the first frame the decoder returned only at the end of the stream, whose time
+    it makes up), while ``order_trusted`` (cleared when they disagree).
     """
 
     pts: np.ndarray
@@ -96,6 +106,13 @@ class VideoTiming:
     truncated: str = ""
     seekable: bool = True
     skippable: bool = False
+    codec_skips: bool = False
+    order: List[Optional[int]] = dataclasses.field(default_factory=list)
+    order_kinds: List[int] = dataclasses.field(default_factory=list)
+    order_flushed: Optional[int] = None
+    packet_times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    order_index: Dict[Optional[int], int] = dataclasses.field(default_factory=dict)
+    order_trusted: bool = True
 
     @property
     def count(self) -> int:
@@ -111,6 +128,17 @@ class VideoTiming:
         """{time: decoded index} of the times that exactly one decoded frame has."""
         times, first, counts = np.unique(self.pts, return_index=True, return_counts=True)
         return {int(t): int(i) for t, i, c in zip(times, first, counts) if c == 1}
+
+    def record(self, decoded: int, time: Optional[int], kind: int, flushed: bool) -> None:
+        """Note that a decoding from the start without skipping returned decoded frame ``decoded`` with
+        ``time`` and picture type ``kind`` (extends :attr:`order` when it is the next one); ``flushed``: at
+        the end of the stream."""
+        if flushed and self.order_flushed is None:
+            self.order_flushed = decoded
+        if decoded == len(self.order):
+            self.order.append(time)
+            self.order_kinds.append(kind)
+            self.order_index[time] = -1 if time in self.order_index else decoded
 
     def key_before(self, decoded: int) -> int:
         """The decoded index of the last key frame at or before decoded frame ``decoded`` (0 if none)."""
@@ -171,7 +199,8 @@ def read_timing(path: str) -> VideoTiming:
             truncated = (f"truncated video: {claimed_frames(stream)}{length}, {len(pts)} in the file "
                          f"({float(span):.2f} s)" + (f"; {stopped}" if stopped else ""))
         return VideoTiming(pts=pts, slots=_slots(pts, time_base, rate), keys=keys.astype(np.int64),
-                           truncated=truncated, skippable=can_skip)
+                           truncated=truncated, skippable=can_skip, packet_times=np.asarray(times, dtype=np.int64),
+                           codec_skips=stream.codec_context.name in SKIPPING_CODECS)
 
 
 #: Decoders that drop a frame no other frame refers to when asked (``skip_frame='NONREF'``): H.264
@@ -407,8 +436,11 @@ class _DecodedFrames:
         self.footprint = 0
         self.finished = False            # the last take returned every frame it was asked for
         self._frames: Optional[Iterator["object"]] = None  # the decoder's output from where it stands
-        self._position, self._verify, self._sought, self._skip = -1, False, 0, False
+        self._position, self._verify, self._sought = -1, False, 0
+        self._times: Optional[Dict[Optional[int], int]] = None   # what places frames while skipping
         self._skipped: set = set()       # decoded indices sent as skippable since the last (re)start
+        self._returned: set = set()      # decoded indices the decoder returned since then (when verifying)
+        self._flushing = False           # the decoder is being drained at the end of the stream
         self._wanted: set = set()        # what the packets being sent are decoded for (the current take)
 
     def _open(self):
@@ -426,19 +458,32 @@ class _DecodedFrames:
             self.container = None
         self._frames = None
 
-    def _restart(self, key: int, skip: bool) -> bool:
-        """Start decoding at key frame ``key`` (seeking) or at the start (``key`` 0); whether to verify the
-        first frame as a landing."""
+    def _placing(self, last: int) -> Optional[Dict[Optional[int], int]]:
+        """{time: decoded index} that places the frames of a decoding with skipping up to decoded frame
+        ``last``, or None: decode every frame (nothing to skip, or nothing to place the frames by)."""
+        timing = self.timing
+        if not SKIP_UNNEEDED:
+            return None
+        if timing.seekable:
+            return timing.single_times if timing.skippable else None
+        end = len(timing.order) if timing.order_flushed is None else timing.order_flushed
+        if timing.codec_skips and timing.order_trusted and last < end:
+            return timing.order_index
+        return None
+
+    def _restart(self, key: int, times: Optional[Dict[Optional[int], int]]) -> bool:
+        """Start decoding at key frame ``key`` (seeking) or at the start (``key`` 0), skipping with ``times``
+        (:meth:`_placing`); whether to verify the first frame as a landing."""
         if key > 0:
             self.container.seek(int(self.timing.pts[key]), stream=self.stream, backward=True, any_frame=False)
             self._verify, self._sought = True, key
         else:
             if not self._fresh:
                 self._open()                                             # back to the start
-            self._position, self._verify, self._sought = -1, skip, 0
+            self._position, self._verify, self._sought = -1, times is not None, 0
         self._fresh = False
-        self._skip, self._skipped = skip, set()
-        self._frames = self._decode(self._wanted if skip else None, self._skipped)
+        self._times, self._skipped, self._returned = times, set(), set()
+        self._frames = self._decode(None if times is None else self._wanted, self._skipped, times)
         return key > 0
 
     def take(self, wanted: List[int]) -> Iterator[Tuple[int, "object"]]:
@@ -450,11 +495,14 @@ class _DecodedFrames:
         is then bit-identical) and each frame is placed by its time: it must be a table entry after the
         previous one, with only frames sent as skippable in between. Frames that break this (or, without
         skipping, whose times are not the next table entries after a seek) make the video unseekable for
-        the process, and it is decoded from its start without skipping, counting frames."""
+        the process, and it is decoded from its start without skipping, counting frames. An unseekable
+        video skips the same way within the part whose order a decoding from the start recorded
+        (:attr:`VideoTiming.order`); frames that break it there end its skipping for the process."""
         timing = self.timing
-        self.stopped, self.finished, landing, done = "", False, False, 0
-        skip = SKIP_UNNEEDED and timing.skippable and timing.seekable
-        if self._frames is not None and (wanted[0] <= self._position or skip != self._skip
+        self.stopped, self.finished, landing = "", False, False
+        left = set(wanted)                                               # not returned yet
+        times = self._placing(wanted[-1])
+        if self._frames is not None and (wanted[0] <= self._position or times is not self._times
                                          or not self._skipped.isdisjoint(wanted)):
             self._frames = None                                          # behind, or already skipped: start over
         self._wanted.clear()
@@ -462,13 +510,19 @@ class _DecodedFrames:
         try:
             if self.container is None:
                 self._open()
-            while done < len(wanted):
-                target = wanted[done]
-                skip = SKIP_UNNEEDED and timing.skippable and timing.seekable
+            while left:
+                target = min(left)
                 key = timing.key_before(target) if timing.seekable else 0
                 if self._frames is None or (key > self._position + 1 and key > self._sought):  # (a seek may
-                    landing = self._restart(key, skip)                   # land before its key)
+                    landing = self._restart(key, self._placing(wanted[-1]))  # land before its key)
                 frame = next(self._frames, None)
+                if frame is None and self._times is not None:            # a wanted frame never came: skipping
+                    if timing.seekable:                                  # lost it; decode everything
+                        timing.seekable = False
+                    else:
+                        timing.order_trusted = False
+                    self._restart(0, None)
+                    continue
                 if frame is None:
                     self.stopped = f"the stream ended after {self._position + 1} decoded frame(s)"
                     self._frames = None
@@ -478,42 +532,71 @@ class _DecodedFrames:
                     self.footprint = REFERENCE_FRAMES * sum(plane.buffer_size for plane in frame.planes)
                 if not self._verify:
                     self._position += 1
+                    if timing.codec_skips and not timing.seekable:       # (only such videos use the record)
+                        timing.record(self._position, frame.pts, int(frame.pict_type), self._flushing)
+                    at = self._position
                 else:
-                    at = (_landed(timing, frame, target) if landing
-                          else _placed(timing, frame, self._position, self._skipped))
+                    counted = not landing and not timing.seekable
+                    if landing:
+                        at = _landed(timing, frame, target)
+                    elif not counted:
+                        at = _placed(timing.single_times, frame, self._position, self._skipped)
+                    else:
+                        at = _recorded(timing, frame, self._returned)
                     landing = False
                     if at < 0:
-                        timing.seekable = False                          # frame times disagree with the table
-                        self._restart(0, False)
+                        if timing.seekable:
+                            timing.seekable = False                      # frame times disagree with the table
+                        else:
+                            timing.order_trusted = False                 # ... or with the recorded order
+                        self._restart(0, None)
                         continue
-                    self._position = at
-                if self._position == target:
-                    yield self._position, frame
-                    done += 1
+                    self._position = max(self._position, at) if counted else at   # (counted: any order)
+                    self._returned.add(at)
+                if at in left:
+                    yield at, frame
+                    left.discard(at)
             self.finished = True
         except _video_errors() as e:
             self.stopped = f"decoding stopped after frame {self._position + 1} of the stream: {_reason(e)}"
             self._frames = None
 
-    def _decode(self, wanted: Optional[set], skipped: set) -> Iterator["object"]:
+    def _decode(self, wanted: Optional[set], skipped: set,
+                times: Optional[Dict[Optional[int], int]]) -> Iterator["object"]:
         """The decoded frames from the container's position on. ``wanted``: the decoded indices whose packets
-        are decoded in full (read as each packet is sent); every other packet whose time is a single
-        table entry goes to the decoder with ``skip_frame='NONREF'`` and its index is added to ``skipped``
-        (None: decode every packet)."""
+        are decoded in full (read as each packet is sent); every other packet whose time ``times`` maps to
+        a decoded index goes to the decoder with ``skip_frame='NONREF'`` and its index is added to
+        ``skipped`` (None: decode every packet)."""
         codec = self.stream.codec_context
-        single = self.timing.single_times
         mode = "DEFAULT"
         codec.skip_frame = mode
+        self._flushing = False
+        counted = times is not None and times is self.timing.order_index
+        stored, sent = self.timing.packet_times, 0
         for packet in self.container.demux(self.stream):
+            self._flushing = not packet.size                             # the empty packet at the end drains
             if wanted is not None and packet.size:
-                at = single.get(packet.pts, -1)
-                want = "DEFAULT" if at < 0 or at in wanted else "NONREF"
+                if not counted:
+                    ahead = [times.get(packet.pts, -1)]
+                elif sent < len(stored) and stored[sent] == packet.pts:
+                    ahead = [times.get(int(t), -1) for t in stored[sent:sent + 1 + PACKED_AHEAD]]
+                    sent += 1
+                else:                                                    # not the packets the table read
+                    ahead, wanted = [-1], None
+                want = "DEFAULT" if any(at < 0 or at in wanted for at in ahead) else "NONREF"
                 if want == "NONREF":
-                    skipped.add(at)
+                    skipped.add(ahead[0])
                 if want != mode:
                     codec.skip_frame = mode = want
+            elif mode != "DEFAULT":
+                codec.skip_frame = mode = "DEFAULT"
             yield from codec.decode(packet)
 
+
+#: Skipping by the recorded order (an unseekable video), a packet goes to the decoder in full also when
+#: one of the next this many packets holds a wanted frame: MPEG-4's packed B-frames are decoded a
+#: packet or two after the packet that stores them, and skipping a frame between drops them too.
+PACKED_AHEAD = 2
 
 #: Frames a decoder may hold at once, for the memory estimate of an open video: H.264's largest
 #: reference set (16) and the frame being decoded and the one returned.
@@ -610,11 +693,22 @@ def _landed(timing: VideoTiming, frame, target: int) -> int:
     return at if at <= target else -1
 
 
-def _placed(timing: VideoTiming, frame, position: int, skipped: set) -> int:
-    """The decoded index of a frame that follows decoded frame ``position``: its single table entry when
-    that comes after ``position`` and every entry in between is in ``skipped`` (sent to the decoder as
-    skippable); -1 otherwise."""
-    at = timing.single_times.get(frame.pts, -1)
+def _recorded(timing: VideoTiming, frame, returned: set) -> int:
+    """The decoded index of a frame from a decoding from the start with skipping: the one the recorded
+    order gives its time, when it has not come before and the recorded frame has its picture type; -1
+    otherwise. (With frames skipped a decoder may return a frame earlier than the skipped ones before
+    it, e.g. the MPEG-4 decoder the P-frame held back for a skipped B-frame; the order is not checked.)"""
+    at = timing.order_index.get(frame.pts, -1)
+    if at < 0 or at in returned or timing.order_kinds[at] != int(frame.pict_type):
+        return -1
+    return at
+
+
+def _placed(times: Dict[Optional[int], int], frame, position: int, skipped: set) -> int:
+    """The decoded index of a frame that follows decoded frame ``position``: the one ``times`` gives for its
+    time when that comes after ``position`` and every index in between is in ``skipped`` (sent to the
+    decoder as skippable); -1 otherwise."""
+    at = times.get(frame.pts, -1)
     if at <= position or any(k not in skipped for k in range(position + 1, at)):
         return -1
     return at

@@ -368,6 +368,89 @@ def test_test_videos_read_as_decoded_in_order(test_videos, name):
     _check_reads(path, _reads(count, 4, sets=3, size=16) + [[1, count]])
 
 
+def _mixed_reads(count: int, seed: int, reads: int = 24):
+    """Reads of frame numbers as a loader asks for them: runs of consecutive frames, scattered sets, single
+    frames, the last frame."""
+    rng = np.random.default_rng(seed)
+    out = [[count]]
+    for k in range(reads - 1):
+        size = int(rng.choice([1, 2, 3, 8, 16]))
+        if k % 3 == 0:
+            start = int(rng.integers(1, count + 1))
+            out.append(list(range(start, min(count, start + size) + 1)))
+        else:
+            out.append(sorted(rng.choice(np.arange(1, count + 1), min(size, count), replace=False).tolist()))
+    return out
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.mkv", "mpeg4.mp4", "mpeg2.mkv", "packed.mkv", "Megamind.avi",
+                                  "Megamind_bugy.avi", "tree.avi", "vtest.avi"])
+def test_reads_in_any_sequence_equal_decoding_in_order(with_b_frames, test_videos, name):
+    """Reads one after another, going on from an open decoder or starting over (the open videos closed
+    before every fifth), skipping or not: every frame equals the one decoded in order."""
+    path = str((with_b_frames if (with_b_frames / name).exists() else test_videos) / name)
+    timing = video_frames.video_timing(path)
+    reads = _mixed_reads(timing.count, 5)
+    reference = _in_order(path, sorted({k for numbers in reads for k in numbers}))
+    video_frames.close_open_videos()
+    for k, numbers in enumerate(reads):
+        if k % 5 == 4:
+            video_frames.close_open_videos()
+        pixels = VideoFrameReader(path).read(numbers)
+        for row, number in enumerate(numbers):
+            assert np.array_equal(pixels[row], reference[number]), (name, k, numbers, number)
+    assert timing.order_trusted                                      # nothing contradicted what places frames
+    assert timing.seekable == (name not in ("packed.mkv", "Megamind.avi", "Megamind_bugy.avi"))
+
+
+def test_an_unseekable_video_skips_frames_by_the_recorded_order(test_videos, tmp_path):
+    """Megamind.avi (packed B-frames, AVI: unseekable, decoded from its start): once a decoding without
+    skipping recorded the order in which the decoder returns its frames, later reads skip B-frames and
+    place the frames by that order; the last frame comes only when the decoder is drained (its time made
+    up then), so a read that needs it decodes every frame."""
+    path = tmp_path / "Megamind.avi"
+    shutil.copyfile(test_videos / "Megamind.avi", path)
+    path = str(path)
+    video_frames.close_open_videos()
+    VideoFrameReader(path).read([270])                               # the seek is found out; the order recorded
+    timing = video_frames.video_timing(path)
+    assert not timing.seekable and timing.codec_skips and len(timing.order) == 270 and timing.order_flushed == 269
+    reads = [[5, 50, 100], [10, 200, 260], [1], [100, 101, 102, 103], [269], [268, 270]]
+    reference = _in_order(path, sorted({k for numbers in reads for k in numbers}))
+    for numbers in reads:
+        decoded = []
+        for skip in (True, False):
+            video_frames.SKIP_UNNEEDED = skip
+            video_frames.close_open_videos()
+            try:
+                reader = VideoFrameReader(path)
+                pixels = reader.read(numbers)
+            finally:
+                video_frames.SKIP_UNNEEDED = True
+            decoded.append(reader.decoded)
+            for row, number in enumerate(numbers):
+                assert np.array_equal(pixels[row], reference[number]), (numbers, number, skip)
+        if 10 <= numbers[-1] < 270:
+            assert decoded[0] < 0.6 * decoded[1], (numbers, decoded)
+        elif numbers[-1] < 10:
+            assert decoded[0] == decoded[1] == numbers[-1]
+        else:
+            assert decoded[0] == decoded[1] == 270
+    assert timing.order_trusted
+    # a recorded order that disagrees with what the decoder returns: skipping ends for the video, the
+    # frames are read without it
+    timing.order_kinds[150] = 1 if timing.order_kinds[150] != 1 else 2
+    video_frames.close_open_videos()
+    reader = VideoFrameReader(path)
+    pixels = reader.read([140, 152])
+    assert np.array_equal(pixels[0], _in_order(path, [140])[140]) and np.array_equal(pixels[1], _in_order(path, [152])[152])
+    assert not timing.order_trusted
+    video_frames.close_open_videos()
+    reader = VideoFrameReader(path)
+    reader.read([100])
+    assert reader.decoded == 100                                     # every frame from the start
+
+
 # ---------------------------------------------------------------------------------------------------
 # Open videos kept between reads
 # ---------------------------------------------------------------------------------------------------
