@@ -12,12 +12,17 @@ instead, with the traceback. Anything else is a bug and keeps its traceback.
 
 An error raised in a ``DataLoader`` worker process reaches the main process re-raised by PyTorch
 with the worker's traceback inside the message; :func:`user_message` keeps the original message only.
+Ctrl-C reaches the workers too (the terminal signals the whole process group): :func:`loader_worker_init`
+(every loader's ``worker_init_fn``) leaves it to the main process, and keeps a worker quiet when the main
+process stopped reading in the middle of a batch (the broken connection of the batch's shared-memory
+hand-over), so that Ctrl-C prints the one ``interrupted:`` line and no worker traceback.
 ``models`` and ``datasets`` do not import ``ops``: ``models/flops.py`` and ``datasets/extract.py``
 have their own small copies of this wrapper.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -52,6 +57,28 @@ def user_message(exc: BaseException) -> str:
         if at >= 0:
             text = text[at + len(marker):]
     return text.strip()
+
+
+#: A peer that stopped reading: what a loader worker meets when its main process stops (Ctrl-C).
+GONE_READER = (BrokenPipeError, ConnectionResetError)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of every DataLoader: in the worker process, Ctrl-C is ignored (the main process
+    handles it and stops the workers; a worker whose main process has gone exits on its own), and a main
+    process that stopped reading in the middle of a batch's hand-over ends it silently: a batch's tensors
+    travel as shared-memory file descriptors that the worker's ``multiprocessing.resource_sharer`` thread
+    sends when the main process asks, and that thread reports a failed send through ``sys.excepthook``
+    (the traceback of a ``BrokenPipeError`` when Ctrl-C stopped the main process mid-receive). Any other
+    error is reported as before."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if not issubclass(kind, GONE_READER):
+            default_hook(kind, value, traceback)
+
+    sys.excepthook = excepthook
 
 
 def debugging() -> bool:

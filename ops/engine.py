@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import distributed as dist_ops
 from . import early_exit
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
+from .cli import loader_worker_init
 from .config import plain_config
 from .metrics import head_metrics, mean_average_precision, topk_accuracy
 from .objective import UniAdaFocusObjective, validation_loss
@@ -119,7 +120,8 @@ def _loader_options(args, info: dist_ops.DistInfo) -> Dict:
     :func:`datasets.sampling.sample_rng`, not from the workers' global RNGs).
     """
     options = dict(num_workers=args.workers, pin_memory=info.device.type == "cuda", persistent_workers=args.workers > 0,
-                   generator=torch.Generator().manual_seed(epoch_seed(args.seed, 0, info.rank)))
+                   generator=torch.Generator().manual_seed(epoch_seed(args.seed, 0, info.rank)),
+                   worker_init_fn=loader_worker_init)  # Ctrl-C: the main process's, no worker traceback
     if args.workers > 0:
         options["prefetch_factor"] = args.prefetch_factor
     return options

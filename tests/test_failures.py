@@ -6,6 +6,7 @@ options, official checkpoints whose sizes no weight shape tells, --device cuda w
 The entry points run in their own processes as a user runs them (forked from the test server,
 tests/entry_points.py), two at a time where they are independent.
 """
+import argparse
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 import entry_points
+from support import REPO
 from test_bad_inputs import COMMON, MODEL, make_checkpoint, make_dataset
 
 SYNTHETIC = {"train_videos": 8, "val_videos": 4, "frames_per_video": 10, "frame_size": 64, "num_classes": 3,
@@ -106,6 +108,55 @@ def test_ctrl_c_in_training_says_where_it_stopped_and_how_to_resume(world, tmp_p
     resumed = entry_points.run(cmd + ["--resume", "auto"], env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _saved_epoch(run / "ckpt.pth.tar") == 3
+
+
+HAND_OVER = """
+import multiprocessing as mp, os, signal, sys, time
+from multiprocessing import resource_sharer
+from multiprocessing.connection import Client
+sys.path.insert(0, sys.argv[1])
+from ops.cli import loader_worker_init
+
+
+def worker(queue, init):
+    if init:
+        loader_worker_init(0)
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    read, _ = os.pipe()
+    queue.put(resource_sharer.DupFd(read)._id)  # what a batch's shared-memory tensor sends its receiver
+    time.sleep(2)
+
+
+if __name__ == "__main__":
+    context = mp.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=worker, args=(queue, sys.argv[2] == "1"))
+    child.start()
+    print("ignores Ctrl-C" if queue.get() else "takes Ctrl-C", flush=True)
+    address, key = queue.get()
+    conn = Client(address, authkey=mp.current_process().authkey)
+    conn.send((key, os.getpid()))  # ask for the descriptor, then stop reading: Ctrl-C mid-receive
+    conn.close()
+    child.join()
+"""
+
+
+def test_a_loader_worker_is_quiet_when_ctrl_c_stops_its_main_process_mid_batch(tmp_path):
+    """A batch's tensors reach the main process as file descriptors that the worker's resource-sharer
+    thread sends on request; when Ctrl-C stops the main process in the middle, that send breaks and the
+    thread printed a BrokenPipeError traceback. Every loader's worker_init_fn (ops.cli.loader_worker_init)
+    leaves Ctrl-C to the main process and ends such a send silently."""
+    from ops import cli, engine
+    from ops.distributed import DistInfo
+
+    script = tmp_path / "hand_over.py"
+    script.write_text(HAND_OVER)
+    plain, quiet = (entry_points.run([sys.executable, str(script), str(REPO), init], env=_env(), timeout=60)
+                    for init in ("0", "1"))
+    assert plain.returncode == 0 and "BrokenPipeError" in plain.stderr  # the failure this guards against
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "ignores Ctrl-C" and quiet.stderr == "", quiet.stderr
+    options = engine._loader_options(argparse.Namespace(workers=2, prefetch_factor=2, seed=0), DistInfo())
+    assert options["worker_init_fn"] is cli.loader_worker_init
 
 
 def test_ctrl_c_in_an_evaluation_is_one_line(world, tmp_path, monkeypatch, capsys):
