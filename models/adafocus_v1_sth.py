@@ -413,7 +413,6 @@ ADAFOCUS_V1_TSM = register_variant(Variant(
     # The README evaluation command (evaluate.sh: Sth-Sth V1, G = 8, L = 12, P = 144, Gaussian policy, std 0.25).
     defaults={"num_segments": 12, "num_glance_segments": 8, "num_focus_segments": 12, "patch_size": 144,
               "dropout": 0.5, "dataset": "something"},
-    not_in_entry_points="only its evaluation forward is built so far (models.adafocus_v1_sth from Python: load an "
-                        "official checkpoint with ops.checkpoint.load_checkpoint); its staged training with the PPO "
-                        "policy and its evaluation through main.py, test_early_exit.py and the scripts are not",
+    # main.py --evaluate runs it (one exit: no early exit); its training stages are not built (main.py refuses
+    # training in one line: ops/staged_training.py)
 ))

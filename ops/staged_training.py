@@ -50,6 +50,8 @@ from .schedule import adjust_learning_rate
 
 #: The variant trained in stages.
 VARIANT = "adafocus_v1"
+#: AdaFocus V1's Something-Something form: evaluation only.
+STH_VARIANT = "adafocus_v1_tsm"
 #: What each stage trains, for messages and logs.
 STAGE_NAMES = {0: "one encoder with its own head on whole frames", 1: "the focus encoder and the classifier on "
                "random patches", 2: "the policy by PPO", 3: "the classifier on the policy's patches"}
@@ -63,6 +65,9 @@ PREVIOUS_STAGE = {0: 0, 1: 0, 2: 1, 3: 2}
 def check_flags(args) -> None:
     """Stop with one line on flags that do not fit the staged training."""
     stage = getattr(args, "stage", None)
+    if args.variant == STH_VARIANT and not args.evaluate:
+        raise SystemExit(f"--variant {STH_VARIANT}: only its evaluation runs here (main.py --evaluate --resume "
+                         "CKPT, official files included); its training stages are not built")
     if stage is None:
         if args.variant == VARIANT and not args.evaluate:
             raise SystemExit(f"--variant {VARIANT} trains in the official stages: pass --stage 0, 1, 2 or 3 "
