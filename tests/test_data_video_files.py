@@ -670,3 +670,27 @@ def test_main_trains_and_evaluates_from_video_files_and_reports_a_bad_one_in_one
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     lines = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "bad_val.txt:2" in lines[0] and "cut.avi: truncated video" in lines[0], bad.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# scripts/bench_video.py
+# ---------------------------------------------------------------------------------------------------
+def test_bench_video_times_the_reader_as_before_and_glance_then_focus_reads(capsys):
+    from scripts import bench_video
+    assert bench_video.main(["--selected", "3", "--synthetic_key_frames", "5"]) == 2
+    assert "--selected 3: give G,L" in capsys.readouterr().err
+    assert bench_video.main(["--selected", "10,10", "--synthetic_key_frames", "5"]) == 2
+    threads = torch.get_num_threads()
+    try:
+        code = bench_video.main(["--synthetic_key_frames", "10", "--synthetic_videos", "2", "--synthetic_frames", "24",
+                                 "--num_segments", "6", "--input_size", "32", "--clips", "2", "--rounds", "1",
+                                 "--plain", "--selected", "2,2", "--short_side", "0"])
+    finally:
+        torch.set_num_threads(threads)                                # the bench sets one thread
+    out = capsys.readouterr().out
+    assert code == 0
+    assert video_frames.SKIP_UNNEEDED and video_frames.OPEN_VIDEOS == 64 and not video_frames._open_videos.entries
+    for label in ("[train]", "[val]", "[val, 2 glance frames then 2 focus frames one read each]"):
+        block = out.split(label)[1].split("\n[")[0]
+        assert "frame folders" in block and "video files" in block and "as before" in block
+        assert "video files / as before:" in block
