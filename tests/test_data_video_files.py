@@ -361,13 +361,6 @@ def test_codecs_without_skipping_decode_every_frame(both):
         assert all(skipped == plain for skipped, plain in decoded), name
 
 
-@pytest.mark.parametrize("name", ["Megamind.avi", "Megamind_bugy.avi", "tree.avi", "vtest.avi"])
-def test_test_videos_read_as_decoded_in_order(test_videos, name):
-    path = str(test_videos / name)
-    count = read_timing(path).count
-    _check_reads(path, _reads(count, 4, sets=3, size=16) + [[1, count]])
-
-
 def _mixed_reads(count: int, seed: int, reads: int = 24):
     """Reads of frame numbers as a loader asks for them: runs of consecutive frames, scattered sets, single
     frames, the last frame."""
