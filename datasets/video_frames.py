@@ -133,12 +133,13 @@ class VideoTiming:
         """Note that a decoding from the start without skipping returned decoded frame ``decoded`` with
         ``time`` and picture type ``kind`` (extends :attr:`order` when it is the next one); ``flushed``: at
         the end of the stream."""
-        if flushed and self.order_flushed is None:
-            self.order_flushed = decoded
-        if decoded == len(self.order):
-            self.order.append(time)
-            self.order_kinds.append(kind)
-            self.order_index[time] = -1 if time in self.order_index else decoded
+        with _timings_lock:                                              # (reads run in a thread pool too)
+            if flushed and self.order_flushed is None:
+                self.order_flushed = decoded
+            if decoded == len(self.order):
+                self.order.append(time)
+                self.order_kinds.append(kind)
+                self.order_index[time] = -1 if time in self.order_index else decoded
 
     def key_before(self, decoded: int) -> int:
         """The decoded index of the last key frame at or before decoded frame ``decoded`` (0 if none)."""
