@@ -69,6 +69,15 @@ logger = logging.getLogger(__name__)
 CACHE_SIZE = 4096
 _timings: "OrderedDict[Tuple[str, int, int], VideoTiming]" = OrderedDict()
 _timings_lock = threading.Lock()        # the selected-frame decoding reads videos from a thread pool
+
+
+def _new_timings_lock() -> None:
+    """A forked child's own lock (a thread of the parent may have held it at the fork)."""
+    global _timings_lock
+    _timings_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_timings_lock)
 #: Send the packets of frames nobody needs to the decoder as skippable where the video allows it
 #: (:attr:`VideoTiming.skippable`); False decodes every frame up to a needed one (for comparisons).
 SKIP_UNNEEDED = True

@@ -523,14 +523,18 @@ def test_open_videos_are_bounded_in_number_and_memory_and_dropped_when_the_file_
 
 
 def test_a_forked_loader_worker_does_not_use_the_parents_open_videos(with_b_frames):
-    """Open videos share their file offsets with a forked child: a worker starts with none."""
+    """Open videos share their file offsets with a forked child: a worker starts with none, and with a
+    table lock of its own."""
     import multiprocessing
     path = str(with_b_frames / "h264.mp4")
     video_frames.close_open_videos()
     VideoFrameReader(path).read([30])
     assert len(video_frames._open_videos.entries) == 1
-    with multiprocessing.get_context("fork").Pool(1) as pool:
+    with video_frames._timings_lock:                                # held by a thread of the parent at the fork
+        pool = multiprocessing.get_context("fork").Pool(1)
+    with pool:
         assert pool.apply(_open_video_count) == 0
+        assert pool.apply(_can_lock_the_tables)                       # the child's table lock is its own
     (kept,) = video_frames._open_videos.entries.values()
     k = min(i for i in range(30, 39) if i not in kept._skipped) + 1  # a later frame not sent as skippable
     reader = VideoFrameReader(path)                                  # the parent's goes on from frame 30
@@ -541,6 +545,13 @@ def test_a_forked_loader_worker_does_not_use_the_parents_open_videos(with_b_fram
 
 def _open_video_count() -> int:
     return len(video_frames._open_videos.entries)
+
+
+def _can_lock_the_tables() -> bool:
+    acquired = video_frames._timings_lock.acquire(timeout=5)
+    if acquired:
+        video_frames._timings_lock.release()
+    return acquired
 
 
 # ---------------------------------------------------------------------------------------------------
