@@ -39,14 +39,14 @@ from ops.checkpoint import load_checkpoint
 from support import fixture_checkpoint, fixture_generator, fixture_params, require_fixture
 from test_adafocus_v1 import random_clip, tiny_v1
 from test_parity_v1 import ACT_TREE, build_model, regenerate_input
+from test_parity_v1_sth import STH_TREE
+from test_parity_v1_sth import build_model as sth_model
 
 EXACT = dict(atol=0.0, rtol=0.0)
 PROBS = dict(atol=1e-5, rtol=0.0)
 TERMS = dict(atol=1e-4, rtol=1e-4)  # log-probabilities, values, entropies, ratios, losses
 NORMALISED = dict(atol=1e-4, rtol=1e-3)  # normalised returns, advantages
 GRADS = dict(atol=1e-5, rtol=1e-4)
-#: ``tree`` of the Something-Something form's fixtures (the official folder name).
-STH_TREE = "Experiments on Something-Something V1&V2"
 STH_STAGE2_SKIP = "its stage-2 iteration is replayed by the test_stage2_sth_* tests of this file"
 #: the fixture's (T, B) tensors that are loss terms of the update, as :class:`models.ppo.PPOTerms` names them
 TERM_NAMES = ("logprobs", "state_values", "dist_entropy", "ratios", "surr1", "surr2", "loss")
@@ -312,16 +312,6 @@ def test_stage2_update(stage2):
 # --------------------------------------------------------------------------------------------------
 # The stage-2 iteration of the parity fixtures (Something-Something form)
 # --------------------------------------------------------------------------------------------------
-def sth_model(cfg) -> AdaFocusV1TSM:
-    """The Something-Something form's model of a fixture's ``config``."""
-    return AdaFocusV1TSM(num_classes=cfg["num_classes"], num_segments=cfg["num_segments_focuser"],
-                         num_glance_segments=cfg["num_segments_glancer"], patch_size=cfg["patch_size"],
-                         input_size=cfg["input_size"], glance_size=cfg["glance_size"],
-                         ppo_continuous=cfg["ppo_continuous"], action_dim=cfg["action_dim"],
-                         action_std=cfg["action_std"], actorcritic_with_bn=cfg["actorcritic_with_bn"],
-                         hidden_state_dim=cfg["hidden_state_dim"], dropout=cfg["dropout"], shift_div=cfg["shift_div"])
-
-
 def sth_stage2_episode(model: AdaFocusV1TSM, video, glance, labels, ppo: PPO, memory: RolloutMemory,
                        generator: torch.Generator) -> dict:
     """The official stage-2 episode of the Something-Something form with one policy step per video, composed of
