@@ -32,7 +32,7 @@ never required stay zero; the model never reads them.
 Video files (datasets built with ``video_files=True``) take the same path: the workers decode the
 frames at the decode positions from the file, and each :meth:`FeedBatch.require` reads the frames it
 needs from the video, going on from where the previous require of that video left its decoder when
-they come later (the main process keeps the videos open between reads, :data:`.video_frames.OPEN_VIDEOS`),
+they come later (the main process keeps the videos open between reads, :data:`.open_videos.OPEN_VIDEOS`),
 else opening it again and seeking (:mod:`.video_frames`); ``jpeg_bytes`` needs frame folders.
 
 What is decoded, per video: the distinct frame files at the decode positions (in the worker), then,

@@ -20,8 +20,8 @@ frame-folder side decodes). Note that the video side decodes at the video's own 
 ``--short_side`` below it the frame folders hold smaller images.
 
 ``--plain`` adds a third side in the same rounds: the video files read as before the reader skipped
-frames and kept videos open (:data:`datasets.video_frames.SKIP_UNNEEDED` off, every frame from a key
-frame to a needed one decoded; :data:`datasets.video_frames.OPEN_VIDEOS` 0).
+frames and kept videos open (:data:`datasets.video_decoder.SKIP_UNNEEDED` off, every frame from a key
+frame to a needed one decoded; :data:`datasets.open_videos.OPEN_VIDEOS` 0).
 
 ``--selected G,L`` adds selected-frame evaluation (``decode_positions``, :mod:`datasets.selected_frames`):
 per clip the item with G evenly spaced glance positions, then L other positions (drawn per clip,
@@ -48,7 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets import build_dataset, extract, video_frames  # noqa: E402
+from datasets import build_dataset, extract, open_videos, video_decoder  # noqa: E402
 from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
 
 TEMPLATE = "image_{:05d}.jpg"
@@ -104,17 +104,17 @@ def prepare(videos: str, work: str, short_side: int, quality: int) -> tuple:
 @contextlib.contextmanager
 def reader_settings(improved: bool):
     """The video reader as it is (``improved``) or as before: every frame from a key frame to a needed one
-    decoded (:data:`datasets.video_frames.SKIP_UNNEEDED` off) and no video kept open between reads
-    (:data:`datasets.video_frames.OPEN_VIDEOS` 0)."""
-    saved = video_frames.SKIP_UNNEEDED, video_frames.OPEN_VIDEOS
-    video_frames.close_open_videos()
+    decoded (:data:`datasets.video_decoder.SKIP_UNNEEDED` off) and no video kept open between reads
+    (:data:`datasets.open_videos.OPEN_VIDEOS` 0)."""
+    saved = video_decoder.SKIP_UNNEEDED, open_videos.OPEN_VIDEOS
+    open_videos.close_open_videos()
     if not improved:
-        video_frames.SKIP_UNNEEDED, video_frames.OPEN_VIDEOS = False, 0
+        video_decoder.SKIP_UNNEEDED, open_videos.OPEN_VIDEOS = False, 0
     try:
         yield
     finally:
-        video_frames.SKIP_UNNEEDED, video_frames.OPEN_VIDEOS = saved
-        video_frames.close_open_videos()
+        video_decoder.SKIP_UNNEEDED, open_videos.OPEN_VIDEOS = saved
+        open_videos.close_open_videos()
 
 
 def read_clip(dataset, index: int, focus: int) -> None:
@@ -123,7 +123,7 @@ def read_clip(dataset, index: int, focus: int) -> None:
     early-exit runtime asks for focus frames step by step). The item is read in a loader worker and the
     focus frames in the main process, so no video stays open from one to the other."""
     dataset[index]
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     if focus:
         numbers = dataset.frame_indices(index)
         others = np.setdiff1d(np.arange(len(numbers)), dataset.decode_positions)
@@ -161,7 +161,7 @@ def decoded_share(dataset, clips: int, rounds: int, improved: bool = True, focus
                     reader.read(frames)
                     total += reader.decoded
                     if frames is wanted[0]:
-                        video_frames.close_open_videos()        # the item in a worker, the rest in the main process
+                        open_videos.close_open_videos()        # the item in a worker, the rest in the main process
                 decoded.append(total)
                 needed.append(len(np.unique(np.concatenate(wanted))))
     return float(np.mean(decoded)), float(np.mean(needed))

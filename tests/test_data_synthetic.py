@@ -309,7 +309,8 @@ def test_video_files_hold_the_rendered_frames_exactly(tmp_path):
 def test_h264_video_files_have_their_key_frame_interval(tmp_path):
     """``video_codec='h264'``: .mp4 files with a key frame every ``key_frame_interval`` frames, close to the
     rendered frames (lossy, constant quality 18)."""
-    from datasets.video_frames import VideoFrameReader, read_timing
+    from datasets.video_frames import VideoFrameReader
+    from datasets.video_table import read_timing
 
     options = dict(SMALL, train_videos=1, val_videos=1, frames_per_video=30, video_files=True, video_codec="h264",
                    key_frame_interval=12)

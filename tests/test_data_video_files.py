@@ -1,4 +1,5 @@
-"""Datasets read straight from video files (datasets/video_frames.py, ``video_files=True``).
+"""Datasets read straight from video files (datasets/video_frames.py and the modules it
+reads through, ``video_files=True``).
 
 The reference is the extraction: a video and the frame folder that ``python -m datasets.extract``
 writes for it (native rate, ``--short_side 0``, PNG frames, so nothing is lost on the folder's side)
@@ -17,9 +18,10 @@ from torch.utils.data import DataLoader
 from datasets import FrameError, ListFileError, build_dataset
 from datasets import extract
 from datasets.video import frame_to_image
-from datasets import video_frames
+from datasets import open_videos, video_decoder, video_table
 from datasets.video import frame_to_array
-from datasets.video_frames import VideoFrameReader, read_timing, skippable
+from datasets.video_frames import VideoFrameReader
+from datasets.video_table import read_timing, skippable
 from ops.cli import user_message
 
 av = pytest.importorskip("av", reason="reading video files needs PyAV (the [video] extra)")
@@ -143,7 +145,7 @@ def test_frame_counts_match_the_extraction_and_the_variable_rate_video_repeats_f
 
 def test_reads_seek_to_the_key_frame_before_each_needed_frame(both):
     _, videos, _, _ = both
-    video_frames.close_open_videos()                                   # no decoder left where a read stopped
+    open_videos.close_open_videos()                                   # no decoder left where a read stopped
     reader = VideoFrameReader(str(videos / "gop.mp4"))
     reader.read([45])
     assert reader.decoded == 5                                         # key frame 41 (index 40) .. 45
@@ -280,19 +282,19 @@ def _reads(count: int, seed: int, sets: int = 5, size: int = 12):
 
 def _check_reads(path: str, reads) -> list:
     """Every read of ``reads`` (lists of frame numbers) equals the frames decoded in order; the frames each
-    read decoded, with skipping and without (:data:`~datasets.video_frames.SKIP_UNNEEDED`)."""
+    read decoded, with skipping and without (:data:`~datasets.video_decoder.SKIP_UNNEEDED`)."""
     reference = _in_order(path, sorted({k for numbers in reads for k in numbers}))
     counts = []
     for numbers in reads:
         pair = []
         for skip in (True, False):
-            video_frames.SKIP_UNNEEDED = skip
-            video_frames.close_open_videos()
+            video_decoder.SKIP_UNNEEDED = skip
+            open_videos.close_open_videos()
             try:
                 reader = VideoFrameReader(path)
                 pixels = reader.read(numbers)
             finally:
-                video_frames.SKIP_UNNEEDED = True
+                video_decoder.SKIP_UNNEEDED = True
             for row, k in enumerate(numbers):
                 assert np.array_equal(pixels[row], reference[k]), (path, skip, k)
             pair.append(reader.decoded)
@@ -348,7 +350,7 @@ def test_packed_b_frames_outside_avi_are_not_skipped(with_b_frames):
     timing = read_timing(path)
     assert not timing.skippable and timing.count == 270
     _check_reads(path, _reads(270, 2, sets=3))
-    assert not video_frames.video_timing(path).seekable               # its seeks were found out, too
+    assert not video_table.video_timing(path).seekable               # its seeks were found out, too
 
 
 def test_codecs_without_skipping_decode_every_frame(both):
@@ -382,13 +384,13 @@ def test_reads_in_any_sequence_equal_decoding_in_order(with_b_frames, test_video
     """Reads one after another, going on from an open decoder or starting over (the open videos closed
     before every fifth), skipping or not: every frame equals the one decoded in order."""
     path = str((with_b_frames if (with_b_frames / name).exists() else test_videos) / name)
-    timing = video_frames.video_timing(path)
+    timing = video_table.video_timing(path)
     reads = _mixed_reads(timing.count, 5)
     reference = _in_order(path, sorted({k for numbers in reads for k in numbers}))
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     for k, numbers in enumerate(reads):
         if k % 5 == 4:
-            video_frames.close_open_videos()
+            open_videos.close_open_videos()
         pixels = VideoFrameReader(path).read(numbers)
         for row, number in enumerate(numbers):
             assert np.array_equal(pixels[row], reference[number]), (name, k, numbers, number)
@@ -404,22 +406,22 @@ def test_an_unseekable_video_skips_frames_by_the_recorded_order(test_videos, tmp
     path = tmp_path / "Megamind.avi"
     shutil.copyfile(test_videos / "Megamind.avi", path)
     path = str(path)
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     VideoFrameReader(path).read([270])                               # the seek is found out; the order recorded
-    timing = video_frames.video_timing(path)
+    timing = video_table.video_timing(path)
     assert not timing.seekable and timing.codec_skips and len(timing.order) == 270 and timing.order_flushed == 269
     reads = [[5, 50, 100], [10, 200, 260], [1], [100, 101, 102, 103], [269], [268, 270]]
     reference = _in_order(path, sorted({k for numbers in reads for k in numbers}))
     for numbers in reads:
         decoded = []
         for skip in (True, False):
-            video_frames.SKIP_UNNEEDED = skip
-            video_frames.close_open_videos()
+            video_decoder.SKIP_UNNEEDED = skip
+            open_videos.close_open_videos()
             try:
                 reader = VideoFrameReader(path)
                 pixels = reader.read(numbers)
             finally:
-                video_frames.SKIP_UNNEEDED = True
+                video_decoder.SKIP_UNNEEDED = True
             decoded.append(reader.decoded)
             for row, number in enumerate(numbers):
                 assert np.array_equal(pixels[row], reference[number]), (numbers, number, skip)
@@ -433,12 +435,12 @@ def test_an_unseekable_video_skips_frames_by_the_recorded_order(test_videos, tmp
     # a recorded order that disagrees with what the decoder returns: skipping ends for the video, the
     # frames are read without it
     timing.order_kinds[150] = 1 if timing.order_kinds[150] != 1 else 2
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     reader = VideoFrameReader(path)
     pixels = reader.read([140, 152])
     assert np.array_equal(pixels[0], _in_order(path, [140])[140]) and np.array_equal(pixels[1], _in_order(path, [152])[152])
     assert not timing.order_trusted
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     reader = VideoFrameReader(path)
     reader.read([100])
     assert reader.decoded == 100                                     # every frame from the start
@@ -455,7 +457,7 @@ def test_a_later_read_goes_on_from_where_the_decoder_stands(with_b_frames, name)
     path = str(with_b_frames / name)
     timing = read_timing(path)
     reference = _in_order(path, list(range(1, 101)))
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     reads = [[3, 20], [22], [24], [30], [52], [60], [5], [61, 62]]
     decoded = []
     for numbers in reads:
@@ -466,7 +468,7 @@ def test_a_later_read_goes_on_from_where_the_decoder_stands(with_b_frames, name)
             assert np.array_equal(pixels[row], reference[k]), (name, k)
     fresh = []
     for numbers in reads:
-        video_frames.close_open_videos()
+        open_videos.close_open_videos()
         reader = VideoFrameReader(path)
         reader.read(numbers)
         fresh.append(reader.decoded)
@@ -474,13 +476,13 @@ def test_a_later_read_goes_on_from_where_the_decoder_stands(with_b_frames, name)
     # the read of frame 5 is behind the decoder: it starts over and decodes as much as a fresh read
     assert decoded[6] == fresh[6]
     # a frame between two read ones that went to the decoder as skippable: read after them, it starts over
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     VideoFrameReader(path).read([12, 18])
-    (kept,) = video_frames._open_videos.entries.values()
+    (kept,) = open_videos._open_videos.entries.values()
     k = min(i for i in kept._skipped if 11 < i < 17) + 1               # frame number of a skipped index
     reader = VideoFrameReader(path)
     assert np.array_equal(reader.read([k])[0], reference[k])
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     fresh_read = VideoFrameReader(path)
     fresh_read.read([k])
     assert reader.decoded == fresh_read.decoded and timing.skippable
@@ -490,25 +492,25 @@ def test_open_videos_are_bounded_in_number_and_memory_and_dropped_when_the_file_
                                                                                        monkeypatch):
     names = ["h264.mp4", "h264.mkv", "mpeg4.mp4"]
     paths = [str(with_b_frames / n) for n in names]
-    video_frames.close_open_videos()
-    monkeypatch.setattr(video_frames, "OPEN_VIDEOS", 2)
+    open_videos.close_open_videos()
+    monkeypatch.setattr(open_videos, "OPEN_VIDEOS", 2)
     for path in paths:
         VideoFrameReader(path).read([5])
-    kept = [key[0] for key in video_frames._open_videos.entries]
+    kept = [key[0] for key in open_videos._open_videos.entries]
     assert kept == [os.path.abspath(p) for p in paths[1:]]          # the least recently used one closed
     # memory: each decoder counts 18 frames of its buffers' size
     with av.open(paths[1]) as container:
         frame = next(container.decode(container.streams.video[0]))
-        footprint = video_frames.REFERENCE_FRAMES * sum(plane.buffer_size for plane in frame.planes)
-    assert [f.footprint for f in video_frames._open_videos.entries.values()] == [footprint] * 2
-    monkeypatch.setattr(video_frames, "OPEN_VIDEO_BYTES", footprint)
+        footprint = video_decoder.REFERENCE_FRAMES * sum(plane.buffer_size for plane in frame.planes)
+    assert [f.footprint for f in open_videos._open_videos.entries.values()] == [footprint] * 2
+    monkeypatch.setattr(open_videos, "OPEN_VIDEO_BYTES", footprint)
     VideoFrameReader(paths[0]).read([5])
-    assert [key[0] for key in video_frames._open_videos.entries] == [os.path.abspath(paths[0])]
-    monkeypatch.setattr(video_frames, "OPEN_VIDEO_BYTES", footprint - 1)
+    assert [key[0] for key in open_videos._open_videos.entries] == [os.path.abspath(paths[0])]
+    monkeypatch.setattr(open_videos, "OPEN_VIDEO_BYTES", footprint - 1)
     VideoFrameReader(paths[1]).read([5])
-    assert not video_frames._open_videos.entries                     # larger than the bound: closed
+    assert not open_videos._open_videos.entries                     # larger than the bound: closed
     # a file replaced under the same name: its open decoder is not used (and is closed)
-    monkeypatch.setattr(video_frames, "OPEN_VIDEO_BYTES", 1 << 30)
+    monkeypatch.setattr(open_videos, "OPEN_VIDEO_BYTES", 1 << 30)
     path = tmp_path / "replaced.mp4"
     shutil.copyfile(paths[0], path)
     VideoFrameReader(str(path)).read([5])
@@ -517,9 +519,9 @@ def test_open_videos_are_bounded_in_number_and_memory_and_dropped_when_the_file_
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
     pixels = VideoFrameReader(str(path)).read([6])
     assert np.array_equal(pixels[0], _in_order(str(path), [6])[6])
-    assert [key[0] for key in video_frames._open_videos.entries].count(str(path)) == 1
-    video_frames.close_open_videos()
-    assert not video_frames._open_videos.entries
+    assert [key[0] for key in open_videos._open_videos.entries].count(str(path)) == 1
+    open_videos.close_open_videos()
+    assert not open_videos._open_videos.entries
 
 
 def test_a_forked_loader_worker_does_not_use_the_parents_open_videos(with_b_frames):
@@ -527,30 +529,30 @@ def test_a_forked_loader_worker_does_not_use_the_parents_open_videos(with_b_fram
     table lock of its own."""
     import multiprocessing
     path = str(with_b_frames / "h264.mp4")
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
     VideoFrameReader(path).read([30])
-    assert len(video_frames._open_videos.entries) == 1
-    with video_frames._timings_lock:                                # held by a thread of the parent at the fork
+    assert len(open_videos._open_videos.entries) == 1
+    with video_table._timings_lock:                                # held by a thread of the parent at the fork
         pool = multiprocessing.get_context("fork").Pool(1)
     with pool:
         assert pool.apply(_open_video_count) == 0
         assert pool.apply(_can_lock_the_tables)                       # the child's table lock is its own
-    (kept,) = video_frames._open_videos.entries.values()
+    (kept,) = open_videos._open_videos.entries.values()
     k = min(i for i in range(30, 39) if i not in kept._skipped) + 1  # a later frame not sent as skippable
     reader = VideoFrameReader(path)                                  # the parent's goes on from frame 30
     reader.read([k])
     assert reader.decoded <= k - 30
-    video_frames.close_open_videos()
+    open_videos.close_open_videos()
 
 
 def _open_video_count() -> int:
-    return len(video_frames._open_videos.entries)
+    return len(open_videos._open_videos.entries)
 
 
 def _can_lock_the_tables() -> bool:
-    acquired = video_frames._timings_lock.acquire(timeout=5)
+    acquired = video_table._timings_lock.acquire(timeout=5)
     if acquired:
-        video_frames._timings_lock.release()
+        video_table._timings_lock.release()
     return acquired
 
 
@@ -693,7 +695,7 @@ def test_bench_video_times_the_reader_as_before_and_glance_then_focus_reads(caps
         torch.set_num_threads(threads)                                # the bench sets one thread
     out = capsys.readouterr().out
     assert code == 0
-    assert video_frames.SKIP_UNNEEDED and video_frames.OPEN_VIDEOS == 64 and not video_frames._open_videos.entries
+    assert video_decoder.SKIP_UNNEEDED and open_videos.OPEN_VIDEOS == 64 and not open_videos._open_videos.entries
     for label in ("[train]", "[val]", "[val, 2 glance frames then 2 focus frames one read each]"):
         block = out.split(label)[1].split("\n[")[0]
         assert "frame folders" in block and "video files" in block and "as before" in block
