@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from datasets import synthetic
+from datasets import synthetic_render
 from datasets.files import write_json_atomic
 from ops import config, engine
 from ops import distributed as dist_ops
@@ -71,7 +71,7 @@ def main_cli(argv=None) -> int:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
                                   fused=engine.adamw_fused(args, params))
     twins = (args.synthetic or {}).get("twin_classes", 0)
-    groups = torch.tensor([synthetic.appearance_group(c, val_set.num_classes, twins)[0]
+    groups = torch.tensor([synthetic_render.appearance_group(c, val_set.num_classes, twins)[0]
                            for c in range(val_set.num_classes)])
     amp = (False, torch.float32)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import DATASETS, DataError, ListFileError, build_dataset, synthetic
+from datasets import DATASETS, DataError, ListFileError, build_dataset, synthetic, synthetic_options, synthetic_render
 from datasets.boxes import read_boxes
 from datasets.lists import parse_list_file, read_class_file
 
@@ -42,7 +42,7 @@ def tree_digest(root):
 
 def test_layout_matches_the_actnet_format(small_set):
     spec = DATASETS["synthetic"]
-    assert spec.template == synthetic.FRAME_TEMPLATE
+    assert spec.template == synthetic_render.FRAME_TEMPLATE
     assert (spec.separator, spec.template, spec.frame_root, spec.multi_label) == \
         (DATASETS["actnet"].separator, DATASETS["actnet"].template, DATASETS["actnet"].frame_root, True)
     assert len(read_class_file(str(small_set / "classInd.txt"))) == 3
@@ -73,9 +73,9 @@ def test_where_and_when_constraints(small_set):
 
 
 def test_rendered_object_is_where_the_side_file_says_and_nothing_else_is_saturated():
-    params = synthetic.resolve_params(num_classes=7, frame_size=96, frames_per_video=30)
+    params = synthetic_options.resolve_params(num_classes=7, frame_size=96, frames_per_video=30)
     for i in range(4):
-        frames, boxes, visible = synthetic.render_video((0, 0, i), i, params, None)
+        frames, boxes, visible = synthetic_render.render_video((0, 0, i), i, params, None)
         strong = chroma(frames) >= CHROMA                                           # (n, H, W)
         for t in range(len(frames)):
             x1, y1, x2, y2 = boxes[t].astype(int)
@@ -84,7 +84,7 @@ def test_rendered_object_is_where_the_side_file_says_and_nothing_else_is_saturat
             assert not strong[t][~inside].any()                                     # distractors: no class colour
             assert strong[t][inside].sum() > (10 if visible[t] else -1) and (visible[t] or not strong[t].any())
             if visible[t]:
-                colour = synthetic.class_appearance(i, 7)[2]
+                colour = synthetic_render.class_appearance(i, 7)[2]
                 pixels = frames[t][strong[t]]
                 assert np.abs(pixels.astype(int) - colour).max(axis=1).min() <= 2
 
@@ -132,7 +132,7 @@ def test_ensure_generated_reuses_and_checks_parameters(small_set, tmp_path):
 ])
 def test_invalid_parameters(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        synthetic.resolve_params(**bad)
+        synthetic_options.resolve_params(**bad)
 
 
 def _ensure_in_child(root, params):
@@ -195,7 +195,7 @@ def test_default_size_generates_in_under_a_minute(tmp_path):
     synthetic.generate(str(tmp_path / "default"))
     seconds = time.perf_counter() - started
     params = synthetic.read_marker(str(tmp_path / "default"))
-    assert params["train_videos"] == synthetic.DEFAULTS["train_videos"]
+    assert params["train_videos"] == synthetic_options.DEFAULTS["train_videos"]
     assert seconds < 60, f"default synthetic set took {seconds:.1f} s"
 
 
@@ -215,11 +215,11 @@ def test_twin_classes_differ_only_in_a_fine_checker():
     import torch
     from models.backbones import downscale
 
-    names = [synthetic.class_appearance(c, 5, twin_classes=2)[0] for c in range(5)]
+    names = [synthetic_render.class_appearance(c, 5, twin_classes=2)[0] for c in range(5)]
     assert names == ["disk hue 0 flat", "disk hue 0 checkered", "square hue 120 flat", "square hue 120 checkered",
                      "triangle hue 240"]
-    assert [synthetic.appearance_group(c, 5, 2)[0] for c in range(5)] == [0, 0, 1, 1, 2]
-    flat, checkered = (synthetic.class_texture(c, 5, 2, 48) for c in (0, 1))
+    assert [synthetic_render.appearance_group(c, 5, 2)[0] for c in range(5)] == [0, 0, 1, 1, 2]
+    flat, checkered = (synthetic_render.class_texture(c, 5, 2, 48) for c in (0, 1))
     assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(checkered, axis=(0, 1)).max() == 255
     assert np.abs(checkered.mean(axis=(0, 1)) - flat[0, 0]).max() <= 1.0           # the same mean colour
     assert np.array_equal(checkered[:2, :2], np.broadcast_to(checkered[0, 0], (2, 2, 3)))  # 2-pixel cells
@@ -229,7 +229,7 @@ def test_twin_classes_differ_only_in_a_fine_checker():
     assert (third - mean).abs().max() < 0.02 * 255   # gone at a third of the resolution
     assert (half - mean).abs().max() > 0.05 * 255    # but not at half of it
     with pytest.raises(ValueError, match="twin_classes"):
-        synthetic.resolve_params(num_classes=5, twin_classes=3)
+        synthetic_options.resolve_params(num_classes=5, twin_classes=3)
 
 
 def test_checker_cell_sets_the_twins_detail_and_the_glance_it_hides_from():
@@ -238,7 +238,7 @@ def test_checker_cell_sets_the_twins_detail_and_the_glance_it_hides_from():
     import torch
     from models.backbones import downscale
 
-    flat, checkered = (synthetic.class_texture(c, 5, 2, 96, cell=3) for c in (0, 1))
+    flat, checkered = (synthetic_render.class_texture(c, 5, 2, 96, cell=3) for c in (0, 1))
     assert np.abs(checkered.mean(axis=(0, 1)) - flat[0, 0]).max() <= 1.0
     assert np.array_equal(checkered[:3, :3], np.broadcast_to(checkered[0, 0], (3, 3, 3)))  # 3-pixel cells
     assert not np.array_equal(checkered[:, 3], checkered[:, 2])
@@ -247,13 +247,14 @@ def test_checker_cell_sets_the_twins_detail_and_the_glance_it_hides_from():
     mean = torch.tensor(flat[0, 0]).view(3, 1, 1)
     assert (quarter - mean).abs().max() < 0.025 * 255
     assert (third - mean).abs().max() > 0.1 * 255
-    params = synthetic.resolve_params(num_classes=2, twin_classes=1, frame_size=64, frames_per_video=3, checker_cell=3)
-    frames, boxes, visible = synthetic.render_video([0, 0, 0], 1, params, None)
+    params = synthetic_options.resolve_params(num_classes=2, twin_classes=1, frame_size=64, frames_per_video=3,
+                                              checker_cell=3)
+    frames, boxes, visible = synthetic_render.render_video([0, 0, 0], 1, params, None)
     f = int(np.nonzero(visible)[0][0])
     x1, y1, x2, y2 = (int(v) for v in boxes[f])
     inner = frames[f, (y1 + y2) // 2 - 3:(y1 + y2) // 2 + 3, (x1 + x2) // 2 - 3:(x1 + x2) // 2 + 3].astype(int)
     assert np.ptp(inner) > 150                                   # the rendered twin is checkered
-    two = synthetic.render_video([0, 0, 0], 1, dict(params, checker_cell=2), None)[0]
+    two = synthetic_render.render_video([0, 0, 0], 1, dict(params, checker_cell=2), None)[0]
     ys, xs = np.nonzero((two[f] != frames[f]).any(axis=-1))  # the cell size changes the object only
     assert len(ys) and x1 <= xs.min() and xs.max() < x2 and y1 <= ys.min() and ys.max() < y2
 
@@ -269,9 +270,9 @@ def test_chroma_subsampling_is_a_generation_option(tmp_path):
     with Image.open(frame) as im:
         assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4
     assert synthetic.read_marker(root)["chroma_subsampling"] == "4:4:4"
-    assert synthetic.resolve_params()["chroma_subsampling"] == "4:2:0"  # the default frames are unchanged
+    assert synthetic_options.resolve_params()["chroma_subsampling"] == "4:2:0"  # the default frames are unchanged
     with pytest.raises(ValueError, match="chroma_subsampling must be one of 4:4:4, 4:2:2, 4:2:0"):
-        synthetic.resolve_params(chroma_subsampling="4:1:1")
+        synthetic_options.resolve_params(chroma_subsampling="4:1:1")
 
 
 def test_video_files_hold_the_rendered_frames_exactly(tmp_path):
@@ -281,7 +282,7 @@ def test_video_files_hold_the_rendered_frames_exactly(tmp_path):
 
     root = tmp_path / "videos"
     synthetic.generate(str(root), workers=1, **dict(SMALL, video_files=True))
-    params = synthetic.resolve_params(**dict(SMALL, video_files=True))
+    params = synthetic_options.resolve_params(**dict(SMALL, video_files=True))
     for split, code in synthetic.SPLIT_CODES.items():
         records = parse_list_file(str(root / f"synthetic_{split}_split.txt"), separator=",", multi_label=True,
                                   num_classes=3)
@@ -290,8 +291,8 @@ def test_video_files_hold_the_rendered_frames_exactly(tmp_path):
             f"{s}_{i:05d}.mkv" for s in synthetic.SPLIT_CODES for i in range(SMALL[f"{s}_videos"]))
         boxes = read_boxes(str(root / f"object_boxes_{split}.csv"))
         for i, record in enumerate(records):
-            frames, rendered_boxes, visible = synthetic.render_video((SMALL["seed"], code, i), record.labels[0],
-                                                                     params, None)
+            frames, rendered_boxes, visible = synthetic_render.render_video((SMALL["seed"], code, i), record.labels[0],
+                                                                            params, None)
             reader = VideoFrameReader(str(root / "frames" / record.path), num_frames=record.num_frames)
             decoded = reader.read(range(1, SMALL["frames_per_video"] + 1))
             assert decoded.shape == frames.shape and np.array_equal(decoded, frames), record.path
@@ -320,6 +321,7 @@ def test_h264_video_files_have_their_key_frame_interval(tmp_path):
     assert timing.count == 30 and timing.keys.tolist() == [0, 12, 24]
     label = parse_list_file(str(tmp_path / "h264" / "synthetic_val_split.txt"), separator=",", multi_label=True,
                             num_classes=3)[0].labels[0]
-    frames = synthetic.render_video((SMALL["seed"], 1, 0), label, synthetic.resolve_params(**options), None)[0]
+    frames = synthetic_render.render_video((SMALL["seed"], 1, 0), label, synthetic_options.resolve_params(**options),
+                                           None)[0]
     decoded = VideoFrameReader(str(video)).read(range(1, 31)).astype(int)
     assert np.abs(decoded - frames).mean() < 4
