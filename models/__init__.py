@@ -17,7 +17,8 @@ from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, BackboneWeightsError, FocusEnc
 from .classifier import ExitClassifier
 from .patches import PatchGeometry
 from .policy import Policy, SpatialPolicy, TemporalPolicy
-from .uni_adafocus import FocusPass, UniAdaFocus, UniAdaFocusOutput
+from .uni_adafocus import UniAdaFocus
+from .uni_adafocus_outputs import FocusPass, UniAdaFocusOutput
 from .variants import VARIANTS, Variant, get_variant, variant_of
 from .weights import WeightsError
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Iterable, List, Tuple
 
 from .backbones import FOCUS_ARCHS, GLANCE_ARCHS, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
-from .uni_adafocus import ABLATION_KEYWORDS, UniAdaFocus
+from .training_ablations import ABLATION_KEYWORDS
+from .uni_adafocus import UniAdaFocus
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: The official key layout: (official prefix, our prefix), most specific first; MobileNetV2's inner

@@ -30,14 +30,10 @@ The forward is built from three reusable stages, which the adaptive early-exit r
   and focus steps.
 
 Training-time ablations (paper Tables 6-9 and 15; the constructor's keywords after ``zero_init_residual``,
-each defaulting to the behaviour above): the training techniques of §3.3.2 (``aux_supervision``,
-``diversity_augmentation``, ``policy_stop_gradient``), how the spatial policy is trained
-(``spatial_training``: through e^G's interpolation, or V2's gradient through the patch pixels;
-``spatial_supervision``: e^G or AdaFocusV3's e^L of enlarged patches, ``enlarged_patch_margin``), what
-decides patches and frames (``patch_location``, ``patch_scale``, ``frame_sampling``: the policy or a rule of
-``models.patches`` / ``models.frame_selection``), ``size_regulariser`` (Eq. 15) and
-``reuse_glance_features`` (§3.1). Rules that draw at random use the training generator, and in evaluation
-a generator of the model's own, seeded with ``seed`` each time the model is put in evaluation mode.
+each defaulting to the behaviour above): :mod:`.training_ablations`. Rules that draw at random use the
+training generator, and in evaluation a generator of the model's own, seeded with ``seed`` each time the
+model is put in evaluation mode. The structures the forward and its stages return:
+:mod:`.uni_adafocus_outputs`.
 
 Backbone stages expect the caller to have turned autocast off and to pass the caller's setting as
 ``amp = (enabled, dtype)`` (see :meth:`UniAdaFocus.autocast_setting`), as :meth:`forward` does.
@@ -49,7 +45,6 @@ may leave frames undecoded until the policy has chosen (``datasets.selected_fram
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -59,195 +54,13 @@ from .backbones import FocusEncoder, GlanceEncoder, downscale, glance_feature_si
 from .classifier import ExitClassifier
 from . import frame_selection
 from .inference import call_in_chunks
-from .patches import PATCH_LOCATIONS, PATCH_SCALES, PatchGeometry, crop_inner_region, place_patches, size_patches
-from .outputs import detach_output
+from .patches import PatchGeometry, crop_inner_region, place_patches, size_patches
 from .policy import Policy
+from .training_ablations import TrainingAblations
+from .uni_adafocus_outputs import FocusPass, GlanceStage, PolicyStage, UniAdaFocusOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def stage_logits(exit_logits: torch.Tensor, num_glance: int) -> torch.Tensor:
-    """The K = T_L + 1 early-exit stages of a full pass: (B, T_G + T_L, C) -> (B, T_L + 1, C).
-
-    Stage 0 is the last glance exit (row T_G - 1), stage k the focus exit k - 1 (row T_G + k - 1):
-    inference may stop after the glance, or after any number of focus frames.
-    """
-    return exit_logits[:, num_glance - 1:]
-
-
-@dataclass
-class FocusPass:
-    """What the focus encoder and the classifier made of one set of patches."""
-
-    exit_logits: torch.Tensor  # (B, T_G + T_L, C)
-    focus_logits: torch.Tensor  # (B, T_L, C) focus head on each patch
-    focus_actions: torch.Tensor  # (B, T_L, 4) the patches' actions
-
-    # What the objective's cross-entropies average over (see UniAdaFocusOutput).
-    @property
-    def cat_logits(self) -> torch.Tensor:
-        return self.exit_logits
-
-    @property
-    def focus_loss_logits(self) -> torch.Tensor:
-        return self.focus_logits
-
-
-@dataclass
-class GlanceStage:
-    """Step 1 for a batch of B videos: the glance encoder on T_G frames of each.
-
-    ``logits`` is the glance head (FC_G) per frame, computed only when asked for (the training loss
-    and :class:`UniAdaFocusOutput` need it; early-exit inference does not).
-    """
-
-    indices: torch.Tensor  # (B, T_G) frames (of T0) seen by the glance encoder
-    features: torch.Tensor  # (B, T_G, Dg) pooled glance features (float32)
-    feature_maps: torch.Tensor  # (B, T_G, Dg, h, w) glance feature maps, detached (policy_stop_gradient)
-    logits: Optional[torch.Tensor] = None  # (B, T_G, C) glance head per frame, or None
-
-    @property
-    def batch_size(self) -> int:
-        return self.features.shape[0]
-
-    def select(self, rows: torch.Tensor) -> "GlanceStage":
-        """The same stage for the videos ``rows`` (n,) (long indices or a (B,) bool mask)."""
-        return GlanceStage(*(None if t is None else t[rows] for t in
-                             (self.indices, self.features, self.feature_maps, self.logits)))
-
-
-@dataclass
-class PolicyStage:
-    """Steps 2-4 for a batch of videos: the policy's patches and frame weights, and the focus frames.
-
-    ``spatial_frame_logits`` (the auxiliary head on each glance map cropped by its own patch) feeds
-    the spatial training objective only; it is computed when asked for.
-    """
-
-    glance_actions: torch.Tensor  # (B, T_G, 4) spatial policy output per glance frame
-    all_actions: torch.Tensor  # (B, T0, 4) the same interpolated to every candidate frame
-    frame_weights: torch.Tensor  # (B, T_G) temporal policy softmax
-    selection_weights: torch.Tensor  # (B, T_G) softmax at the temperature, used for selection
-    focus_indices: torch.Tensor  # (B, T_L) focus frames (of T0), increasing
-    focus_actions: torch.Tensor  # (B, T_L, 4) actions at the focus frames, detached (but spatial_training pixels)
-    spatial_frame_logits: Optional[torch.Tensor] = None  # (B, T_G, C) or None
-
-
-@dataclass
-class UniAdaFocusOutput:
-    """Everything one forward pass produces. ``random_pass`` is set in training only."""
-
-    exit_logits: torch.Tensor  # (B, T_G + T_L, C) glance exits, then focus exits
-    glance_logits: torch.Tensor  # (B, T_G, C) glance head per glance frame
-    focus_logits: torch.Tensor  # (B, T_L, C) focus head per focus patch
-    spatial_frame_logits: Optional[torch.Tensor]  # (B, T_G, C) auxiliary head on each cropped feature map
-    spatial_logits: Optional[torch.Tensor]  # (B, C) the same averaged over glance frames (official)
-    frame_weights: torch.Tensor  # (B, T_G) temporal policy softmax
-    selection_weights: torch.Tensor  # (B, T_G) softmax at the temperature, used for selection
-    glance_indices: torch.Tensor  # (B, T_G) frames (of T0) seen by the glance encoder
-    focus_indices: torch.Tensor  # (B, T_L) frames (of T0) seen by the focus encoder, increasing
-    glance_actions: torch.Tensor  # (B, T_G, 4) spatial policy output per glance frame
-    focus_actions: torch.Tensor  # (B, T_L, 4) interpolated actions at the focus frames
-    patch_boxes: torch.Tensor  # (B, T_L, 4) focus patches as (x1, y1, x2, y2) in input pixels
-    glance_features: torch.Tensor  # (B, T_G, Dg)
-    focus_features: torch.Tensor  # (B, T_L, Df)
-    random_pass: Optional[FocusPass] = None
-    #: Training-time ablations (see the module doc): the objective terms this forward leaves out (their
-    #: inputs below read None), and whether a training forward has a single pass (no random patches).
-    ablated_terms: frozenset = frozenset()
-    single_pass: bool = False
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """(B, C) the prediction: the last exit."""
-        return self.exit_logits[:, -1]
-
-    def _unless(self, term: str, value):
-        return None if term in self.ablated_terms else value
-
-    @property
-    def stage_logits(self) -> torch.Tensor:
-        """(B, T_L + 1, C) the early-exit stages (see :func:`stage_logits`)."""
-        return stage_logits(self.exit_logits, self.exit_logits.shape[1] - self.focus_logits.shape[1])
-
-    # What the objective's cross-entropies average over, (B, S, C) each (one CE per row, averaged):
-    # every exit, every glance frame, every focus patch (official). The Monte-Carlo temporal term reads
-    # the per-frame glance logits (not detached: it trains the glance network too, as officially).
-    @property
-    def cat_logits(self) -> torch.Tensor:
-        return self.exit_logits
-
-    # (None: the term is left out, ``ablated_terms``.)
-    @property
-    def glance_loss_logits(self) -> Optional[torch.Tensor]:
-        return self._unless("glance", self.glance_logits)
-
-    @property
-    def focus_loss_logits(self) -> Optional[torch.Tensor]:
-        return self._unless("focus", self.focus_logits)
-
-    @property
-    def temporal_frame_logits(self) -> torch.Tensor:
-        return self.glance_logits
-
-    @property
-    def size_actions(self) -> Optional[torch.Tensor]:
-        """The actions the patch-size regulariser reads: (B, T_G, 4), one per glance frame (the box terms;
-        None: no regulariser)."""
-        return self._unless("norm", self.glance_actions[..., :4])
-
-    @property
-    def validation_logits(self) -> torch.Tensor:
-        """(B, T_G + T_L, C): the official validation loss is the CE of every exit."""
-        return self.exit_logits
-
-    def detach(self) -> "UniAdaFocusOutput":
-        return detach_output(self)
-
-
-@dataclass(frozen=True)
-class TrainingAblations:
-    """The training-time ablations of paper Tables 6-9 and 15 (see the module doc); the defaults are the
-    full model, and each field is the command-line flag of the same name."""
-
-    aux_supervision: bool = True  # Eq. 11: the glance and focus heads' cross-entropies
-    diversity_augmentation: bool = True  # Eq. 12: the second, random-patch training pass
-    policy_stop_gradient: bool = True  # the spatial policy reads detached glance feature maps
-    spatial_training: str = "features"  # 'features' (Eq. 13-14) or 'pixels' (AdaFocusV2's gradient)
-    patch_scale: str = "policy"  # models.patches.PATCH_SCALES
-    size_regulariser: bool = True  # Eq. 15
-    patch_location: str = "policy"  # models.patches.PATCH_LOCATIONS
-    frame_sampling: str = "policy"  # models.frame_selection.FRAME_SAMPLINGS
-    reuse_glance_features: bool = True  # §3.1: the classifier reads e^G too
-    spatial_supervision: str = "glance"  # the spatial term's features: e^G ('glance') or e^L ('local')
-    enlarged_patch_margin: int = 0  # training: the focus encoder sees (P + margin)^2 patches
-
-    def __post_init__(self):
-        for name, allowed in (("spatial_training", SPATIAL_TRAININGS), ("patch_scale", PATCH_SCALES),
-                              ("patch_location", PATCH_LOCATIONS), ("frame_sampling", frame_selection.FRAME_SAMPLINGS),
-                              ("spatial_supervision", SPATIAL_SUPERVISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.enlarged_patch_margin < 0:
-            raise ValueError(f"enlarged_patch_margin must be 0 or more, got {self.enlarged_patch_margin}")
-        if self.spatial_training == "pixels" and self.spatial_supervision == "local":
-            raise ValueError("spatial_supervision 'local' trains the spatial policy through features; "
-                             "spatial_training 'pixels' trains it through the patch pixels instead")
-
-    @property
-    def ablated_terms(self) -> frozenset:
-        """The objective terms a training forward leaves out (``UniAdaFocusOutput.ablated_terms``)."""
-        return frozenset(({"glance", "focus"} if not self.aux_supervision else set())
-                         | ({"spatial"} if self.spatial_training == "pixels" else set())
-                         | ({"norm"} if not self.size_regulariser else set()))
-
-
-SPATIAL_TRAININGS = ("features", "pixels")
-SPATIAL_SUPERVISIONS = ("glance", "local")
-#: The constructor's keywords of the ablations (the variant registry's hyper-parameters): every field of
-#: :class:`TrainingAblations`, and ``seed``, which seeds the evaluation draws of the random rules.
-ABLATION_KEYWORDS = tuple(TrainingAblations.__dataclass_fields__) + ("seed",)
 
 
 class UniAdaFocus(nn.Module):

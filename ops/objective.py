@@ -27,7 +27,7 @@ weights (Gumbel top-k, which is exactly sequential weighted sampling without rep
 official form draws a fresh set for each number of removed frames; the paper form removes prefixes of
 one sequence. ``T1 = floor(T_L * T_G / T0)`` removal steps (App. C), 5 for the official sizes.
 
-Training-time ablations (paper Tables 6, 7, 9; ``models.uni_adafocus.TrainingAblations``) reach the
+Training-time ablations (paper Tables 6, 7, 9; ``models.training_ablations.TrainingAblations``) reach the
 objective through the forward output: a term whose input the output gives as None (``glance`` and
 ``focus`` without auxiliary supervision, ``spatial`` with the pixel-based spatial training, ``norm``
 without the size regulariser) is zero, and an output with ``single_pass`` (no diversity augmentation)

@@ -50,7 +50,7 @@ from .packages import sibling
 
 frame_selection = sibling("models.frame_selection")
 patches = sibling("models.patches")
-uni_adafocus = sibling("models.uni_adafocus")
+uni_adafocus_outputs = sibling("models.uni_adafocus_outputs")
 
 #: setting -> (frames, patches); "policy" keeps the trained policy's decision.
 SETTINGS = {
@@ -154,7 +154,7 @@ def dynamics_stage_logits(net, video: torch.Tensor, out, removed: Iterable[str])
     with torch.autocast(frames.device.type, enabled=False):
         feats = net.focus_features(frames, indices, actions, amp)  # (B, T_L, Df)
         exit_logits = net.classify(out.glance_features, feats)  # (B, T_G + T_L, C)
-    return uni_adafocus.stage_logits(exit_logits, out.glance_features.shape[1]).float()
+    return uni_adafocus_outputs.stage_logits(exit_logits, out.glance_features.shape[1]).float()
 
 
 def dynamics_metrics(eval_stages: torch.Tensor, targets: torch.Tensor, threshold_stages: torch.Tensor,

@@ -81,7 +81,7 @@ import torch  # noqa: E402
 from models import UniAdaFocus  # noqa: E402
 from models.flops import flops_breakdown  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
-from models.uni_adafocus import stage_logits  # noqa: E402
+from models.uni_adafocus_outputs import stage_logits  # noqa: E402
 from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner,  # noqa: E402
                             geometric_exit_distribution, geometric_p_for_cost, quantile_exit_stages)
 

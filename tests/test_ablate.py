@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import yaml
 
 import test_early_exit
-from models import frame_selection, uni_adafocus
+from models import frame_selection, uni_adafocus_outputs
 from ops import config, early_exit, policy_ablation
 from ops.run_log import RunLog
 from scripts import ablate
@@ -198,7 +198,7 @@ def _whole_frames_logits(model, video, out, indices):
         feats = model.focus(resized)
         feats = (feats[-1] if isinstance(feats, tuple) else feats).view(*indices.shape, -1)
         logits = model.classifier(out.glance_features, feats)
-    return uni_adafocus.stage_logits(logits, out.glance_features.shape[1])
+    return uni_adafocus_outputs.stage_logits(logits, out.glance_features.shape[1])
 
 
 def test_spatial_removal_feeds_the_whole_frame_resized():

@@ -22,7 +22,7 @@ import torch
 from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner, assign_exits, exit_scores,
                             geometric_exit_distribution, load_thresholds, save_thresholds, solve_thresholds)
 from models.flops import flops_breakdown
-from models.uni_adafocus import stage_logits
+from models.uni_adafocus_outputs import stage_logits
 from support import random_video, tiny_model
 
 # The runner sees smaller batches than the one-pass simulation, and oneDNN's float32 kernels round by

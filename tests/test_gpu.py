@@ -27,7 +27,7 @@ import torch
 import test_parity
 import test_parity_tsm
 import test_parity_x3d
-from models.uni_adafocus import stage_logits
+from models.uni_adafocus_outputs import stage_logits
 from ops import config, engine
 from ops import distributed as dist_ops
 from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores

@@ -1,7 +1,7 @@
 """Adaptive early-exit inference: run the focus steps incrementally and drop videos as they exit.
 
 The post-hoc simulation (:func:`.evaluation.evaluate_exits`) runs the full network, scores all K = T_L + 1 exit
-stages (``models.uni_adafocus.stage_logits``) and picks each video's first confident stage. This
+stages (``models.uni_adafocus_outputs.stage_logits``) and picks each video's first confident stage. This
 runtime gets the same predictions while doing only the work each video needs (see
 docs/official-behaviour.md, "Early exit"; the FLOPs table of ``models.flops`` charges exactly this
 work):
