@@ -12,7 +12,7 @@ batch, split over the processes. A run folder ``{root_log}/{store_name}`` receiv
 and TensorBoard logs in ``tb/``. ``--resume`` continues a run exactly where its last checkpoint
 left it. A training run refuses to start in a folder that holds one (``--resume auto`` continues it,
 ``--overwrite`` starts over); ``--evaluate`` writes only its own files; a kill at any instant leaves
-every file complete or absent (README, "Run folders"). The machinery is in ``ops/engine.py``.
+every file complete or absent (docs/reliability.md). The machinery is in ``ops/engine.py``.
 """
 from __future__ import annotations
 

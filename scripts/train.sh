@@ -8,7 +8,7 @@
 # with PATCH 96, 128 or 160; sthv1, sthv2 or jester with e.g. PATCH 128_8x12 (tsm); k400 with
 # 128_16x32 (x3d). --batch_size in the preset is the global batch, so any number of GPUs trains with
 # the official effective batch. Several nodes: call torchrun yourself with
-# --nnodes/--node_rank/--master_addr (see the README). An official command line as it is:
+# --nnodes/--node_rank/--master_addr (see docs/uni-adafocus.md). An official command line as it is:
 # python -m ops.official_commands "LINE" prints ours (docs/official-commands.md).
 set -euo pipefail
 source "$(dirname "$0")/preset_launch.sh"
