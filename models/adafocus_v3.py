@@ -33,25 +33,25 @@ holds an uncovered frame, and processes only its uncovered frames, so no frame i
 T' = 1 every cube is a new frame). :meth:`AdaFocusV3.early_exit_steps` runs the cubes one at a time for
 the adaptive runtime. Training cubes may overlap (the paper removes covered frames at inference only).
 
-This module also registers the variant (hyper-parameters, FLOPs per exit, the paper's objective Eq. 1).
+This module also registers the variant (hyper-parameters, FLOPs per exit: :mod:`.adafocus_v3_flops`, the
+paper's objective Eq. 1: :mod:`.adafocus_v3_objective`); the cube geometry is :mod:`.adafocus_v3_cubes`.
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .adafocus_v2 import ResNetGlanceEncoder
+from .adafocus_v3_cubes import inference_windows, shift_segments, trilinear_read
+from .adafocus_v3_flops import adafocus_v3_flops
+from .adafocus_v3_objective import AdaFocusV3Output, build_objective
 from .backbones import FOCUS_ARCHS, GlanceEncoder, glance_feature_size
 from .classifier import ExitClassifier
 from .frame_selection import glance_frame_indices
-from .outputs import detach_output
 from .patches import sample_boxes
-from .temporal_shift import TemporalShift, shift_mobilenet_v2, shift_resnet
+from .temporal_shift import shift_mobilenet_v2, shift_resnet
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
 from .variants import CheckpointLayout, Variant, register_variant
 
@@ -61,68 +61,6 @@ GRADIENTS = ("feature", "pixel")
 FOCUS_STRIDE = 32
 #: Output channels of the policy's 1x1 convolution over the stacked glance maps.
 POLICY_CONV_CHANNELS = 64
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry
-# --------------------------------------------------------------------------------------------------
-def inference_windows(starts: torch.Tensor, num_frames: int, cube_frames: int) -> List[List[List[int]]]:
-    """The frames each cube processes at inference: starts (B, K) continuous first frames in [0, T - T'].
-
-    Cube k takes the T'-frame window ``[w, w + T')`` nearest its start (ties: the earlier) among those
-    that hold a frame no earlier cube covered, and processes only those uncovered frames. Returns, per
-    video, per cube, the sorted frame indices (never empty while a frame is uncovered; the builder
-    guarantees that: T' + K - 1 <= T).
-    """
-    plans = []
-    for row in starts.detach().double().cpu().tolist():
-        covered = [False] * num_frames
-        cubes = []
-        for start in row:
-            windows = sorted(range(num_frames - cube_frames + 1), key=lambda w: (abs(w - start), w))
-            new: List[int] = []
-            for w in windows:
-                new = [f for f in range(w, w + cube_frames) if not covered[f]]
-                if new:
-                    break
-            for f in new:
-                covered[f] = True
-            cubes.append(new)
-        plans.append(cubes)
-    return plans
-
-
-def trilinear_read(maps: torch.Tensor, t: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples of feature maps at continuous cell coordinates (cell centres at 0, 1, ...).
-
-    maps (N, D, Tm, Hm, Wm); t (N, To), r (N, Ho), c (N, Wo) the coordinates along each axis (a separable
-    grid). Returns (N, D, To, Ho, Wo), differentiable in ``maps`` and the coordinates.
-    """
-    n, _, tm, hm, wm = maps.shape
-
-    def normalised(u, size):  # align_corners=True: -1 and 1 are the first and last cell centres
-        return u * (2.0 / (size - 1)) - 1.0 if size > 1 else torch.zeros_like(u)
-
-    to, ho, wo = t.shape[1], r.shape[1], c.shape[1]
-    gt = normalised(t, tm).view(n, to, 1, 1).expand(n, to, ho, wo)
-    gr = normalised(r, hm).view(n, 1, ho, 1).expand(n, to, ho, wo)
-    gc = normalised(c, wm).view(n, 1, 1, wo).expand(n, to, ho, wo)
-    grid = torch.stack((gc, gr, gt), dim=-1).to(maps.dtype)  # (N, To, Ho, Wo, 3): x (W), y (H), z (T)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-@contextlib.contextmanager
-def shift_segments(encoder: nn.Module, count: int):
-    """Set every :class:`TemporalShift` of ``encoder`` to clips of ``count`` frames for the block."""
-    shifts = [m for m in encoder.modules() if isinstance(m, TemporalShift)]
-    saved = [m.num_segments for m in shifts]
-    for m in shifts:
-        m.num_segments = count
-    try:
-        yield
-    finally:
-        for m, n in zip(shifts, saved):
-            m.num_segments = n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,45 +100,6 @@ class CubePolicy(nn.Module):
     def forward(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """feature_maps (B, G, C, h, w) -> centres (B, K, 3)."""
         return self.layers(feature_maps.flatten(1, 2)).view(-1, self.num_cubes, 3)
-
-
-@dataclass
-class AdaFocusV3Output:
-    """Everything one forward produces. Stage 0 is the glance exit p0, stage k (1..K) the exit after cube k."""
-
-    stage_logits: torch.Tensor  # (B, K + 1, C)
-    centres: torch.Tensor  # (B, K, 3) the policy's (x, y, z) in (0, 1)
-    cube_starts: torch.Tensor  # (B, K) continuous first frame z (T - T')
-    focus_indices: torch.Tensor  # (B, K) the first frame each cube processed (inference) or starts at (training)
-    frames_used: torch.Tensor  # (B, K) frames each cube processed (inference); T' in training
-    patch_boxes: torch.Tensor  # (B, K, 4) the cubes' boxes (x1, y1, x2, y2) in input pixels
-
-    @property
-    def exit_logits(self) -> torch.Tensor:
-        return self.stage_logits
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """(B, C) the prediction: the last exit."""
-        return self.stage_logits[:, -1]
-
-    @property
-    def glance_logits(self) -> torch.Tensor:
-        """(B, 1, C) p0, the glance exit."""
-        return self.stage_logits[:, :1]
-
-    @property
-    def focus_logits(self) -> torch.Tensor:
-        """(B, K, C) the exits after each cube."""
-        return self.stage_logits[:, 1:]
-
-    @property
-    def validation_logits(self) -> torch.Tensor:
-        """(B, K + 1, C): the validation loss is the CE of every exit, as the training objective."""
-        return self.stage_logits
-
-    def detach(self) -> "AdaFocusV3Output":
-        return detach_output(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,106 +391,6 @@ class AdaFocusV3(nn.Module):
                 features = self.eval_cube_features(frames, rows, centres[rows, k], [plans[i][k] for i in picked])
             state = classifier.focus_states(features.float().unsqueeze(1), state)[:, 0]
             keep = yield classifier.focus_logits(state.unsqueeze(1), glance_state, first_step=k)[:, 0]
-
-
-# --------------------------------------------------------------------------------------------------
-# FLOPs of every exit, counted from the module
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class AdaFocusV3Flops:
-    """GMACs (the papers' GFLOPs) of each part, counted on dummy inputs of the configured size.
-
-    Stage 0 (the glance exit) costs the glance on T_G frames, the policy and the glance exit; stage k adds
-    the frames cubes 1..k processed (each a crop and the focus encoder on a P x P patch) and k classifier
-    steps. A cube's frame count varies at inference when T' > 1 (covered frames are skipped); stage k counts
-    at most ``min(k T', T)`` frames, its most (exact for T' = 1).
-    """
-
-    glance_frame: float  # glance encoder on one frame
-    glance_classifier: float  # the classifier's glance MLP on one frame
-    glance_exit: float  # the glance exit head
-    policy: float  # the cube policy on the T_G maps
-    patch_crop: float  # one P x P crop
-    focus_patch: float  # focus encoder on one patch
-    classifier_step: float  # the focus MLP on one cube and one exit head
-    num_glance: int
-    num_cubes: int
-    cube_frames: int
-    num_frames: int
-
-    def cube_frames_upto(self, k: int) -> int:
-        """Most frames processed by cubes 1..k."""
-        return min(k * self.cube_frames, self.num_frames)
-
-    def stages(self) -> List[float]:
-        """GFLOPs of every exit: [glance exit, after 1 cube, ..., after K cubes]."""
-        glance = self.num_glance * (self.glance_frame + self.glance_classifier) + self.policy + self.glance_exit
-        return [glance + self.cube_frames_upto(k) * (self.patch_crop + self.focus_patch) + k * self.classifier_step
-                for k in range(self.num_cubes + 1)]
-
-
-def adafocus_v3_flops(model: AdaFocusV3) -> AdaFocusV3Flops:
-    """Count every part of ``model`` (an :class:`AdaFocusV3`)."""
-    from .flops import count_gmacs, counting  # models.flops imports the main network, not this one
-
-    with counting(model) as zeros:
-        size, p, fs, g = model.input_size, model.patch_size, model.feature_size, model.num_glance
-        gdim, fdim = model.glance.feature_dim, model.focus.feature_dim
-        classifier = model.classifier
-        hidden = classifier.glance_exits[0][1].in_features
-        with shift_segments(model.glance, 1), shift_segments(model.focus, 1):
-            return AdaFocusV3Flops(
-                glance_frame=count_gmacs(model.glance, zeros(1, 3, size, size)),
-                glance_classifier=count_gmacs(classifier.glance_mlp, zeros(1, 1, gdim)),
-                glance_exit=count_gmacs(classifier.glance_exits[0], zeros(1, hidden)),
-                policy=count_gmacs(model.policy.spatial, zeros(1, g, gdim, fs, fs)),
-                patch_crop=count_gmacs(lambda x: model.crop(x, zeros(1), zeros(1), p), zeros(1, 3, size, size)),
-                focus_patch=count_gmacs(model.focus, zeros(1, 3, p, p)),
-                classifier_step=count_gmacs(lambda x: classifier.focus_logits(classifier.focus_states(x),
-                                                                             zeros(1, hidden)), zeros(1, 1, fdim)),
-                num_glance=g, num_cubes=model.num_cubes, cube_frames=model.cube_frames,
-                num_frames=model.num_segments)
-
-
-# --------------------------------------------------------------------------------------------------
-# The objective (paper Eq. 1)
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class AdaFocusV3Terms:
-    """Scalar loss terms; ``total`` is their sum."""
-
-    total: torch.Tensor
-    glance_exit: torch.Tensor  # CE of p0
-    cubes: torch.Tensor  # the CEs of p1..pK (summed, or averaged with the glance exit's share)
-
-
-class AdaFocusV3Objective:
-    """Paper Eq. 1: the cross-entropy of every prediction p_0 .. p_K, summed over the steps and averaged
-    over the videos (``reduction='sum'``); ``'mean'`` divides by the K + 1 steps.
-
-    ``objective(out, target, generator=None) -> AdaFocusV3Terms`` for an :class:`AdaFocusV3Output`.
-    """
-
-    def __init__(self, reduction: str = "sum"):
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"--v3_loss must be 'sum' or 'mean', got {reduction!r}")
-        self.reduction = reduction
-
-    def __call__(self, out: AdaFocusV3Output, target: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> AdaFocusV3Terms:
-        logits = out.stage_logits  # (B, K + 1, C); half precision (autocast) is computed in float32
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        b, steps, c = logits.shape
-        losses = F.cross_entropy(logits.reshape(b * steps, c), target.repeat_interleave(steps),
-                                 reduction="none").view(b, steps).mean(dim=0)  # (K + 1,)
-        scale = 1.0 if self.reduction == "sum" else 1.0 / steps
-        glance, cubes = losses[0] * scale, losses[1:].sum() * scale
-        return AdaFocusV3Terms(total=glance + cubes, glance_exit=glance, cubes=cubes)
-
-
-def build_objective(args) -> AdaFocusV3Objective:
-    """The variant's objective from parsed flags (``--v3_loss``)."""
-    return AdaFocusV3Objective(getattr(args, "v3_loss", "sum"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from models import get_variant
-from models.adafocus_v3 import FOCUS_STRIDE, AdaFocusV3Objective, adafocus_v3_flops, inference_windows
+from models.adafocus_v3 import FOCUS_STRIDE
+from models.adafocus_v3_cubes import inference_windows
+from models.adafocus_v3_flops import adafocus_v3_flops
+from models.adafocus_v3_objective import AdaFocusV3Objective
 from ops import config, engine
 from ops.early_exit import AdaptiveRunner
 from ops.schedule import adjust_learning_rate
