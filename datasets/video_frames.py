@@ -191,6 +191,7 @@ class VideoFrameReader:
             raise FrameError(f"{problem}; the substitute is unusable too: "
                              f"{self._problem(self.first_index, timing, first_stop)}")
 
+
 class _Output:
     """The array being filled: rows of frame numbers ``numbers``, allocated at the first frame's size."""
 
