@@ -206,9 +206,9 @@ class StageOptimizer:
             self.memory = ppo.RolloutMemory()
         else:
             rates = {"backbone": args.backbone_lr, "classifier": args.fc_lr}
-            groups = [{"params": list(m.parameters()), "name": name, "lr_mult": rates[name]}
-                      for name, m in modules.items()]
-            self.sgd = torch.optim.SGD(groups, lr=0.0, momentum=args.momentum, weight_decay=args.weight_decay)
+            groups = [{"params": list(m.parameters()), "name": name, "lr": rates[name], "lr_mult": rates[name]}
+                      for name, m in modules.items()]  # each at its base rate until adjust() schedules it
+            self.sgd = torch.optim.SGD(groups, momentum=args.momentum, weight_decay=args.weight_decay)
 
     @property
     def param_groups(self) -> List[Dict]:

@@ -194,63 +194,59 @@ def test_main_py_gives_the_refusal_as_its_one_error_line(data_dir, stages, tmp_p
 # ------------------------------------------------------------------------------------------------
 # The PPO stage learns
 # ------------------------------------------------------------------------------------------------
-#: The reward experiment: an easier synthetic set (bigger, longer-visible objects) so that a classifier of a
-#: few stage-1 steps already depends on where its patch is.
-REWARD_DATA = {"train_videos": 48, "val_videos": 4, "frames_per_video": 8, "frame_size": 64, "num_classes": 3,
-               "num_distractors": [1, 2], "object_size": [0.3, 0.33], "visible_fraction": [0.5, 0.5]}
-REWARD_SIZES = dict(stage1_steps=40, stage2_steps=300, batch=8, eval_batches=6)
-#: 16-px patches of the 64-px frames (a random one seldom shows the object), the README's stage-1 classifier
-#: rate, a policy rate of 1e-3.
-REWARD_FLAGS = ["--patch_size", "16", "--fc_lr", "0.05", "--policy_lr", "0.003"]
+#: The reward experiment. The synthetic dataset's small moving objects are not learnt by a ResNet-50 from
+#: scratch in the steps a test can afford (measured: chance accuracy after 160 stage-1 steps, so every patch
+#: gives the same confidence and there is nothing for the policy to find). The videos here are made for it:
+#: noise frames with a square of the class's colour at one place (the top-left 16 x 16 pixels), which a
+#: random 16-px patch seldom shows. Flags: 16-px patches, the README's stage-1 classifier rate, policy rate 0.02.
+REWARD_FLAGS = ["--patch_size", "16", "--fc_lr", "0.05", "--policy_lr", "0.02", "--dropout", "0"]
+REWARD_SIZES = dict(stage1_steps=80, stage2_steps=150, batch=8, eval_batches=4)
+COLOURS = torch.tensor([[2.0, -1.0, -1.0], [-1.0, 2.0, -1.0], [-1.0, -1.0, 2.0]])  # normalised frames
 
 
-def reward_experiment(data_root, seed: int, stage1_steps: int, stage2_steps: int, batch: int, eval_batches: int):
-    """(mean reward of the policy's sampled patches over random patches before stage 2, after it) on fixed
-    training batches, with the stages' own steps: stage 1 for ``stage1_steps`` steps, then PPO."""
-    from datasets import build_dataset
+def square_videos(generator: torch.Generator, batch: int):
+    """(video (B, 4, 3, 64, 64) normalised frames, labels (B,)): noise, and the class colour at [0:16, 0:16]."""
+    labels = torch.randint(0, 3, (batch,), generator=generator)
+    video = 0.5 * torch.randn(batch, 4, 3, 64, 64, generator=generator)
+    video[..., :16, :16] += COLOURS[labels].view(batch, 1, 3, 1, 1)
+    return video, labels
 
-    args = config.parse_args(TINY.split() + REWARD_FLAGS + ["--stage", "1", "--seed", str(seed), "--data_dir",
-                                                            str(data_root)])
-    dataset = build_dataset("synthetic", str(data_root), "train", num_segments=4, input_size=64, seed=seed,
-                            synthetic=REWARD_DATA)
+
+def reward_experiment(seed: int, stage1_steps: int, stage2_steps: int, batch: int, eval_batches: int):
+    """(mean reward of the policy's sampled patches over random patches before stage 2, after it): stage 1
+    for ``stage1_steps`` steps, then the PPO of stage 2, with the stages' own steps."""
+    args = config.parse_args(TINY.split() + REWARD_FLAGS + ["--stage", "1", "--seed", str(seed)])
     torch.manual_seed(seed)
     net = get_variant("adafocus_v1").build_from(args, num_classes=3)
     info = DistInfo()
-
-    def batches(start, count):
-        for i in range(count):
-            items = [dataset[(start + i * batch + j) % len(dataset)] for j in range(batch)]
-            yield torch.stack([it["video"] for it in items]), torch.tensor([it["label"] for it in items])
-
-    crop_rng, generator = np.random.RandomState(seed), torch.Generator().manual_seed(seed)
+    data, crop_rng = torch.Generator().manual_seed(seed), np.random.RandomState(seed)
+    generator = torch.Generator().manual_seed(seed)
     optimizer = staged_training.StageOptimizer(args, net)
     staged_training.set_modes(net, 1)
-    for video, target in batches(0, stage1_steps):
-        staged_training.stage1_step(net, optimizer, video, target, args, info, generator, crop_rng)
+    for _ in range(stage1_steps):
+        staged_training.stage1_step(net, optimizer, *square_videos(data, batch), args, info, generator, crop_rng)
     args.stage = 2
     optimizer = staged_training.StageOptimizer(args, net)
     staged_training.set_modes(net, 2)
 
     def mean_reward():
-        rewards = []
-        for k, (video, target) in enumerate(batches(10_000, eval_batches)):  # the same videos and draws each time
-            memory = RolloutMemory()
-            rollout = net.stage2_rollout(video, target, optimizer.ppo, memory, generator=torch.Generator().manual_seed(k),
-                                         crop_rng=np.random.RandomState(k))
-            rewards.append(rollout.rewards.mean())
+        held_out = torch.Generator().manual_seed(10_000 + seed)  # the same videos and draws each time
+        rewards = [net.stage2_rollout(*square_videos(held_out, batch), optimizer.ppo, RolloutMemory(),
+                                      generator=torch.Generator().manual_seed(k),
+                                      crop_rng=np.random.RandomState(k)).rewards.mean() for k in range(eval_batches)]
         return float(torch.stack(rewards).mean())
 
     before = mean_reward()
-    for video, target in batches(stage1_steps * batch, stage2_steps):
-        staged_training.stage2_step(net, optimizer, video, target, args, info, generator, crop_rng)
+    for _ in range(stage2_steps):
+        staged_training.stage2_step(net, optimizer, *square_videos(data, batch), args, info, generator, crop_rng)
     return before, mean_reward()
 
 
-def test_ppo_raises_the_policys_reward_over_random_patches(tmp_path):
-    """On one seed (docs/adafocus-v1.md gives three): the mean reward of the policy's patches over random ones
-    rises by stage 2."""
-    before, after = reward_experiment(tmp_path / "data", seed=0, **REWARD_SIZES)
-    assert after > before + 0.01, (before, after)
+def test_ppo_raises_the_policys_reward_over_random_patches():
+    """On one seed (docs/adafocus-v1.md gives three; measured gains 0.031, 0.048, 0.052): the mean reward of the
+    policy's patches over random ones rises in stage 2 (from about 0: a random policy)."""
+    before, after = reward_experiment(seed=0, **REWARD_SIZES)
+    assert abs(before) < 0.01 and after > before + 0.015, (before, after)
 
 
 # ------------------------------------------------------------------------------------------------
