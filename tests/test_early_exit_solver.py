@@ -197,12 +197,79 @@ def test_budget_sweep_matches_brute_force(own_data, criterion):
         assert point.metric == pytest.approx(100.0 * hits / N_VAL, abs=1e-9)
 
 
-def test_solver_with_tied_scores_matches_brute_force():
+def _brute_solve_ties(scores, quota):
+    """The solver's tie rule by enumeration: at each stage every threshold that splits the samples not yet
+    taken (each of their distinct scores, or 1e8 for nobody) is tried, and the one whose exit count is closest
+    to the quota wins (equally close: the smaller count); the samples it lets out are taken."""
+    rows = scores.tolist()
+    n, k_stages = len(rows), len(rows[0])
+    thresholds = [NO_EXIT_THRESHOLD] * k_stages
+    exited = [False] * n
+    for k in range(k_stages - 1):
+        if quota[k] <= 0:
+            continue
+        free = [i for i in range(n) if not exited[i]]
+        candidates = [(sum(rows[i][k] >= t for i in free), t) for t in {rows[i][k] for i in free}]
+        candidates.append((0, NO_EXIT_THRESHOLD))
+        count, thresholds[k] = min(candidates, key=lambda c: (abs(c[0] - quota[k]), c[0]))
+        for i in free:
+            exited[i] = exited[i] or rows[i][k] >= thresholds[k]
+    thresholds[-1] = LAST_STAGE_THRESHOLD
+    return thresholds
+
+
+def test_solver_with_tied_scores_matches_brute_force_over_the_two_choices():
     g = torch.Generator().manual_seed(3)
     scores = torch.randint(0, 4, (60, 4), generator=g).float()
+    official_differs = 0
     for p in (0.2, 0.5, 0.8, 2.0):
         q = geometric_exit_distribution(p, 4)
-        assert solve_thresholds(scores, q).tolist() == _brute_solve(scores, _brute_quota(q, 60))
+        quota = _brute_quota(q, 60)
+        ours = solve_thresholds(scores, q)
+        assert ours.tolist() == _brute_solve_ties(scores, quota), p
+        counts = count_exits(assign_exits(scores, ours), 4).tolist()
+        official_differs += counts != count_exits(assign_exits(scores, torch.tensor(_brute_solve(scores, quota))), 4).tolist()
+    assert official_differs  # the tables do exercise the rule
+
+
+def test_tie_rule_on_a_hand_made_table():
+    """Stage 0 has a group of four tied scores across the quota: with quota 3, one above the group and the group
+    (5 exits) are 2 away from it, one alone (1 exit) 2 too: the tie goes to the smaller count; with quota 4, all
+    five are closer. Stage 1 then takes its quota among the samples stage 0 left."""
+    scores = torch.tensor([[0.9, 0.1], [0.5, 0.8], [0.5, 0.7], [0.5, 0.2], [0.5, 0.6], [0.3, 0.9], [0.1, 0.4]])
+    cases = {3: ([0.9, 0.9], [1, 1, 5]), 4: ([0.5, 0.9], [5, 1, 1]), 1: ([0.9, 0.9], [1, 1, 5])}
+    for want, (expected_thresholds, expected_counts) in cases.items():
+        table = torch.cat((scores, torch.zeros(7, 1)), dim=1)  # a last stage that takes the rest
+        thresholds = solve_thresholds(table, quota=torch.tensor([want, 1, 0]))
+        assert thresholds.tolist()[:2] == pytest.approx(expected_thresholds), want
+        assert thresholds.tolist() == _brute_solve_ties(table, [want, 1, 0]), want
+        assert count_exits(assign_exits(table, thresholds), 3).tolist() == expected_counts, want
+
+
+def test_a_constant_stage_sends_nobody_there_when_the_quota_is_under_half():
+    """A classifier with a constant output at stage 0 (every score equal): officially any quota there lets
+    everybody out; here nobody leaves unless the quota is more than half of the samples."""
+    g = torch.Generator().manual_seed(5)
+    scores = torch.cat((torch.full((40, 1), 0.25), torch.rand(40, 3, generator=g)), dim=1)
+    for want, stage0 in ((1, 0), (19, 0), (20, 0), (21, 40), (40, 40)):
+        thresholds = solve_thresholds(scores, quota=torch.tensor([want, 10, 10, 0]))
+        assert int(count_exits(assign_exits(scores, thresholds), 4)[0]) == stage0, want
+
+
+def test_budget_on_a_constant_first_stage_pays_for_later_stages():
+    """thresholds_for_budget facing identical stage-0 scores (a glance exit that reads no glance features): a
+    budget that a geometric distribution with q_0 < 1/2 fits (here 3 stages: p > 0.62, costing 2.69 GFLOPs
+    and more) sends nobody to stage 0 and spends it on the later stages; below that only stage 0 fits. The
+    official tie rule let every sample out at stage 0 whenever its quota was positive (cost 1.0 at every budget
+    below 3.0)."""
+    g = torch.Generator().manual_seed(6)
+    n, flops = 192, [1.0, 2.0, 3.0]
+    scores = torch.cat((torch.full((n, 1), -0.7), -torch.rand(n, 2, generator=g)), dim=1)
+    for budget in (2.75, 2.85, 2.95):
+        found = thresholds_for_budget(scores, flops, budget)
+        assert found.exit_counts[0] == 0, budget
+        assert budget - 0.02 <= found.expected_gflops <= budget, budget
+    assert thresholds_for_budget(scores, flops, 2.6).exit_counts.tolist() == [n, 0, 0]
 
 
 def test_solver_takes_exactly_the_quota_and_puts_the_rest_last():

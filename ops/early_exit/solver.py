@@ -22,7 +22,13 @@ Official behaviour reproduced (see docs/official-behaviour.md, "Early exit"; che
 * At stage k < K-1 with quota n > 0, the n samples with the largest stage-k score among those not yet
   taken are taken (ties: lower sample index first; the official's ``torch.sort`` leaves the order
   of ties unspecified), and the threshold is the n-th of those scores. Stages with quota 0 keep 1e8;
-  the last stage gets -1e8. With K = 2 this is the TSM rule: T_0 is the score of the
+  the last stage gets -1e8.
+* Departure, for ties only: when samples not yet taken share the n-th score and some of them lie
+  beyond the quota (the tie group straddles it), no threshold can split them: officially the whole
+  group then exits at stage k (a classifier with a constant output sends every sample out at once).
+  Here the group exits whole or not at all, whichever count is closer to n (equally close: not at all,
+  the later, dearer and more accurate side), and the samples taken are the ones that exit. Without such
+  ties the result is the official one. With K = 2 this is the TSM rule: T_0 is the score of the
   floor(N q_0)-th most confident sample (1e8 if that is 0), T_1 = -1e8. When the quota exceeds the
   samples left, the official code raises ``IndexError``; here ``on_overflow='clamp'`` (default)
   takes all that are left and ``'error'`` raises ``ValueError``. (With geometric q this happens
@@ -158,6 +164,7 @@ def _greedy_thresholds(scores: torch.Tensor, quota: torch.Tensor, order: torch.T
                        on_overflow: str) -> torch.Tensor:
     """Greedy stage-by-stage selection of the quotas: thresholds (K,) in the scores' dtype.
 
+    A tie group that straddles a quota exits whole or not at all (see the module notes; :func:`_tie_choice`).
     numpy, single-threaded: these are many small O(N) steps, where torch's thread hand-offs cost
     more than the work.
     """
@@ -179,10 +186,38 @@ def _greedy_thresholds(scores: torch.Tensor, quota: torch.Tensor, order: torch.T
             if want == 0:
                 continue
         last = int(np.searchsorted(rank, want))            # position of the want-th free sample
+        taken = order_k[:last + 1][avail[:last + 1]]
         thresholds[k] = sc[order_k[last], k]
-        free[order_k[:last + 1][avail[:last + 1]]] = False
+        if want < have and sc[order_k[int(np.searchsorted(rank, want + 1))], k] == thresholds[k]:
+            free_scores = sc[order_k[avail], k]            # (have,) descending: a tie across the quota
+            exiting, threshold = _tie_choice(free_scores, want)
+            if exiting != want:
+                taken, thresholds[k] = order_k[avail][:exiting], threshold
+        free[taken] = False
     thresholds[k_stages - 1] = LAST_STAGE_THRESHOLD
     return torch.from_numpy(thresholds)
+
+
+def _tie_choice(free_scores: np.ndarray, want: int):
+    """How many of the free samples exit at a stage with quota ``want`` (0 < want < their number), and the
+    threshold that makes exactly them exit.
+
+    free_scores (M,): the stage's scores of the samples not yet taken, descending. Without a tie at the
+    want-th score across the quota: (want, that score). With one, the a samples scoring above the tied
+    value s exit, or those a and the whole group (b samples with score >= s), whichever count is closer to
+    ``want`` (equally close: a); the threshold is s for b, the a-th score for a > 0, and 1e8 (nobody) for
+    a = 0. A non-finite s is left to the official rule.
+    """
+    s = free_scores[want - 1]
+    if free_scores[want] != s or not np.isfinite(s):
+        return want, s
+    above = int(np.count_nonzero(free_scores > s))
+    group_end = int(np.count_nonzero(free_scores >= s))
+    if group_end - want < want - above:
+        return group_end, s
+    if above == 0:
+        return 0, (NO_EXIT_THRESHOLD if s < NO_EXIT_THRESHOLD else np.inf)
+    return above, free_scores[above - 1]
 
 
 def solve_thresholds(scores: torch.Tensor, q: Optional[torch.Tensor] = None, *,
