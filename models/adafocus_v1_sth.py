@@ -27,25 +27,30 @@ The official evaluation also classifies a uniformly random box per video (the ba
 reward, softmax(prediction)[y] - softmax(baseline)[y]); ``forward(..., baseline_positions=...)`` runs that
 pass too. It is not part of the model's cost.
 
+The official training runs in three stages (``main.py --variant adafocus_v1_tsm --stage 1..3``, assembled
+from this model's parts in ``ops/staged_training.py``); the stage-2 episode, one PPO step per video with the
+reward of the prediction over a random box, is :meth:`AdaFocusV1TSM.stage2_rollout`.
+
 This module also registers the variant ``adafocus_v1_tsm``: hyper-parameters, the FLOPs of its one step
 counted from the module (:func:`adafocus_v1_tsm_flops`) and the official checkpoint layout
 (``glancer.net``, ``focuser.net.base_model.N``, ``classifier``, ``policy``; :data:`OFFICIAL_KEYS`). Only one
-policy step per video is built (the official ``video_div`` = 1 of every command); the staged training
-(stage 1 on random patches, stage 2 with PPO, stage 3) is not built here.
+policy step per video is built (the official ``video_div`` = 1 of every command).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .adafocus_v1 import action_grid, crop_integer_patches, patch_corners
-from .adafocus_v1_policy import DEFAULT_ACTION_STD, STH_CONV_CHANNELS, GaussianPatchPolicy, GridPatchPolicy
+from .adafocus_v1_policy import (DEFAULT_ACTION_STD, STH_CONV_CHANNELS, GaussianPatchPolicy, GridPatchPolicy,
+                                 SampledActions)
 from .backbones import glance_feature_size, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
 from .outputs import detach_output
+from .ppo import PPO, RolloutMemory
 from .tsm import shifted_encoders
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
@@ -62,6 +67,20 @@ class BaselinePass:
     focus_logits: torch.Tensor  # (B, L, C)
     positions: torch.Tensor  # (B, 2) the random (vertical, horizontal) in [0, 1)
     corners: torch.Tensor  # (B, 2) int64 top-left (y, x) in input pixels
+
+
+class TSMStage2Rollout(NamedTuple):
+    """What :meth:`AdaFocusV1TSM.stage2_rollout` computed for B videos (one policy step each)."""
+
+    sampled: SampledActions  # the acting copy's draw: raw (B, 2), actions, logprobs (B,), actor_output
+    positions: torch.Tensor  # (B, 2) the sampled box positions (vertical, horizontal) in [0, 1]
+    corners: torch.Tensor  # (B, 2) int64 (y, x) of the policy's box
+    prediction: torch.Tensor  # (B, C) mean glance logits + mean focus logits on the policy's box
+    baseline_corners: torch.Tensor  # (B, 2) int64 (y, x) of the random box
+    baseline_prediction: torch.Tensor  # (B, C) the same on the random box
+    confidence: torch.Tensor  # (B,) softmax(prediction)[label]
+    baseline_confidence: torch.Tensor  # (B,) softmax(baseline_prediction)[label]
+    rewards: torch.Tensor  # (B,) confidence - baseline_confidence: what went into the memory
 
 
 @dataclass
@@ -145,7 +164,7 @@ class AdaFocusV1TSM(nn.Module):
     layout (None: G evenly spaced focus frames, ``i * L // G``, stand in); uint8 frames are normalised here
     (ImageNet mean/std), floating frames are taken as normalised. ``baseline_positions`` (B, 2) in [0, 1]:
     also run the official evaluation's baseline pass on those boxes. Returns :class:`AdaFocusV1TSMOutput`.
-    The model must be in evaluation mode: its training is not built.
+    The forward needs evaluation mode; the training stages use the parts (:meth:`stage2_rollout` for stage 2).
 
     ``num_segments`` (= ``num_focus_segments``): L; ``num_glance_segments``: G. ``ppo_continuous``: the
     Gaussian policy (True, the official commands') or the grid policy over ``action_dim`` positions.
@@ -275,6 +294,47 @@ class AdaFocusV1TSM(nn.Module):
             torch.empty(batch, 2, device=device).normal_(generator=generator)
         return torch.rand(batch, 2, generator=generator, device=device)
 
+    def positions_of(self, actions: torch.Tensor) -> torch.Tensor:
+        """The policy's actions -> box positions (B, 2) in [0, 1]: the Gaussian's are positions already, the
+        grid policy's indices (B,) are looked up in the grid."""
+        return actions if self.ppo_continuous else self.action_table[actions]
+
+    def stage2_rollout(self, video: torch.Tensor, glance: Optional[torch.Tensor], labels: torch.Tensor, ppo: PPO,
+                       memory: RolloutMemory, generator: Optional[torch.Generator] = None) -> TSMStage2Rollout:
+        """One official stage-2 episode of this form (``video_div`` = 1: one step per video): the acting copy
+        ``ppo.policy_old`` samples one box per video from the stacked glance maps (``ppo.act``, which stores
+        the maps, the action and its log-probability in ``memory``); a random box comes from
+        ``torch.rand(B, 2)`` after the act's draw (both from ``generator``, a generator on the model's device,
+        or the global one when None); the reward, stored in ``memory`` too, is the prediction's confidence in
+        the label minus the random box's (both predictions: mean glance logits + mean focus logits). Then
+        ``ppo.update(memory)`` and ``memory.clear()`` finish the iteration. Everything runs without
+        gradients; the caller sets the modes, as the official stage 2 does: the model in evaluation mode,
+        both policy copies in training mode (the acting copy's BatchNorm normalises with the B videos'
+        statistics and moves its running statistics).
+
+        video (B, L, 3, H, W) or (B, 3L, H, W), glance as in :meth:`forward`; labels (B,) int64."""
+        video, glance = self.inputs(video, glance)
+        b = video.shape[0]
+        if labels.shape != (b,):
+            raise ValueError(f"labels must be (B,) with B = {b}, got {tuple(labels.shape)}")
+        with torch.no_grad():
+            maps, glance_logits = self.glance_pass(glance)
+            glance_prediction = glance_logits.mean(dim=1)
+            sampled = ppo.act(maps.flatten(1, 2), memory, restart=True, generator=generator)
+            positions = self.positions_of(sampled.actions)
+            corners = self.corners_of(positions)
+            prediction = glance_prediction + self.focus_pass(video, corners)[1].mean(dim=1)
+            device = generator.device if generator is not None else video.device
+            baseline_corners = self.corners_of(torch.rand(b, 2, generator=generator, device=device).to(video.device))
+            baseline = glance_prediction + self.focus_pass(video, baseline_corners)[1].mean(dim=1)
+            rows = torch.arange(b, device=labels.device)
+            confidence = prediction.softmax(dim=-1)[rows, labels]
+            baseline_confidence = baseline.softmax(dim=-1)[rows, labels]
+            rewards = confidence - baseline_confidence
+        memory.add_reward(rewards)
+        return TSMStage2Rollout(sampled, positions, corners, prediction, baseline_corners, baseline, confidence,
+                                baseline_confidence, rewards)
+
     @property
     def num_exit_stages(self) -> int:
         """One exit: the prediction."""
@@ -283,8 +343,8 @@ class AdaFocusV1TSM(nn.Module):
     def forward(self, video: torch.Tensor, glance: Optional[torch.Tensor] = None,
                 baseline_positions: Optional[torch.Tensor] = None) -> AdaFocusV1TSMOutput:
         if self.training:
-            raise RuntimeError("adafocus_v1_tsm runs in evaluation mode only (model.eval()): its staged training "
-                               "with PPO is not built")
+            raise RuntimeError("adafocus_v1_tsm's forward runs in evaluation mode only (model.eval()); its training "
+                               "runs in stages from the model's parts (ops/staged_training.py)")
         video, glance = self.inputs(video, glance)
         maps, glance_logits = self.glance_pass(glance)
         glance_prediction = glance_logits.mean(dim=1)
@@ -410,9 +470,12 @@ ADAFOCUS_V1_TSM = register_variant(Variant(
                                 class_weight_keys=("glance_head.weight", "glancer.net.classifier.weight")),
     # Sth-Sth V1 and V2 (the official tree's somethingv1 / somethingv2).
     datasets=("something", "somethingv2"),
-    # The README evaluation command (evaluate.sh: Sth-Sth V1, G = 8, L = 12, P = 144, Gaussian policy, std 0.25).
+    # The README's three training stages at the released patch sizes (configs/v1_{sthv1,sthv2}_p{P}_stage{N}.yaml).
+    presets=tuple(f"v1_{dataset}_p{patch}_stage{stage}" for dataset in ("sthv1", "sthv2")
+                  for patch in (144, 160, 176) for stage in (1, 2, 3)),
+    # The README evaluation command (evaluate.sh: Sth-Sth V1, G = 8, L = 12, P = 144, Gaussian policy, std 0.25);
+    # weight decay: the official configuration's. main.py --evaluate runs it (one exit: no early exit);
+    # training: main.py --stage 1..3 (ops/staged_training.py)
     defaults={"num_segments": 12, "num_glance_segments": 8, "num_focus_segments": 12, "patch_size": 144,
-              "dropout": 0.5, "dataset": "something"},
-    # main.py --evaluate runs it (one exit: no early exit); its training stages are not built (main.py refuses
-    # training in one line: ops/staged_training.py)
+              "dropout": 0.5, "dataset": "something", "weight_decay": 1e-4},
 ))

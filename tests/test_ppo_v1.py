@@ -8,10 +8,9 @@
   loss term, the gradients, the Adam deltas, the BatchNorm buffers and the final weights are compared.
 * Every ``v1/parity_*.pt``: its ``stage2_iteration`` (one official stage-2 training iteration right after
   the eval forward). ActivityNet form: ``AdaFocusV1.stage2_rollout`` and the update end to end (sampled
-  actions, random baseline crops, rewards, memory, the update's locals). Something-Something form: the
-  episode composed of ``adafocus_v1_tsm``'s stages and this PPO (the raw and clamped samples, boxes,
-  rewards, the acting copy's BatchNorm statistics), and the update from the recorded rewards (see
-  ``stage2_sth``).
+  actions, random baseline crops, rewards, memory, the update's locals). Something-Something form:
+  ``AdaFocusV1TSM.stage2_rollout`` with this PPO (the raw and clamped samples, boxes, rewards, the acting
+  copy's BatchNorm statistics), and the update from the recorded rewards (see ``stage2_sth``).
 * Properties that hold for any sizes and seeds: the returns, the clipped surrogate, the policy-gradient
   part of the gradient, the memory's merge and checkpointing.
 
@@ -32,7 +31,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.adafocus_v1_sth import AdaFocusV1TSM
 from models.adafocus_v1_policy import GaussianPatchPolicy, GridPatchPolicy, RecurrentActorCritic
 from models.ppo import (PPO, RolloutMemory, discounted_returns, merge_memories, normalize_returns, ppo_terms)
 from ops.checkpoint import load_checkpoint
@@ -312,26 +310,6 @@ def test_stage2_update(stage2):
 # --------------------------------------------------------------------------------------------------
 # The stage-2 iteration of the parity fixtures (Something-Something form)
 # --------------------------------------------------------------------------------------------------
-def sth_stage2_episode(model: AdaFocusV1TSM, video, glance, labels, ppo: PPO, memory: RolloutMemory,
-                       generator: torch.Generator) -> dict:
-    """The official stage-2 episode of the Something-Something form with one policy step per video, composed of
-    the model's stages: the acting copy samples one box per video from the stacked glance maps (``ppo.act``),
-    a random box comes from ``torch.rand(B, 2)`` (after the act's draw), and the reward is the prediction's
-    confidence in the label minus the random box's."""
-    video, glance = model.inputs(video, glance)
-    with torch.no_grad():
-        maps, glance_logits = model.glance_pass(glance)
-        sampled = ppo.act(maps.flatten(1, 2), memory, restart=True, generator=generator)
-        corners = model.corners_of(sampled.actions)
-        pred = glance_logits.mean(dim=1) + model.focus_pass(video, corners)[1].mean(dim=1)
-        random_corners = model.corners_of(torch.rand(video.shape[0], 2, generator=generator))
-        baseline = glance_logits.mean(dim=1) + model.focus_pass(video, random_corners)[1].mean(dim=1)
-        rewards = (pred.softmax(dim=-1).gather(1, labels[:, None]) - baseline.softmax(dim=-1).gather(1, labels[:, None]))
-    memory.add_reward(rewards[:, 0])
-    return dict(sampled=sampled, corners=corners, pred=pred, random_corners=random_corners, baseline=baseline,
-                rewards=rewards[:, 0])
-
-
 @pytest.fixture(scope="module", params=fixture_params("parity_*.pt", "v1"))
 def stage2_sth(request, tmp_path_factory):
     path = require_fixture(request.param)
@@ -354,8 +332,8 @@ def stage2_sth(request, tmp_path_factory):
     ppo.policy.train()
     ppo.policy_old.train()
     memory = RolloutMemory()
-    episode = sth_stage2_episode(model, video, glance, s2["target"], ppo, memory,
-                                 torch.Generator().manual_seed(s2["rollout_seed"]))
+    episode = model.stage2_rollout(video, glance, s2["target"], ppo, memory,
+                                   generator=torch.Generator().manual_seed(s2["rollout_seed"]))
     acting_bn1d = ppo.policy_old.state_encoder[5].running_mean.clone()
     stored = [t.clone() for t in memory.stacked()]
     # The update from the recorded rewards: with one step of B = 2 videos the returns are normalised by the
@@ -371,16 +349,18 @@ def stage2_sth(request, tmp_path_factory):
 
 def test_stage2_sth_act_boxes_rewards_and_memory(stage2_sth):
     s2, episode = stage2_sth["s2"], stage2_sth["episode"]
-    sampled = episode["sampled"]
+    sampled = episode.sampled
     torch.testing.assert_close(sampled.raw[None], s2["mvn_sample_raw"], **PROBS)
     torch.testing.assert_close(sampled.actor_output[None], s2["action_mean"], **PROBS)
     torch.testing.assert_close(sampled.actions[None], s2["sampled_actions_clamped"], **PROBS)
+    torch.testing.assert_close(episode.positions, sampled.actions, **EXACT)
     torch.testing.assert_close(sampled.logprobs[None], s2["logprobs"], **TERMS)
-    assert torch.equal(episode["corners"][None], s2["patch_coords"])
-    assert torch.equal(episode["random_corners"][None], s2["baseline_patch_coords"])
-    torch.testing.assert_close(episode["pred"][None], s2["pred"], atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(episode["baseline"][None], s2["baseline_logit"], atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(episode["rewards"][None], s2["rewards"], atol=1e-6, rtol=1e-4)
+    assert torch.equal(episode.corners[None], s2["patch_coords"])
+    assert torch.equal(episode.baseline_corners[None], s2["baseline_patch_coords"])
+    torch.testing.assert_close(episode.prediction[None], s2["pred"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(episode.baseline_prediction[None], s2["baseline_logit"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(episode.rewards[None], s2["rewards"], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(episode.rewards, episode.confidence - episode.baseline_confidence, **EXACT)
     states, actions, logprobs, rewards = stage2_sth["stored"]
     torch.testing.assert_close(states.double().sum(dim=(2, 3, 4)), s2["memory_states_sum"], atol=0.0, rtol=1e-5)
     torch.testing.assert_close(actions, s2["sampled_actions_clamped"], **PROBS)
