@@ -16,7 +16,9 @@ component of the model is run once on a dummy input of the configured size and c
 
 The cost of stopping after ``k`` focus frames (stage k = 0..T_L; stage 0 is the last glance exit)
 is what the adaptive runtime spends to get there: all glance work and one glance exit, then, if
-k > 0, the policy once and k patches with their MLP steps and exit heads.
+k > 0, the policy once and k patches with their MLP steps and exit heads. A model without the glance
+exit (``UniAdaFocus.exits_at_glance``: trained without ``--reuse_glance_features``) has the stages
+k = 1..T_L only, and the runtime never runs the glance exit head, so none is charged.
 
 ``accounting='official'`` composes the same measured components the way the official table does
 (every glance exit head charged at every stage, no crop, the policy only when k > 0); it reproduces
@@ -85,15 +87,22 @@ class FlopsBreakdown:
     focus_exit: float
     num_glance: int
     num_focus: int
+    exits_at_glance: bool = True  # stage 0 (the last glance exit) exists; else the stages are k = 1..T_L
+
+    @property
+    def first_stage(self) -> int:
+        """The focus frames of the cheapest stage: 0 (the glance exit), or 1 without it."""
+        return 0 if self.exits_at_glance else 1
 
     def stage(self, k: int, accounting: str = "measured") -> float:
-        """GFLOPs of stopping after ``k`` focus frames (k = 0..T_L)."""
-        if not 0 <= k <= self.num_focus:
-            raise ValueError(f"stage must be in 0..{self.num_focus}, got {k}")
+        """GFLOPs of stopping after ``k`` focus frames (k = 0..T_L, or 1..T_L without the glance exit)."""
+        if not self.first_stage <= k <= self.num_focus:
+            raise ValueError(f"stage must be in {self.first_stage}..{self.num_focus}, got {k}")
         g = self.num_glance
         policy = (self.spatial_policy + self.temporal_policy) if k > 0 else 0.0
         if accounting == "measured":
-            return (g * (self.glance_frame + self.glance_mlp) + self.glance_exit + policy
+            glance_exit = self.glance_exit if self.exits_at_glance else 0.0  # the runtime runs it only to exit there
+            return (g * (self.glance_frame + self.glance_mlp) + glance_exit + policy
                     + k * (self.patch_crop + self.focus_patch + self.focus_mlp + self.focus_exit))
         if accounting == "official":
             return (g * (self.glance_frame + self.glance_mlp + self.glance_exit) + policy
@@ -101,8 +110,9 @@ class FlopsBreakdown:
         raise ValueError(f"accounting must be 'measured' or 'official', got {accounting!r}")
 
     def stages(self, accounting: str = "measured") -> List[float]:
-        """GFLOPs of every early-exit stage: [last glance exit, after 1 focus frame, ..., after T_L]."""
-        return [self.stage(k, accounting) for k in range(self.num_focus + 1)]
+        """GFLOPs of every early-exit stage: [last glance exit, after 1 focus frame, ..., after T_L], the first
+        left out without the glance exit (the model's ``exit_focus_frames``)."""
+        return [self.stage(k, accounting) for k in range(self.first_stage, self.num_focus + 1)]
 
 
 def flops_breakdown(model) -> FlopsBreakdown:
@@ -122,7 +132,7 @@ def flops_breakdown(model) -> FlopsBreakdown:
             focus_patch=count_gmacs(model.focus, zeros(1, 3, p, p)),
             focus_mlp=count_gmacs(model.classifier.focus_mlp, zeros(1, 1, fdim)),
             focus_exit=count_gmacs(model.classifier.focus_exits[-1], zeros(1, 2 * hidden)),
-            num_glance=g, num_focus=model.num_focus,
+            num_glance=g, num_focus=model.num_focus, exits_at_glance=model.exits_at_glance,
         )
 
 

@@ -45,7 +45,7 @@ may leave frames undecoded until the policy has chosen (``datasets.selected_fram
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -133,9 +133,25 @@ class UniAdaFocus(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
     @property
+    def exits_at_glance(self) -> bool:
+        """Whether early exit may stop after the glance (stage 0 = the classifier's last glance exit). Not
+        without ``reuse_glance_features``: the classifier then reads zeros for the glance, so its glance exits
+        give every video the same logits and the exit stages are the focus steps only. The one rule behind
+        :attr:`num_exit_stages`, :attr:`exit_focus_frames`, the output's ``stage_logits``, the FLOPs stages
+        (``models.flops``) and :meth:`early_exit_steps`."""
+        return self.ablations.reuse_glance_features
+
+    @property
+    def exit_focus_frames(self) -> Tuple[int, ...]:
+        """The focus frames each early-exit stage has processed: (0, 1, ..., T_L) (stage 0 the last glance
+        exit), or (1, ..., T_L) without a glance exit (:attr:`exits_at_glance`)."""
+        return tuple(range(0 if self.exits_at_glance else 1, self.num_focus + 1))
+
+    @property
     def num_exit_stages(self) -> int:
-        """T_L + 1: the last glance exit, then one after each focus frame."""
-        return self.num_focus + 1
+        """T_L + 1: the last glance exit, then one after each focus frame; T_L without the glance exit
+        (:attr:`exits_at_glance`)."""
+        return len(self.exit_focus_frames)
 
     @property
     def patch_size(self) -> int:
@@ -371,23 +387,29 @@ class UniAdaFocus(nn.Module):
         return self.spatial_head(inner.mean(dim=(2, 3))).view(b, k, -1)
 
     def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
-        """The T_L + 1 early-exit stages one at a time, for the adaptive runtime (a generator; evaluation).
+        """The :attr:`num_exit_stages` early-exit stages one at a time, for the adaptive runtime (a generator;
+        evaluation).
 
         Yields stage 0's logits (B, C): the last glance exit, from the glance encoder and the glance
         MLP's running maximum alone (no glance head, no other glance exit, no auxiliary head). Each
         time it is sent the positions (m,) (long, on the device) of the videos of its last yield that
         continue, it yields the next stage's logits (m, C) for those only: the policy runs once, for
         the videos that passed stage 0, then one focus frame per stage, continuing each video's
-        running-max focus state. ``amp``: the caller's autocast setting, with autocast turned off
-        around the whole run. ``lap(name)`` marks the end of the policy. ``before_focus(indices, rows)``
-        is called before every focus step with the step's frame (n, 1) of each video still running and
-        those videos' rows (n,) of ``video``.
+        running-max focus state. Without the glance exit (:attr:`exits_at_glance`) nothing is yielded
+        before the first focus frame: the policy runs for every video and the first yield is focus exit
+        0. ``amp``: the caller's autocast setting, with autocast turned off around the whole run.
+        ``lap(name)`` marks the end of the policy. ``before_focus(indices, rows)`` is called before every
+        focus step with the step's frame (n, 1) of each video still running and those videos' rows (n,)
+        of ``video``.
         """
         clf = self.classifier
         frames = self.frames_view(video)
         glance = self.glance_stage(frames, amp, head=False)
         glance_final = clf.glance_states(self.classifier_glance_input(glance.features))[:, -1]  # (B, H)
-        keep = yield clf.glance_exits[-1](glance_final)  # (B, C)
+        if self.exits_at_glance:
+            keep = yield clf.glance_exits[-1](glance_final)  # (B, C)
+        else:  # no glance exit: every video goes on to the policy
+            keep = torch.arange(frames.shape[0], device=frames.device)
         rows, glance_final = keep, glance_final[keep]
         candidates = None
         if self.ablations.frame_sampling == "mg_sampler":  # MG Sampler reads every candidate frame
@@ -475,4 +497,4 @@ class UniAdaFocus(nn.Module):
             patch_boxes=self.geometry.boxes(policy.focus_actions, height, width),
             glance_features=gfeat, focus_features=ffeat[0], random_pass=random_pass,
             ablated_terms=ablations.ablated_terms if training else frozenset(),
-            single_pass=training and not random_pass_on)
+            single_pass=training and not random_pass_on, exits_at_glance=self.exits_at_glance)

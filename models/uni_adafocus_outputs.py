@@ -13,13 +13,15 @@ import torch
 from .outputs import detach_output
 
 
-def stage_logits(exit_logits: torch.Tensor, num_glance: int) -> torch.Tensor:
+def stage_logits(exit_logits: torch.Tensor, num_glance: int, exits_at_glance: bool = True) -> torch.Tensor:
     """The K = T_L + 1 early-exit stages of a full pass: (B, T_G + T_L, C) -> (B, T_L + 1, C).
 
     Stage 0 is the last glance exit (row T_G - 1), stage k the focus exit k - 1 (row T_G + k - 1):
-    inference may stop after the glance, or after any number of focus frames.
+    inference may stop after the glance, or after any number of focus frames. Without ``exits_at_glance``
+    (the model's rule, ``UniAdaFocus.exits_at_glance``) the K = T_L stages are the focus exits alone,
+    (B, T_L, C): stage k follows k + 1 focus frames.
     """
-    return exit_logits[:, num_glance - 1:]
+    return exit_logits[:, num_glance - 1 if exits_at_glance else num_glance:]
 
 
 @dataclass
@@ -103,6 +105,8 @@ class UniAdaFocusOutput:
     #: inputs below read None), and whether a training forward has a single pass (no random patches).
     ablated_terms: frozenset = frozenset()
     single_pass: bool = False
+    #: Whether the early-exit stages start with the last glance exit (the model's ``exits_at_glance``).
+    exits_at_glance: bool = True
 
     @property
     def logits(self) -> torch.Tensor:
@@ -114,8 +118,9 @@ class UniAdaFocusOutput:
 
     @property
     def stage_logits(self) -> torch.Tensor:
-        """(B, T_L + 1, C) the early-exit stages (see :func:`stage_logits`)."""
-        return stage_logits(self.exit_logits, self.exit_logits.shape[1] - self.focus_logits.shape[1])
+        """(B, K, C) the early-exit stages, K = T_L + 1 or, without the glance exit, T_L (see :func:`stage_logits`)."""
+        return stage_logits(self.exit_logits, self.exit_logits.shape[1] - self.focus_logits.shape[1],
+                            self.exits_at_glance)
 
     # What the objective's cross-entropies average over, (B, S, C) each (one CE per row, averaged):
     # every exit, every glance frame, every focus patch (official). The Monte-Carlo temporal term reads

@@ -21,7 +21,7 @@ import torch
 
 from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner, assign_exits, exit_scores,
                             geometric_exit_distribution, load_thresholds, save_thresholds, solve_thresholds)
-from models.flops import flops_breakdown
+from models.flops import count_gmacs, flops_breakdown
 from models.uni_adafocus_outputs import stage_logits
 from support import random_video, tiny_model
 
@@ -35,10 +35,11 @@ MARGIN = 1e-4
 CRITERIA = ("confidence", "entropy", "max_prob")
 
 
-def calibrated_tiny_model(seed: int = 0):
-    """tiny_model() with random weights and BatchNorm statistics measured on random videos, in eval mode."""
+def calibrated_tiny_model(seed: int = 0, **overrides):
+    """tiny_model(**overrides) with random weights and BatchNorm statistics measured on random videos, in eval
+    mode."""
     torch.manual_seed(seed)
-    model = tiny_model()
+    model = tiny_model(**overrides)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
@@ -330,3 +331,85 @@ def test_bad_arguments(setup, table):
             runner.run(video)
     finally:
         model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# without reuse of the glance features (--no-reuse_glance_features): no glance exit
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def no_reuse():
+    """The calibrated tiny model trained without reuse of the glance features: its K = T_L = 4 stages are the
+    focus exits; thresholds solved on other videos, its evaluation batch and output."""
+    model = calibrated_tiny_model(reuse_glance_features=False)
+    with torch.no_grad():
+        threshold_set = model(random_video(batch=64, seed=5)).stage_logits
+        video = random_video(batch=16, seed=9)
+        out = model(video)
+    return model, threshold_set, video, out
+
+
+def test_without_glance_reuse_the_stages_are_the_focus_steps(no_reuse, setup):
+    model, _, _, out = no_reuse
+    t_g, t_l = model.num_glance, model.num_focus
+    assert not model.exits_at_glance and setup[0].exits_at_glance
+    assert model.num_exit_stages == t_l and model.exit_focus_frames == tuple(range(1, t_l + 1))
+    assert setup[0].num_exit_stages == t_l + 1 and setup[0].exit_focus_frames == tuple(range(t_l + 1))
+    # the glance exit reads zeros: the same logits for every video, hence no stage
+    glance_exit = out.exit_logits[:, t_g - 1]
+    assert torch.equal(glance_exit, glance_exit[:1].expand_as(glance_exit))
+    assert torch.equal(out.stage_logits, out.exit_logits[:, t_g:]) and out.stage_logits.shape[1] == t_l
+    assert torch.equal(stage_logits(out.exit_logits, t_g, model.exits_at_glance), out.stage_logits)
+    # FLOPs: the stages after 1..T_L focus frames, without the glance exit head the runtime no longer runs
+    default, ours = flops_breakdown(setup[0]), flops_breakdown(model)
+    assert ours.stages() == pytest.approx([default.stage(k) - default.glance_exit for k in range(1, t_l + 1)])
+    with pytest.raises(ValueError, match="stage must be in 1..4"):
+        ours.stage(0)
+
+
+@pytest.mark.parametrize("reuse", (True, False))
+def test_counted_flops_of_the_runtime_are_the_flops_table(reuse):
+    """FlopCounterMode around the adaptive runtime with every video sent out at stage k counts B times the
+    table's stage k, with and without the glance exit."""
+    model = calibrated_tiny_model(reuse_glance_features=reuse)
+    table, k_stages, b = flops_breakdown(model).stages(), model.num_exit_stages, 3
+    video = random_video(batch=b, seed=1)
+    runner = AdaptiveRunner(model, [NO_EXIT_THRESHOLD] * (k_stages - 1) + [LAST_STAGE_THRESHOLD], flops=table)
+    for k in range(k_stages):
+        counted = count_gmacs(lambda: runner.run(video, forced_exits=torch.full((b,), k)))
+        assert counted == pytest.approx(b * table[k], rel=1e-9), k
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("p", (0.5, 1.0, 2.0))
+def test_runtime_without_glance_exit_matches_posthoc_simulation(no_reuse, criterion, p):
+    model, threshold_set, video, out = no_reuse
+    stages = out.stage_logits
+    thresholds = _clear_of_scores(_solved(threshold_set, criterion, p), stages, criterion)
+    _check_margin(stages, thresholds, criterion)
+    expected_exits = assign_exits(exit_scores(stages, criterion), thresholds)
+    result = AdaptiveRunner(model, thresholds, criterion).run(video)
+    assert torch.equal(result.exit_stage, expected_exits)
+    torch.testing.assert_close(result.logits, stages[torch.arange(16), expected_exits], **LOGITS)
+    assert result.gflops.tolist() == [flops_breakdown(model).stages()[k] for k in expected_exits.tolist()]
+
+
+def test_the_glance_exit_is_never_taken(no_reuse):
+    """Thresholds that let everybody out at the first stage: without the glance exit that is after one focus
+    frame, with the policy run once for every video, and the glance exit head never runs."""
+    model, threshold_set, video, out = no_reuse
+    runner = AdaptiveRunner(model, [LAST_STAGE_THRESHOLD] * 4, "confidence")
+    calls = []
+    hooks = [model.classifier.glance_exits[-1].register_forward_hook(lambda m, i, o: calls.append("glance_exit")),
+             model.focus.register_forward_hook(lambda m, i, o: calls.append(("focus", i[0].shape[0]))),
+             model.policy.temporal.register_forward_hook(lambda m, i, o: calls.append(("policy", i[0].shape[0])))]
+    try:
+        result = runner.run(video)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [("policy", 16), ("focus", 16)]
+    assert result.exit_stage.tolist() == [0] * 16 and result.stage_batch_sizes == [16, 0, 0, 0]
+    torch.testing.assert_close(result.logits, out.exit_logits[:, model.num_glance], **LOGITS)
+    # solved on the threshold set, the exits spread over the focus stages
+    spread = AdaptiveRunner(model, _solved(threshold_set, "entropy", 1.0), "entropy").run(video)
+    assert len(spread.exit_stage.unique()) >= 3, spread.exit_stage.tolist()

@@ -1,11 +1,12 @@
 """Sample-wise early exit: criteria, MSDNet-style threshold solving, evaluation, budget sweeps,
 thresholds for a FLOPs budget and the adaptive runtime.
 
-The network has K exits ("stages"; K = T_L + 1 = 17 for Uni-AdaFocus: stage 0 is the last glance
-exit, stage k follows k focus frames). For every video and stage a criterion scores how confident
-the prediction is; a video leaves at the first stage whose score reaches that stage's threshold, and
-at the last stage otherwise. What the official code does, and what is fixed here, is described in
-docs/official-behaviour.md, "Early exit".
+The network has K exits ("stages"; K = T_L + 1 = 17 for Uni-AdaFocus: stage 0 is the last glance exit,
+stage k follows k focus frames; K = T_L, stage k after k + 1 focus frames, for a model trained without
+``--reuse_glance_features``, whose glance exits give every video the same logits). For every video and
+stage a criterion scores how confident the prediction is; a video leaves at the first stage whose score
+reaches that stage's threshold, and at the last stage otherwise. What the official code does, and what
+is fixed here, is described in docs/official-behaviour.md, "Early exit".
 
 The same machinery runs the official Uni-AdaFocus-TSM procedure, which has K = 2 exits: stage 0 is
 the glance-only prediction (the glance network's auxiliary head, averaged over frames), stage 1 the

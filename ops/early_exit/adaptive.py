@@ -1,14 +1,16 @@
 """Adaptive early-exit inference: run the focus steps incrementally and drop videos as they exit.
 
-The post-hoc simulation (:func:`.evaluation.evaluate_exits`) runs the full network, scores all K = T_L + 1 exit
-stages (``models.uni_adafocus_outputs.stage_logits``) and picks each video's first confident stage. This
-runtime gets the same predictions while doing only the work each video needs (see
-docs/official-behaviour.md, "Early exit"; the FLOPs table of ``models.flops`` charges exactly this
-work):
+The post-hoc simulation (:func:`.evaluation.evaluate_exits`) runs the full network, scores all K exit stages
+(``models.uni_adafocus_outputs.stage_logits``: T_L + 1, or T_L without the glance exit) and picks each video's
+first confident stage. This runtime gets the same predictions while doing only the work each video needs (see
+docs/official-behaviour.md, "Early exit"; the FLOPs table of ``models.flops`` charges exactly this work):
 
 * **stage 0** — the glance encoder on all T_G frames of every video, the glance MLP and its running
   maximum, and the *last* glance exit only (no glance head, no other glance exits, no auxiliary
-  head). Criterion, decision; exited videos leave the batch.
+  head). Criterion, decision; exited videos leave the batch. A model without the glance exit
+  (``exits_at_glance`` False: trained without ``--reuse_glance_features``, its glance exits give every
+  video the same logits) offers none: its K = T_L stages are the focus steps below, its stage 0 the
+  first focus frame, and the policy runs for every video.
 * **policy** — once, for the videos still running: the spatial and temporal policies and the focus
   frame selection.
 * **stage k = 1..T_L** — for the videos still running only: crop the patch of their k-th focus frame
@@ -60,12 +62,12 @@ class AdaptiveResult:
     """What :meth:`AdaptiveRunner.run` produced for a batch of B videos."""
 
     logits: torch.Tensor  # (B, C) float32 logits of each video's exit stage (on the model's device)
-    exit_stage: torch.Tensor  # (B,) int64 (CPU): 0 = last glance exit, k = after k focus frames
+    exit_stage: torch.Tensor  # (B,) int64 (CPU): stage k after model.exit_focus_frames[k] focus frames
     gflops: torch.Tensor  # (B,) float64 (CPU): the FLOPs table entry of each video's exit stage
     scores: torch.Tensor  # (B,) (CPU) criterion score at each video's exit stage
     stage_batch_sizes: List[int]  # (K,) videos processed at each stage (0 for stages nobody reached)
-    stage_seconds: Optional[List[float]] = None  # (K,) wall time per stage when timed (stage 1 includes the policy)
-    policy_seconds: Optional[float] = None  # wall time of the policy (part of stage 1) when timed
+    stage_seconds: Optional[List[float]] = None  # (K,) wall time per stage when timed (policy: first focus stage)
+    policy_seconds: Optional[float] = None  # wall time of the policy (part of the first focus stage) when timed
     num_stages: int = field(default=0)
 
     @property
@@ -91,13 +93,13 @@ def _thresholds_and_criterion(thresholds: ThresholdsLike, criterion: Optional[st
 class AdaptiveRunner:
     """Early-exit inference that stops computing for a video as soon as it exits.
 
-    model: a :class:`models.UniAdaFocus` in eval mode. thresholds: (K,) per-stage thresholds
-    (K = T_L + 1; the last one should be -1e8, but everybody leaves at the last stage regardless), a
-    :class:`.thresholds_file.ThresholdsFile` or the path of a thresholds file (its criterion is used;
-    a different explicit ``criterion`` is an error). criterion: ``'confidence'`` | ``'entropy'`` |
-    ``'max_prob'`` (default ``'confidence'``). flops: GFLOPs of each stage (K,), by default the
-    model's measured table (its variant's FLOPs accounting, ``models.variant_of(model).flops``, counted
-    once here).
+    model: a :class:`models.UniAdaFocus` in eval mode. thresholds: (K,) per-stage thresholds (K =
+    ``model.num_exit_stages``: T_L + 1, or T_L without the glance exit; the last one should be -1e8, but
+    everybody leaves at the last stage regardless), a :class:`.thresholds_file.ThresholdsFile` or the path of
+    a thresholds file (its criterion is used; a different explicit ``criterion`` is an error). criterion:
+    ``'confidence'`` | ``'entropy'`` | ``'max_prob'`` (default ``'confidence'``). flops: GFLOPs of each stage
+    (K,), by default the model's measured table (its variant's FLOPs accounting,
+    ``models.variant_of(model).flops``, counted once here).
     """
 
     def __init__(self, model, thresholds: ThresholdsLike, criterion: Optional[str] = None,
