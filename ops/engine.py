@@ -673,8 +673,8 @@ def evaluate(model, loader, args, info, collect_stages: bool = False, visualise:
     loss = dist_ops.all_reduce_sum(loss_sum, info).item() / total
     metrics = head_metrics(rows, dataset_metric(dataset), loss)
     if ablation:
-        metrics["stage_scores"] = early_exit.StageMetric(rows["stages"], exit_targets(rows, metrics["metric"]),
-                                                         metrics["metric"]).stages()
+        scored = early_exit.StageMetric(rows["stages"], exit_targets(rows, metrics["metric"]), metrics["metric"])
+        metrics["stage_scores"] = scored.stages(getattr(net, "exit_focus_frames", None))  # indexed by focus frames
     if policy:
         metrics["policy_ablation"] = ablation_metrics(rows, metrics)
     if removal is not None:
@@ -714,7 +714,8 @@ def dynamics_ablation(model, rows: Dict[str, torch.Tensor], metric: str, args, i
     if log is not None:
         log.info(f"--remove_dynamics: threshold set (training videos) evaluated in {time.time() - started:.1f}s")
     result = policy_ablation.dynamics_metrics(rows["dynamics"], exit_targets(rows, metric), threshold["dynamics"],
-                                              exit_gflops(model), removed, metric, budgets=args.budgets, seed=args.seed)
+                                              exit_gflops(model), removed, metric, budgets=args.budgets, seed=args.seed,
+                                              steps=unwrap(model).exit_focus_frames)
     result["threshold_set"] = "train"
     return result
 
@@ -747,8 +748,8 @@ def summarise(metrics: Dict) -> str:
     if "policy_ablation" in metrics:
         a = metrics["policy_ablation"]
         text += (f"  | {a['metric']} at equal GFLOPs: uniform frames {a['uniform_frames']:.1f}, random patches "
-                 f"{a['random_patches']:.1f}, both {a['uniform_frames_random_patches']:.1f}; glance exit alone "
-                 f"{a['glance_exit']:.1f}")
+                 f"{a['random_patches']:.1f}, both {a['uniform_frames_random_patches']:.1f}; "
+                 + (f"glance exit alone {a['glance_exit']:.1f}" if "glance_exit" in a else "no glance exit"))
     if "dynamics_ablation" in metrics:
         text += "  | " + policy_ablation.describe_dynamics(metrics["dynamics_ablation"])
     return text

@@ -15,6 +15,9 @@ every setting spends exactly the same GFLOPs as the full model:
 
 Next to them, ``glance_exit`` is the model stopped after its glance (the classifier's last glance
 exit, early-exit stage 0: the glance's GFLOPs only) and ``full`` the model as trained (its last exit).
+A model without the glance exit (``UniAdaFocus.exits_at_glance``: trained without
+``--reuse_glance_features``, its glance exits give every video the same logits) has no ``glance_exit``
+entry.
 
 The replacements reuse the forward pass's glance features and spatial actions, so only the focus
 encoder and the classifier run again (the model's own ``classify``: without ``--reuse_glance_features``
@@ -45,7 +48,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 
 from . import early_exit
-from .config import DYNAMICS
+from .flags import DYNAMICS
 from .packages import sibling
 
 frame_selection = sibling("models.frame_selection")
@@ -77,7 +80,8 @@ def ablation_logits(net, video: torch.Tensor, out, draws: int = DEFAULT_DRAWS,
 
     net: the (unwrapped, evaluation-mode) model; video: the batch it was given; out: its output.
     Returns ``{setting: (B, S, C)}`` (S = 1 for the settings without random patches, ``draws`` for
-    the others) and ``glance_exit`` (B, 1, C). Runs under the caller's autocast setting, as the forward.
+    the others) and ``glance_exit`` (B, 1, C) where the model has that exit (``net.exits_at_glance``). Runs
+    under the caller's autocast setting, as the forward.
     """
     frames = net.frames_view(video)
     b, t0 = frames.shape[:2]
@@ -85,7 +89,7 @@ def ablation_logits(net, video: torch.Tensor, out, draws: int = DEFAULT_DRAWS,
     all_actions = frame_selection.interpolate_actions(out.glance_actions, t0)  # (B, T0, 4)
     frame_choice = {"policy": out.focus_indices,
                     "uniform": frame_selection.uniform_frame_indices(b, t0, net.num_focus, frames.device)}
-    result = {"glance_exit": out.stage_logits[:, :1]}
+    result = {"glance_exit": out.stage_logits[:, :1]} if net.exits_at_glance else {}
     with torch.autocast(frames.device.type, enabled=False):
         for name, (frames_rule, patches_rule) in SETTINGS.items():
             indices = frame_choice[frames_rule]  # (B, T_L)
@@ -154,13 +158,13 @@ def dynamics_stage_logits(net, video: torch.Tensor, out, removed: Iterable[str])
     with torch.autocast(frames.device.type, enabled=False):
         feats = net.focus_features(frames, indices, actions, amp)  # (B, T_L, Df)
         exit_logits = net.classify(out.glance_features, feats)  # (B, T_G + T_L, C)
-    return uni_adafocus_outputs.stage_logits(exit_logits, out.glance_features.shape[1]).float()
+    return uni_adafocus_outputs.stage_logits(exit_logits, out.glance_features.shape[1], net.exits_at_glance).float()
 
 
 def dynamics_metrics(eval_stages: torch.Tensor, targets: torch.Tensor, threshold_stages: torch.Tensor,
                      flops: Sequence[float], removed: Iterable[str], metric: str,
                      budgets: Optional[Sequence[float]] = None, seed: int = 0, draws: int = DEFAULT_DRAWS,
-                     criterion: str = DYNAMICS_CRITERION) -> Dict:
+                     criterion: str = DYNAMICS_CRITERION, steps: Optional[Sequence[int]] = None) -> Dict:
     """The metric of one Table 10 row at each average-GFLOPs budget.
 
     eval_stages (N, K, C) / threshold_stages (M, K, C): the stage logits of the evaluation and threshold
@@ -174,7 +178,9 @@ def dynamics_metrics(eval_stages: torch.Tensor, targets: torch.Tensor, threshold
     Returns ``{"removed", "metric_name", "criterion", "budgets", "gflops", "threshold_gflops", "metric",
     "exit_counts", "stage_scores"}``: per budget the GFLOPs spent on the evaluation set (and on the threshold
     set, at most the budget), the metric (percent) and the evaluation set's exit counts (K,);
-    ``stage_scores`` the metric when every video exits after t focus frames (t = 0..T_L).
+    ``stage_scores`` the metric when every video exits after t focus frames (t = 0..T_L; ``steps``: the focus
+    frames of each stage, the model's ``exit_focus_frames``, when they are not 0..K-1: None at a t where
+    no stage stops, t = 0 without the glance exit).
     """
     removed = removed_dynamics(removed)
     budgets = [float(b) for b in (budgets or early_exit.evenly_spaced_budgets(flops))]
@@ -185,7 +191,7 @@ def dynamics_metrics(eval_stages: torch.Tensor, targets: torch.Tensor, threshold
     generator = torch.Generator().manual_seed(seed)
     result = {"removed": list(removed), "metric_name": metric, "criterion": criterion, "budgets": budgets,
               "gflops": [], "threshold_gflops": [], "metric": [], "exit_counts": [],
-              "stage_scores": scored.stages()}
+              "stage_scores": scored.stages(steps)}
     for budget in budgets:
         try:
             found = early_exit.thresholds_for_budget(scores, flops, budget)

@@ -74,6 +74,52 @@ def test_without_glance_feature_reuse_the_ablations_ignore_the_glance_features()
                                    policy_ablation.dynamics_stage_logits(model, video, other, removed))
 
 
+def test_without_glance_reuse_there_is_no_glance_exit_to_report():
+    """No glance exit without reuse of the glance features: no ``glance_exit`` entry, T_L stages with every
+    dynamics removal, and the per-stage metric indexed by focus frames with nothing at t = 0."""
+    torch.manual_seed(0)
+    model = tiny_model(num_focus_segments=3, reuse_glance_features=False).eval()
+    video = random_video(batch=4)
+    with torch.no_grad():
+        out = model(video)
+    assert set(policy_ablation.ablation_logits(model, video, out, draws=2)) == set(policy_ablation.SETTINGS)
+    for removed in ([], ["samplewise"], ["spatial"], ["temporal"], ["spatial", "temporal"]):
+        stages = policy_ablation.dynamics_stage_logits(model, video, out, removed)
+        assert stages.shape == (4, 3, model.num_classes), removed
+    kept = policy_ablation.dynamics_stage_logits(model, video, out, ["spatial"])
+    with torch.no_grad():
+        whole = model.classify(out.glance_features, model.focus_features(
+            model.frames_view(video), out.focus_indices,
+            model.geometry.with_identity(policy_ablation.whole_frame_actions(out.focus_indices.shape, "cpu")),
+            model.autocast_setting("cpu")))
+    torch.testing.assert_close(kept, whole[:, model.num_glance:])
+    targets = torch.arange(4) % model.num_classes
+    flops = flops_breakdown(model).stages()
+    result = policy_ablation.dynamics_metrics(kept, targets, kept, flops, ["spatial"], "top1",
+                                              steps=model.exit_focus_frames)
+    assert result["stage_scores"][0] is None and len(result["stage_scores"]) == 4
+    assert result["stage_scores"][1:] == [policy_ablation.early_exit.StageMetric(kept, targets, "top1").stage(k)
+                                          for k in range(3)]
+    assert all(counts is None or len(counts) == 3 for counts in result["exit_counts"])
+    with pytest.raises(ValueError, match="3 increasing counts"):
+        policy_ablation.early_exit.StageMetric(kept, targets, "top1").stages([1, 1, 2])
+
+
+def test_the_job_without_glance_reuse_reports_no_glance_exit(tmp_path):
+    argv = TINY + ["--dataset", "synthetic", "--data_dir", str(tmp_path / "data"), "--synthetic", json.dumps(SYNTHETIC),
+                   "--root_log", str(tmp_path / "exp"), "--store_name", "run", "--no-reuse_glance_features",
+                   "--policy_ablation", "--remove_dynamics", "samplewise"]
+    assert main.main(argv) == 0
+    final = json.loads((tmp_path / "exp" / "run" / "metrics.json").read_text())["final"]
+    assert set(final["policy_ablation"]) == {"metric", "full", "uniform_frames", "random_patches",
+                                             "uniform_frames_random_patches"}
+    assert final["stage_scores"][0] is None and len(final["stage_scores"]) == 3  # after t = 0, 1, 2 focus frames
+    dynamics = final["dynamics_ablation"]
+    assert dynamics["stage_scores"] == final["stage_scores"]
+    assert [len(counts) for counts in dynamics["exit_counts"]] == [2] * len(dynamics["budgets"])  # T_L stages
+    assert "no glance exit" in (tmp_path / "exp" / "run" / "log.txt").read_text()
+
+
 def test_replaced_settings_spend_the_same_focus_compute(monkeypatch):
     """Every setting runs the focus encoder on exactly T_L patches of P x P per video (and draw)."""
     torch.manual_seed(0)

@@ -191,9 +191,21 @@ class StageMetric:
             return float(self.correct[:, k].sum()) * 100.0 / self.num_samples
         return self.ap.evaluate_rows(self._table, self._base + k)[0]
 
-    def stages(self) -> List[float]:
-        """:meth:`stage` of every stage: the metric after t = 0..K-1 steps (the paper's "after t frames")."""
-        return [self.stage(k) for k in range(self.num_stages)]
+    def stages(self, steps: Optional[Sequence[int]] = None) -> List[Optional[float]]:
+        """:meth:`stage` of every stage: the metric after t = 0..K-1 steps (the paper's "after t frames").
+
+        ``steps`` (K,): the steps each stage has taken, increasing (a model's ``exit_focus_frames``), when
+        they are not 0..K-1: the list is then indexed by steps, entry t the metric after t steps, None
+        where no stage stops (a Uni-AdaFocus without the glance exit: entry 0)."""
+        if steps is None:
+            return [self.stage(k) for k in range(self.num_stages)]
+        steps = [int(t) for t in steps]
+        if len(steps) != self.num_stages or steps != sorted(set(steps)) or steps[0] < 0:
+            raise ValueError(f"steps must be {self.num_stages} increasing counts, got {steps}")
+        by_step: List[Optional[float]] = [None] * (steps[-1] + 1)
+        for k, t in enumerate(steps):
+            by_step[t] = self.stage(k)
+        return by_step
 
 
 @dataclass
