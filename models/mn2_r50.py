@@ -90,7 +90,8 @@ MN2_R50 = register_variant(Variant(
     policy="spatial: one deformable patch per glance frame, interpolated to every candidate frame; "
            "temporal: frame weights over the T_G glance frames, T_L focus frames at their CDF quantiles",
     classifier="running max-pooling over glance then focus steps, one exit head per step",
-    exits="T_L + 1 stages: the last glance exit, then the exit after each focus frame",
+    exits="T_L + 1 stages: the last glance exit, then the exit after each focus frame (without "
+          "--reuse_glance_features, T_L: the focus exits alone)",
     frame_source="candidates",
     objective_terms=("cat", "glance", "focus", "temporal", "spatial", "kl", "norm"),
     flops=_flops,

@@ -406,7 +406,8 @@ def test_a_rows_checkpoint_evaluates_with_its_saved_rules(name, data_dir, tmp_pa
                                    dict(patch_location="central", patch_scale="downsample",
                                         frame_sampling="central_clip")])
 def test_the_adaptive_runtime_applies_the_rules_as_the_forward(rules):
-    """Stage by stage (ops.early_exit.adaptive's path), deterministic rules give the full forward's stages."""
+    """Stage by stage (ops.early_exit.adaptive's path), deterministic rules give the full forward's stages (T_L
+    of them without reuse of the glance features: no glance exit)."""
     torch.manual_seed(0)
     model = tiny_model(**rules).eval()
     video = random_video(batch=3, dtype=torch.uint8)
@@ -414,6 +415,7 @@ def test_the_adaptive_runtime_applies_the_rules_as_the_forward(rules):
         full = model(video).stage_logits
         steps = model.early_exit_steps(video, (False, torch.bfloat16))
         stages, everyone = [next(steps)], torch.arange(3)
-        for _ in range(TINY["num_focus_segments"]):
+        for _ in range(model.num_exit_stages - 1):
             stages.append(steps.send(everyone))
+    assert model.num_exit_stages == TINY["num_focus_segments"] + model.exits_at_glance
     torch.testing.assert_close(torch.stack(stages, dim=1), full, atol=1e-5, rtol=1e-5)
