@@ -2,15 +2,17 @@
 
 The command lines come from two places: the official READMEs and behaviour descriptions in the
 reference folder (``papers/*.md`` of the uni-adafocus and AdaFocusV2 releases, ``reference/*.md``,
-``reference/tsm``, ``reference/x3d``, ``reference/v2``; the AdaFocus V1 README belongs to a variant not
-built here; a README line with alternatives, ``main.py [something/somethingv2/jester] RGB ... --patch_size
+``reference/tsm``, ``reference/x3d``, ``reference/v2``; a README line with alternatives, ``main.py [something/somethingv2/jester] RGB ... --patch_size
 [128/144/160/176]``, stands for each of its choices), and docs/official-commands.md, which quotes every
 official README command of the releases with ours under it. Each one is translated, its paths are replaced with temporary ones, and it must parse with
 the official meaning (a few values per command are checked against the official line itself); a few
-run for real and must stop at the missing data folder with one line, no traceback.
+run for real and must stop at the missing data folder with one line, no traceback. AdaFocus V1's
+commands (Hydra ``key=value`` overrides; both trees' README commands as ``reference/v1/SPEC-V1.md`` §1
+quotes them) are translated and parsed into the right variant, stage and flags, or refused in one line.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shlex
@@ -24,13 +26,16 @@ import entry_points
 from support import REPO, reference_dir, require_reference
 
 import test_early_exit
+from models import get_variant
 from ops import config
+from ops import staged_training
 from ops.official_commands import (DATA_PLACEHOLDER, FLAG_RELEASES, FLOAT16_TRAINING, OFFICIAL_SCRIPTS,
-                                   OfficialCommandError, translate_command)
+                                   OfficialCommandError, main, translate_command)
 
 SCRIPT_NAMES = {s.name for s in OFFICIAL_SCRIPTS}
-#: READMEs in the papers folder that belong to releases not built here (AdaFocus V1). The AdaFocusV2 README
-#: is read (its top-level page quotes no command; its ActivityNet-form commands are quoted in reference/v2).
+#: READMEs in the papers folder read elsewhere: AdaFocus V1's top-level page quotes no command (its two trees'
+#: README commands are quoted in reference/v1/SPEC-V1.md §1, read by the V1 tests below). The AdaFocusV2
+#: README is read (its top-level page quotes no command; its ActivityNet-form commands are quoted in reference/v2).
 OTHER_RELEASES = ("adafocusv1-readme.md",)
 #: The AdaFocusV2 release's two forms (ActivityNet / FCVID / Mini-Kinetics; Something-Something / Jester).
 V2_VARIANTS = ("adafocus_v2", "adafocus_v2_tsm")
@@ -108,23 +113,28 @@ def _shared_params():
     return params
 
 
-def documented_pairs():
-    """``(line, official command, our command)`` of every pair quoted in docs/official-commands.md."""
+def documented_pairs(answer: str = "Our command"):
+    """``(line, official command, our command)`` of every pair quoted in docs/official-commands.md
+    (``answer="Refused here"``: the official commands refused here, with the one line they get)."""
     text = DOCS.read_text(encoding="utf-8")
-    blocks = re.finditer(r"^(Official command|Our command):\n\n```\n(.*?)\n```", text, flags=re.M | re.S)
+    blocks = re.finditer(r"^(Official command|Our command|Refused here):\n\n```\n(.*?)\n```", text,
+                         flags=re.M | re.S)
     pairs, official = [], None
     for block in blocks:
         if block.group(1) == "Official command":
+            assert official is None, f"docs/official-commands.md:{official[0]}: an official command without ours"
             official = (text.count("\n", 0, block.start()) + 1, block.group(2))
         else:
-            assert official is not None, "an 'Our command' block without an 'Official command' block before it"
-            pairs.append((official[0], official[1], block.group(2)))
+            assert official is not None, f"a '{block.group(1)}' block without an 'Official command' block before it"
+            if block.group(1) == answer:
+                pairs.append((official[0], official[1], block.group(2)))
             official = None
     return pairs
 
 
 SHARED = _shared_params()
 DOCUMENTED = documented_pairs()
+REFUSED = documented_pairs("Refused here")
 
 
 def official_value(tokens, *flags):
@@ -159,6 +169,8 @@ def check_official_meaning(command: str, tmp_path: Path):
     it shows)."""
     command = command.replace("…", " ")
     translation = translate_command(command)
+    if translation.official.form == "hydra":
+        return check_v1_meaning(command)
     assert translation.script in ("main.py", "test_early_exit.py")
     args, paths = _with_paths(translation.args, tmp_path)
     parsed = config.parse_args(args, _parser_for(translation.script))
@@ -268,7 +280,22 @@ def test_the_page_quotes_every_official_command_of_the_reference_folder():
     # (an elided command is a fragment of a quoted one: `python -m torch.distributed.launch ... main.py`)
     assert not missing, f"official commands not quoted in docs/official-commands.md: {missing}"
     scripts = {(translate_command(o).official.name, translate_command(o).official.variant) for _, o, _ in DOCUMENTED}
-    assert scripts == {(s.name, s.variant) for s in OFFICIAL_SCRIPTS}
+    refused = {(s.name, s.variant) for _, o, _ in REFUSED for s in OFFICIAL_SCRIPTS if s.refused and s.name in o}
+    assert scripts | refused == {(s.name, s.variant) for s in OFFICIAL_SCRIPTS}
+
+
+def test_the_page_quotes_every_v1_readme_command_with_ours_or_its_refusal():
+    require_reference()
+    documented = [_tokens(o) for _, o, _ in DOCUMENTED + REFUSED]
+    missing = [c for _, c in v1_readme_commands() if _tokens(c) not in documented]
+    assert not missing, f"AdaFocus V1 README commands not quoted in docs/official-commands.md: {missing}"
+
+
+@pytest.mark.parametrize("line, official, refusal", REFUSED, ids=[f"docs:{p[0]}" for p in REFUSED])
+def test_every_documented_refusal_is_the_translators_one_line(line, official, refusal):
+    with pytest.raises(OfficialCommandError) as refused:
+        translate_command(official)
+    assert refusal == f"official command: {refused.value}", f"docs/official-commands.md:{line}"
 
 
 @pytest.mark.parametrize("line, official, ours", [p for p in DOCUMENTED if "--multiprocessing-distributed" in p[1]][:2])
@@ -328,7 +355,9 @@ def test_official_commands_run_until_the_missing_data_folder(tmp_path):
              "tsm-evaluate": _documented("main.py", "tsm") + " --evaluate --resume ckpt/sthv1.pth.tar",
              "x3d-3-view": _documented("main_nViewEval.py", "x3d"),
              "adafocus_v2-train": _documented("main_v2.py", "adafocus_v2"),
-             "adafocus_v2_tsm-train": _documented("main.py", "adafocus_v2_tsm")}
+             "adafocus_v2_tsm-train": _documented("main.py", "adafocus_v2_tsm"),
+             "adafocus_v1-stage0": _documented("main_dist.py", "adafocus_v1"),
+             "adafocus_v1_tsm-evaluate": _documented("evaluate.py", "adafocus_v1_tsm")}
     commands, missing = [], {}
     for name, official in cases.items():
         folder = tmp_path / name
@@ -361,3 +390,208 @@ def test_main_py_refuses_adafocus_v2s_sth_command_given_to_it_untranslated(capsy
     assert tsm.variant == "tsm"
     named = config.parse_args(["something", "RGB", "--variant", "adafocus_v2_tsm", "--num_segments", "12"])
     assert named.variant == "adafocus_v2_tsm"
+
+
+# ------------------------------------------------------------------------------------------------
+# AdaFocus V1: key=value commands (both trees' READMEs, quoted in reference/v1/SPEC-V1.md §1)
+# ------------------------------------------------------------------------------------------------
+HYDRA_SCRIPTS = {s.name for s in OFFICIAL_SCRIPTS if s.form == "hydra"}
+REFUSED_SCRIPTS = {s.name for s in OFFICIAL_SCRIPTS if s.refused}
+
+
+def _script_of(command: str) -> str:
+    return next(t for t in _tokens(command) if t.endswith(".py")).rsplit("/", 1)[-1]
+
+
+def v1_readme_commands():
+    """``(line, command)`` of every README command of both V1 trees that SPEC-V1.md §1 quotes (its inline
+    code spans that run a V1 script), plus the two it states in words: the focus network's stage 0 (the
+    glance network's with ``pretrain_glancer=false``) and the evaluation (the stage-3 command plus
+    ``evaluate=true``)."""
+    text = (reference_dir() / "v1" / "SPEC-V1.md").read_text(encoding="utf-8")
+    section = text[:text.index("\n## 2.")]
+    found = [(n, c) for n, c in extract_commands(section) if _script_of(c) in HYDRA_SCRIPTS]
+    assert "the same with `pretrain_glancer=false`" in section and "plus `evaluate=true`" in section
+    stage0 = next((n, c) for n, c in found if "train_stage=0" in c and "pretrain_glancer=true" in c)
+    stage3 = next((n, c) for n, c in found if "main_dist.py" in c and "train_stage=3" in c)
+    return found + [(stage0[0], stage0[1].replace("pretrain_glancer=true", "pretrain_glancer=false")),
+                    (stage3[0], stage3[1] + " evaluate=true")]
+
+
+def _v1_params():
+    if not (reference_dir() / "v1" / "SPEC-V1.md").is_file():
+        return [pytest.param(None, id="reference-folder-missing")]
+    return [pytest.param(c, id=f"SPEC-V1.md:{n}-{_script_of(c)}-{i}") for i, (n, c) in enumerate(v1_readme_commands())]
+
+
+V1_COMMANDS = _v1_params()
+#: Keys whose value our flag of the same name takes, and their types (the official meaning: SPEC-V1.md §2).
+V1_SAME = {"workers": int, "dropout": float, "patch_size": int, "glance_size": int, "eval_freq": int,
+           "backbone_lr": float, "fc_lr": float, "lr_type": str, "hidden_dim": int, "action_dim": int,
+           "policy_lr": float, "gamma": float}
+
+
+def _v1_with_paths(command: str, tmp_path: Path) -> str:
+    """The command with every ``PATH_TO_*`` placeholder replaced by a temporary path of its own (the key in
+    the name, so that each path can be followed to its flag; nothing is created)."""
+    tokens = _tokens(command)
+    for i, token in enumerate(tokens):
+        key, _, value = token.partition("=")
+        if value.startswith("PATH_TO_"):
+            tokens[i] = f"{key}={tmp_path / key / 'file'}"
+    return shlex.join(tokens)
+
+
+def check_v1_meaning(command: str):
+    """Translate a V1 command, parse ours with main.py's parser and compare it with the official keys."""
+    translation = translate_command(command)
+    args = config.parse_args(translation.args)
+    tokens = _tokens(command)
+    env = [t for t in tokens if t.startswith("CUDA_VISIBLE_DEVICES=")]
+    values = dict(t.split("=", 1) for t in tokens[next(i for i, t in enumerate(tokens) if t.endswith(".py")) + 1:])
+    script = translation.official
+    evaluating = script.name == "evaluate.py" or values.get("evaluate", "false").lower() == "true"
+    assert translation.script == "main.py" and args.variant == script.variant and args.evaluate == evaluating
+    assert args.stage == (None if evaluating else int(values["train_stage"]))
+    assert args.data_dir == values["data_dir"]
+    if script.name == "main_dist.py":
+        assert args.dataset == values["dataset"]
+        for key, kind in V1_SAME.items():
+            if key in values:
+                assert getattr(args, key) == kind(values[key]), key
+        assert (args.epochs, args.lr_epochs) == (int(values["epochs"]) + 1, int(values["epochs"]))
+        if "pretrain_glancer" in values:
+            assert args.pretrain_glancer == (values["pretrain_glancer"] == "true")
+        handover = [values[k] for k in ("pretrained_glancer", "pretrained_focuser", "resume") if k in values]
+        if evaluating:
+            assert args.resume == values["resume"] and args.stage_checkpoint is None
+        else:
+            assert args.stage_checkpoint == (handover or None) and args.resume == ""
+            staged_training.check_flags(args)  # main.py's own check of the stage's hand-over flags
+    else:  # evaluate.py
+        assert args.dataset == {"somethingv1": "something", "somethingv2": "somethingv2"}[values["dataset"]]
+        assert args.num_glance_segments == int(values["num_segments_glancer"])
+        assert args.num_segments == args.num_focus_segments == int(values["num_segments_focuser"])
+        assert (args.patch_size, args.glance_size, args.workers) == \
+            (int(values["patch_size"]), int(values["glance_size"]), int(values["workers"]))
+        assert args.resume == values["resume"]
+    assert (args.val_batch_size if evaluating else args.batch_size) == int(values["batch_size"])
+    gpus = len(env[0].split("=", 1)[1].split(",")) if env else None
+    spawn = values.get("multiprocessing_distributed", "true" if script.name == "main_dist.py" else "false")
+    if gpus == 1 or spawn.lower() == "false" and gpus is None:
+        assert translation.launcher == ["python"]
+    else:
+        assert translation.launcher == ["torchrun", f"--nproc_per_node={gpus or 'NUM_GPUS'}"]
+    return translation, args
+
+
+@pytest.mark.parametrize("command", V1_COMMANDS)
+def test_every_v1_readme_command_translates_with_its_meaning_or_is_refused_in_one_line(command, tmp_path):
+    require_reference()
+    command = _v1_with_paths(command, tmp_path)
+    if _script_of(command) in REFUSED_SCRIPTS:
+        with pytest.raises(OfficialCommandError) as refused:
+            translate_command(command)
+        message = str(refused.value)
+        assert "\n" not in message and "not built" in message and "evaluate.py" in message and \
+            "main_dist.py train_stage=0..3" in message
+        return
+    translation, args = check_v1_meaning(command)
+    if "pretrained_glancer" in command:  # stage 1: the glance network's stage 0, then the focus network's
+        assert args.stage_checkpoint == [str(tmp_path / "pretrained_glancer" / "file"),
+                                         str(tmp_path / "pretrained_focuser" / "file")]
+
+
+def test_the_v1_commands_cover_both_trees_and_the_stage_2_command_is_one_process():
+    require_reference()
+    commands = [c for _, c in v1_readme_commands()]
+    assert sorted({_script_of(c) for c in commands}) == sorted(HYDRA_SCRIPTS)
+    stages = sorted(int(t.split("=")[1]) for c in commands if "main_dist.py" in c and "evaluate=true" not in c
+                    for t in _tokens(c) if t.startswith("train_stage="))
+    assert stages == [0, 0, 1, 2, 3]
+    stage2 = translate_command(next(c for c in commands if "main_dist.py" in c and "train_stage=2" in c))
+    assert stage2.launcher == ["python"] and stage2.env == ["CUDA_VISIBLE_DEVICES=0"]
+    assert stage2.args[stage2.args.index("--stage") + 1] == "2"
+
+
+@pytest.mark.parametrize("dataset, patch, stage", [("actnet", 128, 0), ("fcvid", 160, 1), ("minik", 192, 2),
+                                                   ("actnet", 160, 3)])
+def test_a_translated_readme_command_is_its_preset(dataset, patch, stage):
+    """The README command of a stage (another data set and patch size where the released files have them)
+    translates to the flags of the preset configs/v1_{dataset}_p{P}_stage{N}.yaml (the official defaults of
+    the keys it leaves out included), but for the paths."""
+    require_reference()
+    command = next(c for _, c in v1_readme_commands() if "main_dist.py" in c and f"train_stage={stage}" in c
+                   and "evaluate=true" not in c and "pretrain_glancer=false" not in c)
+    command = command.replace("dataset=actnet", f"dataset={dataset}").replace("patch_size=128", f"patch_size={patch}")
+    ours = vars(config.parse_args(translate_command(command).args))
+    preset = vars(config.parse_args(["--config", str(REPO / "configs" / f"v1_{dataset}_p{patch}_stage{stage}.yaml")]))
+    # a model size no flag sets (None) is the model's default, the official one (action_dim 49, ...)
+    built = {k: p.default for k, p in inspect.signature(get_variant("adafocus_v1").build).parameters.items()}
+    ours = {k: built[k] if v is None and k in built else v for k, v in ours.items()}
+    ignored = {"config", "explicit", "data_dir", "stage_checkpoint"}
+    assert {k: v for k, v in ours.items() if k not in ignored} == {k: v for k, v in preset.items() if k not in ignored}
+
+
+V1_STAGE1 = ("python main_dist.py dataset=actnet train_stage=1 random_patch=true patch_size=128 "
+             "pretrained_glancer=g.pth.tar pretrained_focuser=f.pth.tar")
+V1_EVALUATE = "python evaluate.py dataset=somethingv1 ppo_continuous=True patch_size=144 resume=s.pth.tar"
+
+
+@pytest.mark.parametrize("command, message", [
+    (V1_STAGE1 + " patchsize=96", "main_dist.py: unknown key 'patchsize' (the closest known key: patch_size)"),
+    (V1_EVALUATE + " num_segment_glancer=8",
+     "evaluate.py: unknown key 'num_segment_glancer' (the closest known key: num_segments_glancer)"),
+    (V1_STAGE1 + " --patch_size 96", "main_dist.py: '--patch_size' is not a key=value override"),
+    (V1_STAGE1 + " consensus=fc", "consensus=fc: the linear classifier (consensus=fc) is not built"),
+    (V1_STAGE1 + " policy_conv=false", "policy_conv=false: the MLP state encoder"),
+    (V1_STAGE1.replace("random_patch=true", "random_patch=false"), "random_patch=false with train_stage=1: here"),
+    (V1_STAGE1.replace(" random_patch=true", ""), "random_patch not given: the official configuration's "
+                                                  "random_patch=false; random_patch=false with train_stage=1"),
+    (V1_STAGE1.replace("train_stage=1", "train_stage=4"), "train_stage=4: main_dist.py trains train_stage=0, 1, 2 or 3"),
+    (V1_STAGE1.replace("train_stage=1 random_patch=true", "train_stage=2 random_patch=false"),
+     "pretrained_glancer: the stage-0 checkpoint that "
+                                                          "train_stage=1 starts from"),
+    (V1_STAGE1 + " resume=x.pth.tar", "resume=x.pth.tar with train_stage=1: the official resume is the previous"),
+    (V1_STAGE1.replace("dataset=actnet", "dataset=kinetics"), "dataset=kinetics: main_dist.py reads actnet, fcvid, minik"),
+    (V1_STAGE1 + " with_glancer=maybe", "with_glancer=maybe: expected true or false"),
+    (V1_STAGE1 + " epochs=ten", "epochs=ten: expected a whole number"),
+    (V1_STAGE1 + " save_meta=true", "save_meta=true: a data-set option the official code leaves inert"),
+    (V1_STAGE1 + " --config-name stage1", "--config-name stage1: main_dist.py reads conf/default.yaml"),
+    (V1_EVALUATE.replace(" ppo_continuous=True", ""), "ppo_continuous not given: the official configuration's "
+                                                      "ppo_continuous=false; ppo_continuous=false: main.py builds"),
+    (V1_EVALUATE + " video_div=2", "video_div=2: one policy step per video is built"),
+    (V1_EVALUATE + " actorcritic_with_bn=False", "actorcritic_with_bn=False: main.py builds the README's policy"),
+    (V1_EVALUATE + " random_patch=True", "random_patch=True with the evaluation: here stages 0 and 1"),
+    (V1_EVALUATE.replace("somethingv1", "something"), "dataset=something: evaluate.py reads somethingv1, somethingv2"),
+    ("CUDA_VISIBLE_DEVICES=0 python stage2.py dataset=somethingv1 train_stage=2",
+     "stage2.py: the training of AdaFocus V1's Something-Something form is not built here; what runs: its evaluation"),
+])
+def test_v1_commands_with_unknown_keys_wrong_values_or_sth_training_are_refused_in_one_line(command, message):
+    with pytest.raises(OfficialCommandError) as refused:
+        translate_command(command)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_v1_keys_accepted_at_their_only_value_and_dropped_keys_are_named(capsys):
+    translation = translate_command(V1_STAGE1 + " consensus=gru policy_conv=true feature_map_channels=1280 arch=x "
+                                    "num_classes=7 amp=true lr_steps=[20,40]")
+    assert translation.args[translation.args.index("--lr_steps") + 1:][:2] == ["20", "40"]
+    for dropped in ("arch", "num_classes", "consensus", "policy_conv", "feature_map_channels", "amp"):
+        assert f"--{dropped}" not in translation.args
+    assert any(n.startswith("dropped: ") and "arch (" in n and "num_classes (" in n for n in translation.notes)
+    assert any(n.startswith("amp=true: every stage trains in float32 here") for n in translation.notes)
+    # the official defaults where ours differ are written out; the launcher: one process per listed GPU
+    bare = translate_command("CUDA_VISIBLE_DEVICES=0,1,2 python main_dist.py train_stage=0")
+    assert bare.launcher == ["torchrun", "--nproc_per_node=3"]
+    assert bare.args == ["--stage", "0", "--epochs", "51", "--lr_epochs", "50", "--batch_size", "64", "--data_dir",
+                         DATA_PLACEHOLDER, "--patch_size", "96", "--dropout", "0.5", "--eval_freq", "5", "--dataset",
+                         "actnet", "--variant", "adafocus_v1"]
+    parsed = config.parse_args(bare.args)
+    assert (parsed.patch_size, parsed.dropout, parsed.eval_freq, parsed.batch_size) == (96, 0.5, 5, 64)
+    single = translate_command("CUDA_VISIBLE_DEVICES=0,1 python main_dist.py train_stage=3 resume=s2.pth.tar "
+                               "multiprocessing_distributed=false")
+    assert single.launcher == ["torchrun", "--nproc_per_node=2"]  # official: one process over both (DataParallel)
+    with pytest.raises(SystemExit) as stop:
+        main(["python stage3.py dataset=somethingv1"])
+    assert str(stop.value.code).startswith("official command: stage3.py: the training of AdaFocus V1's")
