@@ -6,7 +6,7 @@
     python -m torch.distributed.launch --nproc_per_node=4 main.py --glance_arch mbv2 --dataset actnet ...
     python main.py ... --evaluate --resume ckpt/actnet_p128.pth.tar     # official release files load too
 
-Every official flag keeps its name and meaning (``ops/config.py``); ``--batch_size`` is the global
+Every official flag keeps its name and meaning (``ops/flags.py``); ``--batch_size`` is the global
 batch, split over the processes. A run folder ``{root_log}/{store_name}`` receives ``ckpt.pth.tar``
 (last epoch), ``ckpt.best.pth.tar``, ``config.yaml``, ``log.txt``, ``summary.csv``, ``metrics.json``
 and TensorBoard logs in ``tb/``. ``--resume`` continues a run exactly where its last checkpoint
@@ -36,8 +36,8 @@ from models import get_variant  # noqa: E402
 from ops import cli, engine, staged_training  # noqa: E402
 from ops import distributed as dist_ops  # noqa: E402
 from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint  # noqa: E402
-from ops.config import (UNUSED_OFFICIAL_FLAGS, adopt_checkpoint_config, get_args_parser, parse_args,  # noqa: E402
-                        plain_config, run_folder)
+from ops.config import adopt_checkpoint_config, parse_args, plain_config, run_folder  # noqa: E402
+from ops.flags import UNUSED_OFFICIAL_FLAGS, get_args_parser  # noqa: E402
 from ops.rng import epoch_seed, seed_everything  # noqa: E402
 from ops.run_log import RunLog  # noqa: E402
 from ops.schedule import adjust_learning_rate  # noqa: E402

@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from datasets.files import atomic_write, write_text_atomic  # noqa: E402
 from models import get_variant  # noqa: E402
-from ops import cli, config, engine  # noqa: E402
+from ops import cli, config, engine, flags  # noqa: E402
 from ops import distributed as dist_ops  # noqa: E402
 from ops import early_exit  # noqa: E402
 from ops.checkpoint import atomic_save, read_checkpoint  # noqa: E402
@@ -62,11 +62,11 @@ CACHE_VERSION = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     parser.prog = "test_early_exit.py"
     parser.description = ("Early-exit threshold solving and budget sweeps for every variant with exits (each with "
                           "its official grid).")
-    g = config.own_options_first(parser, "early exit", "the sweep and its thresholds; main.py's flags (further "
+    g = flags.own_options_first(parser, "early exit", "the sweep and its thresholds; main.py's flags (further "
                                                        "below) give the data, the model and its checkpoint")
     g.add_argument("--criterion", nargs="+", default=["entropy"], choices=early_exit.CRITERIA,
                    help="exit criteria to sweep (entropy is the paper's; confidence the official max raw logit)")

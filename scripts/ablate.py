@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 from datasets.files import atomic_write, write_text_atomic
-from ops import cli, config
+from ops import cli, config, flags
 
 TABLES = (6, 7, 8, 9, 10, 11, 15)
 #: Flags that act only when the trained model is evaluated: rows differing only in them share a model.
@@ -62,7 +62,7 @@ ROW_NAME = re.compile(r"^table(\d+)-([a-z0-9]+(?:-[a-z0-9]+)*)\.yaml$")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m scripts.ablate", allow_abbrev=False, formatter_class=config.HelpFormatter,
+        prog="python -m scripts.ablate", allow_abbrev=False, formatter_class=flags.HelpFormatter,
         description="Train and evaluate the paper's ablation rows (configs/ablations) over seeds and write the "
                     "tables in the paper's form. main.py's own flags go after --.")
     p.add_argument("--tables", type=int, nargs="+", default=[], help=f"tables to run, of {list(TABLES)}")
@@ -178,13 +178,13 @@ def base_values(path: str) -> Dict:
     """The flag values of a configuration file (checked against main.py's flags)."""
     if not os.path.isfile(path):
         raise SystemExit(f"{path}: configuration file not found")
-    return config.load_config_file(path, config.get_args_parser())
+    return config.load_config_file(path, flags.get_args_parser())
 
 
 def base_epochs(path: Optional[str]) -> int:
     """The epochs of a configuration file (main.py's default where it sets none, or for no file)."""
     values = base_values(path) if path else {}
-    return values.get("epochs", config.get_args_parser().get_default("epochs"))
+    return values.get("epochs", flags.get_args_parser().get_default("epochs"))
 
 
 def scaled_epochs(row: Row, base: Optional[str]) -> Optional[Dict]:

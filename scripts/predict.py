@@ -43,12 +43,12 @@ from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
 from datasets.video import truncation  # noqa: E402
 from models import get_variant  # noqa: E402
 from models.inference import bf16_focus_problem, evaluation_model  # noqa: E402
-from ops import cli, config, engine  # noqa: E402
+from ops import cli, config, engine, flags  # noqa: E402
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint  # noqa: E402
 from ops.early_exit import AdaptiveRunner, load_thresholds  # noqa: E402
 
 #: main.py's flags, by destination: the model options below take their types and choices.
-MAIN_FLAGS = {action.dest: action for action in config.get_args_parser()._actions}
+MAIN_FLAGS = {action.dest: action for action in flags.get_args_parser()._actions}
 #: The model options: main.py's model flags (``config.MODEL_KEYS``) and the temperature.
 MODEL_KEYS = tuple(k for k in config.MODEL_KEYS + ("temperature",) if k in MAIN_FLAGS)
 
@@ -64,7 +64,7 @@ def add_model_option(group, key: str) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = config.ArgumentParser("python -m scripts.predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = flags.ArgumentParser("python -m scripts.predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("videos", nargs="+", metavar="VIDEO",
                    help="video files (mp4, avi, mkv, webm, ...), folders of frames, or folders of video files")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
@@ -93,12 +93,12 @@ def model_config(args, ckpt: dict) -> dict:
     defaults. A flag or preset value that contradicts the checkpoint's configuration is an error."""
     defaults = vars(config.parse_args([]))
     saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    preset = config.load_config_file(args.config, config.get_args_parser()) if args.config else {}
-    flags = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
+    preset = config.load_config_file(args.config, flags.get_args_parser()) if args.config else {}
+    given = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
     cfg = {k: defaults[k] for k in MODEL_KEYS}
-    for source in (preset, flags):
+    for source in (preset, given):
         cfg.update({k: v for k, v in source.items() if k in MODEL_KEYS})
-    explicit = set(flags) | {k for k in preset if k in MODEL_KEYS}
+    explicit = set(given) | {k for k in preset if k in MODEL_KEYS}
     recognised = None if saved else config.official_variant(ckpt)
     if recognised and "variant" not in explicit:  # an official file's key layout tells its variant
         cfg["variant"] = recognised
@@ -144,7 +144,7 @@ def sizes_hidden_from_weights(variant, cfg: Dict, num_classes: int) -> List[str]
 def preset_example(variant_name: str) -> str:
     """A preset of the repository's configs/ for ``variant_name`` (as an example to name), else a pattern."""
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    default = config.get_args_parser().get_default("variant")
+    default = flags.get_args_parser().get_default("variant")
     for path in sorted(glob.glob(os.path.join(folder, "*.yaml"))):
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}

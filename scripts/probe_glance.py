@@ -29,13 +29,13 @@ import torch.nn.functional as F
 
 from datasets import synthetic_render
 from datasets.files import write_json_atomic
-from ops import config, engine
+from ops import config, engine, flags
 from ops import distributed as dist_ops
 from ops.rng import epoch_seed, seed_everything
 
 
 def main_cli(argv=None) -> int:
-    p = config.ArgumentParser("python -m scripts.probe_glance", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = flags.ArgumentParser("python -m scripts.probe_glance", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--config", required=True, help="a synthetic preset (e.g. configs/synthetic.yaml)")
     p.add_argument("--data_dir", default=None, help="override the preset's data directory")
     p.add_argument("--seed", type=int, default=1007, help="the training seed (main.py's --seed)")
@@ -50,15 +50,15 @@ def main_cli(argv=None) -> int:
     for name, value in (("--steps", opts.steps), ("--eval_every", opts.eval_every)):
         if value <= 0:
             p.error(f"{name} must be positive, got {value}")
-    flags = ["--config", opts.config, "--seed", str(opts.seed)]
-    flags += ["--data_dir", opts.data_dir] if opts.data_dir else []
+    main_flags = ["--config", opts.config, "--seed", str(opts.seed)]
+    main_flags += ["--data_dir", opts.data_dir] if opts.data_dir else []
     for item in opts.set:
         name, sep, value = item.partition("=")
         if not sep or not name:
             p.error(f"--set {item!r}: expected NAME=VALUE")
-        flags += [f"--{name}", value]
-    flags += [f"--{name}" for name in opts.flag]
-    args = config.parse_args(flags)
+        main_flags += [f"--{name}", value]
+    main_flags += [f"--{name}" for name in opts.flag]
+    args = config.parse_args(main_flags)
     if args.dataset != "synthetic":
         p.error("--config: the probe needs the synthetic dataset (its object boxes and class groups)")
     info = dist_ops.DistInfo()
@@ -120,7 +120,7 @@ def main_cli(argv=None) -> int:
                 break
         epoch += 1
     if opts.json:
-        write_json_atomic(opts.json, {"config": opts.config, "flags": flags, "rows": rows})
+        write_json_atomic(opts.json, {"config": opts.config, "flags": main_flags, "rows": rows})
     return 0
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import datasets
 from models import get_variant
 from models import patches as patch_ops
-from ops import config, engine
+from ops import config, engine, flags
 from ops.checkpoint import load_checkpoint
 
 
@@ -51,7 +51,7 @@ def placements(policy_actions: torch.Tensor, boxes: torch.Tensor, size: int, gen
 
 
 def main_cli(argv=None) -> int:
-    p = config.ArgumentParser("python -m scripts.probe_spatial", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = flags.ArgumentParser("python -m scripts.probe_spatial", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--config", required=True, help="the run's preset (e.g. configs/synthetic.yaml)")
     p.add_argument("--resume", required=True, help="checkpoint to probe")
     p.add_argument("--data_dir", default=None, help="override the preset's data directory")

@@ -26,7 +26,7 @@ import torch
 from datasets import DataError, class_names
 from datasets.clip import load_clip
 from datasets.files import atomic_write
-from ops import cli, config, engine
+from ops import cli, config, engine, flags
 from ops import distributed as dist_ops
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpoint
 from ops.cpu import tune_cpu_allocator
@@ -38,12 +38,12 @@ from ops.visualize import focus_frames_gif, ground_truth_boxes, legend, selectio
 def get_args_parser() -> argparse.ArgumentParser:
     """The drawing options, then main.py's arguments (``--thresholds`` marks the exit step here); ``--help``
     shows this script's description and its own options first."""
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     parser.prog = "python -m scripts.visualize"
     parser.description = __doc__.split("\n\n")[0]
     parser.usage = ("%(prog)s [--videos I [I ...] | --files VIDEO [VIDEO ...]] [--out PNG] [--gif] [--thumb PX] "
                     "[--short_side PX] [main.py's flags: --config FILE --resume CHECKPOINT --thresholds FILE ...]")
-    g = config.own_options_first(parser, "visualisation", "what to draw and where; main.py's flags (further "
+    g = flags.own_options_first(parser, "visualisation", "what to draw and where; main.py's flags (further "
                                                           "below) give the data, the model and its checkpoint")
     g.add_argument("--videos", type=int, nargs="+", default=[0, 1, 2, 3], help="validation video indices")
     g.add_argument("--files", nargs="+", default=None,

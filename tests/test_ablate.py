@@ -11,7 +11,7 @@ import yaml
 
 import test_early_exit
 from models import frame_selection, uni_adafocus_outputs
-from ops import config, early_exit, policy_ablation
+from ops import config, early_exit, flags, policy_ablation
 from ops.run_log import RunLog
 from scripts import ablate
 from support import REPO, random_video, tiny_model
@@ -94,7 +94,7 @@ def test_a_rows_own_flags_apply_on_another_base():
     row = ablate.read_row(str(REPO / "configs/ablations/table10-remove-spatial-samplewise.yaml"))
     assert row.flags == {"reuse_glance_features": False, "remove_dynamics": ["spatial", "samplewise"]}
     assert row.base.endswith("configs/actnet_p128.yaml")
-    base = config.load_config_file(str(REPO / "configs/synthetic.yaml"), config.get_args_parser())
+    base = config.load_config_file(str(REPO / "configs/synthetic.yaml"), flags.get_args_parser())
     merged = ablate.merged_config(row, str(REPO / "configs/synthetic.yaml"))
     assert merged == {**base, "reuse_glance_features": False, "remove_dynamics": ["spatial", "samplewise"]}
     own = ablate.merged_config(row, None)  # the row's own base
@@ -161,7 +161,7 @@ def test_two_rows_end_to_end_and_a_second_invocation_reuses_the_runs(tmp_path, c
     # The run's configuration: the row's flags on the base, its seed and run folder.
     run9 = out / "table9" / "uniform" / "seed5"
     written = yaml.safe_load((run9 / "ablation.yaml").read_text())
-    assert written == {**config.load_config_file(str(tmp_path / "base.yaml"), config.get_args_parser()), "lr": 0.001,
+    assert written == {**config.load_config_file(str(tmp_path / "base.yaml"), flags.get_args_parser()), "lr": 0.001,
                        "seed": 5, "root_log": str(out / "table9" / "uniform"), "store_name": "seed5"}
     assert yaml.safe_load((run9 / "config.yaml").read_text())["lr"] == 0.001
     model = next((out / "table10").glob("model-*/seed5"))
@@ -278,7 +278,7 @@ def test_everything_removed_at_the_full_budget_is_uniform_frames_seen_whole():
 
 
 def test_the_flags_refuse_bad_values(capsys):
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     for argv, message in ((["--remove_dynamics", "spacial"], "'spacial' is not one of spatial, temporal, samplewise"),
                           (["--budgets", "-1"], "'-1': a budget must be a positive number of GFLOPs")):
         with pytest.raises(SystemExit):

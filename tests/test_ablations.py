@@ -15,7 +15,7 @@ import torch
 import main
 from models import frame_selection
 from models.patches import GAUSSIAN_SPREAD, PatchGeometry, place_patches, size_patches
-from ops import config, engine
+from ops import config, engine, flags
 from ops.objective import UniAdaFocusObjective
 from support import REPO, TINY, random_video, tiny_model
 
@@ -52,7 +52,7 @@ def test_row_file_has_the_header_and_only_its_flags(row):
     table = re.match(r"table(\d+)-", row.name).group(1)
     assert re.fullmatch(r"# Table (\d+): .+", lines[0]) and lines[0].startswith(f"# Table {table}: "), lines[0]
     assert lines[1].startswith("# paper: ") and "%" in lines[1]
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     own = config.load_config_file(str(row), parser, with_base=False)
     base = config.load_config_file(str(row), parser)
     assert (row.parent / re.search(r"^base: (.+)$", row.read_text(), re.M).group(1)).is_file()
@@ -73,7 +73,7 @@ def test_row_trains_a_step_and_evaluates(row, data_dir, tmp_path):
     import yaml
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    own = config.load_config_file(str(row), config.get_args_parser(), with_base=False)
+    own = config.load_config_file(str(row), flags.get_args_parser(), with_base=False)
     for key, value in own.items():  # the row's flags reached the run
         if key not in RUN_OVERRIDES:
             assert saved[key] == value, key

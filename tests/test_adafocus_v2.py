@@ -197,7 +197,7 @@ def test_an_official_file_alone_names_the_variant(manifest, tmp_path):
     recognised as adafocus_v2 and nothing else, so ``main.py --evaluate --resume FILE --dataset actnet``
     builds the variant, with its defaults, without --variant; the other variants' manifests are not
     taken for it."""
-    from ops import config
+    from ops import config, flags
     from ops.config import official_variant
     from support import load_generator, manifest_entries, reference_dir
 
@@ -209,7 +209,7 @@ def test_an_official_file_alone_names_the_variant(manifest, tmp_path):
     path = tmp_path / "actnet_p128.pth.tar"
     torch.save({"state_dict": state}, path)  # all that main_v2.py writes
     assert official_variant({"state_dict": state}) == "adafocus_v2"
-    parser = config.get_args_parser()  # what main.py does before anything else
+    parser = flags.get_args_parser()  # what main.py does before anything else
     args = config.parse_args(["--evaluate", "--resume", str(path), "--dataset", "actnet", "--data_dir",
                               str(tmp_path / "data")], parser)
     config.adopt_checkpoint_config(args, parser)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ops import config
+from ops import config, flags
 
 
 def _write(path, text: str):
@@ -32,7 +32,7 @@ def test_override_order_base_then_file_then_command_line(tmp_path):
 def test_own_keys_without_base(tmp_path):
     _write(tmp_path / "base.yaml", "patch_size: 128\n")
     row = _write(tmp_path / "row.yaml", "base: base.yaml\nepochs: 3\n")
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     assert config.load_config_file(str(row), parser, with_base=False) == {"epochs": 3}
     assert config.load_config_file(str(row), parser) == {"patch_size": 128, "epochs": 3}
 

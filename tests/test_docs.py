@@ -173,7 +173,7 @@ def parse_command(entry: str, argv):
     """Parse ``argv`` as ``entry`` would, with its own parser; nothing runs. Raises SystemExit on a bad flag."""
     import importlib
 
-    from ops import config
+    from ops import config, flags
 
     if entry == "main.py":
         return config.parse_args(argv)
@@ -191,7 +191,7 @@ def parse_command(entry: str, argv):
     module = importlib.import_module(entry[3:])
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     if extra:  # scripts.ablate: main.py's own flags after --
-        config.get_args_parser().parse_args(extra)
+        flags.get_args_parser().parse_args(extra)
     if entry == "-m scripts.visualize":
         return config.parse_args(own, module.get_args_parser())
     for name in ("get_args_parser", "build_parser", "_build_parser"):

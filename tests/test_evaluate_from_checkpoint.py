@@ -15,7 +15,7 @@ import entry_points
 from support import REPO
 
 import test_early_exit
-from ops import config
+from ops import config, flags
 
 TINY = ("--dataset synthetic --num_segments 8 --num_glance_segments 4 --num_focus_segments 4 --input_size 64 "
         "--patch_size 32 --focus_arch resnet18 --classifier_dim 32 --stn_hidden_dim 16 --temporal_hidden_dim 8 "
@@ -62,7 +62,7 @@ def test_evaluate_resume_alone_reproduces_the_runs_evaluation(trained_run, tmp_p
     assert metrics["metric"] == "top1" and metrics["num_videos"] == SYNTHETIC["val_videos"]
     assert metrics["score"] == pytest.approx(best["score"], abs=1e-6)
     assert "policy_ablation" not in metrics  # a training-run option, not taken from the checkpoint
-    saved = config.load_config_file(str(run / "config_eval.yaml"), config.get_args_parser())
+    saved = config.load_config_file(str(run / "config_eval.yaml"), flags.get_args_parser())
     assert (saved["dataset"], saved["patch_size"], saved["focus_arch"]) == ("synthetic", 32, "resnet18")
 
 
@@ -85,7 +85,7 @@ def test_a_checkpoint_whose_data_folder_is_gone_names_config(trained_run, tmp_pa
     ckpt = torch.load(run / "ckpt.best.pth.tar", weights_only=True)
     ckpt["config"]["data_dir"] = str(tmp_path / "gone")
     torch.save(ckpt, moved / "ckpt.best.pth.tar")
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     args = config.parse_args(["--evaluate", "--resume", str(moved / "ckpt.best.pth.tar")], parser)
     with pytest.raises(SystemExit) as exc:
         config.adopt_checkpoint_config(args, parser)
@@ -107,7 +107,7 @@ def test_a_checkpoint_whose_data_folder_is_gone_names_config(trained_run, tmp_pa
 def test_a_checkpoint_without_configuration_names_config(tmp_path, capsys):
     path = tmp_path / "official.pth.tar"
     torch.save({"epoch": 3, "state_dict": {}}, path)
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     with pytest.raises(SystemExit) as exc:
         config.adopt_checkpoint_config(config.parse_args(["--evaluate", "--resume", str(path)], parser), parser)
     err = capsys.readouterr().err.strip().splitlines()
@@ -120,14 +120,14 @@ def test_a_checkpoint_without_configuration_names_config(tmp_path, capsys):
 
 def test_an_explicit_other_data_set_takes_nothing_of_the_saved_data(trained_run):
     run, _ = trained_run
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     args = config.parse_args(["--resume", str(run / "ckpt.best.pth.tar"), "--dataset", "actnet"], parser)
     assert config.adopt_checkpoint_config(args, parser)
     assert (args.dataset, args.data_dir, args.patch_size) == ("actnet", "", 32)
     assert args.root_log == "exp"  # training continues where the flags say
 
 
-@pytest.mark.parametrize("get_parser", [config.get_args_parser, test_early_exit.get_args_parser])
+@pytest.mark.parametrize("get_parser", [flags.get_args_parser, test_early_exit.get_args_parser])
 def test_every_on_off_flag_has_its_no_form(get_parser):
     parser = get_parser()
     switches = [a for a in parser._actions if a.nargs == 0 and not isinstance(a, argparse._HelpAction)]
@@ -171,7 +171,7 @@ def test_every_variant_hyper_parameter_is_restored_or_declared_training_only():
 def test_evaluate_resume_restores_the_variants_forward_settings(variant, saved, tmp_path):
     """--evaluate --resume of a run whose model differs from the variant's defaults (an AdaFocusV3 run with
     T' = 2 cubes and shifted encoders; an AdaFocusV2 run without the coarse-to-fine order) rebuilds it."""
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     run = config.plain_config(config.parse_args(["--variant", variant, "--dataset", "synthetic"]
                                                 + [f"--{k}={v}" if not isinstance(v, bool) else
                                                    f"--{'' if v else 'no-'}{k}" for k, v in saved.items()], parser))

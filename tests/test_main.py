@@ -12,7 +12,7 @@ import torch
 import entry_points
 from support import REPO
 
-from ops import config
+from ops import config, flags
 
 OFFICIAL_ACTNET = """
   --glance_arch mbv2 --dataset actnet --data_dir PATH_TO_DATASET   \\
@@ -41,7 +41,7 @@ def test_official_command_parses_with_the_official_meaning():
 
 def test_every_flag_parses_under_its_yaml_key_too():
     # A YAML key (the flag's dest) is also a command-line spelling, next to the official one (--print-freq).
-    actions = [a for a in config.get_args_parser()._actions if a.option_strings and a.dest != "help"]
+    actions = [a for a in flags.get_args_parser()._actions if a.option_strings and a.dest != "help"]
     assert [a.dest for a in actions if f"--{a.dest}" not in a.option_strings] == []
     for flag in ("--print-freq", "--print_freq", "-p"):
         assert config.parse_args([flag, "7"]).print_freq == 7

@@ -27,7 +27,7 @@ from support import REPO, reference_dir, require_reference
 
 import test_early_exit
 from models import get_variant
-from ops import config
+from ops import config, flags
 from ops import staged_training
 from ops.official_commands import (DATA_PLACEHOLDER, FLAG_RELEASES, FLOAT16_TRAINING, OFFICIAL_SCRIPTS,
                                    OfficialCommandError, main, translate_command)
@@ -160,7 +160,7 @@ def _with_paths(args, tmp_path: Path):
 
 
 def _parser_for(script: str):
-    return test_early_exit.get_args_parser() if script == "test_early_exit.py" else config.get_args_parser()
+    return test_early_exit.get_args_parser() if script == "test_early_exit.py" else flags.get_args_parser()
 
 
 def check_official_meaning(command: str, tmp_path: Path):

@@ -6,7 +6,7 @@ import pytest
 
 import datasets
 from models import get_variant
-from ops import config
+from ops import config, flags
 from ops.official_commands import translate_arguments
 from support import REPO
 
@@ -34,7 +34,7 @@ OFFICIAL = {
         --hidden_dim 1024 --stn_hidden_dim 128 --temporal_hidden_dim 64
         --num_glance_segments 16 --num_focus_segments 16 --temperature 1.0 --print-freq 50"""),
 }
-IGNORED = {"config", "explicit"} | set(config.UNUSED_OFFICIAL_FLAGS)
+IGNORED = {"config", "explicit"} | set(flags.UNUSED_OFFICIAL_FLAGS)
 
 
 @pytest.mark.parametrize("dataset", sorted(OFFICIAL))

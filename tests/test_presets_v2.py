@@ -5,7 +5,7 @@ ops/official_commands.py; the epoch count and its official extra epoch."""
 import pytest
 
 from models import get_variant
-from ops import config
+from ops import config, flags
 from ops.official_commands import translate_command
 from ops.schedule import base_learning_rate
 from support import REPO
@@ -22,7 +22,7 @@ RES50_INIT = " --glance_ckpt_path ckpt/Initialization_model_prime_resnet50_patch
 RELEASED = [("actnet", glance, patch) for patch in (96, 128, 160) for glance in ("mbv2", "res50")] + \
            [(dataset, glance, 128) for dataset in ("fcvid", "minik") for glance in ("mbv2", "res50")]
 #: Flags the comparison leaves out: the paths, and official flags with no effect here except the variant's own.
-IGNORED = ({"config", "explicit", "root_log", "data_dir"} | set(config.UNUSED_OFFICIAL_FLAGS)) \
+IGNORED = ({"config", "explicit", "root_log", "data_dir"} | set(flags.UNUSED_OFFICIAL_FLAGS)) \
     - set(get_variant("adafocus_v2").hyper_parameters)
 
 # The Something-Something / Jester README command (data and log paths aside); rows vary the data set and P.
@@ -34,7 +34,7 @@ STH_TEMPLATE = ("{dataset} RGB --root_log LOG_DIR --root_model CKPT_DIR --arch r
 STH_DATASETS = {"sthv1": "something", "sthv2": "somethingv2", "jester": "jester"}
 STH_RELEASED = [(name, patch) for name in ("sthv1", "sthv2") for patch in (128, 144, 160, 176)] + \
                [("jester", 128), ("jester", 176)]
-STH_IGNORED = ({"config", "explicit", "root_log", "data_dir"} | set(config.UNUSED_OFFICIAL_FLAGS)) \
+STH_IGNORED = ({"config", "explicit", "root_log", "data_dir"} | set(flags.UNUSED_OFFICIAL_FLAGS)) \
     - set(get_variant("adafocus_v2_tsm").hyper_parameters)
 
 

@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from models import get_variant
-from ops import config
+from ops import config, flags
 from ops.official_commands import translate_command
 from support import REPO
 
@@ -31,7 +31,7 @@ ROWS = {  # preset: (dataset, patch, focus, T0, wd, norm_ratio, workers)
     "sthv2_p128_8x16": ("somethingv2", 128, 16, 48, "5e-4", "0.50", 16),
     "jester_p128_8x12": ("jester", 128, 12, 36, "1e-3", "0.25", 16),
 }
-IGNORED = {"config", "explicit", "root_log", "data_dir"} | set(config.UNUSED_OFFICIAL_FLAGS)
+IGNORED = {"config", "explicit", "root_log", "data_dir"} | set(flags.UNUSED_OFFICIAL_FLAGS)
 
 
 def _official(name):

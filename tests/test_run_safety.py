@@ -190,13 +190,13 @@ def test_an_official_checkpoint_tells_its_variant(tmp_path):
     import torch
 
     from models.tsm import OFFICIAL_KEYS, UniAdaFocusTSM
-    from ops import config
+    from ops import config, flags
 
     model = UniAdaFocusTSM(num_classes=5, focus_arch="resnet18")
     path = tmp_path / "official_tsm.pth.tar"
     torch.save({"epoch": 1, "state_dict": {"module." + OFFICIAL_KEYS.to_official(k): v
                                            for k, v in model.state_dict().items()}}, path)
-    parser = config.get_args_parser()
+    parser = flags.get_args_parser()
     args = config.parse_args(["--evaluate", "--resume", str(path), "--dataset", "something"], parser)
     assert config.adopt_checkpoint_config(args, parser)
     assert (args.variant, args.num_glance_segments, args.num_segments) == ("tsm", 8, 36)

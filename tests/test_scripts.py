@@ -334,10 +334,10 @@ def test_every_on_off_switch_of_the_user_commands_has_its_no_form():
     import test_early_exit
     from datasets import extract
     from models import flops
-    from ops import config
+    from ops import flags
     from scripts import predict, visualize
 
-    parsers = {"main.py": config.get_args_parser(), "test_early_exit.py": test_early_exit.get_args_parser(),
+    parsers = {"main.py": flags.get_args_parser(), "test_early_exit.py": test_early_exit.get_args_parser(),
                "predict": predict.get_args_parser(), "visualize": visualize.get_args_parser(),
                "extract": extract.build_parser(), "flops": flops._build_parser()}
     for name, parser in parsers.items():
@@ -352,10 +352,10 @@ def test_help_prints_every_default_once():
     import test_early_exit
     from datasets import extract
     from models import flops
-    from ops import config
+    from ops import flags
     from scripts import ablate, predict, visualize
 
-    parsers = {"main.py": config.get_args_parser(), "test_early_exit.py": test_early_exit.get_args_parser(),
+    parsers = {"main.py": flags.get_args_parser(), "test_early_exit.py": test_early_exit.get_args_parser(),
                "predict": predict.get_args_parser(), "visualize": visualize.get_args_parser(),
                "extract": extract.build_parser(), "flops": flops._build_parser(), "ablate": ablate.get_args_parser()}
     for name, parser in parsers.items():
