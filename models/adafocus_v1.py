@@ -14,7 +14,8 @@ recurrent classifier with a prediction after every frame (docs/adafocus-v1.md). 
 3. **patch** — grid position a is (a // n, a % n) / (n - 1) (vertical first); the top-left corner of the
    P x P patch is ``floor(position * (input_size - P))`` computed in float32, and the patch is an exact
    slice of the frame (:func:`crop_integer_patches`; no resampling).
-4. **focus** — ResNet-50 on each patch: pooled features (B*T, 2048).
+4. **focus** — ResNet-50 (``focus_arch``; the family's ResNet-18 / 34 also offered) on each patch: pooled
+   features (B*T, 2048).
 5. **classifier** — :class:`RecurrentStepClassifier`: a GRU over concat(glance, focus) features of the
    frames (from a zero state), dropout, and a linear layer on every step: logits (B, T, C); the prediction
    is the last step's. Step t has seen frames 0..t.
@@ -42,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adafocus_v1_policy import GridPatchPolicy, GridPolicySteps  # noqa: F401  (GridPolicySteps: re-exported)
-from .backbones import FocusEncoder, GlanceEncoder, glance_feature_size
+from .backbones import FOCUS_ARCHS, FocusEncoder, GlanceEncoder, glance_feature_size
 from .ppo import PPO, RolloutMemory
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
@@ -195,7 +196,9 @@ class AdaFocusV1(nn.Module):
     ``glance_head`` (Dropout 0.2, Linear) and ``focus_head`` (Linear) are the backbones' own classifiers,
     which only the official stage 0 trains; the forward reports their logits (``glance_logits`` /
     ``focus_logits``, the evaluation's secondary heads) but the prediction does not use them. ``hidden_state_dim``: the policy's
-    width; ``hidden_dim``: the classifier GRU's; ``with_glancer=False`` feeds the classifier the focus
+    width; ``hidden_dim``: the classifier GRU's; ``focus_arch``: the focus ResNet (official: resnet50);
+    ``zero_init_residual``: every residual block of both encoders starts as the identity (random initialisation);
+    ``with_glancer=False`` feeds the classifier the focus
     features alone.
     """
 
@@ -203,8 +206,8 @@ class AdaFocusV1(nn.Module):
 
     def __init__(self, num_classes: int, num_segments: int = 16, patch_size: int = 128, input_size: int = 224,
                  glance_size: int = 224, action_dim: int = 49, hidden_state_dim: int = 1024, hidden_dim: int = 1024,
-                 dropout: float = 0.8, with_glancer: bool = True, pretrained: bool = False,
-                 glance_weights=None, focus_weights=None):
+                 dropout: float = 0.8, with_glancer: bool = True, focus_arch: str = "resnet50",
+                 zero_init_residual: bool = False, pretrained: bool = False, glance_weights=None, focus_weights=None):
         super().__init__()
         if not 0 < patch_size <= input_size:
             raise ValueError(f"patch_size must be in 1..input_size ({input_size}), got {patch_size}")
@@ -219,9 +222,11 @@ class AdaFocusV1(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
-        self.glance = GlanceEncoder("mbv2", pretrained=pretrained, weights=glance_weights)
+        self.glance = GlanceEncoder("mbv2", pretrained=pretrained, weights=glance_weights,
+                                    zero_init_residual=zero_init_residual)
         self.glance_head = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.glance.feature_dim, num_classes))
-        self.focus = FocusEncoder("resnet50", pretrained=pretrained, weights=focus_weights)
+        self.focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
+                                  zero_init_residual=zero_init_residual)
         self.focus_head = nn.Linear(self.focus.feature_dim, num_classes)
         self.policy = nn.Module()  # the family's policy container; V1 has only a spatial policy
         self.policy.spatial = GridPatchPolicy(self.glance.feature_dim, self.feature_size, hidden_state_dim, action_dim)
@@ -272,10 +277,12 @@ class AdaFocusV1(nn.Module):
         return self.num_segments
 
     def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
-                before_focus=None) -> AdaFocusV1Output:
+                before_focus=None, corners: Optional[torch.Tensor] = None) -> AdaFocusV1Output:
         """The evaluation forward (see the class docstring). ``generator`` is unused (nothing is drawn);
         ``before_focus(indices (B, T), None)`` is called first with every frame (each is a glance and a focus
-        frame), for a caller whose frames are decoded on demand."""
+        frame), for a caller whose frames are decoded on demand. ``corners`` (B, T, 2) int64 (y, x): patches
+        to use instead of the policy's (e.g. :meth:`random_corners`, the policy's ablation); the policy's
+        ``actions`` and ``action_probs`` are still reported."""
         if self.training:
             raise RuntimeError("adafocus_v1's forward runs in evaluation mode only (model.eval()); it trains in the "
                                "official stages (ops/staged_training.py: main.py --stage 0..3)")
@@ -286,7 +293,10 @@ class AdaFocusV1(nn.Module):
         b, t = frames.shape[:2]
         fmap, glance_features = self.glance(self.glance_input(frames.flatten(0, 1)))  # (B*T, Dg, s, s), (B*T, Dg)
         steps = self.policy.spatial(fmap.view(b, t, *fmap.shape[1:]))
-        corners = self.corners_of(steps.actions)  # (B, T, 2)
+        if corners is None:
+            corners = self.corners_of(steps.actions)  # (B, T, 2)
+        elif corners.shape != (b, t, 2):
+            raise ValueError(f"corners must be (B, T, 2) = {(b, t, 2)}, got {tuple(corners.shape)}")
         patches = self.crop(frames.flatten(0, 1), corners.flatten(0, 1))  # (B*T, 3, P, P)
         focus_features = self.focus(patches).view(b, t, -1)  # (B, T, Df)
         glance_features = glance_features.view(b, t, -1)
@@ -382,7 +392,7 @@ class AdaFocusV1Flops:
 
     glance_frame: float  # the resize and MobileNetV2 on one frame
     policy_step: float  # state encoder, one GRU step and the actor
-    focus_patch: float  # ResNet-50 on one P x P patch (the crop is a slice: no arithmetic)
+    focus_patch: float  # the focus ResNet on one P x P patch (the crop is a slice: no arithmetic)
     classifier_step: float  # one classifier GRU step and its linear layer
     num_frames: int
 
@@ -457,11 +467,13 @@ def official_manifest(model: AdaFocusV1) -> List[Tuple[str, List[int], str]]:
 ADAFOCUS_V1 = register_variant(Variant(
     name="adafocus_v1",
     summary="AdaFocus V1 (ActivityNet / FCVID / Mini-Kinetics form): MobileNetV2 glance, an actor-critic "
-            "choosing one of A grid positions per frame for a P x P patch, ResNet-50 focus, GRU classifier",
+            "choosing one of A grid positions per frame for a P x P patch, ResNet-50 focus (or ResNet-18 / 34), GRU classifier",
     build=AdaFocusV1,
     hyper_parameters=("num_segments", "patch_size", "input_size", "glance_size", "action_dim", "hidden_state_dim",
-                      "hidden_dim", "dropout", "with_glancer", "pretrained", "glance_weights", "focus_weights"),
-    encoders={"glance": ("mbv2",), "focus": ("resnet50",)},
+                      "hidden_dim", "dropout", "with_glancer", "focus_arch", "zero_init_residual", "pretrained",
+                      "glance_weights", "focus_weights"),
+    # ResNet-50 is the official focus network; the smaller ResNets of the family train faster from scratch
+    encoders={"glance": ("mbv2",), "focus": FOCUS_ARCHS},
     policy="spatial: a GRU actor-critic over the frames' encoded glance maps picks one of A = n x n grid "
            "positions per frame (argmax in evaluation); no temporal policy (every frame is processed)",
     classifier="a GRU over concat(glance, focus) features of the frames, a linear layer on every step",

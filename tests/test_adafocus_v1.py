@@ -7,6 +7,7 @@ FLOPs against the figures of the official FLOPs helper.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -104,6 +105,31 @@ def test_without_the_glancer_the_classifier_reads_the_focus_features_alone():
     assert model.classifier.gru.input_size == model.focus.feature_dim
     with torch.no_grad():
         assert model(random_clip(model)).step_logits.shape == (2, 4, 5)
+
+
+def test_the_familys_smaller_focus_resnets_are_offered():
+    model = tiny_v1(focus_arch="resnet18", zero_init_residual=True)
+    assert model.focus.feature_dim == 512 and model.classifier.gru.input_size == 512 + model.glance.feature_dim
+    assert model.focus.layer1[0].bn2.weight.abs().sum() == 0  # the residual blocks start as the identity
+    assert "resnet18" in get_variant("adafocus_v1").encoders["focus"]
+    with torch.no_grad():
+        assert model(random_clip(model)).step_logits.shape == (2, 4, 5)
+
+
+def test_given_corners_replace_the_policys_patches():
+    model = tiny_v1()
+    video = random_clip(model)
+    with torch.no_grad():
+        out = model(video)
+        corners = model.random_corners(4, 2, np.random.RandomState(0))
+        moved = model(video, corners=corners)
+        assert torch.equal(model(video, corners=out.corners).step_logits, out.step_logits)
+        patches = model.crop(model.frames(video).flatten(0, 1), corners.flatten(0, 1))
+        assert torch.allclose(moved.focus_features, model.focus(patches).view(2, 4, -1), atol=1e-6)
+    assert torch.equal(moved.corners, corners) and torch.equal(moved.actions, out.actions)
+    assert not torch.equal(moved.corners, out.corners)
+    with pytest.raises(ValueError, match="corners must be"):
+        model(video, corners=corners[:, :2])
 
 
 def test_training_mode_is_refused_in_one_line():
