@@ -147,13 +147,16 @@ def load_handover(net: nn.Module, handover, log: RunLog) -> None:
     trained (with its head; stage 1's two files each give theirs); any other gives the whole network (an
     official file without a policy leaves the policy as initialised, as the official stage 2 does)."""
     own = net.state_dict()
-    for path, ckpt, stage, glance in handover:
+    for index, (path, ckpt, stage, glance) in enumerate(handover):
         try:
             state, fmt, _ = model_state_from_checkpoint(ckpt, path, net)
         except CheckpointError as exc:
             raise SystemExit(f"--stage_checkpoint {path}: {exc}") from None
-        if stage == 0 and glance is not None and len(handover) > 1:
-            parts = GLANCE_PARTS if glance else FOCUS_PARTS
+        if len(handover) > 1 and stage in (0, None):
+            # Two stage-0 files: each gives the encoder it trained. An official file does not say which; the
+            # official order is pretrained_glancer, then pretrained_focuser.
+            trained_glance = glance if glance is not None else index == 0
+            parts = GLANCE_PARTS if trained_glance else FOCUS_PARTS
             state = {k: v for k, v in state.items() if k.startswith(parts)}
         wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
         if wrong:
@@ -161,7 +164,7 @@ def load_handover(net: nn.Module, handover, log: RunLog) -> None:
                              f"{' ' + str(tuple(state[wrong[0]].shape)) if wrong[0] in state else ''}); the model "
                              "flags must be the previous stage's")
         missing = [k for k in own if k not in state and not k.startswith("policy.")]
-        if missing and not (stage == 0 and len(handover) > 1):
+        if missing and not (stage in (0, None) and len(handover) > 1):
             raise SystemExit(f"--stage_checkpoint {path}: {len(missing)} weights missing (e.g. {missing[0]})")
         net.load_state_dict(state, strict=False)
         log.info(f"--stage_checkpoint: loaded {len(state)} tensors of the {fmt} stage-"
