@@ -1,7 +1,8 @@
-"""AdaFocus V1's official training in stages (``main.py --variant adafocus_v1 --stage N``; docs/adafocus-v1.md).
+"""AdaFocus V1's official training in stages (``main.py --variant adafocus_v1 --stage N`` and
+``--variant adafocus_v1_tsm``; docs/adafocus-v1.md).
 
-The official ActivityNet / FCVID / Mini-Kinetics code trains the network in four runs, each from the
-previous run's checkpoint (``--stage_checkpoint``):
+The official ActivityNet / FCVID / Mini-Kinetics code (``adafocus_v1``) trains the network in four runs, each
+from the previous run's checkpoint (``--stage_checkpoint``):
 
 ====== ================================================ ========================= ==========================
 stage  trains (every other part frozen, eval mode)      loss                      optimiser
@@ -18,8 +19,32 @@ stage  trains (every other part frozen, eval mode)      loss                    
        patches (features without gradients)              logits
 ====== ================================================ ========================= ==========================
 
+The Something-Something code (``adafocus_v1_tsm``) has three runs, its encoders pre-trained apart (the
+official TSM runs; here ``--pretrained`` / ``--glance_weights`` / ``--focus_weights``):
+
+====== ================================================ ========================= ==========================
+stage  trains (the glance in eval mode, no_grad)         loss                      optimiser
+====== ================================================ ========================= ==========================
+1      the focus encoder and the classifier on one       CE of the prediction      SGD, see below, cosine
+       random box per video (``torch.rand(B, 2)``),      (glance logits' mean +
+       focus and classifier in training mode             focus logits' mean)
+2      the policy alone, by PPO: one step per video      PPO; reward: confidence   Adam --policy_lr
+       (``AdaFocusV1TSM.stage2_rollout``), the Gaussian  over a random box's
+       policy with BatchNorm, acting copy in train mode
+3      the classifier on the policy's mean box, the      CE of the prediction      SGD, see below, cosine
+       focus encoder and the policy in eval mode
+====== ================================================ ========================= ==========================
+
+The official optimiser of stages 1 and 3 sets the rates of its first two parameter groups only (the focus
+encoder's first convolution at backbone_lr, an empty group at fc_lr); every other group keeps rate 0. So the
+released checkpoints' stage 1 trained only ``focus.conv1.weight`` (and moved the focus encoder's BatchNorm
+statistics) and their stage 3 (backbone_lr 0) nothing. ``--official_lr_groups`` (default) reproduces that;
+``--no-official_lr_groups`` trains the intended groups: stage 1 the focus encoder at --backbone_lr and the
+classifier at --fc_lr, stage 3 the classifier at --fc_lr (and the focus encoder when --backbone_lr > 0).
+
 SGD has momentum ``--momentum`` and weight decay ``--weight_decay`` (official 0.9 and 1e-4). Training runs in
-float32 (the official stages 0, 1 and 3 use float16 autocast on CUDA; ``--amp`` is refused here).
+float32 (the official stages 0, 1 and 3 use float16 autocast on CUDA; ``--amp`` is refused here). Parameters a
+stage does not train have ``requires_grad`` off during the stage.
 
 :class:`StageOptimizer` holds what a stage steps (SGD, or the PPO with its Adam, acting copy and rollout
 memory) and saves it whole in the run's checkpoints, so ``--resume auto`` continues a stage exactly; the
@@ -48,13 +73,14 @@ from .rng import epoch_seed, seed_everything
 from .run_log import RunLog, progress
 from .schedule import adjust_learning_rate
 
-#: The variant trained in stages.
+#: The variants trained in stages: AdaFocus V1's ActivityNet form and its Something-Something form.
 VARIANT = "adafocus_v1"
-#: AdaFocus V1's Something-Something form: evaluation only.
 STH_VARIANT = "adafocus_v1_tsm"
-#: What each stage trains, for messages and logs.
-STAGE_NAMES = {0: "one encoder with its own head on whole frames", 1: "the focus encoder and the classifier on "
-               "random patches", 2: "the policy by PPO", 3: "the classifier on the policy's patches"}
+#: What each stage trains, for messages and logs, by variant.
+STAGE_NAMES = {VARIANT: {0: "one encoder with its own head on whole frames", 1: "the focus encoder and the classifier "
+                         "on random patches", 2: "the policy by PPO", 3: "the classifier on the policy's patches"},
+               STH_VARIANT: {1: "the focus encoder and the classifier on one random box per video", 2: "the policy "
+                             "by PPO", 3: "the classifier on the policy's box"}}
 #: The stage whose checkpoint each stage starts from (stage 0: optionally the other encoder's stage 0).
 PREVIOUS_STAGE = {0: 0, 1: 0, 2: 1, 3: 2}
 
@@ -65,23 +91,31 @@ PREVIOUS_STAGE = {0: 0, 1: 0, 2: 1, 3: 2}
 def check_flags(args) -> None:
     """Stop with one line on flags that do not fit the staged training."""
     stage = getattr(args, "stage", None)
-    if args.variant == STH_VARIANT and not args.evaluate:
-        raise SystemExit(f"--variant {STH_VARIANT}: only its evaluation runs here (main.py --evaluate --resume "
-                         "CKPT, official files included); its training stages are not built")
     if stage is None:
-        if args.variant == VARIANT and not args.evaluate:
-            raise SystemExit(f"--variant {VARIANT} trains in the official stages: pass --stage 0, 1, 2 or 3 "
-                             "(docs/adafocus-v1.md; presets configs/v1_*_stage*.yaml), or --evaluate")
+        if args.variant in STAGE_NAMES and not args.evaluate:
+            *first, last = STAGE_NAMES[args.variant]
+            raise SystemExit(f"--variant {args.variant} trains in the official stages: pass --stage "
+                             f"{', '.join(map(str, first))} or {last} (docs/adafocus-v1.md; presets "
+                             "configs/v1_*_stage*.yaml), or --evaluate")
         if getattr(args, "stage_checkpoint", None):
             raise SystemExit("--stage_checkpoint is the previous stage's checkpoint of a --stage run; no --stage given")
         return
-    if args.variant != VARIANT:
-        raise SystemExit(f"--stage: the staged training is {VARIANT}'s (the {args.variant} variant trains end to end)")
+    if args.variant not in STAGE_NAMES:
+        raise SystemExit(f"--stage: the staged training is {VARIANT}'s and {STH_VARIANT}'s (the {args.variant} variant "
+                         "trains end to end)")
     if args.evaluate:
         return
+    if stage not in STAGE_NAMES[args.variant]:
+        raise SystemExit(f"--stage {stage}: {STH_VARIANT}'s encoders are pre-trained apart (the official TSM runs); its "
+                         "stages are 1, 2 and 3: start at --stage 1 (--pretrained, --glance_weights, --focus_weights)")
     if args.amp:
         raise SystemExit("--amp: the staged training runs in float32 (drop --amp)")
     paths = args.stage_checkpoint or []
+    if args.variant == STH_VARIANT and stage == 1:
+        if paths:
+            raise SystemExit(f"--stage_checkpoint: stage 1 of {STH_VARIANT} starts from its encoders' initial weights "
+                             "(--pretrained, --glance_weights, --focus_weights), not from a checkpoint")
+        return
     if len(paths) > (2 if stage == 1 else 1):
         raise SystemExit(f"--stage_checkpoint: stage {stage} takes {'one or two files' if stage == 1 else 'one file'}, "
                          f"got {len(paths)}")
@@ -90,24 +124,24 @@ def check_flags(args) -> None:
                          "--stage_checkpoint PATH")
 
 
-def checkpoint_stage(ckpt: Dict, path: str) -> Tuple[Optional[int], Optional[bool]]:
+def checkpoint_stage(ckpt: Dict, path: str, variant: str = VARIANT) -> Tuple[Optional[int], Optional[bool]]:
     """(the stage a checkpoint finished or None when it cannot be told, whether it trained the glance encoder
-    in stage 0), or a one-line SystemExit for a checkpoint of another variant. An official file tells only
-    whether it has a trained policy: stage 2 or later (given as 2), else stage 0 or 1 (None)."""
+    in stage 0), or a one-line SystemExit for a checkpoint of another variant than ``variant``. An official
+    file tells only whether it has a trained policy: stage 2 or later (given as 2), else stage 0 or 1 (None)."""
     config = ckpt.get("config")
     if isinstance(config, dict):
-        variant = config.get("variant")
-        if variant != VARIANT:
-            raise SystemExit(f"--stage_checkpoint {path}: a {variant} checkpoint; the stages of {VARIANT} read "
-                             f"{VARIANT} checkpoints (AdaFocusV2 and Uni-AdaFocus train end to end)")
+        found = config.get("variant")
+        if found != variant:
+            raise SystemExit(f"--stage_checkpoint {path}: a {found} checkpoint; the stages of {variant} read "
+                             f"{variant} checkpoints (AdaFocusV2 and Uni-AdaFocus train end to end)")
         stage = ckpt.get("stage", config.get("stage"))
         if stage is None:
-            raise SystemExit(f"--stage_checkpoint {path}: an {VARIANT} checkpoint of no stage (an evaluation's "
+            raise SystemExit(f"--stage_checkpoint {path}: an {variant} checkpoint of no stage (an evaluation's "
                              "or a file written without --stage)")
         return int(stage), bool(config.get("pretrain_glancer", True))
     found = sibling("ops.config").official_variant(ckpt)
-    if found != VARIANT:
-        raise SystemExit(f"--stage_checkpoint {path}: not an {VARIANT} checkpoint (its keys are "
+    if found != variant:
+        raise SystemExit(f"--stage_checkpoint {path}: not an {variant} checkpoint (its keys are "
                          f"{'those of ' + found if found else 'of no known AdaFocus V1 layout'})")
     policy = ckpt.get("policy")
     return (2 if isinstance(policy, dict) and policy else None), None
@@ -124,7 +158,7 @@ def read_handover(args) -> List[Tuple[str, Dict, Optional[int], Optional[bool]]]
             ckpt = read_checkpoint(path)
         except CheckpointError as exc:
             raise SystemExit(f"--stage_checkpoint {path}: {exc}") from None
-        stage, glance = checkpoint_stage(ckpt, path)
+        stage, glance = checkpoint_stage(ckpt, path, args.variant)
         wanted = PREVIOUS_STAGE[args.stage]
         official_fits = stage is None and wanted in (0, 1) or stage == 2 and wanted == 2
         if stage != wanted and not official_fits:
@@ -174,9 +208,18 @@ def load_handover(net: nn.Module, handover, log: RunLog) -> None:
 # ------------------------------------------------------------------------------------------------
 # What each stage trains
 # ------------------------------------------------------------------------------------------------
+def is_sth(net: nn.Module) -> bool:
+    """Whether ``net`` is the Something-Something form (``adafocus_v1_tsm``)."""
+    return getattr(net, "variant", None) == STH_VARIANT
+
+
 def stage_modules(net: nn.Module, stage: int, pretrain_glancer: bool = True) -> Dict[str, nn.Module]:
-    """The modules ``stage`` trains, by optimiser group: 'backbone' (rate --backbone_lr), 'classifier'
-    (--fc_lr), 'policy' (PPO)."""
+    """The modules ``stage`` trains as intended, by optimiser group: 'backbone' (rate --backbone_lr),
+    'classifier' (--fc_lr), 'policy' (PPO). The Something-Something form's stages 1 and 3 train what
+    :func:`stage_groups` says (the official rate groups or the intended ones)."""
+    if is_sth(net):
+        return {1: {"backbone": net.focus, "classifier": net.classifier}, 2: {"policy": net.policy.spatial},
+                3: {"classifier": net.classifier}}[stage]
     if stage == 0:
         encoder, head = (net.glance, net.glance_head) if pretrain_glancer else (net.focus, net.focus_head)
         return {"backbone": nn.ModuleList([encoder, head])}
@@ -187,10 +230,33 @@ def stage_modules(net: nn.Module, stage: int, pretrain_glancer: bool = True) -> 
     return {"classifier": net.classifier}
 
 
+def stage_groups(net: nn.Module, args) -> Dict[str, List[nn.Parameter]]:
+    """The parameters SGD steps in stage ``args.stage`` (0, 1 or 3), by group: 'backbone' (rate
+    --backbone_lr), 'classifier' (--fc_lr). The Something-Something form with ``args.official_lr_groups``: the
+    official optimiser's only group with a rate, the focus encoder's first convolution at --backbone_lr;
+    without: the intended groups (stage 3: the focus encoder only when --backbone_lr > 0)."""
+    if is_sth(net):
+        if args.official_lr_groups:
+            return {"backbone": [net.focus.conv1.weight]}
+        groups = {"backbone": list(net.focus.parameters())} if args.stage == 1 or args.backbone_lr > 0 else {}
+        return groups | {"classifier": list(net.classifier.parameters())}
+    return {name: list(m.parameters()) for name, m in stage_modules(net, args.stage, args.pretrain_glancer).items()}
+
+
+def training_modules(net: nn.Module, stage: int, pretrain_glancer: bool = True) -> List[nn.Module]:
+    """The modules in training mode during ``stage``. The Something-Something form as its official scripts:
+    stage 1 everything but the glance and the policy (the focus encoder's BatchNorm statistics move), stage 2
+    the policy, stage 3 the classifier with its dropout (the focus encoder frozen in evaluation mode)."""
+    if is_sth(net):
+        return {1: [net.focus, net.dropout, net.classifier], 2: [net.policy.spatial],
+                3: [net.dropout, net.classifier]}[stage]
+    return list(stage_modules(net, stage, pretrain_glancer).values())
+
+
 def set_modes(net: nn.Module, stage: int, pretrain_glancer: bool = True) -> None:
     """Everything in evaluation mode but what ``stage`` trains (official ``GFV.train_mode``)."""
     net.eval()
-    for module in stage_modules(net, stage, pretrain_glancer).values():
+    for module in training_modules(net, stage, pretrain_glancer):
         module.train()
 
 
@@ -202,16 +268,20 @@ class StageOptimizer:
     def __init__(self, args, net: nn.Module):
         self.stage, self.args = args.stage, args
         self.ppo = self.memory = self.sgd = None
-        modules = stage_modules(net, args.stage, args.pretrain_glancer)
         if args.stage == 2:
             ppo = sibling("models.ppo")
-            self.ppo = ppo.PPO(modules["policy"], lr=args.policy_lr, gamma=args.gamma)
+            self.ppo = ppo.PPO(net.policy.spatial, lr=args.policy_lr, gamma=args.gamma)
             self.memory = ppo.RolloutMemory()
+            trained = list(net.policy.spatial.parameters())
         else:
             rates = {"backbone": args.backbone_lr, "classifier": args.fc_lr}
-            groups = [{"params": list(m.parameters()), "name": name, "lr": rates[name], "lr_mult": rates[name]}
-                      for name, m in modules.items()]  # each at its base rate until adjust() schedules it
+            groups = [{"params": params, "name": name, "lr": rates[name], "lr_mult": rates[name]}
+                      for name, params in stage_groups(net, args).items()]  # base rates until adjust() schedules
             self.sgd = torch.optim.SGD(groups, momentum=args.momentum, weight_decay=args.weight_decay)
+            trained = [p for group in groups for p in group["params"]]
+        ids = {id(p) for p in trained}
+        for p in net.parameters():  # no gradient is computed (nor kept) for what the stage does not train
+            p.requires_grad_(id(p) in ids)
 
     @property
     def param_groups(self) -> List[Dict]:
@@ -369,7 +439,50 @@ def stage3_step(net, optimizer, video, target, args, info, generator, crop_rng):
     return {"loss": loss.detach()}, step_logits[:, -1].detach()
 
 
-STEPS = {0: stage0_step, 1: stage1_step, 2: stage2_step, 3: stage3_step}
+def sth_stage1_step(net, optimizer, video, target, args, info, generator, crop_rng, glance=None):
+    """Something-Something form: the focus encoder and the classifier on one random box per video (the
+    official ``torch.rand(B, 2)``, from ``generator``), the glance frozen: CE of the prediction (B, C)."""
+    video, glance = net.inputs(video, glance)
+    with torch.no_grad():
+        glance_logits = net.glance_pass(glance)[1]  # (B, G, C)
+    positions = torch.rand(video.shape[0], 2, generator=generator, device=generator.device).to(video.device)
+    prediction = glance_logits.mean(dim=1) + net.focus_pass(video, net.corners_of(positions))[1].mean(dim=1)
+    loss = F.cross_entropy(prediction, target)
+    sgd_step(optimizer, loss, info)
+    return {"loss": loss.detach()}, prediction.detach()
+
+
+def sth_stage2_step(net, optimizer, video, target, args, info, generator, crop_rng, glance=None):
+    """Something-Something form: one PPO episode on the batch (``AdaFocusV1TSM.stage2_rollout``: one sampled
+    box per video, the reward over a random box) and one synchronised update."""
+    optimizer.ppo.policy_old.train()
+    rollout = net.stage2_rollout(video, glance, target, optimizer.ppo, optimizer.memory, generator=generator)
+    update = synchronised_update(optimizer.ppo, optimizer.memory, info)
+    optimizer.memory.clear()
+    return {"ppo_loss": update.terms.loss.detach().mean(), "reward": rollout.rewards.mean(),
+            "confidence": rollout.confidence.mean(),
+            "random_patch_confidence": rollout.baseline_confidence.mean()}, rollout.prediction
+
+
+def sth_stage3_step(net, optimizer, video, target, args, info, generator, crop_rng, glance=None):
+    """Something-Something form: the classifier on the policy's box (the Gaussian's mean, the policy in
+    evaluation mode); the focus features carry gradients only when the stage trains part of the focus
+    encoder. CE of the prediction."""
+    video, glance = net.inputs(video, glance)
+    with torch.no_grad():
+        maps, glance_logits = net.glance_pass(glance)
+        corners = net.corners_of(net.decide(maps)[0])
+    with torch.set_grad_enabled(any(p.requires_grad for p in net.focus.parameters())):
+        features = net.focus_pass(video, corners)[0]  # (B, L, Df)
+    prediction = glance_logits.mean(dim=1) + net.classifier(net.dropout(features)).mean(dim=1)
+    loss = F.cross_entropy(prediction, target)
+    sgd_step(optimizer, loss, info)
+    return {"loss": loss.detach()}, prediction.detach()
+
+
+#: Each variant's step of each stage.
+STEPS = {VARIANT: {0: stage0_step, 1: stage1_step, 2: stage2_step, 3: stage3_step},
+         STH_VARIANT: {1: sth_stage1_step, 2: sth_stage2_step, 3: sth_stage3_step}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,8 +500,17 @@ class StagedTraining:
             load_handover(net, handover, log)
         broadcast_weights(net, info)
         self.optimizer = StageOptimizer(args, net)
-        log.info(f"{VARIANT} stage {args.stage}: trains {STAGE_NAMES[args.stage]}"
+        log.info(f"{args.variant} stage {args.stage}: trains {STAGE_NAMES[args.variant][args.stage]}"
                  + (f" ({'glance' if args.pretrain_glancer else 'focus'} encoder)" if args.stage == 0 else ""))
+        if is_sth(net) and args.stage != 2:
+            if args.official_lr_groups:
+                log.info("--official_lr_groups: as the official optimiser, only the focus encoder's first "
+                         f"convolution trains, at --backbone_lr {args.backbone_lr:g}"
+                         + (" (0, as in the README's stage 3: nothing trains)" if args.backbone_lr == 0 else "")
+                         + "; --no-official_lr_groups trains the intended groups")
+            else:
+                log.info("--no-official_lr_groups: the intended groups: " + ", ".join(
+                    f"{g['name']} at {g['lr']:g}" for g in self.optimizer.param_groups))
 
     def train_one_epoch(self, model, loader, epoch: int, log: RunLog) -> Dict[str, float]:
         """One epoch (or ``--iters_per_epoch`` steps) of the stage; returns its mean figures and top-1."""
@@ -401,8 +523,8 @@ class StagedTraining:
         seed_everything(seed)  # dropout
         generator = torch.Generator(device=info.device).manual_seed(seed)  # the policy's draws
         crop_rng = np.random.RandomState(seed % 2 ** 32)  # the random patches, drawn as officially
-        engine = sibling("ops.engine")
-        meters = engine.Meters()
+        training = sibling("ops.training")
+        meters = training.Meters()
         steps = len(loader) if not args.iters_per_epoch else min(len(loader), args.iters_per_epoch)
         start = time.time()
         for step, batch in enumerate(progress(loader, info.is_main, total=steps, desc=f"stage {args.stage} epoch {epoch}")):
@@ -410,10 +532,12 @@ class StagedTraining:
                 break
             video = batch["video"].to(info.device, non_blocking=True)
             target = batch["label"].to(info.device, non_blocking=True)
-            values, logits = STEPS[args.stage](net, self.optimizer, video, target, args, info, generator, crop_rng)
+            glance = {"glance": batch["glance"].to(info.device, non_blocking=True)} if "glance" in batch else {}
+            values, logits = STEPS[args.variant][args.stage](net, self.optimizer, video, target, args, info,
+                                                             generator, crop_rng, **glance)
             names = list(values)
             row = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu() for v in values.values()])
-            engine.check_finite(row.unsqueeze(0), names, info, epoch, step, steps)
+            training.check_finite(row.unsqueeze(0), names, info, epoch, step, steps)
             step_values = dict(zip(names, row.tolist()))
             step_values["top1"] = topk_accuracy(logits.float().cpu(), target.cpu(), ks=(1,))[0]
             meters.update(step_values, target.shape[0])

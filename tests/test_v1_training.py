@@ -401,7 +401,7 @@ def test_preset_equals_the_readme_command(dataset, patch, stage):
 
 
 # ------------------------------------------------------------------------------------------------
-# The Something-Something form: evaluation through main.py
+# The Something-Something form: evaluation through main.py (its stages: tests/test_v1_sth_training.py)
 # ------------------------------------------------------------------------------------------------
 STH_TINY = ["--variant", "adafocus_v1_tsm", "--dataset", "synthetic", "--num_glance_segments", "4", "--num_segments",
             "6", "--num_focus_segments", "6", "--input_size", "64", "--patch_size", "32", "--glance_size", "64",
@@ -409,9 +409,9 @@ STH_TINY = ["--variant", "adafocus_v1_tsm", "--dataset", "synthetic", "--num_gla
             "--num_visualised", "0", "--val_batch_size", "4"]
 
 
-def test_the_sth_form_evaluates_a_checkpoint_through_main_py_and_refuses_training(data_dir, tmp_path):
+def test_the_sth_form_evaluates_a_checkpoint_through_main_py_and_trains_only_in_stages(data_dir, tmp_path):
     from datasets import collate_items
-    from ops import engine
+    from ops import loaders
     from ops.checkpoint import save_checkpoint
 
     data = ["--data_dir", str(data_dir), "--synthetic", json.dumps(SYNTHETIC)]
@@ -426,7 +426,7 @@ def test_the_sth_form_evaluates_a_checkpoint_through_main_py_and_refuses_trainin
                             env=_env(), timeout=300))
     predictions = torch.load(root / "eval" / "predictions_eval.pt", weights_only=True)
     # the same validation videos through the model in Python
-    val = engine.build_dataset(args, "val", DistInfo())
+    val = loaders.build_dataset(args, "val", DistInfo())
     batch = collate_items([val[i] for i in range(len(val))])
     with torch.no_grad():
         out = model.eval()(batch["video"], glance=batch["glance"])
@@ -435,5 +435,5 @@ def test_the_sth_form_evaluates_a_checkpoint_through_main_py_and_refuses_trainin
     result = entry_points.run(main + STH_TINY + ["--epochs", "1", "--batch_size", "4"], env=_env(), timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert errors == ["error: --variant adafocus_v1_tsm: only its evaluation runs here (main.py --evaluate --resume "
-                      "CKPT, official files included); its training stages are not built"]
+    assert errors == ["error: --variant adafocus_v1_tsm trains in the official stages: pass --stage 1, 2 or 3 "
+                      "(docs/adafocus-v1.md; presets configs/v1_*_stage*.yaml), or --evaluate"]
