@@ -214,12 +214,9 @@ def is_sth(net: nn.Module) -> bool:
 
 
 def stage_modules(net: nn.Module, stage: int, pretrain_glancer: bool = True) -> Dict[str, nn.Module]:
-    """The modules ``stage`` trains as intended, by optimiser group: 'backbone' (rate --backbone_lr),
-    'classifier' (--fc_lr), 'policy' (PPO). The Something-Something form's stages 1 and 3 train what
-    :func:`stage_groups` says (the official rate groups or the intended ones)."""
-    if is_sth(net):
-        return {1: {"backbone": net.focus, "classifier": net.classifier}, 2: {"policy": net.policy.spatial},
-                3: {"classifier": net.classifier}}[stage]
+    """The modules ``stage`` of the ActivityNet form trains, by optimiser group: 'backbone' (rate
+    --backbone_lr), 'classifier' (--fc_lr), 'policy' (PPO). (The Something-Something form: :func:`stage_groups`
+    and :func:`training_modules`.)"""
     if stage == 0:
         encoder, head = (net.glance, net.glance_head) if pretrain_glancer else (net.focus, net.focus_head)
         return {"backbone": nn.ModuleList([encoder, head])}
