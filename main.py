@@ -12,7 +12,8 @@ batch, split over the processes. A run folder ``{root_log}/{store_name}`` receiv
 and TensorBoard logs in ``tb/``. ``--resume`` continues a run exactly where its last checkpoint
 left it. A training run refuses to start in a folder that holds one (``--resume auto`` continues it,
 ``--overwrite`` starts over); ``--evaluate`` writes only its own files; a kill at any instant leaves
-every file complete or absent (docs/reliability.md). The machinery is in ``ops/engine.py``.
+every file complete or absent (docs/reliability.md). The machinery is in ``ops/`` (``loaders``, ``build``,
+``training``, ``evaluation``, ``run_state``; docs/layout.md).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import yaml  # noqa: E402
 
 from datasets.files import write_text_atomic  # noqa: E402
 from models import get_variant  # noqa: E402
-from ops import cli, engine, staged_training  # noqa: E402
+from ops import (build, cli, device_setup, evaluation, evaluation_report, loaders, run_state,  # noqa: E402
+                 staged_training, training)
 from ops import distributed as dist_ops  # noqa: E402
 from ops.checkpoint import CheckpointError, atomic_save, read_checkpoint  # noqa: E402
 from ops.config import adopt_checkpoint_config, parse_args, plain_config, run_folder  # noqa: E402
@@ -137,7 +139,7 @@ def run(args, info: dist_ops.DistInfo, command: Optional[List[str]] = None) -> i
 
 
 class StepCounter:
-    """The training loader as the epoch loop hands it to ``engine.train_one_epoch``: it passes every batch
+    """The training loader as the epoch loop hands it to ``training.train_one_epoch``: it passes every batch
     on and counts the steps done, so that Ctrl-C can say at which step of the epoch the run stopped."""
 
     def __init__(self, loader, steps: int):
@@ -210,7 +212,7 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
             log.warning(f"--{name}: {UNUSED_OFFICIAL_FLAGS[name]}")
     log.info(f"{'evaluating' if args.evaluate else 'training'} on {info.world_size} process(es), device "
              f"{info.device}, global batch {args.batch_size} ({args.batch_size // info.world_size} per process)")
-    settings = engine.device_settings(args, info)  # a flag this device cannot honour stops the run here
+    settings = device_setup.device_settings(args, info)  # a flag this device cannot honour stops the run here
     log.info(f"device settings: {settings.describe()}")
     if info.device.type == "cpu" and tune_cpu_allocator():
         log.info("CPU run: glibc allocator tuned to reuse activation memory (ops/cpu.py)")
@@ -219,23 +221,23 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
         log.info(f"--workers {args.workers}: capped to the {cpus} CPUs available to this process")
         args.workers = cpus
     seed_everything(epoch_seed(args.seed, 0, info.rank))
-    train_set, train_loader, val_set, val_loader = engine.build_loaders(args, info)
-    model = engine.build_model(args, val_set.num_classes, info)
-    objective = engine.build_objective(args)
+    train_set, train_loader, val_set, val_loader = loaders.build_loaders(args, info)
+    model = build.build_model(args, val_set.num_classes, info)
+    objective = build.build_objective(args)
     staged = staged_training.for_run(args, model, info, log)  # adafocus_v1's --stage (None otherwise)
-    optimizer = staged.optimizer if staged else engine.build_optimizer(args, model)
-    scaler = engine.build_scaler(args, info)
+    optimizer = staged.optimizer if staged else build.build_optimizer(args, model)
+    scaler = build.build_scaler(args, info)
     start_epoch, best, best_epoch = 0, None, None
     if args.resume:
-        start_epoch, best, best_epoch = engine.restore(args, model, optimizer, scaler, log, run_dir)
+        start_epoch, best, best_epoch = run_state.restore(args, model, optimizer, scaler, log, run_dir)
     elif args.evaluate:
         log.warning("--evaluate without --resume evaluates an untrained model")
-    stages = engine.exit_gflops(model)
+    stages = build.exit_gflops(model)
     log.info(f"{val_set.num_classes} classes; {len(val_set)} validation videos"
              + (f", {len(train_set)} training videos" if train_set is not None else "")
              + f"; GFLOPs per video {stages[-1]:.2f} (its first exit {stages[0]:.2f})")
     if settings.compile:  # after counting the FLOPs: compiled code hides its operations from the counter
-        log.info(f"--compile: the {' and '.join(engine.compile_encoders(model))} encoders compile at their first "
+        log.info(f"--compile: the {' and '.join(device_setup.compile_encoders(model))} encoders compile at their first "
                  f"call for each input shape")
     if info.is_main:  # an evaluation writes its own configuration, never the training run's
         name = f"config_{args.eval_suffix}.yaml" if args.evaluate else "config.yaml"
@@ -258,14 +260,14 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
             lr = adjust_learning_rate(optimizer, epoch, args.lr, args.lr_epochs or args.epochs, args.lr_type,
                                       args.lr_steps, args.weight_decay,
                                       start_epochs={"spatial_policy": args.stn_start_epoch})
-            train_stats = engine.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args,
+            train_stats = training.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args,
                                                  info, log)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)
         is_best = False
         progress.phase = f"in epoch {epoch}'s validation"
         if epoch == args.epochs - 1 or (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0):
-            result = engine.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log,
+            result = evaluation.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log,
                                      ablation=epoch == args.epochs - 1)  # the final evaluation
             final = result.metrics
             if best is None or final["score"] > best:
@@ -279,19 +281,19 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
             if result.images:
                 key = legend(object_boxes="policy" in final)  # ground truth is drawn where there is some
                 log.image("val/selected_frames_and_patches", stack_rows(result.images + [key]), epoch)
-            log.info(f"epoch {epoch} validation: {engine.summarise(final)}  (best {best:.3f} at epoch {best_epoch})")
+            log.info(f"epoch {epoch} validation: {evaluation_report.summarise(final)}  (best {best:.3f} at epoch {best_epoch})")
         # The last checkpoint is written last: a run killed before it ends redoes this epoch on
         # --resume auto (and rewrites the best checkpoint, the summary row and metrics.json), so a
         # run that resumes as finished has written every file of its last epoch.
         progress.phase = f"while epoch {epoch}'s files were written"
         if info.is_main and is_best:
-            engine.save_run_checkpoint(os.path.join(run_dir, "ckpt.best.pth.tar"), model, optimizer, scaler,
+            run_state.save_run_checkpoint(os.path.join(run_dir, "ckpt.best.pth.tar"), model, optimizer, scaler,
                                        epoch + 1, best, best_epoch, args)
         log.epoch_row(row)
         log.json("metrics.json", {"final": final, "best": {"score": best, "epoch": best_epoch},
                                   "epochs_done": epoch + 1, "gflops": stages[-1], "time_s": time.time() - started})
         if info.is_main:
-            engine.save_run_checkpoint(os.path.join(run_dir, "ckpt.pth.tar"), model, optimizer, scaler, epoch + 1,
+            run_state.save_run_checkpoint(os.path.join(run_dir, "ckpt.pth.tar"), model, optimizer, scaler, epoch + 1,
                                        best, best_epoch, args)
         progress.saved_epochs = epoch + 1
         dist_ops.barrier(info)
@@ -302,13 +304,13 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
 
 def evaluate_once(args, info, model, val_loader, stages, run_dir: str, log: RunLog, started: float) -> int:
     """``--evaluate``: the metrics (and early exit with ``--thresholds``) of the loaded weights."""
-    thresholds = engine.load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
-    result = engine.evaluate(model, val_loader, args, info, collect_stages=thresholds is not None,
+    thresholds = evaluation_report.load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
+    result = evaluation.evaluate(model, val_loader, args, info, collect_stages=thresholds is not None,
                              visualise=args.num_visualised, log=log, ablation=True)
     metrics, rows = result.metrics, result.rows
-    log.info("evaluation: " + engine.summarise(metrics))
+    log.info("evaluation: " + evaluation_report.summarise(metrics))
     if thresholds is not None:
-        ee = metrics["early_exit"] = engine.early_exit_metrics(rows, thresholds, stages, metrics["metric"])
+        ee = metrics["early_exit"] = evaluation_report.early_exit_metrics(rows, thresholds, stages, metrics["metric"])
         log.info(f"early exit ({ee['criterion']}, {args.thresholds}): {ee['metric_name']} {ee['metric']:.3f} at "
                  f"{ee['gflops']:.4f} GFLOPs per video (all exits {stages[-1]:.4f}); exits per stage "
                  f"{ee['exit_counts']}")

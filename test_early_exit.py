@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from datasets.files import atomic_write, write_text_atomic  # noqa: E402
 from models import get_variant  # noqa: E402
-from ops import cli, config, engine, flags  # noqa: E402
+from ops import build, cli, config, evaluation, flags, loaders, run_state  # noqa: E402
 from ops import distributed as dist_ops  # noqa: E402
 from ops import early_exit  # noqa: E402
 from ops.checkpoint import atomic_save, read_checkpoint  # noqa: E402
@@ -128,26 +128,26 @@ def _threshold_loader(args, info, val_loader):
     """The loader of the threshold set (sharded without padding, like evaluation)."""
     if args.threshold_set == "val":
         return val_loader
-    return engine.threshold_set_loader(args, info, augmentation=args.threshold_augmentation,
+    return loaders.threshold_set_loader(args, info, augmentation=args.threshold_augmentation,
                                        subset=args.threshold_subset)
 
 
 def generate_logits(args, info, log: RunLog) -> Dict:
     """Run the model over the threshold and evaluation sets; returns the cache dictionary."""
     args.evaluate = True
-    _, _, val_set, val_loader = engine.build_loaders(args, info)
-    model = engine.build_model(args, val_set.num_classes, info)
-    engine.restore(args, model, None, None, log, "")
-    flops = engine.exit_gflops(model)
+    _, _, val_set, val_loader = loaders.build_loaders(args, info)
+    model = build.build_model(args, val_set.num_classes, info)
+    run_state.restore(args, model, None, None, log, "")
+    flops = build.exit_gflops(model)
     sets = {}
     for name, loader in (("threshold", _threshold_loader(args, info, val_loader)), ("eval", val_loader)):
         started = time.time()
-        result = engine.evaluate(model, loader, args, info, collect_stages=True, log=log)
+        result = evaluation.evaluate(model, loader, args, info, collect_stages=True, log=log)
         metrics, rows = result.metrics, result.rows
         log.info(f"{name} set: {rows['stages'].shape[0]} videos, {rows['stages'].shape[1]} exits in "
                  f"{time.time() - started:.1f}s; last exit {metrics['metric']} {metrics['score']:.3f}")
         sets[name] = {"logits": rows["stages"].float(), "label": rows["label"], "labels": rows["labels"].bool()}
-    return {"version": CACHE_VERSION, "metric": engine.dataset_metric(val_set), "flops": flops,
+    return {"version": CACHE_VERSION, "metric": evaluation.dataset_metric(val_set), "flops": flops,
             "exit_grid": get_variant(args.variant).exit_grid,
             "num_classes": val_set.num_classes, "settings": {k: getattr(args, k, None) for k in LOGIT_SETTINGS},
             "checkpoint": os.path.abspath(args.resume), **sets}

@@ -6,7 +6,7 @@ the glance reads no focus frame at all, and one that leaves after k focus steps 
 Decoding all T0 candidates (48 JPEGs per video in the official setting) is wasted work for the rest.
 This applies to variants whose glance frames are among the candidates (``mn2_r50``); the ``tsm`` and
 ``x3d`` variants sample a glance clip apart from the candidates and keep decoding every frame in the
-workers, as does ``--decode_all_frames`` (``ops.engine.frame_decoding_options``). Training is unchanged.
+workers, as does ``--decode_all_frames`` (``ops.loaders.frame_decoding_options``). Training is unchanged.
 
 How it is split:
 
@@ -15,7 +15,7 @@ How it is split:
   deferred items: ``'frames'`` and ``'frame_size'`` instead of ``'video'``);
 * **main process** — :class:`FrameFeed` turns each batch into :class:`FeedBatch`, whose ``video`` is
   the uint8 ``(B*V, T0, 3, S, S)`` tensor the model gathers frames from (V spatial views per video,
-  views of a video consecutive, as ``ops.engine.evaluate`` flattens them), with the decoded frames
+  views of a video consecutive, as ``ops.evaluation.evaluate`` flattens them), with the decoded frames
   filled in and the others zero (one buffer reused from batch to batch: a batch's ``video`` is valid
   until the next one). :meth:`FeedBatch.require` is the model's ``before_focus`` hook: it
   decodes the frames the model is about to read that are not there yet, one job per video in a

@@ -341,7 +341,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(nvjpeg) and resized on the GPU, in one call per batch; equal to the CPU path up to "
                         "the decoders' rounding (mn2_r50; with or without --decode_all_frames)")
 
-    g = p.add_argument_group("GPU speed (CUDA runs; ops/engine.py device_settings)")
+    g = p.add_argument_group("GPU speed (CUDA runs; ops/device_setup.py device_settings)")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="run the 2-D encoders (MobileNetV2, ResNet, with or without the temporal shift) in "
                         "channels-last memory format (default: on CUDA, off on a CPU; X3D's 3-D encoders keep "

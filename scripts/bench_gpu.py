@@ -11,9 +11,9 @@ and the data loader's clips/s.
         --batch 16                                       # the same, fused AdamW against its per-tensor loop
 
 **Model.** ``mn2_r50`` at the official ActivityNet size (P = 128, T0 = 48, T_G = T_L = 16, 224-px frames,
-200 classes, MobileNetV2 + ResNet-50), random weights, built by ``ops.engine.build_model`` from main.py's
+200 classes, MobileNetV2 + ResNet-50), random weights, built by ``ops.build.build_model`` from main.py's
 flags exactly as a run builds it. The input is synthetic uint8 videos already on the device (the loader
-is measured on its own). A training round is one ``ops.engine.train_one_epoch`` of ``--steps`` steps over
+is measured on its own). A training round is one ``ops.training.train_one_epoch`` of ``--steps`` steps over
 the same batch of ``--batch`` videos (the run's objective, optimizer and gradient scaler, at learning rate 0 so
 that every round computes the same thing); an evaluation round is ``--eval_iters`` evaluation forwards of
 ``--eval_batch`` videos under the side's evaluation autocast (the forward only: no metrics).
@@ -39,7 +39,7 @@ steps (``torch.cuda.set_sync_debug_mode``: two epochs of different lengths, the 
 
 **Loader.** ``--videos`` JPEG frame folders (``--frames`` frames of ``--frame_size``, listed ``--repeat``
 times each) are written to a temporary ActivityNet-layout folder, and the training loader of
-``ops.engine.build_loaders`` reads them with ``--workers`` workers (default: every CPU) and pinned memory;
+``ops.loaders.build_loaders`` reads them with ``--workers`` workers (default: every CPU) and pinned memory;
 batches are copied to the device with ``non_blocking``. Clips/s are counted over ``--loader_seconds``
 after the first round of batches (the workers' start). The frames have just been written, so they are
 read from the page cache: this is the decoding and augmentation rate, not the disk's.
@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ops import config, engine
+from ops import build, config, device_setup, loaders, training
 from ops import distributed as dist_ops
 from ops.cpu import tune_cpu_allocator
 from ops.run_log import RunLog
@@ -128,7 +128,7 @@ class Side:
     name: str
     args: argparse.Namespace
     info: dist_ops.DistInfo
-    settings: engine.DeviceSettings
+    settings: device_setup.DeviceSettings
     model: torch.nn.Module
     objective: object
     optimizer: torch.optim.Optimizer
@@ -140,21 +140,21 @@ def build_side(name: str, model_flags: List[str], device: torch.device) -> Side:
     args = config.parse_args(model_flags + SIDES[name] + ["--device", device.type, "--dataset", "actnet"])
     info = dist_ops.DistInfo(device=device)
     torch.manual_seed(0)  # the same random weights on every side
-    model = engine.build_model(args, NUM_CLASSES, info)
-    settings = engine.device_settings(args, info)
+    model = build.build_model(args, NUM_CLASSES, info)
+    settings = device_setup.device_settings(args, info)
     if settings.compile:
-        engine.compile_encoders(model)
-    return Side(name, args, info, settings, model, engine.build_objective(args), engine.build_optimizer(args, model),
-                engine.build_scaler(args, info))
+        device_setup.compile_encoders(model)
+    return Side(name, args, info, settings, model, build.build_objective(args), build.build_optimizer(args, model),
+                build.build_scaler(args, info))
 
 
 def train_round(side: Side, loader: DeviceBatches, epoch: int, log: RunLog) -> float:
     """Videos/s of one training epoch of ``loader``."""
-    engine.apply_device_settings(side.settings)
+    device_setup.apply_device_settings(side.settings)
     side.args.print_freq = loader.steps  # print steps: the first and the last
     synchronize(side.info.device)
     started = time.perf_counter()
-    engine.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, epoch, side.args,
+    training.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, epoch, side.args,
                            side.info, log)
     synchronize(side.info.device)
     return loader.videos / (time.perf_counter() - started)
@@ -163,11 +163,11 @@ def train_round(side: Side, loader: DeviceBatches, epoch: int, log: RunLog) -> f
 @torch.no_grad()
 def eval_round(side: Side, video: torch.Tensor, iters: int) -> float:
     """Videos/s of ``iters`` evaluation forwards of ``video``."""
-    engine.apply_device_settings(side.settings)
+    device_setup.apply_device_settings(side.settings)
     side.model.eval()
     synchronize(side.info.device)
     started = time.perf_counter()
-    with engine.autocast(side.args, side.info.device, training=False):
+    with device_setup.autocast(side.args, side.info.device, training=False):
         for _ in range(iters):
             side.model(video)
     synchronize(side.info.device)
@@ -210,7 +210,7 @@ def syncs_per_training_step(side: Side, batch: Dict[str, torch.Tensor], log: Run
             warnings.showwarning = record
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                engine.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, 0, side.args,
+                training.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, 0, side.args,
                                        side.info, log)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
@@ -343,7 +343,7 @@ def loader_benchmark(opts, device: torch.device) -> Dict:
                                   "--batch_size", str(opts.batch), "--device", device.type, "--no-pretrained"]
                                  + size_flags)
         info = dist_ops.DistInfo(device=device)
-        _, loader, _, _ = engine.build_loaders(args, info)
+        _, loader, _, _ = loaders.build_loaders(args, info)
         clips, timed_from, epoch, seen = 0, None, 0, 0
         while True:
             loader.sampler.set_epoch(epoch)

@@ -43,7 +43,7 @@ from datasets.extract import VIDEO_EXTENSIONS  # noqa: E402
 from datasets.video import truncation  # noqa: E402
 from models import get_variant  # noqa: E402
 from models.inference import bf16_focus_problem, evaluation_model  # noqa: E402
-from ops import cli, config, engine, flags  # noqa: E402
+from ops import build, cli, config, flags  # noqa: E402
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, load_checkpoint, read_checkpoint  # noqa: E402
 from ops.early_exit import AdaptiveRunner, load_thresholds  # noqa: E402
 
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     except DataError as exc:
         raise SystemExit(str(exc)) from None
     names = names or [str(i) for i in range(num_classes)]
-    stages = engine.exit_gflops(model)  # counted on the model itself, not on its inference copy
+    stages = build.exit_gflops(model)  # counted on the model itself, not on its inference copy
     frames_used = exit_focus_frames(model, len(stages))
     model, which = evaluation_model(model.to(device).eval(), plain=args.plain_model, bf16_focus=args.bf16_focus)
     print(which, file=sys.stderr, flush=True)  # stdout holds the results only

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from datasets import synthetic_render
 from datasets.files import write_json_atomic
-from ops import config, engine, flags
+from ops import build, config, flags, loaders
 from ops import distributed as dist_ops
 from ops.rng import epoch_seed, seed_everything
 
@@ -63,13 +63,13 @@ def main_cli(argv=None) -> int:
         p.error("--config: the probe needs the synthetic dataset (its object boxes and class groups)")
     info = dist_ops.DistInfo()
     seed_everything(epoch_seed(args.seed, 0, info.rank))
-    train_set, train_loader, _, _ = engine.build_loaders(args, info)
-    val_set = engine.build_dataset(args, "val", info)  # every frame decoded (the run's loader decodes on demand)
-    val_loader = engine.build_eval_loader(val_set, args.val_batch_size, args, info)
-    model = engine.build_model(args, val_set.num_classes, info)
+    train_set, train_loader, _, _ = loaders.build_loaders(args, info)
+    val_set = loaders.build_dataset(args, "val", info)  # every frame decoded (the run's loader decodes on demand)
+    val_loader = loaders.build_eval_loader(val_set, args.val_batch_size, args, info)
+    model = build.build_model(args, val_set.num_classes, info)
     params = list(model.glance.parameters()) + list(model.glance_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
-                                  fused=engine.adamw_fused(args, params))
+                                  fused=build.adamw_fused(args, params))
     twins = (args.synthetic or {}).get("twin_classes", 0)
     groups = torch.tensor([synthetic_render.appearance_group(c, val_set.num_classes, twins)[0]
                            for c in range(val_set.num_classes)])

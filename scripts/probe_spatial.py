@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import datasets
 from models import get_variant
 from models import patches as patch_ops
-from ops import config, engine, flags
+from ops import config, flags, loaders
 from ops.checkpoint import load_checkpoint
 
 
@@ -64,7 +64,7 @@ def main_cli(argv=None) -> int:
     if args.dataset != "synthetic":
         raise SystemExit("--config: the probe needs the synthetic dataset's object boxes")
     val = datasets.build_dataset("synthetic", args.data_dir, "val", train=False, num_segments=args.num_segments,
-                                 input_size=args.input_size, **engine.dataset_options(args))
+                                 input_size=args.input_size, **loaders.dataset_options(args))
     model = get_variant(args.variant).build_from(args, val.num_classes)
     load_checkpoint(opts.resume, model)
     model.eval()

@@ -26,7 +26,7 @@ import torch
 from datasets import DataError, class_names
 from datasets.clip import load_clip
 from datasets.files import atomic_write
-from ops import cli, config, engine, flags
+from ops import build, cli, config, flags, loaders, run_state
 from ops import distributed as dist_ops
 from ops.checkpoint import CheckpointError, checkpoint_num_classes, read_checkpoint
 from ops.cpu import tune_cpu_allocator
@@ -97,16 +97,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         except DataError as exc:
             raise SystemExit(str(exc)) from None
     else:
-        val_set = engine.build_dataset(args, "val", info)
+        val_set = loaders.build_dataset(args, "val", info)
         bad = [i for i in args.videos if not 0 <= i < len(val_set)]
         if bad:
             raise SystemExit(f"--videos {bad}: the validation set has {len(val_set)} videos (0..{len(val_set) - 1})")
         num_classes = val_set.num_classes
         videos = [(f"video {i}", val_set[i]) for i in args.videos]
         names = getattr(val_set, "class_names", None)
-    model = engine.build_model(args, num_classes, info)
+    model = build.build_model(args, num_classes, info)
     if args.resume:
-        engine.restore(args, model, None, None, log, "")
+        run_state.restore(args, model, None, None, log, "")
     else:
         print("warning: no --resume: drawing an untrained model", file=sys.stderr)
     model.eval()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import main
-from models import frame_selection
+from models import frame_selection, get_variant
 from models.patches import GAUSSIAN_SPREAD, PatchGeometry, place_patches, size_patches
-from ops import config, engine, flags
+from ops import config, flags
 from ops.objective import UniAdaFocusObjective
 from support import REPO, TINY, random_video, tiny_model
 
@@ -374,7 +374,7 @@ def test_mg_sampler_in_the_forward_decodes_every_candidate_first():
 def test_flags_reach_the_model_and_other_variants_refuse_them(capsys):
     args = config.parse_args(["--no-pretrained", "--frame_sampling", "mg_sampler", "--no-size_regulariser",
                               "--patch_scale", "square", "--seed", "5"])
-    model = engine.models.get_variant(args.variant).build_from(args, 3)
+    model = get_variant(args.variant).build_from(args, 3)
     assert (model.ablations.frame_sampling, model.ablations.size_regulariser, model.ablations.patch_scale,
             model.seed) == ("mg_sampler", False, "square", 5)
     for flags in (["--variant", "tsm", "--patch_scale", "fixed"], ["--variant", "x3d", "--no-aux_supervision"]):

@@ -15,7 +15,7 @@ from models.adafocus_v3 import FOCUS_STRIDE
 from models.adafocus_v3_cubes import inference_windows
 from models.adafocus_v3_flops import adafocus_v3_flops
 from models.adafocus_v3_objective import AdaFocusV3Objective
-from ops import config, engine
+from ops import build, config
 from ops.early_exit import AdaptiveRunner
 from ops.schedule import adjust_learning_rate
 from test_main import SYNTHETIC, _main_args, _run, data_dir  # noqa: F401  (data_dir: the synthetic data fixture)
@@ -127,8 +127,8 @@ def test_a_tiny_v3_overfits_a_few_videos(gradient):
                               "--classifier_dim", "16", "--no-pretrained", "--lr", "0.01", "--epochs", "1",
                               "--v3_gradient", gradient])
     model = get_variant("adafocus_v3").build_from(args, num_classes=4)
-    objective = engine.build_objective(args)
-    optimizer = engine.build_optimizer(args, model)
+    objective = build.build_objective(args)
+    optimizer = build.build_optimizer(args, model)
     adjust_learning_rate(optimizer, 0, args.lr, args.epochs, args.lr_type, args.lr_steps, args.weight_decay)
     g = torch.Generator().manual_seed(0)
     video = torch.randn(4, 1, 3, 1, 1, generator=g) + 0.5 * torch.randn(4, 4, 3, 64, 64, generator=g)

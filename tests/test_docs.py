@@ -388,7 +388,7 @@ def test_the_layout_page_names_what_exists_and_every_module():
 
 
 def test_the_layout_check_catches_a_missing_module_and_a_wrong_name():
-    named, problems = _layout_names("`models.no_such_module`, `ops.engine.no_such_function`, `models/nope.py`\n"
+    named, problems = _layout_names("`models.no_such_module`, `ops.training.no_such_function`, `models/nope.py`\n"
                                     "```\nmodels/\n  no_such_file.py\n```\n")
     assert len(problems) == 4 and not named, problems
 

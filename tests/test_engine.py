@@ -1,4 +1,4 @@
-"""The engine's numerics: evaluation in float32 as officially, the official log's head metrics, the
+"""The training and evaluation numerics: evaluation in float32 as officially, the official log's head metrics, the
 paper's stop-gradient as one flag, and the variant's objective terms."""
 import json
 import re
@@ -10,7 +10,7 @@ import main
 from models import get_variant
 from models.backbones import FocusEncoder, GlanceEncoder
 from models.variants import OBJECTIVE_TERMS, VARIANTS
-from ops import config, engine
+from ops import build, config, evaluation, loaders, training
 from ops.rng import epoch_seed, seed_everything
 from ops.metrics import head_metrics, mean_average_precision
 from reference_math import official_map
@@ -35,16 +35,17 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def backbone_calls(monkeypatch):
     """{'train': [...], 'eval': [...]}: (encoder, autocast enabled, output dtype) of every backbone call
-    made inside ``engine.train_one_epoch`` / ``engine.evaluate`` (FLOPs counting is left out)."""
+    made inside ``ops.training.train_one_epoch`` / ``ops.evaluation.evaluate`` (FLOPs counting is left out)."""
     calls, phase = {"train": [], "eval": []}, []
-    for name, function in (("train", engine.train_one_epoch), ("eval", engine.evaluate)):
+    for name, module, function in (("train", training, training.train_one_epoch),
+                                   ("eval", evaluation, evaluation.evaluate)):
         def in_phase(*args, _name=name, _function=function, **kwargs):
             phase.append(_name)
             try:
                 return _function(*args, **kwargs)
             finally:
                 phase.pop()
-        monkeypatch.setattr(engine, function.__name__, in_phase)
+        monkeypatch.setattr(module, function.__name__, in_phase)
     for cls in (GlanceEncoder, FocusEncoder):
         def spy(self, x, _forward=cls.forward, _name=cls.__name__):
             out = _forward(self, x)
@@ -136,7 +137,7 @@ def test_paper_stop_gradient_trains_the_temporal_policy_alone():
     """With the flag, the temporal term's gradient reaches the temporal policy and nothing before it."""
     args = config.parse_args(TINY + ["--paper_stop_gradient", "--dataset", "synthetic"])
     model = get_variant(args.variant).build_from(args, num_classes=3).train()
-    objective = engine.build_objective(args)
+    objective = build.build_objective(args)
     out = model(random_video(batch=2, frames=8, size=64), generator=torch.Generator().manual_seed(0))
     objective(out, torch.tensor([0, 2]), generator=torch.Generator().manual_seed(1)).temporal.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.policy.temporal.parameters())
@@ -149,10 +150,10 @@ def test_objective_computes_exactly_the_variant_terms():
     model = tiny_model(num_classes=3).train()
     out = model(random_video(batch=2, frames=8, size=64), generator=torch.Generator().manual_seed(0))
     target = torch.tensor([1, 2])
-    full = engine.build_objective(args)(out, target, generator=torch.Generator().manual_seed(1))
+    full = build.build_objective(args)(out, target, generator=torch.Generator().manual_seed(1))
     assert set(get_variant("mn2_r50").objective_terms) == set(OBJECTIVE_TERMS)
     assert all(getattr(full, name).item() != 0 for name in OBJECTIVE_TERMS)
-    without_kl = type(engine.build_objective(args))(8, 4, 4, terms=[t for t in OBJECTIVE_TERMS if t != "kl"],
+    without_kl = type(build.build_objective(args))(8, 4, 4, terms=[t for t in OBJECTIVE_TERMS if t != "kl"],
                                                     kl_ratio=0.5)(out, target, generator=torch.Generator().manual_seed(1))
     assert without_kl.kl.item() == 0
     assert without_kl.total.item() == pytest.approx(full.total.item() - full.kl.item(), rel=1e-6)
@@ -189,8 +190,8 @@ def test_three_view_evaluation_averages_each_videos_raw_logits(data_dir, tmp_pat
     info = type("Info", (), {"is_main": True, "distributed": False, "rank": 0, "world_size": 1,
                              "device": torch.device("cpu")})()
     seed_everything(epoch_seed(args.seed, 0, 0))
-    dataset = engine.build_dataset(args, "val", info)
-    model = engine.build_model(args, dataset.num_classes, info).eval()
+    dataset = loaders.build_dataset(args, "val", info)
+    model = build.build_model(args, dataset.num_classes, info).eval()
     assert saved["index"].tolist() == list(range(len(dataset)))
     for i in range(len(dataset)):
         item = dataset[i]
@@ -217,13 +218,13 @@ def test_threshold_set_loader_draws_a_seeded_subset_for_test_early_exit(data_dir
 
     info = dist_ops.DistInfo(device=torch.device("cpu"))
     args = config.parse_args(TINY + ["--data_dir", str(data_dir), "--synthetic", json.dumps(SYNTHETIC), "--seed", "3"])
-    whole = engine.threshold_set_loader(args, info).dataset
+    whole = loaders.threshold_set_loader(args, info).dataset
     assert len(whole) == SYNTHETIC["train_videos"] and whole.train
-    part = engine.threshold_set_loader(args, info, augmentation=False, subset=3).dataset
+    part = loaders.threshold_set_loader(args, info, augmentation=False, subset=3).dataset
     assert len(part.indices) == 3 and part.indices == sorted(set(part.indices)) and not part.dataset.train
     assert (part.num_classes, part.spec) == (whole.num_classes, whole.spec)
-    assert engine.threshold_set_loader(args, info, subset=3).dataset.indices == part.indices  # seeded by --seed
-    assert len(engine.threshold_set_loader(args, info, subset=99).dataset) == SYNTHETIC["train_videos"]
+    assert loaders.threshold_set_loader(args, info, subset=3).dataset.indices == part.indices  # seeded by --seed
+    assert len(loaders.threshold_set_loader(args, info, subset=99).dataset) == SYNTHETIC["train_videos"]
     ee = test_early_exit.get_args_parser().parse_args(["--resume", "x.pth", "--threshold_subset", "3",
                                                        "--no-threshold_augmentation"] + TINY[:-4]
                                                       + ["--data_dir", str(data_dir), "--seed", "3"])

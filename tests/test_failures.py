@@ -146,7 +146,7 @@ def test_a_loader_worker_is_quiet_when_ctrl_c_stops_its_main_process_mid_batch(t
     thread sends on request; when Ctrl-C stops the main process in the middle, that send breaks and the
     thread printed a BrokenPipeError traceback. Every loader's worker_init_fn (ops.cli.loader_worker_init)
     leaves Ctrl-C to the main process and ends such a send silently."""
-    from ops import cli, engine
+    from ops import cli, loaders
     from ops.distributed import DistInfo
 
     script = tmp_path / "hand_over.py"
@@ -155,18 +155,18 @@ def test_a_loader_worker_is_quiet_when_ctrl_c_stops_its_main_process_mid_batch(t
                     for init in ("0", "1"))
     assert plain.returncode == 0 and "BrokenPipeError" in plain.stderr  # the failure this guards against
     assert quiet.returncode == 0 and quiet.stdout.strip() == "ignores Ctrl-C" and quiet.stderr == "", quiet.stderr
-    options = engine._loader_options(argparse.Namespace(workers=2, prefetch_factor=2, seed=0), DistInfo())
+    options = loaders._loader_options(argparse.Namespace(workers=2, prefetch_factor=2, seed=0), DistInfo())
     assert options["worker_init_fn"] is cli.loader_worker_init
 
 
 def test_ctrl_c_in_an_evaluation_is_one_line(world, tmp_path, monkeypatch, capsys):
     import main
-    from ops import engine
+    from ops import evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "evaluate", interrupted)
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
     status = _run_main(main.main, ["--dataset", "actnet", "--data_dir", str(world["data"]), "--evaluate", "--resume",
                                    str(world["ckpt"]), "--root_log", str(tmp_path), "--store_name", "ev"] + COMMON)
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@
   to end: see CUDA_ACTIONS); the 2-D variants also with channels-last encoders, the layout CUDA runs use
   by default.
 * **AMP training steps**: float16 (with its gradient scaler) and bfloat16 steps of a small model through
-  ``ops.engine.train_one_epoch`` give finite losses and gradients, the mean total loss within 5 % of
+  ``ops.training.train_one_epoch`` give finite losses and gradients, the mean total loss within 5 % of
   float32's (learning rate 0, so every step starts from the same weights).
 * **Adaptive early exit**: ``AdaptiveRunner`` on CUDA gives the post-hoc simulation's exits and logits.
 * **torchrun**: main.py trains and evaluates a tiny synthetic dataset on CUDA under torchrun, with
@@ -28,7 +28,7 @@ import test_parity
 import test_parity_tsm
 import test_parity_x3d
 from models.uni_adafocus_outputs import stage_logits
-from ops import config, engine
+from ops import build, config, device_setup, evaluation, training
 from ops import distributed as dist_ops
 from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores
 from ops.run_log import RunLog
@@ -84,7 +84,7 @@ def test_mn2_r50_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
     fx, model, images, info, manifest = test_parity.load_fixture(require_fixture(path), tmp_path)
     model = model.to(cuda_float32)
     if channels_last:
-        assert engine.use_channels_last(model) == ["glance", "focus"]
+        assert device_setup.use_channels_last(model) == ["glance", "focus"]
     b, c = fx["patches"].shape[0] // model.num_focus, model.num_classes
     with torch.no_grad():
         out = on_cpu(model(images.to(cuda_float32)))
@@ -124,7 +124,7 @@ def test_tsm_parity_on_cuda(path, channels_last, cuda_float32, tmp_path):
     fx, model, glance, video, info, manifest = test_parity_tsm.load_fixture(require_fixture(path), tmp_path)
     model = model.to(cuda_float32)
     if channels_last:
-        assert engine.use_channels_last(model) == ["glance", "focus"]  # the shift works on channels-last maps
+        assert device_setup.use_channels_last(model) == ["glance", "focus"]  # the shift works on channels-last maps
     with torch.no_grad():
         out = on_cpu(model(video.to(cuda_float32), glance=glance.to(cuda_float32)))
     t = test_parity_tsm
@@ -153,7 +153,7 @@ def test_x3d_parity_on_cuda(path, cuda_float32, tmp_path):
     three_crop = "outputs_per_crop" in fx
     glance, video = t._three_crop_inputs(fx) if three_crop else t._forward_inputs(fx)
     model = model.to(cuda_float32)
-    assert engine.use_channels_last(model) == []  # X3D's 3-D encoders keep their layout
+    assert device_setup.use_channels_last(model) == []  # X3D's 3-D encoders keep their layout
     with torch.no_grad():
         out = on_cpu(model(video.to(cuda_float32), glance=glance.to(cuda_float32)))
 
@@ -168,7 +168,7 @@ def test_x3d_parity_on_cuda(path, cuda_float32, tmp_path):
     torch.testing.assert_close(out.spatial_logits, per_video("spatial_sample_logits_3"), **t.LOGITS)
     torch.testing.assert_close(out.logits, per_video("final_logits"), **t.LOGITS)
     if three_crop:
-        averaged = engine.average_views(out, len(fx["crop_offsets_xy"]))
+        averaged = evaluation.average_views(out, len(fx["crop_offsets_xy"]))
         torch.testing.assert_close(averaged.logits, fx["outputs_averaged"]["final_logits"], **t.LOGITS)
         torch.testing.assert_close(averaged.stage_logits, fx["early_exit_stage_logits"], **t.LOGITS)
     else:
@@ -203,9 +203,9 @@ def _training_steps(extra, device, tmp_path):
     args = config.parse_args(AMP_FLAGS + extra)
     info = dist_ops.DistInfo(device=device)
     torch.manual_seed(0)
-    model = engine.build_model(args, 5, info)
-    objective, optimizer, scaler = engine.build_objective(args), engine.build_optimizer(args, model), \
-        engine.build_scaler(args, info)
+    model = build.build_model(args, 5, info)
+    objective, optimizer, scaler = build.build_objective(args), build.build_optimizer(args, model), \
+        build.build_scaler(args, info)
     grads, plain_step = [], optimizer.step
 
     def recording_step(*a, **kw):  # the scaler calls it with unscaled gradients, and only for finite ones
@@ -214,7 +214,7 @@ def _training_steps(extra, device, tmp_path):
 
     optimizer.step = recording_step
     loader = random_video_loader(batch_size=2, pin_memory=True, size=2 * AMP_STEPS)
-    stats = engine.train_one_epoch(model, objective, loader, optimizer, scaler, 0, args, info,
+    stats = training.train_one_epoch(model, objective, loader, optimizer, scaler, 0, args, info,
                                    RunLog(str(tmp_path), enabled=False))
     return stats, grads, scaler
 

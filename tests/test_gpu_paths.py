@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main
-from ops import cli, config, engine
+from ops import build, cli, config, device_setup, training
 from ops import distributed as dist_ops
 from ops.metrics import topk_accuracy
 from ops.objective import ObjectiveTerms
@@ -45,7 +45,7 @@ class Lines:
 #: Tensor methods that make the host wait for the device (on a GPU) when called on a device tensor.
 SYNCING = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
 #: The training loop's own code (the model's and PyTorch's are not what these tests are about).
-LOOP_FILES = {str(REPO / "ops" / "engine.py"), str(REPO / "ops" / "metrics.py")}
+LOOP_FILES = {str(REPO / "ops" / "training.py"), str(REPO / "ops" / "metrics.py")}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def spied_epoch():
     its step, and the terms, top-1 and batch size of every step recorded as the old loop read them."""
     args = config.parse_args(TINY + ["--device", "cpu", "--print-freq", "4", "--iters_per_epoch", "5", "--lr", "0.01"])
     torch.manual_seed(0)
-    model = engine.build_model(args, 5, CPU)
-    objective, optimizer = engine.build_objective(args), engine.build_optimizer(args, model)
+    model = build.build_model(args, 5, CPU)
+    objective, optimizer = build.build_objective(args), build.build_optimizer(args, model)
     loader = random_video_loader(batch_size=2, size=10)
     step, calls, recorded, recording = [-1], {}, [], [False]
 
@@ -89,7 +89,7 @@ def spied_epoch():
         for name in SYNCING:
             mp.setattr(torch.Tensor, name, spy(name))
         mp.setattr(ObjectiveTerms, "as_floats", as_floats)
-        stats = engine.train_one_epoch(model, recording_objective, loader, optimizer, None, 0, args, CPU, log)
+        stats = training.train_one_epoch(model, recording_objective, loader, optimizer, None, 0, args, CPU, log)
     finally:
         mp.undo()
     return stats, calls, recorded, log.lines
@@ -124,8 +124,8 @@ def test_logged_averages_are_those_of_every_step(spied_epoch):
 def test_a_non_finite_loss_stops_at_the_next_print_step_naming_its_step_and_terms():
     args = config.parse_args(TINY + ["--device", "cpu", "--print-freq", "4", "--iters_per_epoch", "5"])
     torch.manual_seed(0)
-    model = engine.build_model(args, 5, CPU)
-    objective, optimizer = engine.build_objective(args), engine.build_optimizer(args, model)
+    model = build.build_model(args, 5, CPU)
+    objective, optimizer = build.build_objective(args), build.build_optimizer(args, model)
     seen = []
 
     def poisoned(out, target, **kw):  # step 3 (of 5, from 1) gets a NaN temporal term
@@ -137,7 +137,7 @@ def test_a_non_finite_loss_stops_at_the_next_print_step_naming_its_step_and_term
         return terms
 
     with pytest.raises(FloatingPointError) as error:
-        engine.train_one_epoch(model, poisoned, random_video_loader(batch_size=2, size=10), optimizer, None, 0, args,
+        training.train_one_epoch(model, poisoned, random_video_loader(batch_size=2, size=10), optimizer, None, 0, args,
                                CPU, Lines())
     assert len(seen) == 5  # it ran on to the print step
     assert str(error.value).startswith("non-finite loss at epoch 0, step 3/5 (terms: total, temporal; found when "
@@ -148,15 +148,15 @@ def test_check_finite_reports_another_process(monkeypatch):
     monkeypatch.setattr(dist_ops, "all_reduce_sum", lambda tensor, info: tensor + 1)  # another rank saw one
     info = dist_ops.DistInfo(world_size=2)
     with pytest.raises(FloatingPointError, match=r"epoch 3, steps 21-40/60, on another process; .* --amp_dtype bfloat16"):
-        engine.check_finite(torch.zeros(20, 8, dtype=torch.float64), ["total"] * 8, info, 3, 20, 60, float16=True)
-    engine.check_finite(torch.zeros(20, 8, dtype=torch.float64), ["total"] * 8, CPU, 3, 20, 60)  # finite: no error
+        training.check_finite(torch.zeros(20, 8, dtype=torch.float64), ["total"] * 8, info, 3, 20, 60, float16=True)
+    training.check_finite(torch.zeros(20, 8, dtype=torch.float64), ["total"] * 8, CPU, 3, 20, 60)  # finite: no error
 
 
 # ------------------------------------------------------------------------------------------------
 # device settings and their errors
 # ------------------------------------------------------------------------------------------------
 def _settings(*flags, info=CPU, bf16_problem=lambda device: None):
-    return engine.device_settings(config.parse_args(TINY + list(flags)), info, bf16_problem=bf16_problem)
+    return device_setup.device_settings(config.parse_args(TINY + list(flags)), info, bf16_problem=bf16_problem)
 
 
 def test_defaults_per_device():
@@ -236,8 +236,8 @@ def test_device_cuda_without_cuda_is_one_clear_error():
 def test_channels_last_encoders_compute_the_same(variant):
     args = config.parse_args(TINY + ["--device", "cpu", "--variant", variant, "--channels_last"])
     torch.manual_seed(0)
-    model = engine.build_model(args, 5, CPU).eval()
-    plain = engine.build_model(config.parse_args(TINY + ["--device", "cpu", "--variant", variant]), 5, CPU).eval()
+    model = build.build_model(args, 5, CPU).eval()
+    plain = build.build_model(config.parse_args(TINY + ["--device", "cpu", "--variant", variant]), 5, CPU).eval()
     plain.load_state_dict(model.state_dict())
     conv = next(m for m in model.focus.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
@@ -250,7 +250,7 @@ def test_channels_last_encoders_compute_the_same(variant):
 def test_x3d_encoders_keep_their_layout():
     args = config.parse_args(TINY + ["--device", "cpu", "--variant", "x3d", "--glance_arch", "x3d_s", "--focus_arch",
                                      "x3d_l", "--glance_size", "32", "--channels_last"])
-    assert engine.use_channels_last(engine.build_model(args, 5, CPU)) == []
+    assert device_setup.use_channels_last(build.build_model(args, 5, CPU)) == []
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +388,7 @@ def test_gpu_check_summary_and_verdict(tmp_path):
         **side, "train_videos_per_s": 25.0, "eval_videos_per_s": 120.0}}, "ratios": {"fast/fp32": {"train": 2.5,
                                                                                                     "eval": 3.0}},
         "syncs_per_training_step": {"side": "fast", "count": 1.0,
-                                    "sites": {"ops/engine.py:12 (x.item())": 1.0}}}}
+                                    "sites": {"ops/training.py:12 (x.item())": 1.0}}}}
     loader = {"status": "ok", "result": {"clips_per_s": 50.0, "clip": "T0=48", "workers": 16, "batch": 8,
                                          "pin_memory": True}}
     report = {"environment": {"torch": "2.x", "cuda_runtime": "13.0", "cudnn": 9, "python": "3.11", "cpus": 16,
@@ -399,7 +399,7 @@ def test_gpu_check_summary_and_verdict(tmp_path):
     assert "1 passed, 1 failed, 0 errors, 2 skipped" in text and "* failed: `tests.test_gpu::b`" in text
     assert "| settings: fast | 25.0 | 120.0 | 2.50x | 3.00x | 3 s |" in text
     assert "Host synchronisations per training step outside the print steps (fast): 1.0." in text
-    assert "* 1 per step at `ops/engine.py:12 (x.item())`" in text
+    assert "* 1 per step at `ops/training.py:12 (x.item())`" in text
     assert "the loader delivers 2.00x that (enough)" in text and "torch.compile: not measured (--no-compile)" in text
     assert not gpu_check.passed(report)
     tests.update(failed=0, failures=[], status="ok")

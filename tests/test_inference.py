@@ -19,7 +19,7 @@ from models import inference
 from models.inference import AutocastEncoder, call_in_chunks, evaluation_model, fold_batchnorm, prepare_for_inference
 from models.tsm import UniAdaFocusTSM
 from models.uni_adafocus_x3d import UniAdaFocusX3D
-from ops import cli, config, engine
+from ops import cli, config, evaluation
 from ops.cpu import openmp_loaded, prefer_passive_omp_wait, tune_cpu_allocator
 import entry_points
 from support import REPO, random_video, tiny_model
@@ -295,7 +295,7 @@ def test_evaluation_runs_a_fresh_inference_copy_of_the_current_weights():
     args = config.parse_args(["--device", "cpu", "--input_size", "64", "--patch_size", "32"])
     for step in range(2):  # validation after two "epochs": the second must see the changed weights
         log = _Log()
-        result = engine.evaluate(model, loader, args, info, log=log)
+        result = evaluation.evaluate(model, loader, args, info, log=log)
         assert sum("evaluation runs the inference copy" in line for line in log.lines) == 1
         with torch.no_grad():
             expected = model.eval()(dataset.video).logits
@@ -304,7 +304,7 @@ def test_evaluation_runs_a_fresh_inference_copy_of_the_current_weights():
             for p in model.classifier.parameters():
                 p.add_(0.05)  # a training step
     log = _Log()
-    plain = engine.evaluate(model, loader, config.parse_args(["--device", "cpu", "--plain_model"]), info, log=log)
+    plain = evaluation.evaluate(model, loader, config.parse_args(["--device", "cpu", "--plain_model"]), info, log=log)
     assert sum("evaluation runs the plain model (--plain_model)" in line for line in log.lines) == 1
     with torch.no_grad():
         torch.testing.assert_close(plain.rows["prediction"], model(dataset.video).logits, atol=1e-5, rtol=1e-5)

@@ -4,13 +4,12 @@
 * no module wraps a project import in try/except (``ops`` finds its siblings through ``ops.packages``);
 * no entry point imports another, and none edits ``sys.path``;
 * no module of ``models``, ``ops`` or ``datasets`` is longer than :data:`MAX_MODULE_LINES` lines (one concept
-  per module, read top to bottom), but for the ones :data:`SPLIT_PENDING` names.
+  per module, read top to bottom).
 """
 import ast
 import json
 import subprocess
 import sys
-import warnings
 
 import pytest
 
@@ -90,8 +89,6 @@ def test_every_script_runs_as_a_module_from_the_repository_root(script):
 
 #: The longest a module of ``models``, ``ops`` or ``datasets`` may be.
 MAX_MODULE_LINES = 600
-#: Modules still to be split by concern (temporary: each must really be too long, and the test reports them).
-SPLIT_PENDING = {"ops/engine.py"}
 
 
 def _module_lines():
@@ -101,12 +98,5 @@ def _module_lines():
 
 
 def test_no_module_is_longer_than_the_limit():
-    lines = _module_lines()
-    too_long = {path: count for path, count in lines.items() if count > MAX_MODULE_LINES}
-    offenders = sorted(f"{path} ({count} lines)" for path, count in too_long.items() if path not in SPLIT_PENDING)
+    offenders = sorted(f"{path} ({count} lines)" for path, count in _module_lines().items() if count > MAX_MODULE_LINES)
     assert offenders == [], f"modules above {MAX_MODULE_LINES} lines (split them by concern): {', '.join(offenders)}"
-    stale = sorted(f"{path} ({lines.get(path, 'missing')})" for path in SPLIT_PENDING if path not in too_long)
-    assert stale == [], f"SPLIT_PENDING names modules that are not above {MAX_MODULE_LINES} lines: {', '.join(stale)}"
-    if SPLIT_PENDING:
-        warnings.warn(f"modules above {MAX_MODULE_LINES} lines, still to be split: "
-                      + ", ".join(f"{path} ({too_long[path]} lines)" for path in sorted(SPLIT_PENDING)))

@@ -33,7 +33,7 @@ def test_installed_copy_coexists_with_foreign_datasets_models_and_ops(tmp_path):
         from uniadafocus.models import UniAdaFocus
         from uniadafocus.ops.checkpoint import load_checkpoint
         from uniadafocus.models import flops, patches, frame_selection, get_variant
-        from uniadafocus.ops import config, engine, objective
+        from uniadafocus.ops import config, evaluation, objective
         from uniadafocus.ops.early_exit import AdaptiveRunner, budget_sweep
         args = config.parse_args(["--dataset", "synthetic"])
         assert get_variant(args.variant).name == "mn2_r50"

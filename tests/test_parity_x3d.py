@@ -5,7 +5,7 @@ generator, seeds and configuration come from the file itself; the synthetic chec
 test time and loaded through ``load_checkpoint`` (official X3D layout, ``module.`` prefix). Forward
 fixtures run the recorded glance frames and focus candidates; three-crop fixtures slice the recorded
 uint8 frames as the official GroupFullResSample does and evaluate every crop as its own video, then
-average the raw logits per video (``ops.engine.average_views``). Tolerances (fixture README): logits
+average the raw logits per video (``ops.evaluation.average_views``). Tolerances (fixture README): logits
 and pooled features ``atol=2e-3, rtol=1e-3``; maps and patches ``5e-3``; weights and actions
 ``1e-5``; indices exactly.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.inference import prepare_for_inference
 from models.uni_adafocus_x3d import UniAdaFocusX3D, official_manifest, x3d_flops
 from ops.checkpoint import load_checkpoint
-from ops.engine import average_views
+from ops.evaluation import average_views
 from support import fixture_checkpoint, fixture_params, require_fixture
 
 LOGITS = dict(atol=2e-3, rtol=1e-3)

@@ -87,14 +87,14 @@ def test_warm_up_without_a_schedule_ramps_the_optimisers_own_rate():
 
 
 def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop(capsys):
-    from ops import config, engine
+    from ops import build, config
     flags = ["--optimizer", "adamw", "--lr", "0.01", "--weight_decay", "0.1", "--temporal_lr_ratio", "0.2",
              "--stn_lr_ratio", "0.5", "--global_lr_ratio", "0.5", "--classifier_lr_ratio", "2"]
     torch.manual_seed(0)
     fused_model, loop_model = tiny_model(), tiny_model()
     loop_model.load_state_dict(fused_model.state_dict())
-    fused = engine.build_optimizer(config.parse_args(flags), fused_model)
-    loop = engine.build_optimizer(config.parse_args(flags + ["--no-fused_adamw"]), loop_model)
+    fused = build.build_optimizer(config.parse_args(flags), fused_model)
+    loop = build.build_optimizer(config.parse_args(flags + ["--no-fused_adamw"]), loop_model)
     assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in loop.param_groups)
     for opt in (fused, loop):  # the spatial policy waits (rate 0): it must stay put in both
         adjust_learning_rate(opt, 1, 0.01, 6, "cos", weight_decay=0.1, start_epochs={"spatial_policy": 2})
@@ -113,13 +113,13 @@ def test_adamw_on_a_cpu_is_fused_and_steps_as_the_default_loop(capsys):
 
 
 def test_a_resumed_optimizer_keeps_this_runs_implementation():
-    from ops import config, engine
+    from ops import build, config
     flags = ["--optimizer", "adamw", "--lr", "0.01"]
-    saved = engine.build_optimizer(config.parse_args(flags), tiny_model())  # fused (a CPU)
+    saved = build.build_optimizer(config.parse_args(flags), tiny_model())  # fused (a CPU)
     for p in saved.param_groups[0]["params"]:
         p.grad = torch.ones_like(p)
     saved.step()
-    resumed = engine.build_optimizer(config.parse_args(flags + ["--no-fused_adamw"]), tiny_model())
-    engine.load_optimizer_state(resumed, saved.state_dict())
+    resumed = build.build_optimizer(config.parse_args(flags + ["--no-fused_adamw"]), tiny_model())
+    build.load_optimizer_state(resumed, saved.state_dict())
     assert not any(g["fused"] for g in resumed.param_groups)  # plain load_state_dict would restore True
     assert resumed.state_dict()["state"].keys() == saved.state_dict()["state"].keys()  # the moments did load

@@ -189,15 +189,15 @@ def test_visualize_captions_the_early_exit_prediction(trained, tmp_path):
     args[:1] = ["-m", "scripts.visualize"]
     captions = [line for line in _run([sys.executable] + args).stdout.splitlines() if line.startswith("video ")]
     assert len(captions) == 2 and all(c.endswith("exit after 0 focus frames") for c in captions), captions
-    from ops import config, engine
+    from ops import build, config, loaders, run_state
     from ops import distributed as dist_ops
     from ops.run_log import RunLog
 
     margs = config.parse_args(_main_args(data, root, "--resume", str(ckpt), "--evaluate")[1:])
     info = dist_ops.init_distributed(None, "cpu", "env://")
-    val_set = engine.build_dataset(margs, "val", info)
-    model = engine.build_model(margs, val_set.num_classes, info)
-    engine.restore(margs, model, None, None, RunLog(str(tmp_path), enabled=False), "")
+    val_set = loaders.build_dataset(margs, "val", info)
+    model = build.build_model(margs, val_set.num_classes, info)
+    run_state.restore(margs, model, None, None, RunLog(str(tmp_path), enabled=False), "")
     model.eval()
     names = val_set.class_names
     for caption, index in zip(captions, (0, 1)):

@@ -20,7 +20,7 @@ from PIL import Image
 
 import datasets.frames
 from datasets import FrameError, FrameFeed, build_dataset, collate_items
-from ops import config, engine
+from ops import build, config, evaluation, loaders
 from ops import distributed as dist_ops
 from ops.early_exit import LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner
 import entry_points
@@ -201,9 +201,9 @@ def _evaluate(data: Path, tmp_path: Path, *flags, device: str = "cpu"):
                              + MODEL_FLAGS + list(flags))
     info = dist_ops.DistInfo(device=torch.device(device))
     torch.manual_seed(3)
-    _, _, val_set, loader = engine.build_loaders(args, info)
-    model = engine.build_model(args, val_set.num_classes, info).eval()
-    return val_set, engine.evaluate(model, loader, args, info, visualise=2)
+    _, _, val_set, loader = loaders.build_loaders(args, info)
+    model = build.build_model(args, val_set.num_classes, info).eval()
+    return val_set, evaluation.evaluate(model, loader, args, info, visualise=2)
 
 
 def test_evaluation_decodes_selected_frames_by_default_and_all_with_decode_all_frames(data, tmp_path):
@@ -221,10 +221,10 @@ def test_evaluation_decodes_selected_frames_by_default_and_all_with_decode_all_f
 
 def test_variants_with_their_own_glance_clip_keep_the_full_path():
     tsm = config.parse_args(["--variant", "tsm", "--dataset", "something"])
-    assert engine.frame_decoding_options(tsm) == {}
+    assert loaders.frame_decoding_options(tsm) == {}
     main = config.parse_args([])
-    assert engine.frame_decoding_options(main) == {"decode_positions": list(range(1, 48, 3))}
-    assert engine.frame_decoding_options(config.parse_args(["--decode_all_frames"])) == {}
+    assert loaders.frame_decoding_options(main) == {"decode_positions": list(range(1, 48, 3))}
+    assert loaders.frame_decoding_options(config.parse_args(["--decode_all_frames"])) == {}
 
 
 @pytest.mark.parametrize("flags, culprit", [

@@ -7,7 +7,7 @@ import torch
 from models import get_variant
 from models.temporal_shift import temporal_shift
 from models.tsm import UniAdaFocusTSM
-from ops import config, engine
+from ops import build, config
 from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores
 from support import random_video
 
@@ -49,7 +49,7 @@ def test_training_forward_has_both_patch_sets_and_the_official_terms():
     assert (out.random_pass.focus_actions[..., 2:] == model.geometry.native_scale).all()
     args = config.parse_args(["--variant", "tsm", "--num_segments", "8", "--num_glance_segments", "4",
                               "--num_focus_segments", "3"])
-    terms = engine.build_objective(args)(out, torch.tensor([1, 3]), generator=torch.Generator().manual_seed(1))
+    terms = build.build_objective(args)(out, torch.tensor([1, 3]), generator=torch.Generator().manual_seed(1))
     assert terms.kl.item() == 0 and set(get_variant("tsm").objective_terms) == {
         "cat", "glance", "focus", "temporal", "spatial", "norm"}
     expected = terms.cat + terms.glance + terms.focus + terms.temporal + terms.spatial + terms.norm
@@ -74,7 +74,7 @@ def test_a_tiny_configuration_overfits_a_fixed_batch():
     target = torch.tensor([0, 1, 2, 3])
     args = config.parse_args(["--variant", "tsm", "--num_segments", "8", "--num_glance_segments", "4",
                               "--num_focus_segments", "3", "--norm_ratio", "0"])
-    objective = engine.build_objective(args)
+    objective = build.build_objective(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
@@ -122,8 +122,8 @@ def test_adaptive_runtime_matches_the_full_pass_and_skips_the_focus_for_glance_e
 def test_monte_carlo_removal_steps_follow_each_variant():
     """T1: T_G // 3 for tsm whatever T0 and T_L (official); App. C's floor(T_L T_G / T0) for mn2_r50."""
     sizes = ["--num_segments", "8", "--num_glance_segments", "8", "--num_focus_segments", "4"]
-    assert engine.build_objective(config.parse_args(["--variant", "tsm"] + sizes)).mc_draws == 2
-    assert engine.build_objective(config.parse_args(sizes)).mc_draws == 4
+    assert build.build_objective(config.parse_args(["--variant", "tsm"] + sizes)).mc_draws == 2
+    assert build.build_objective(config.parse_args(sizes)).mc_draws == 4
 
 
 def test_prediction_reports_focus_frames_of_the_two_exits():

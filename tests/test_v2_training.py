@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import get_variant
-from ops import config, engine
+from ops import build, config
 from ops.schedule import adjust_learning_rate
 
 NUM_CLASSES = 4
@@ -47,8 +47,8 @@ def test_a_tiny_v2_overfits_one_batch(variant):
     torch.manual_seed(0)
     args = config.parse_args(["--variant", variant] + COMMON + TINY[variant])
     model = get_variant(variant).build_from(args, num_classes=NUM_CLASSES)
-    objective = engine.build_objective(args)
-    optimizer = engine.build_optimizer(args, model)
+    objective = build.build_objective(args)
+    optimizer = build.build_optimizer(args, model)
     adjust_learning_rate(optimizer, 0, args.lr, args.epochs, args.lr_type, args.lr_steps, args.weight_decay)
     video, glance, target = _batch(args)
     generator = torch.Generator().manual_seed(1)

@@ -6,7 +6,7 @@ import torch
 
 from models import get_variant
 from models.uni_adafocus_x3d import UniAdaFocusX3D, x3d_flops
-from ops import config, engine
+from ops import build, config
 from ops.early_exit import AdaptiveRunner, assign_exits, exit_scores
 from support import pyth_num_classes, random_video
 
@@ -56,7 +56,7 @@ def test_training_forward_and_the_official_terms():
     out = model(video, generator=torch.Generator().manual_seed(0), glance=glance)
     assert out.exit_logits.shape == (2, 2, 4) and out.random_pass.prediction.shape == (2, 4)
     args = config.parse_args(TINY_FLAGS)
-    objective = engine.build_objective(args)
+    objective = build.build_objective(args)
     assert objective.mc_draws == round(4 / 3)
     terms = objective(out, torch.tensor([1, 3]), generator=torch.Generator().manual_seed(1))
     assert terms.kl.item() == 0 and set(get_variant("x3d").objective_terms) == {
@@ -81,7 +81,7 @@ def test_a_tiny_configuration_overfits_a_fixed_batch():
         x3d.head.dropout.p = 0.0
     video, glance = _inputs(4, seed=3)
     target = torch.tensor([0, 1, 2, 3])
-    objective = engine.build_objective(config.parse_args(TINY_FLAGS + ["--norm_ratio", "0"]))
+    objective = build.build_objective(config.parse_args(TINY_FLAGS + ["--norm_ratio", "0"]))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
