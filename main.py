@@ -261,14 +261,14 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
                                       args.lr_steps, args.weight_decay,
                                       start_epochs={"spatial_policy": args.stn_start_epoch})
             train_stats = training.train_one_epoch(model, objective, progress.batches, optimizer, scaler, epoch, args,
-                                                 info, log)
+                                                   info, log)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}}
         log.scalars({f"train/{k}": v for k, v in train_stats.items()} | {"train/lr": lr}, epoch)
         is_best = False
         progress.phase = f"in epoch {epoch}'s validation"
         if epoch == args.epochs - 1 or (args.eval_freq > 0 and (epoch + 1) % args.eval_freq == 0):
             result = evaluation.evaluate(model, val_loader, args, info, visualise=args.num_visualised, log=log,
-                                     ablation=epoch == args.epochs - 1)  # the final evaluation
+                                         ablation=epoch == args.epochs - 1)  # the final evaluation
             final = result.metrics
             if best is None or final["score"] > best:
                 best, best_epoch = final["score"], epoch
@@ -281,20 +281,21 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
             if result.images:
                 key = legend(object_boxes="policy" in final)  # ground truth is drawn where there is some
                 log.image("val/selected_frames_and_patches", stack_rows(result.images + [key]), epoch)
-            log.info(f"epoch {epoch} validation: {evaluation_report.summarise(final)}  (best {best:.3f} at epoch {best_epoch})")
+            log.info(f"epoch {epoch} validation: {evaluation_report.summarise(final)}  "
+                     f"(best {best:.3f} at epoch {best_epoch})")
         # The last checkpoint is written last: a run killed before it ends redoes this epoch on
         # --resume auto (and rewrites the best checkpoint, the summary row and metrics.json), so a
         # run that resumes as finished has written every file of its last epoch.
         progress.phase = f"while epoch {epoch}'s files were written"
         if info.is_main and is_best:
             run_state.save_run_checkpoint(os.path.join(run_dir, "ckpt.best.pth.tar"), model, optimizer, scaler,
-                                       epoch + 1, best, best_epoch, args)
+                                          epoch + 1, best, best_epoch, args)
         log.epoch_row(row)
         log.json("metrics.json", {"final": final, "best": {"score": best, "epoch": best_epoch},
                                   "epochs_done": epoch + 1, "gflops": stages[-1], "time_s": time.time() - started})
         if info.is_main:
             run_state.save_run_checkpoint(os.path.join(run_dir, "ckpt.pth.tar"), model, optimizer, scaler, epoch + 1,
-                                       best, best_epoch, args)
+                                          best, best_epoch, args)
         progress.saved_epochs = epoch + 1
         dist_ops.barrier(info)
     log.info(f"done in {time.time() - started:.1f}s; best {final['metric'] if final else 'score'} "
@@ -306,7 +307,7 @@ def evaluate_once(args, info, model, val_loader, stages, run_dir: str, log: RunL
     """``--evaluate``: the metrics (and early exit with ``--thresholds``) of the loaded weights."""
     thresholds = evaluation_report.load_exit_thresholds(args.thresholds, len(stages)) if args.thresholds else None
     result = evaluation.evaluate(model, val_loader, args, info, collect_stages=thresholds is not None,
-                             visualise=args.num_visualised, log=log, ablation=True)
+                                 visualise=args.num_visualised, log=log, ablation=True)
     metrics, rows = result.metrics, result.rows
     log.info("evaluation: " + evaluation_report.summarise(metrics))
     if thresholds is not None:

@@ -67,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.description = ("Early-exit threshold solving and budget sweeps for every variant with exits (each with "
                           "its official grid).")
     g = flags.own_options_first(parser, "early exit", "the sweep and its thresholds; main.py's flags (further "
-                                                       "below) give the data, the model and its checkpoint")
+                                                      "below) give the data, the model and its checkpoint")
     g.add_argument("--criterion", nargs="+", default=["entropy"], choices=early_exit.CRITERIA,
                    help="exit criteria to sweep (entropy is the paper's; confidence the official max raw logit)")
     g.add_argument("--threshold_set", choices=("train", "val"), default="train",
@@ -129,7 +129,7 @@ def _threshold_loader(args, info, val_loader):
     if args.threshold_set == "val":
         return val_loader
     return loaders.threshold_set_loader(args, info, augmentation=args.threshold_augmentation,
-                                       subset=args.threshold_subset)
+                                        subset=args.threshold_subset)
 
 
 def generate_logits(args, info, log: RunLog) -> Dict:

@@ -155,7 +155,7 @@ def train_round(side: Side, loader: DeviceBatches, epoch: int, log: RunLog) -> f
     synchronize(side.info.device)
     started = time.perf_counter()
     training.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, epoch, side.args,
-                           side.info, log)
+                             side.info, log)
     synchronize(side.info.device)
     return loader.videos / (time.perf_counter() - started)
 
@@ -211,7 +211,7 @@ def syncs_per_training_step(side: Side, batch: Dict[str, torch.Tensor], log: Run
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 training.train_one_epoch(side.model, side.objective, loader, side.optimizer, side.scaler, 0, side.args,
-                                       side.info, log)
+                                         side.info, log)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         counts.append(sum(seen.values()))

@@ -44,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.usage = ("%(prog)s [--videos I [I ...] | --files VIDEO [VIDEO ...]] [--out PNG] [--gif] [--thumb PX] "
                     "[--short_side PX] [main.py's flags: --config FILE --resume CHECKPOINT --thresholds FILE ...]")
     g = flags.own_options_first(parser, "visualisation", "what to draw and where; main.py's flags (further "
-                                                          "below) give the data, the model and its checkpoint")
+                                                         "below) give the data, the model and its checkpoint")
     g.add_argument("--videos", type=int, nargs="+", default=[0, 1, 2, 3], help="validation video indices")
     g.add_argument("--files", nargs="+", default=None,
                    help="draw these video files or frame folders instead of dataset videos (needs --resume)")

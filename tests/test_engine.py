@@ -154,7 +154,7 @@ def test_objective_computes_exactly_the_variant_terms():
     assert set(get_variant("mn2_r50").objective_terms) == set(OBJECTIVE_TERMS)
     assert all(getattr(full, name).item() != 0 for name in OBJECTIVE_TERMS)
     without_kl = type(build.build_objective(args))(8, 4, 4, terms=[t for t in OBJECTIVE_TERMS if t != "kl"],
-                                                    kl_ratio=0.5)(out, target, generator=torch.Generator().manual_seed(1))
+                                                   kl_ratio=0.5)(out, target, generator=torch.Generator().manual_seed(1))
     assert without_kl.kl.item() == 0
     assert without_kl.total.item() == pytest.approx(full.total.item() - full.kl.item(), rel=1e-6)
 

@@ -215,7 +215,7 @@ def _training_steps(extra, device, tmp_path):
     optimizer.step = recording_step
     loader = random_video_loader(batch_size=2, pin_memory=True, size=2 * AMP_STEPS)
     stats = training.train_one_epoch(model, objective, loader, optimizer, scaler, 0, args, info,
-                                   RunLog(str(tmp_path), enabled=False))
+                                     RunLog(str(tmp_path), enabled=False))
     return stats, grads, scaler
 
 

@@ -138,7 +138,7 @@ def test_a_non_finite_loss_stops_at_the_next_print_step_naming_its_step_and_term
 
     with pytest.raises(FloatingPointError) as error:
         training.train_one_epoch(model, poisoned, random_video_loader(batch_size=2, size=10), optimizer, None, 0, args,
-                               CPU, Lines())
+                                 CPU, Lines())
     assert len(seen) == 5  # it ran on to the print step
     assert str(error.value).startswith("non-finite loss at epoch 0, step 3/5 (terms: total, temporal; found when "
                                        "steps 2-5 were read, every --print-freq steps); the run stops")
