@@ -21,7 +21,9 @@ recurrent classifier with a prediction after every frame (docs/adafocus-v1.md). 
    is the last step's. Step t has seen frames 0..t.
 
 The GRU of the policy and the policy are causal and the chosen positions never feed back into the policy's
-state, so running every frame at once equals the official frame-by-frame loop.
+state, so running every frame at once equals the official frame-by-frame loop. The adaptive early-exit
+runtime (``ops.early_exit.adaptive``) runs that loop: :meth:`AdaFocusV1.early_exit_steps` processes frame
+t for the videos that have not exited after frames 0..t-1 only.
 
 This module also registers the variant: hyper-parameters, FLOPs of every step counted from the module
 (:func:`adafocus_v1_flops`) and the official checkpoint layout (``glancer.net``, ``focuser.net``,
@@ -238,6 +240,10 @@ class AdaFocusV1(nn.Module):
     # ------------------------------------------------------------------------------------------
     def frames(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) or (B, 3T, H, W) -> normalised (B, T, 3, H, W), checked."""
+        return self.normalise(self.frames_view(video))
+
+    def frames_view(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) or (B, 3T, H, W) -> (B, T, 3, H, W) as given (uint8 or normalised), checked."""
         if video.dim() == 4 and video.shape[1] % 3 == 0:
             video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
         if video.dim() != 5 or video.shape[2] != 3:
@@ -246,9 +252,13 @@ class AdaFocusV1(nn.Module):
             raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
         if video.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
-        if video.dtype == torch.uint8:
-            return (video.float().div_(255.0) - self.pixel_mean) / self.pixel_std
         return video
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (..., 3, H, W): uint8 -> normalised with the ImageNet mean/std; floating frames unchanged."""
+        if frames.dtype == torch.uint8:
+            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
+        return frames
 
     def glance_input(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalised frames (N, 3, H, W) -> (N, 3, g, g), g = glance_size: nearest-neighbour resize."""
@@ -275,6 +285,50 @@ class AdaFocusV1(nn.Module):
     def num_exit_stages(self) -> int:
         """T: a prediction after each frame."""
         return self.num_segments
+
+    @property
+    def exit_focus_frames(self) -> Tuple[int, ...]:
+        """The frames each exit has processed, (1, 2, ..., T): exit t after t + 1 frames, each frame both a
+        glance and a focus frame."""
+        return tuple(range(1, self.num_segments + 1))
+
+    @torch.no_grad()
+    def early_exit_steps(self, video: torch.Tensor, amp, lap=None, before_focus=None):
+        """The T exits one frame at a time, for the adaptive runtime (a generator; evaluation only).
+
+        Yields exit 0's logits (B, C), computed from frame 0 alone: the glance encoder, one policy step (state
+        encoder, one GRU step from zeros, actor, argmax), the patch, the focus encoder, one classifier GRU
+        step and its linear layer (no critic, no glance or focus head: only the exits predict). Each time
+        it is sent the positions (m,) (long, on the device) of the videos of its last yield that continue,
+        it yields the next exit's logits (m, C) for those only, continuing their two GRU states; so a video
+        that leaves after t + 1 frames has had only those frames processed. The policy and the classifier
+        are causal, so exit t equals step t of the full forward (to the batched kernels' rounding).
+        ``amp``: the caller's (enabled, dtype) autocast setting, applied to the two backbones. ``lap`` is
+        not called (there is no separate policy stage). ``before_focus(indices (n, 1), rows (n,))`` is
+        called before each frame is read with its temporal index and the rows of ``video`` still running.
+        """
+        frames = self.frames_view(video)  # (B, T, 3, H, W), normalised frame by frame below
+        device_type, (amp_on, amp_dtype) = frames.device.type, amp
+        policy, classifier = self.policy.spatial, self.classifier
+        rows = torch.arange(frames.shape[0], device=frames.device)
+        policy_state = classifier_state = None  # (1, n, H) GRU states; None: zeros (the first frame)
+        for t in range(self.num_segments):
+            if before_focus is not None:
+                before_focus(torch.full((rows.numel(), 1), t, dtype=torch.long, device=rows.device), rows)
+            frame = self.normalise(frames[rows, t])  # (n, 3, H, W)
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
+                fmap, glance_features = self.glance(self.glance_input(frame))  # (n, Dg, s, s), (n, Dg)
+            encoded = policy.state_encoder(fmap.float())  # (n, H)
+            hidden, policy_state = policy.gru(encoded.unsqueeze(0), policy_state)  # step-major (1, n, H)
+            actions = policy.actor(hidden[0]).argmax(dim=-1)  # (n,)
+            patch = self.crop(frame, self.corners_of(actions))  # (n, 3, P, P)
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_on):
+                focus_features = self.focus(patch)  # (n, Df)
+            features = self.classifier_input(glance_features.float().unsqueeze(1), focus_features.float().unsqueeze(1))
+            states, classifier_state = classifier.gru(features, classifier_state)  # (n, 1, H), (1, n, H)
+            keep = yield classifier.fc(classifier.dropout(states[:, 0]))  # (n, C)
+            if keep is not None and keep.numel() < rows.numel():
+                rows, policy_state, classifier_state = rows[keep], policy_state[:, keep], classifier_state[:, keep]
 
     def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
                 before_focus=None, corners: Optional[torch.Tensor] = None) -> AdaFocusV1Output:
@@ -387,11 +441,13 @@ class AdaFocusV1(nn.Module):
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class AdaFocusV1Flops:
-    """GMACs (the papers' GFLOPs) of what the forward runs for one frame, counted on dummy inputs of the
-    configured size. Every frame costs the same, so the prediction after t + 1 frames costs (t + 1) x the sum."""
+    """GMACs (the papers' GFLOPs) of what one frame costs, counted on dummy inputs of the configured size: the
+    work :meth:`AdaFocusV1.early_exit_steps` does for it (the forward's as well, less the critic and the
+    backbones' own heads, which do not predict). Every frame costs the same, so the prediction after t + 1
+    frames costs (t + 1) x the sum."""
 
     glance_frame: float  # the resize and MobileNetV2 on one frame
-    policy_step: float  # state encoder, one GRU step and the actor
+    policy_step: float  # state encoder, one GRU step and the actor (the critic only trains)
     focus_patch: float  # the focus ResNet on one P x P patch (the crop is a slice: no arithmetic)
     classifier_step: float  # one classifier GRU step and its linear layer
     num_frames: int
@@ -414,7 +470,8 @@ def adafocus_v1_flops(model: AdaFocusV1) -> AdaFocusV1Flops:
         return AdaFocusV1Flops(
             glance_frame=count_gmacs(lambda x: model.glance(model.glance_input(x)),
                                      zeros(1, 3, model.input_size, model.input_size)),
-            policy_step=count_gmacs(policy, zeros(1, 1, model.glance.feature_dim, model.feature_size, model.feature_size)),
+            policy_step=count_gmacs(lambda x: policy.actor(policy.gru(policy.state_encoder(x).unsqueeze(0))[0]),
+                                    zeros(1, model.glance.feature_dim, model.feature_size, model.feature_size)),
             focus_patch=count_gmacs(model.focus, zeros(1, 3, model.patch_size, model.patch_size)),
             classifier_step=count_gmacs(classifier, zeros(1, 1, classifier.gru.input_size)),
             num_frames=model.num_segments)
