@@ -367,32 +367,42 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Eq. 1: the exits' cross-entropies summed over the K + 1 steps, or their mean")
 
     # AdaFocus V1
-    g = p.add_argument_group("AdaFocus V1 (--variant adafocus_v1; docs/adafocus-v1.md): the official staged training "
-                                "(ops/staged_training.py); names as the official configuration keys")
+    g = p.add_argument_group("AdaFocus V1 (--variant adafocus_v1 or adafocus_v1_tsm; docs/adafocus-v1.md): the official "
+                                "staged training (ops/staged_training.py); names as the official configuration keys")
     g.add_argument("--stage", "--train_stage", dest="stage", type=int, choices=(0, 1, 2, 3), default=None,
-                   help="official train_stage: 0 one encoder on whole frames (--pretrain_glancer picks which), 1 the "
-                        "focus encoder and the classifier on random patches, 2 the policy by PPO, 3 the classifier on "
-                        "the policy's patches")
+                   help="official train_stage: 0 one encoder on whole frames (--pretrain_glancer picks which; "
+                        "adafocus_v1 only), 1 the focus encoder and the classifier on random patches, 2 the policy by "
+                        "PPO, 3 the classifier on the policy's patches (adafocus_v1_tsm: stages 1-3, its encoders "
+                        "pre-trained apart)")
     g.add_argument("--stage_checkpoint", nargs="+", default=None, metavar="PATH",
-                   help="the previous stage's checkpoint (a run's ckpt.pth.tar or an official file): stage 1 takes "
-                        "one or two stage-0 files (official pretrained_glancer / pretrained_focuser), stage 2 a "
-                        "stage-1 one, stage 3 a stage-2 one (official resume); stage 0 may take the other encoder's "
-                        "stage-0 file")
+                   help="the previous stage's checkpoint (a run's ckpt.pth.tar or an official file): stage 2 takes a "
+                        "stage-1 one (adafocus_v1: official resume; adafocus_v1_tsm: pretrained), stage 3 a stage-2 "
+                        "one (resume; pretrained_s2); adafocus_v1's stage 1 takes one or two stage-0 files (official "
+                        "pretrained_glancer / pretrained_focuser) and its stage 0 may take the other encoder's; "
+                        "adafocus_v1_tsm's stage 1 takes none (its encoders: --pretrained / --glance_weights / "
+                        "--focus_weights)")
     g.add_argument("--pretrain_glancer", action=argparse.BooleanOptionalAction, default=True,
-                   help="stage 0: train the glance encoder (else the focus encoder) with its own linear head")
-    g.add_argument("--backbone_lr", type=float, default=0.01, help="SGD rate of the encoders (stages 0 and 1)")
-    g.add_argument("--fc_lr", type=float, default=0.005, help="SGD rate of the recurrent classifier (stages 1 and 3)")
+                   help="adafocus_v1 stage 0: train the glance encoder (else the focus encoder) with its own linear "
+                        "head")
+    g.add_argument("--backbone_lr", type=float, default=0.01,
+                   help="SGD rate of the encoders (adafocus_v1: stages 0 and 1; adafocus_v1_tsm: the focus encoder in "
+                        "stage 1, and in stage 3 when > 0; with --official_lr_groups its first convolution only)")
+    g.add_argument("--fc_lr", type=float, default=0.005,
+                   help="SGD rate of the classifier (stages 1 and 3; adafocus_v1: the recurrent one, adafocus_v1_tsm: "
+                        "the focus linear layer; unused with adafocus_v1_tsm's --official_lr_groups)")
     g.add_argument("--policy_lr", type=float, default=3e-4, help="stage 2: Adam rate of the policy (no schedule)")
-    g.add_argument("--gamma", type=float, default=0.7, help="stage 2: PPO discount of the per-frame rewards")
+    g.add_argument("--gamma", type=float, default=0.7, help="stage 2: PPO discount of the rewards (adafocus_v1: per frame; adafocus_v1_tsm: one "
+                        "step per video)")
     g.add_argument("--reward", choices=("random", "prev", "conf"), default="random",
-                   help="stage 2: the confidence gain over a random patch (official default), over the previous "
-                        "frame, or the confidence itself")
+                   help="adafocus_v1 stage 2: the confidence gain over a random patch (official default), over the "
+                        "previous frame, or the confidence itself (adafocus_v1_tsm: the gain over a random box)")
     g.add_argument("--action_dim", type=int, default=None,
                    help="A: grid positions of the policy (adafocus_v1: 25, 36, 49 or 64; default: the variant's, 49)")
     g.add_argument("--hidden_state_dim", type=int, default=None,
-                   help="width of the policy's encoder and GRU (default: the variant's, 1024)")
+                   help="width of the policy's encoder and GRU (default: the variant's, 1024 in both forms)")
     g.add_argument("--with_glancer", action=argparse.BooleanOptionalAction, default=True,
-                   help="the classifier reads the glance features with the focus features")
+                   help="adafocus_v1: the classifier reads the glance features with the focus features "
+                        "(adafocus_v1_tsm: the prediction adds the glance logits; it is built with them only)")
     g.add_argument("--official_lr_groups", action=argparse.BooleanOptionalAction, default=True,
                    help="adafocus_v1_tsm stages 1 and 3: the official optimiser's rates, which reach only the focus "
                         "encoder's first convolution (as the released checkpoints were trained); --no-: the "
