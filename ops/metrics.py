@@ -269,9 +269,11 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor, *,
 # ---------------------------------------------------------------------------------------------------
 # The figures an evaluation reports
 # ---------------------------------------------------------------------------------------------------
-#: The secondary heads: per-video class probabilities averaged over the exits, glance frames or
-#: focus frames (the official validation's Cat, Global and Local heads).
-SECONDARY_HEADS = ("exits", "glance", "focus")
+#: The secondary heads (the official validation's Cat, Global and Local heads): the row of per-video class
+#: probabilities averaged over every exit, over the glance head's glance frames or over the focus head's
+#: patches -> the name their figures carry (``{name}_top1``, ...; ``glance_head`` is the auxiliary glance
+#: classifier, not the glance exit). ``ops.evaluation_report.METRICS_KEYS`` says what every key means.
+SECONDARY_HEADS = {"exits": "all_exits", "glance": "glance_head", "focus": "focus_head"}
 
 
 def head_metrics(rows: Dict[str, torch.Tensor], metric: str, loss: float) -> Dict:
@@ -281,22 +283,22 @@ def head_metrics(rows: Dict[str, torch.Tensor], metric: str, loss: float) -> Dic
     ``glance``, ``focus`` (N, C) averaged softmax probabilities; ``label`` (N,) the first label;
     ``labels`` (N, C) multi-hot. ``metric``: one of :data:`METRICS`, the one ``score`` reports.
 
-    Keys: ``prediction_top1`` (and ``_top5`` with five classes or more) for every head; with mAP,
-    ``prediction_mAP`` (softmax of the logits, as officially) and, for each secondary head,
-    ``{head}_mAP`` as the official log computes it — its ``cal_map`` applies a softmax to whatever it
-    is given, so the averaged probabilities are softmaxed once more before ranking — and
-    ``{head}_mean_prob_mAP``, the mAP of the averaged probabilities themselves. (Top-k accuracy is the
-    same either way: a softmax keeps each row's order.)
+    Keys: ``{head}_top1`` (and ``_top5`` with five classes or more) for the prediction and every
+    secondary head (named by :data:`SECONDARY_HEADS`); with mAP, ``prediction_mAP`` (softmax of the
+    logits, as officially) and, for each secondary head, ``{head}_mAP`` as the official log computes
+    it — its ``cal_map`` applies a softmax to whatever it is given, so the averaged probabilities are
+    softmaxed once more before ranking — and ``{head}_mean_prob_mAP``, the mAP of the averaged
+    probabilities themselves. (Top-k accuracy is the same either way: a softmax keeps each row's order.)
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     out: Dict = {"loss": loss, "num_videos": int(rows["label"].shape[0]), "metric": metric}
     heads = {"prediction": torch.softmax(rows["prediction"].float(), dim=-1),
-             **{name: rows[name] for name in SECONDARY_HEADS}}
+             **{name: rows[row] for row, name in SECONDARY_HEADS.items()}}
     if metric == "mAP":
         targets = rows["labels"].bool()
         out["prediction_mAP"] = mean_average_precision(heads["prediction"], targets)[0]
-        for name in SECONDARY_HEADS:
+        for name in SECONDARY_HEADS.values():
             out[f"{name}_mAP"] = mean_average_precision(torch.softmax(heads[name].float(), dim=-1), targets)[0]
             out[f"{name}_mean_prob_mAP"] = mean_average_precision(heads[name], targets)[0]
     ks = (1, 5) if rows["prediction"].shape[1] >= 5 else (1,)

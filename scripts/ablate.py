@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 from datasets.files import atomic_write, write_text_atomic
-from ops import cli, config, flags
+from ops import cli, config, evaluation_report, flags
 
 TABLES = (6, 7, 8, 9, 10, 11, 15)
 #: Flags that act only when the trained model is evaluated: rows differing only in them share a model.
@@ -251,9 +251,10 @@ def plan_runs(rows: List[Row], base: Optional[str], seeds: Sequence[int], out: s
 
 
 def read_json(path: str) -> Optional[Dict]:
+    """A run's metrics file with today's key names (an older run's too), or None when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return evaluation_report.current_names(json.load(f))
     except (OSError, ValueError):
         return None
 

@@ -12,7 +12,7 @@ from models.backbones import FocusEncoder, GlanceEncoder
 from models.variants import OBJECTIVE_TERMS, VARIANTS
 from ops import build, config, evaluation, loaders, training
 from ops.rng import epoch_seed, seed_everything
-from ops.metrics import head_metrics, mean_average_precision
+from ops.metrics import SECONDARY_HEADS, head_metrics, mean_average_precision
 from reference_math import official_map
 from support import REPO, random_video, tiny_model
 
@@ -102,10 +102,10 @@ def test_secondary_head_maps_are_the_official_logs():
     metrics = head_metrics(rows, "mAP", loss=0.0)
     # The official cal_map softmaxes whatever it gets: for the averaged-probability heads that is a
     # second softmax. With every class present, its label handling agrees with ours.
-    for head in ("exits", "glance", "focus"):
-        assert metrics[f"{head}_mAP"] == pytest.approx(official_map(rows[head], rows["label"])[0], abs=1e-3)
-        assert metrics[f"{head}_mean_prob_mAP"] == pytest.approx(mean_average_precision(rows[head], rows["labels"])[0])
-    assert any(abs(metrics[f"{h}_mAP"] - metrics[f"{h}_mean_prob_mAP"]) > 0.1 for h in ("exits", "glance", "focus"))
+    for head, name in SECONDARY_HEADS.items():
+        assert metrics[f"{name}_mAP"] == pytest.approx(official_map(rows[head], rows["label"])[0], abs=1e-3)
+        assert metrics[f"{name}_mean_prob_mAP"] == pytest.approx(mean_average_precision(rows[head], rows["labels"])[0])
+    assert any(abs(metrics[f"{h}_mAP"] - metrics[f"{h}_mean_prob_mAP"]) > 0.1 for h in SECONDARY_HEADS.values())
     assert metrics["prediction_mAP"] == pytest.approx(official_map(rows["prediction"], rows["label"])[0], abs=1e-3)
     assert metrics["score"] == metrics["prediction_mAP"]
 
@@ -113,10 +113,10 @@ def test_secondary_head_maps_are_the_official_logs():
 def test_top1_heads_do_not_depend_on_the_second_softmax():
     rows = _rows(seed=1)
     metrics = head_metrics(rows, "top1", loss=0.0)
-    for head in ("exits", "glance", "focus"):
+    for head, name in SECONDARY_HEADS.items():
         expected = (rows[head].argmax(1) == rows["label"]).double().mean().item() * 100
-        assert metrics[f"{head}_top1"] == pytest.approx(expected)
-    assert "exits_mAP" not in metrics and metrics["score"] == metrics["prediction_top1"]
+        assert metrics[f"{name}_top1"] == pytest.approx(expected)
+    assert "all_exits_mAP" not in metrics and metrics["score"] == metrics["prediction_top1"]
     with pytest.raises(ValueError, match="metric must be one of"):
         head_metrics(rows, "map", loss=0.0)
 

@@ -145,7 +145,7 @@ def test_two_process_evaluation_equals_one_process(request, tmp_path, source):
     m1 = json.loads((root / "one" / "metrics_eval.json").read_text())["metrics"]
     m2 = json.loads((root / "two" / "metrics_eval.json").read_text())["metrics"]
     assert m1["num_videos"] == m2["num_videos"] == 7
-    for key in ("score", "prediction_top1", "exits_top1", "glance_top1", "focus_top1"):
+    for key in ("score", "prediction_top1", "all_exits_top1", "glance_head_top1", "focus_head_top1"):
         assert m1[key] == pytest.approx(m2[key], abs=1e-6), key
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
 

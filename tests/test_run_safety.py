@@ -155,7 +155,7 @@ def test_evaluation_takes_the_model_sizes_from_the_checkpoint(finished, data_dir
     assert "eval [2/2]" in log  # a plain progress line: the log is not a terminal
     with_flags = json.loads((tmp_path / "flags" / "metrics_eval.json").read_text())["metrics"]
     bare = json.loads((tmp_path / "bare" / "metrics_eval.json").read_text())["metrics"]
-    for key in ("score", "prediction_top1", "exits_top1", "loss"):
+    for key in ("score", "prediction_top1", "all_exits_top1", "loss"):
         assert bare[key] == pytest.approx(with_flags[key], abs=1e-6), key
 
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
