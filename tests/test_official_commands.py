@@ -8,7 +8,8 @@ official README command of the releases with ours under it. Each one is translat
 the official meaning (a few values per command are checked against the official line itself); a few
 run for real and must stop at the missing data folder with one line, no traceback. AdaFocus V1's
 commands (Hydra ``key=value`` overrides; both trees' README commands as ``reference/v1/SPEC-V1.md`` §1
-quotes them) are translated and parsed into the right variant, stage and flags, or refused in one line.
+quotes them) are translated and parsed into the right variant, stage and flags, and each training stage's
+equals its preset; a key or value that does not apply is refused in one line.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ops import config, flags
 from ops import staged_training
 from ops.official_commands import (DATA_PLACEHOLDER, FLAG_RELEASES, FLOAT16_TRAINING, OFFICIAL_SCRIPTS,
                                    OfficialCommandError, main, translate_command)
+from ops.official_commands_v1 import HYDRA_SPAWN, STH_STAGES
 
 SCRIPT_NAMES = {s.name for s in OFFICIAL_SCRIPTS}
 #: READMEs in the papers folder read elsewhere: AdaFocus V1's top-level page quotes no command (its two trees'
@@ -113,12 +115,10 @@ def _shared_params():
     return params
 
 
-def documented_pairs(answer: str = "Our command"):
-    """``(line, official command, our command)`` of every pair quoted in docs/official-commands.md
-    (``answer="Refused here"``: the official commands refused here, with the one line they get)."""
+def documented_pairs():
+    """``(line, official command, our command)`` of every pair quoted in docs/official-commands.md."""
     text = DOCS.read_text(encoding="utf-8")
-    blocks = re.finditer(r"^(Official command|Our command|Refused here):\n\n```\n(.*?)\n```", text,
-                         flags=re.M | re.S)
+    blocks = re.finditer(r"^(Official command|Our command):\n\n```\n(.*?)\n```", text, flags=re.M | re.S)
     pairs, official = [], None
     for block in blocks:
         if block.group(1) == "Official command":
@@ -126,15 +126,13 @@ def documented_pairs(answer: str = "Our command"):
             official = (text.count("\n", 0, block.start()) + 1, block.group(2))
         else:
             assert official is not None, f"a '{block.group(1)}' block without an 'Official command' block before it"
-            if block.group(1) == answer:
-                pairs.append((official[0], official[1], block.group(2)))
+            pairs.append((official[0], official[1], block.group(2)))
             official = None
     return pairs
 
 
 SHARED = _shared_params()
 DOCUMENTED = documented_pairs()
-REFUSED = documented_pairs("Refused here")
 
 
 def official_value(tokens, *flags):
@@ -280,22 +278,14 @@ def test_the_page_quotes_every_official_command_of_the_reference_folder():
     # (an elided command is a fragment of a quoted one: `python -m torch.distributed.launch ... main.py`)
     assert not missing, f"official commands not quoted in docs/official-commands.md: {missing}"
     scripts = {(translate_command(o).official.name, translate_command(o).official.variant) for _, o, _ in DOCUMENTED}
-    refused = {(s.name, s.variant) for _, o, _ in REFUSED for s in OFFICIAL_SCRIPTS if s.refused and s.name in o}
-    assert scripts | refused == {(s.name, s.variant) for s in OFFICIAL_SCRIPTS}
+    assert scripts == {(s.name, s.variant) for s in OFFICIAL_SCRIPTS}
 
 
-def test_the_page_quotes_every_v1_readme_command_with_ours_or_its_refusal():
+def test_the_page_quotes_every_v1_readme_command_with_ours():
     require_reference()
-    documented = [_tokens(o) for _, o, _ in DOCUMENTED + REFUSED]
+    documented = [_tokens(o) for _, o, _ in DOCUMENTED]
     missing = [c for _, c in v1_readme_commands() if _tokens(c) not in documented]
     assert not missing, f"AdaFocus V1 README commands not quoted in docs/official-commands.md: {missing}"
-
-
-@pytest.mark.parametrize("line, official, refusal", REFUSED, ids=[f"docs:{p[0]}" for p in REFUSED])
-def test_every_documented_refusal_is_the_translators_one_line(line, official, refusal):
-    with pytest.raises(OfficialCommandError) as refused:
-        translate_command(official)
-    assert refusal == f"official command: {refused.value}", f"docs/official-commands.md:{line}"
 
 
 @pytest.mark.parametrize("line, official, ours", [p for p in DOCUMENTED if "--multiprocessing-distributed" in p[1]][:2])
@@ -396,7 +386,6 @@ def test_main_py_refuses_adafocus_v2s_sth_command_given_to_it_untranslated(capsy
 # AdaFocus V1: key=value commands (both trees' READMEs, quoted in reference/v1/SPEC-V1.md §1)
 # ------------------------------------------------------------------------------------------------
 HYDRA_SCRIPTS = {s.name for s in OFFICIAL_SCRIPTS if s.form == "hydra"}
-REFUSED_SCRIPTS = {s.name for s in OFFICIAL_SCRIPTS if s.refused}
 
 
 def _script_of(command: str) -> str:
@@ -428,7 +417,9 @@ V1_COMMANDS = _v1_params()
 #: Keys whose value our flag of the same name takes, and their types (the official meaning: SPEC-V1.md §2).
 V1_SAME = {"workers": int, "dropout": float, "patch_size": int, "glance_size": int, "eval_freq": int,
            "backbone_lr": float, "fc_lr": float, "lr_type": str, "hidden_dim": int, "action_dim": int,
-           "policy_lr": float, "gamma": float}
+           "policy_lr": float, "gamma": float, "print_freq": int}
+#: The Something-Something training scripts' hand-over keys: the previous stage's checkpoint.
+STH_HANDOVER = {"stage2.py": "pretrained", "stage3.py": "pretrained_s2"}
 
 
 def _v1_with_paths(command: str, tmp_path: Path) -> str:
@@ -454,7 +445,19 @@ def check_v1_meaning(command: str):
     assert translation.script == "main.py" and args.variant == script.variant and args.evaluate == evaluating
     assert args.stage == (None if evaluating else int(values["train_stage"]))
     assert args.data_dir == values["data_dir"]
-    if script.name == "main_dist.py":
+    if script.name in STH_STAGES:
+        assert args.dataset == {"somethingv1": "something", "somethingv2": "somethingv2"}[values["dataset"]]
+        assert args.num_glance_segments == int(values["num_segments_glancer"])
+        assert args.num_segments == args.num_focus_segments == int(values["num_segments_focuser"])
+        for key, kind in V1_SAME.items():
+            if key in values:
+                assert getattr(args, key) == kind(values[key]), key
+        assert (args.epochs, args.lr_epochs) == (int(values["epochs"]) + 1, int(values["epochs"]))
+        handover = values.get(STH_HANDOVER.get(script.name, ""))
+        assert args.stage_checkpoint == ([handover] if handover else None) and args.resume == ""
+        assert args.official_lr_groups  # the official optimiser's rates, as the released files were trained
+        staged_training.check_flags(args)  # main.py's own check of the stage's hand-over flags
+    elif script.name == "main_dist.py":
         assert args.dataset == values["dataset"]
         for key, kind in V1_SAME.items():
             if key in values:
@@ -477,7 +480,7 @@ def check_v1_meaning(command: str):
         assert args.resume == values["resume"]
     assert (args.val_batch_size if evaluating else args.batch_size) == int(values["batch_size"])
     gpus = len(env[0].split("=", 1)[1].split(",")) if env else None
-    spawn = values.get("multiprocessing_distributed", "true" if script.name == "main_dist.py" else "false")
+    spawn = values.get("multiprocessing_distributed", HYDRA_SPAWN[script.name])
     if gpus == 1 or spawn.lower() == "false" and gpus is None:
         assert translation.launcher == ["python"]
     else:
@@ -486,26 +489,25 @@ def check_v1_meaning(command: str):
 
 
 @pytest.mark.parametrize("command", V1_COMMANDS)
-def test_every_v1_readme_command_translates_with_its_meaning_or_is_refused_in_one_line(command, tmp_path):
+def test_every_v1_readme_command_translates_with_its_meaning(command, tmp_path):
     require_reference()
     command = _v1_with_paths(command, tmp_path)
-    if _script_of(command) in REFUSED_SCRIPTS:
-        with pytest.raises(OfficialCommandError) as refused:
-            translate_command(command)
-        message = str(refused.value)
-        assert "\n" not in message and "not built" in message and "evaluate.py" in message and \
-            "main_dist.py train_stage=0..3" in message
-        return
     translation, args = check_v1_meaning(command)
-    if "pretrained_glancer" in command:  # stage 1: the glance network's stage 0, then the focus network's
+    if "pretrained_glancer" in command and "main_dist.py" in command:  # the glance's stage 0, then the focus's
         assert args.stage_checkpoint == [str(tmp_path / "pretrained_glancer" / "file"),
                                          str(tmp_path / "pretrained_focuser" / "file")]
+    elif "pretrained_glancer" in command:  # stage1.py: the TSM runs' files are not read, and the note says so
+        assert any(n.startswith("dropped: pretrained_glancer (the TSM runs' checkpoints are not read here")
+                   for n in translation.notes)
 
 
 def test_the_v1_commands_cover_both_trees_and_the_stage_2_command_is_one_process():
     require_reference()
     commands = [c for _, c in v1_readme_commands()]
     assert sorted({_script_of(c) for c in commands}) == sorted(HYDRA_SCRIPTS)
+    for script, stage in STH_STAGES.items():  # the Something-Something stages: main.py --stage N of its variant
+        args = config.parse_args(translate_command(next(c for c in commands if _script_of(c) == script)).args)
+        assert (args.variant, args.stage, args.evaluate) == ("adafocus_v1_tsm", stage, False)
     stages = sorted(int(t.split("=")[1]) for c in commands if "main_dist.py" in c and "evaluate=true" not in c
                     for t in _tokens(c) if t.startswith("train_stage="))
     assert stages == [0, 0, 1, 2, 3]
@@ -533,9 +535,31 @@ def test_a_translated_readme_command_is_its_preset(dataset, patch, stage):
     assert {k: v for k, v in ours.items() if k not in ignored} == {k: v for k, v in preset.items() if k not in ignored}
 
 
+def _sth_readme_command(stage: int, dataset: str, patch: int) -> str:
+    command = next(c for _, c in v1_readme_commands() if _script_of(c) == f"stage{stage}.py")
+    return command.replace("dataset=somethingv1", f"dataset={dataset}").replace("patch_size=144", f"patch_size={patch}")
+
+
+@pytest.mark.parametrize("stage", (1, 2, 3))
+@pytest.mark.parametrize("dataset, patch", [("sthv1", 144), ("sthv1", 176), ("sthv2", 160)])
+def test_a_translated_sth_readme_command_is_its_preset(stage, dataset, patch):
+    """The Something-Something README command of a stage (the other data set and patch sizes of the released
+    files too) translates to the flags of configs/v1_{sthv1,sthv2}_p{P}_stage{N}.yaml, but for the paths."""
+    require_reference()
+    official = {"sthv1": "somethingv1", "sthv2": "somethingv2"}[dataset]
+    ours = vars(config.parse_args(translate_command(_sth_readme_command(stage, official, patch)).args))
+    preset = vars(config.parse_args(["--config", str(REPO / "configs" / f"v1_{dataset}_p{patch}_stage{stage}.yaml")]))
+    built = {k: p.default for k, p in inspect.signature(get_variant("adafocus_v1_tsm").build).parameters.items()}
+    ours = {k: built[k] if v is None and k in built else v for k, v in ours.items()}
+    preset = {k: built[k] if v is None and k in built else v for k, v in preset.items()}
+    ignored = {"config", "explicit", "data_dir", "stage_checkpoint"}
+    assert {k: v for k, v in ours.items() if k not in ignored} == {k: v for k, v in preset.items() if k not in ignored}
+
+
 V1_STAGE1 = ("python main_dist.py dataset=actnet train_stage=1 random_patch=true patch_size=128 "
              "pretrained_glancer=g.pth.tar pretrained_focuser=f.pth.tar")
 V1_EVALUATE = "python evaluate.py dataset=somethingv1 ppo_continuous=True patch_size=144 resume=s.pth.tar"
+V1_STH2 = "python stage2.py dataset=somethingv1 train_stage=2 action_std=0.25 pretrained=s1.pth.tar"
 
 
 @pytest.mark.parametrize("command, message", [
@@ -564,10 +588,18 @@ V1_EVALUATE = "python evaluate.py dataset=somethingv1 ppo_continuous=True patch_
     (V1_EVALUATE + " actorcritic_with_bn=False", "actorcritic_with_bn=False: main.py builds the README's policy"),
     (V1_EVALUATE + " random_patch=True", "random_patch=True with the evaluation: here stages 0 and 1"),
     (V1_EVALUATE.replace("somethingv1", "something"), "dataset=something: evaluate.py reads somethingv1, somethingv2"),
-    ("CUDA_VISIBLE_DEVICES=0 python stage2.py dataset=somethingv1 train_stage=2",
-     "stage2.py: the training of AdaFocus V1's Something-Something form is not built here; what runs: its evaluation"),
+    (V1_STH2.replace("train_stage=2", "train_stage=3"), "train_stage=3: stage2.py trains stage 2"),
+    (V1_STH2.replace(" action_std=0.25", ""), "action_std not given: the official configuration's action_std=0.1; "
+                                               "action_std=0.1: the Gaussian policy's standard deviation"),
+    (V1_STH2 + " random_patch=True", "random_patch=True with train_stage=2: here"),
+    (V1_STH2 + " evaluate=True", "evaluate=True: the training scripts train here; the evaluation is evaluate.py's"),
+    (V1_STH2.replace("stage2.py", "stage3.py").replace("pretrained=", "pretrained_s="),
+     "stage3.py: unknown key 'pretrained_s' (the closest known key: pretrained_s2)"),
+    ("python stage3.py load_pretrained_s2_fc=False", "load_pretrained_s2_fc=False: stage 3 takes the stage-2"),
+    ("python stage1.py start_eval=5", "start_eval=5: validation runs every --eval_freq epochs from the first"),
+    ("python stage1.py dataset=something", "dataset=something: stage1.py reads somethingv1, somethingv2"),
 ])
-def test_v1_commands_with_unknown_keys_wrong_values_or_sth_training_are_refused_in_one_line(command, message):
+def test_v1_commands_with_unknown_keys_or_wrong_values_are_refused_in_one_line(command, message):
     with pytest.raises(OfficialCommandError) as refused:
         translate_command(command)
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
@@ -592,6 +624,12 @@ def test_v1_keys_accepted_at_their_only_value_and_dropped_keys_are_named(capsys)
     single = translate_command("CUDA_VISIBLE_DEVICES=0,1 python main_dist.py train_stage=3 resume=s2.pth.tar "
                                "multiprocessing_distributed=false")
     assert single.launcher == ["torchrun", "--nproc_per_node=2"]  # official: one process over both (DataParallel)
+    # a Something-Something stage left at its YAML: stage 3 at P = 160 with the step schedule, one process per GPU
+    assert main(["python stage3.py dataset=somethingv1 pretrained_s2=s2.pth.tar"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == ("torchrun --nproc_per_node=NUM_GPUS main.py --dataset something --stage_checkpoint s2.pth.tar "
+                          "--stage 3 --data_dir PATH_TO_DATASET --patch_size 160 --lr_type step --variant adafocus_v1_tsm")
     with pytest.raises(SystemExit) as stop:
-        main(["python stage3.py dataset=somethingv1"])
-    assert str(stop.value.code).startswith("official command: stage3.py: the training of AdaFocus V1's")
+        main(["python stage3.py train_stage=2"])
+    assert str(stop.value.code) == ("official command: train_stage=2: stage3.py trains stage 3 (it asserts its own "
+                                    "train_stage; stage N is stage{N}.py)")
