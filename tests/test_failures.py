@@ -111,7 +111,7 @@ def test_ctrl_c_in_training_says_where_it_stopped_and_how_to_resume(world, tmp_p
 
 
 HAND_OVER = """
-import multiprocessing as mp, os, signal, sys, time
+import multiprocessing as mp, os, signal, socket, sys, time
 from multiprocessing import resource_sharer
 from multiprocessing.connection import Client
 sys.path.insert(0, sys.argv[1])
@@ -135,7 +135,10 @@ if __name__ == "__main__":
     print("ignores Ctrl-C" if queue.get() else "takes Ctrl-C", flush=True)
     address, key = queue.get()
     conn = Client(address, authkey=mp.current_process().authkey)
-    conn.send((key, os.getpid()))  # ask for the descriptor, then stop reading: Ctrl-C mid-receive
+    # Stop reading before asking (as a receiver stopped by Ctrl-C mid-receive): the worker's reply then always
+    # breaks, whichever side the scheduler runs first.
+    socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM).shutdown(socket.SHUT_RD)
+    conn.send((key, os.getpid()))  # ask for the descriptor
     conn.close()
     child.join()
 """
