@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from .adafocus_v1_policy import GridPatchPolicy, GridPolicySteps  # noqa: F401  (GridPolicySteps: re-exported)
 from .backbones import FOCUS_ARCHS, FocusEncoder, GlanceEncoder, glance_feature_size
 from .ppo import PPO, RolloutMemory
-from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, video_frames
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: The grid sizes the official action table offers (5 x 5, 6 x 6, 7 x 7 and 8 x 8 positions).
@@ -244,21 +244,11 @@ class AdaFocusV1(nn.Module):
 
     def frames_view(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) or (B, 3T, H, W) -> (B, T, 3, H, W) as given (uint8 or normalised), checked."""
-        if video.dim() == 4 and video.shape[1] % 3 == 0:
-            video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
-        if video.dim() != 5 or video.shape[2] != 3:
-            raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
-        if video.shape[1] != self.num_segments:
-            raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
-        if video.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
-        return video
+        return video_frames(video, self.num_segments, self.input_size)
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (..., 3, H, W): uint8 -> normalised with the ImageNet mean/std; floating frames unchanged."""
-        if frames.dtype == torch.uint8:
-            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return frames
+        return normalise_uint8(frames, self.pixel_mean, self.pixel_std)
 
     def glance_input(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalised frames (N, 3, H, W) -> (N, 3, g, g), g = glance_size: nearest-neighbour resize."""

@@ -49,10 +49,10 @@ from .adafocus_v1 import action_grid, crop_integer_patches, patch_corners
 from .adafocus_v1_policy import (DEFAULT_ACTION_STD, STH_CONV_CHANNELS, GaussianPatchPolicy, GridPatchPolicy,
                                  SampledActions)
 from .backbones import glance_feature_size, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
-from .outputs import detach_output
+from .outputs import ClipPredictionLogits, detach_output
 from .ppo import PPO, RolloutMemory
 from .tsm import shifted_encoders
-from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 
@@ -84,7 +84,7 @@ class TSMStage2Rollout(NamedTuple):
 
 
 @dataclass
-class AdaFocusV1TSMOutput:
+class AdaFocusV1TSMOutput(ClipPredictionLogits):
     """Everything the evaluation forward produces. ``baseline`` is the random-box pass (None unless asked)."""
 
     prediction: torch.Tensor  # (B, C) mean glance logits + mean focus logits
@@ -99,20 +99,6 @@ class AdaFocusV1TSMOutput:
     patch_size: int = 0
 
     @property
-    def logits(self) -> torch.Tensor:
-        """(B, C) the prediction."""
-        return self.prediction
-
-    @property
-    def exit_logits(self) -> torch.Tensor:
-        """(B, 1, C): one exit, the prediction."""
-        return self.prediction.unsqueeze(1)
-
-    stage_logits = exit_logits
-    validation_logits = exit_logits  # the official loss: CE of the prediction
-    cat_logits = exit_logits
-
-    @property
     def glance_prediction(self) -> torch.Tensor:
         """(B, C) the glance logits' frame average."""
         return self.glance_logits.mean(dim=1)
@@ -121,12 +107,6 @@ class AdaFocusV1TSMOutput:
     def focus_prediction(self) -> torch.Tensor:
         """(B, C) the focus logits' frame average."""
         return self.focus_logits.mean(dim=1)
-
-    @property
-    def focus_indices(self) -> torch.Tensor:
-        """(B, L) the focus frames read: every frame of the focus clip."""
-        b, num_focus = self.focus_logits.shape[:2]
-        return torch.arange(num_focus, device=self.prediction.device).unsqueeze(0).expand(b, -1)
 
     @property
     def patch_boxes(self) -> torch.Tensor:
@@ -233,9 +213,7 @@ class AdaFocusV1TSM(nn.Module):
         if video.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"{name} frames are {tuple(video.shape[-2:])}, the model expects "
                              f"input_size={self.input_size}")
-        if video.dtype == torch.uint8:
-            return (video.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return video
+        return normalise_uint8(video, self.pixel_mean, self.pixel_std)
 
     def inputs(self, video: torch.Tensor, glance: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(focus frames (B, L, 3, H, W), glance frames (B, G, 3, H, W)), normalised."""

@@ -41,8 +41,8 @@ from .backbones import (FOCUS_ARCHS, FocusEncoder, GlanceEncoder, glance_feature
                         mbv2_torchvision_to_flat)
 from .classifier import ExitMLP, _heads
 from .patches import sample_boxes
-from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
-from .outputs import detach_output
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, video_frames
+from .outputs import EveryExitLogits, detach_output
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: Glance architectures: MobileNetV2 on the full frame, ResNet-50 on a small copy. ``res50`` is the
@@ -170,26 +170,18 @@ class RunningMaxClassifier(nn.Module):
 
 
 @dataclass
-class FocusPathV2:
-    """One focus pass: patches at ``actions`` through the focus encoder, its head and the classifier."""
+class FocusPathV2(EveryExitLogits):
+    """One focus pass: patches at ``actions`` through the focus encoder, its head and the classifier; the
+    objective's cross-entropies average over every exit and every patch."""
 
     exit_logits: torch.Tensor  # (B, T, C) exit t after frames 0..t
     focus_logits: torch.Tensor  # (B, T, C) focus head per patch
     actions: torch.Tensor  # (B, T, 2) the patches' (a_row, a_col)
     focus_features: torch.Tensor  # (B, T, Df)
 
-    # What the objective's cross-entropies average over (``ops.objective``): every exit, every patch.
-    @property
-    def cat_logits(self) -> torch.Tensor:
-        return self.exit_logits
-
-    @property
-    def focus_loss_logits(self) -> torch.Tensor:
-        return self.focus_logits
-
 
 @dataclass
-class AdaFocusV2Output:
+class AdaFocusV2Output(EveryExitLogits):
     """Everything one forward produces, per frame in model order (``frame_order``). ``random_pass`` is
     the training forward's second pass on random patch positions (None in evaluation)."""
 
@@ -238,16 +230,8 @@ class AdaFocusV2Output:
     # What the objective's cross-entropies average over (``ops.objective``, terms cat, glance, focus): every
     # exit, every glance frame, every policy patch; the random pass gives the other half of cat and focus.
     @property
-    def cat_logits(self) -> torch.Tensor:
-        return self.exit_logits
-
-    @property
     def glance_loss_logits(self) -> torch.Tensor:
         return self.glance_logits
-
-    @property
-    def focus_loss_logits(self) -> torch.Tensor:
-        return self.focus_logits
 
     def detach(self) -> "AdaFocusV2Output":
         return detach_output(self)
@@ -315,23 +299,14 @@ class AdaFocusV2(nn.Module):
     # ------------------------------------------------------------------------------------------
     def frames_in_model_order(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) or (B, 3T, H, W) in temporal order -> (B, T, 3, H, W) in model order, checked."""
-        if video.dim() == 4 and video.shape[1] % 3 == 0:
-            video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
-        if video.dim() != 5 or video.shape[2] != 3:
-            raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
-        if video.shape[1] != self.num_segments:
-            raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
-        if video.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
+        video = video_frames(video, self.num_segments, self.input_size)
         if self.sample:
             video = video.index_select(1, self.frame_order)
         return video
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
-        if frames.dtype == torch.uint8:
-            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return frames
+        return normalise_uint8(frames, self.pixel_mean, self.pixel_std)
 
     def glance_input(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalised frames (N, 3, H, W) -> what the glance encoder sees (N, 3, S_g, S_g): the frames

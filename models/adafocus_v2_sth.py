@@ -36,8 +36,8 @@ from .adafocus_v2 import POLICY_CONV_CHANNELS, crop_fixed_patches
 from .backbones import FOCUS_ARCHS, glance_feature_size, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
 from .inference import call_in_chunks
 from .tsm import TSN_KEY_PAIRS, shifted_encoders, tsn_heads
-from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
-from .outputs import detach_output
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8
+from .outputs import ClipPredictionLogits, detach_output
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 #: Widths of the policy's two hidden linear layers (official constants).
@@ -103,7 +103,7 @@ class FocusPassV2TSM:
 
 
 @dataclass
-class AdaFocusV2TSMOutput:
+class AdaFocusV2TSMOutput(ClipPredictionLogits):
     """Everything one forward produces. ``random_pass`` is the training forward's pass on a random box
     (None in evaluation)."""
 
@@ -120,19 +120,6 @@ class AdaFocusV2TSMOutput:
     patch_size: int = 0
 
     @property
-    def logits(self) -> torch.Tensor:
-        """(B, C) the prediction."""
-        return self.prediction
-
-    @property
-    def exit_logits(self) -> torch.Tensor:
-        """(B, 1, C): one exit, the prediction."""
-        return self.prediction.unsqueeze(1)
-
-    stage_logits = exit_logits
-    validation_logits = exit_logits  # the official validation loss: CE of the prediction
-
-    @property
     def glance_reg_logits(self) -> torch.Tensor:
         """(B, C) the live glance head's frame average (official ``global_reg_logit``)."""
         return self.glance_logits.mean(dim=1)
@@ -143,12 +130,6 @@ class AdaFocusV2TSMOutput:
         return self.focus_logits.mean(dim=1)
 
     @property
-    def focus_indices(self) -> torch.Tensor:
-        """(B, L) the focus frames read: every frame of the focus clip."""
-        b, num_focus = self.focus_logits.shape[:2]
-        return torch.arange(num_focus, device=self.prediction.device).unsqueeze(0).expand(b, -1)
-
-    @property
     def patch_boxes(self) -> torch.Tensor:
         """(B, L, 4) the policy box at every focus frame as (x1, y1, x2, y2) in input pixels."""
         side = self.input_size - self.patch_size
@@ -157,11 +138,8 @@ class AdaFocusV2TSMOutput:
         return box.unsqueeze(1).expand(-1, self.focus_logits.shape[1], -1)
 
     # What the objective's cross-entropies average over (``ops.objective``, terms cat, glance, focus): the
-    # prediction, the live heads' frame averages; the random pass gives the other half of cat and focus.
-    @property
-    def cat_logits(self) -> torch.Tensor:
-        return self.prediction.unsqueeze(1)
-
+    # prediction (``cat_logits``), the live heads' frame averages; the random pass gives the other half of cat
+    # and focus.
     @property
     def glance_loss_logits(self) -> torch.Tensor:
         return self.glance_logits.mean(dim=1, keepdim=True)
@@ -256,9 +234,7 @@ class AdaFocusV2TSM(nn.Module):
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
-        if frames.dtype == torch.uint8:
-            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return frames
+        return normalise_uint8(frames, self.pixel_mean, self.pixel_std)
 
     # ------------------------------------------------------------------------------------------
     # stages

@@ -52,7 +52,7 @@ from .classifier import ExitClassifier
 from .frame_selection import glance_frame_indices
 from .patches import sample_boxes
 from .temporal_shift import shift_mobilenet_v2, shift_resnet
-from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, video_frames
 from .variants import CheckpointLayout, Variant, register_variant
 
 #: The gradient estimators of the cube centres (paper §3.3).
@@ -178,21 +178,11 @@ class AdaFocusV3(nn.Module):
     def frames_of(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) or (B, 3T, H, W) -> (B, T, 3, H, W), checked (not normalised: frames are normalised
         when they are read, after ``before_focus`` has completed them)."""
-        if video.dim() == 4 and video.shape[1] % 3 == 0:
-            video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
-        if video.dim() != 5 or video.shape[2] != 3:
-            raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
-        if video.shape[1] != self.num_segments:
-            raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={self.num_segments}")
-        if video.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={self.input_size}")
-        return video
+        return video_frames(video, self.num_segments, self.input_size)
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
-        if frames.dtype == torch.uint8:
-            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return frames
+        return normalise_uint8(frames, self.pixel_mean, self.pixel_std)
 
     def corners(self, centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """centres (..., 3) -> (x1, y1, first frame), each (...): continuous pixels and frames."""

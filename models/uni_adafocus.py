@@ -63,6 +63,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def video_frames(video: torch.Tensor, num_segments: int, input_size: int) -> torch.Tensor:
+    """(B, T, 3, H, W) or (B, 3T, H, W) -> (B, T, 3, H, W) as given (uint8 or normalised), checked against the
+    model's T = ``num_segments`` and H = W = ``input_size`` (ValueError naming what differs)."""
+    if video.dim() == 4 and video.shape[1] % 3 == 0:
+        video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
+    if video.dim() != 5 or video.shape[2] != 3:
+        raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
+    if video.shape[1] != num_segments:
+        raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={num_segments}")
+    if video.shape[-2:] != (input_size, input_size):
+        raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={input_size}")
+    return video
+
+
+def normalise_uint8(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (..., 3, H, W) -> normalised float32 with ``mean``, ``std`` (3, 1, 1); floating frames pass
+    through."""
+    if frames.dtype == torch.uint8:
+        return (frames.float().div_(255.0) - mean) / std
+    return frames
+
+
 class UniAdaFocus(nn.Module):
     """The Uni-AdaFocus network. Keyword names match the command-line flags.
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .outputs import detach_output
+from .outputs import EveryExitLogits, detach_output
 
 
 def stage_logits(exit_logits: torch.Tensor, num_glance: int, exits_at_glance: bool = True) -> torch.Tensor:
@@ -25,21 +25,13 @@ def stage_logits(exit_logits: torch.Tensor, num_glance: int, exits_at_glance: bo
 
 
 @dataclass
-class FocusPass:
-    """What the focus encoder and the classifier made of one set of patches."""
+class FocusPass(EveryExitLogits):
+    """What the focus encoder and the classifier made of one set of patches (the objective's cross-entropies
+    average over every exit and every patch, see UniAdaFocusOutput)."""
 
     exit_logits: torch.Tensor  # (B, T_G + T_L, C)
     focus_logits: torch.Tensor  # (B, T_L, C) focus head on each patch
     focus_actions: torch.Tensor  # (B, T_L, 4) the patches' actions
-
-    # What the objective's cross-entropies average over (see UniAdaFocusOutput).
-    @property
-    def cat_logits(self) -> torch.Tensor:
-        return self.exit_logits
-
-    @property
-    def focus_loss_logits(self) -> torch.Tensor:
-        return self.focus_logits
 
 
 @dataclass
