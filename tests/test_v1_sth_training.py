@@ -10,23 +10,19 @@ from __future__ import annotations
 import inspect
 import json
 import shlex
-import signal
-import socket
 import sys
-import time
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import entry_points
 from support import REPO
-from test_v1_training import SYNTHETIC, _changed, _check, _env, _weights, data_dir  # noqa: F401 (a fixture)
+from test_v1_training import (SYNTHETIC, _changed, _check, _env, _weights, data_dir,  # noqa: F401 (a fixture)
+                              kill_and_resume, two_processes_update_as_one)
 
 from models import get_variant
 from models.adafocus_v1_sth import AdaFocusV1TSM
-from models.ppo import PPO, RolloutMemory, merge_memories
+from models.ppo import RolloutMemory
 from ops import build, config, staged_training
 from ops.distributed import DistInfo
 from ops.rng import epoch_seed, seed_everything
@@ -179,32 +175,9 @@ def test_killed_stage_2_resumes_to_the_same_policy(data_dir, sth_stages, tmp_pat
     root = tmp_path / "runs"
     args = ["--epochs", "3", "--iters_per_epoch", "2", "--seed", "5", "--stage", "2", "--stage_checkpoint",
             str(sth_stages["s1"] / "ckpt.pth.tar")]
-    straight = entry_points.start(_python(_main(data_dir, root, *args, "--store_name", "straight")), env=_env())
-    cmd = _python(_main(data_dir, root, *args, "--store_name", "killed"))
-    proc = entry_points.start(cmd, env=_env())
-    log, deadline = root / "killed" / "log.txt", time.time() + 300
-    while not (log.is_file() and "epoch 1 [1/2]" in log.read_text()):
-        assert proc.poll() is None, proc.wait().stderr[-3000:]
-        assert time.time() < deadline, "stage 2 did not reach epoch 1 in 300 s"
-        time.sleep(0.02)
-    proc.kill(signal.SIGKILL)
-    assert proc.wait().returncode == -signal.SIGKILL
-    assert torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)["epoch"] == 1
-    _check(entry_points.run(cmd + ["--resume", "auto"], env=_env(), timeout=420))
-    _check(straight.wait(timeout=420))
-    a = torch.load(root / "straight" / "ckpt.pth.tar", weights_only=True)
-    b = torch.load(root / "killed" / "ckpt.pth.tar", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 3
-    assert any(not torch.equal(a["model"][k], v) for k, v in _weights(sth_stages["s1"] / "ckpt.pth.tar").items())
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for key, value in a["optimizer"]["ppo"]["policy_old"].items():
-        assert torch.equal(value, b["optimizer"]["ppo"]["policy_old"][key]), key
-    for state_a, state_b in zip(a["optimizer"]["ppo"]["optimizer"]["state"].values(),
-                                b["optimizer"]["ppo"]["optimizer"]["state"].values()):
-        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    assert json.loads((root / "straight" / "metrics.json").read_text())["final"] == \
-        json.loads((root / "killed" / "metrics.json").read_text())["final"]
+    straight, _ = kill_and_resume(root, lambda name: _python(_main(data_dir, root, *args, "--store_name", name)))
+    assert any(not torch.equal(straight["model"][k], v)
+               for k, v in _weights(sth_stages["s1"] / "ckpt.pth.tar").items())
 
 
 def _sth_rollout(model, ppo, rank, batch):
@@ -219,38 +192,12 @@ def _sth_rollout(model, ppo, rank, batch):
     return memory
 
 
-def _two_process_worker(rank, port, batches, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    info = DistInfo(rank=rank, world_size=2, local_rank=rank, backend="gloo")
-    model = _tiny_sth()
-    ppo = PPO(model.policy.spatial)
-    memory = _sth_rollout(model, ppo, rank, batches[rank])
-    staged_training.synchronised_update(ppo, memory, info)
-    torch.save({"policy": model.policy.spatial.state_dict(), "old": ppo.policy_old.state_dict()}, f"{out}.{rank}")
-    dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("batches", [(2, 2), (3, 2)])  # equal shares, and a short last batch on rank 1
 def test_two_processes_update_the_gaussian_policy_as_one_process_with_both_batches(tmp_path, batches):
     """Each process acts on its own videos (the acting copy's BatchNorm sees its own batch, as one process
     acting on each share), the memories are gathered, and every process applies the one update: the same
     policy, BatchNorm statistics included, as one process updating from both memories."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_two_process_worker, args=(port, batches, str(tmp_path / "policy")), nprocs=2,
-                       start_method="fork")
-    model = _tiny_sth()
-    ppo = PPO(model.policy.spatial)
-    ppo.update(merge_memories([_sth_rollout(model, ppo, rank, b) for rank, b in enumerate(batches)]))
-    one = model.policy.spatial.state_dict()
-    two = [torch.load(f"{tmp_path / 'policy'}.{rank}", weights_only=True) for rank in (0, 1)]
-    for key, value in one.items():
-        assert torch.equal(two[0]["policy"][key], two[1]["policy"][key]), key  # the processes stay identical
-        assert torch.equal(two[0]["old"][key], two[0]["policy"][key]), key
-        torch.testing.assert_close(two[0]["policy"][key].double(), value.double(), rtol=1e-5, atol=1e-6)
-    assert any(not torch.equal(v, _tiny_sth().policy.spatial.state_dict()[k]) for k, v in one.items())
+    two_processes_update_as_one(tmp_path, batches, _tiny_sth, _sth_rollout)
 
 
 def test_a_two_process_stage_2_runs_through_torchrun(data_dir, sth_stages, tmp_path):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -252,18 +254,13 @@ def test_ppo_raises_the_policys_reward_over_random_patches():
 # ------------------------------------------------------------------------------------------------
 # Resume and processes
 # ------------------------------------------------------------------------------------------------
-def test_killed_stage_2_resumes_to_the_same_policy(data_dir, stages, tmp_path):
-    """kill -9 in the middle of stage 2's second epoch, then --resume auto: the weights, the PPO's Adam state
-    and acting copy end bit for bit where an uninterrupted run ends (the rollout memory is empty at every
-    batch boundary, so in every checkpoint)."""
-    import signal
-    import time
-
-    root = tmp_path / "runs"
-    args = ["--epochs", "3", "--iters_per_epoch", "2", "--seed", "5", "--stage", "2", "--stage_checkpoint",
-            str(stages[1] / "ckpt.pth.tar")]
-    straight = entry_points.start(_main(data_dir, root, *args, "--store_name", "straight"), env=_env())
-    cmd = _main(data_dir, root, *args, "--store_name", "killed")
+def kill_and_resume(root, command):
+    """``command(store_name)`` (a stage-2 run of 3 epochs under ``root``) run twice side by side: "straight"
+    through, and "killed" with kill -9 in the middle of its second epoch, then continued with ``--resume auto``.
+    Checks that both end with the same weights, the same PPO acting copy and Adam state and the same final
+    metrics; returns their last checkpoints (straight, killed)."""
+    straight = entry_points.start(command("straight"), env=_env())
+    cmd = command("killed")
     proc = entry_points.start(cmd, env=_env())
     log, deadline = root / "killed" / "log.txt", time.time() + 300
     while not (log.is_file() and "epoch 1 [1/2]" in log.read_text()):
@@ -285,9 +282,20 @@ def test_killed_stage_2_resumes_to_the_same_policy(data_dir, stages, tmp_path):
     for state_a, state_b in zip(a["optimizer"]["ppo"]["optimizer"]["state"].values(),
                                 b["optimizer"]["ppo"]["optimizer"]["state"].values()):
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    assert all(v is None for v in b["optimizer"]["memory"].values())  # empty at the batch boundary
     assert json.loads((root / "straight" / "metrics.json").read_text())["final"] == \
         json.loads((root / "killed" / "metrics.json").read_text())["final"]
+    return a, b
+
+
+def test_killed_stage_2_resumes_to_the_same_policy(data_dir, stages, tmp_path):
+    """kill -9 in the middle of stage 2's second epoch, then --resume auto: the weights, the PPO's Adam state
+    and acting copy end bit for bit where an uninterrupted run ends (the rollout memory is empty at every
+    batch boundary, so in every checkpoint)."""
+    root = tmp_path / "runs"
+    args = ["--epochs", "3", "--iters_per_epoch", "2", "--seed", "5", "--stage", "2", "--stage_checkpoint",
+            str(stages[1] / "ckpt.pth.tar")]
+    _, killed = kill_and_resume(root, lambda name: _main(data_dir, root, *args, "--store_name", name))
+    assert all(v is None for v in killed["optimizer"]["memory"].values())  # empty at the batch boundary
 
 
 def _tiny_model(seed=0):
@@ -308,35 +316,43 @@ def _rollout(model, ppo, rank, batch):
     return memory
 
 
-def _two_process_worker(rank, port, batches, out):
+def _two_process_worker(rank, port, batches, out, make_model, rollout):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     info = DistInfo(rank=rank, world_size=2, local_rank=rank, backend="gloo")
-    model = _tiny_model()
+    model = make_model()
     ppo = PPO(model.policy.spatial)
-    memory = _rollout(model, ppo, rank, batches[rank])
+    memory = rollout(model, ppo, rank, batches[rank])
     staged_training.synchronised_update(ppo, memory, info)
-    torch.save(model.policy.spatial.state_dict(), f"{out}.{rank}")
+    torch.save({"policy": model.policy.spatial.state_dict(), "old": ppo.policy_old.state_dict()}, f"{out}.{rank}")
     dist.destroy_process_group()
+
+
+def two_processes_update_as_one(tmp_path, batches, make_model, rollout):
+    """Stage 2's update in two gloo processes (forked) on ``make_model()``, rank r acting through
+    ``rollout(model, ppo, r, batches[r])``, against one process updating from both ranks' memories: checks that
+    the processes' policies stay identical (the acting copy equal to the policy) and equal the one process's
+    update, BatchNorm statistics included, and that the update moved the policy."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_two_process_worker, args=(port, batches, str(tmp_path / "policy"), make_model, rollout),
+                       nprocs=2, start_method="fork")
+    model = make_model()
+    ppo = PPO(model.policy.spatial)
+    ppo.update(merge_memories([rollout(model, ppo, rank, b) for rank, b in enumerate(batches)]))
+    one = model.policy.spatial.state_dict()
+    two = [torch.load(f"{tmp_path / 'policy'}.{rank}", weights_only=True) for rank in (0, 1)]
+    for key, value in one.items():
+        assert torch.equal(two[0]["policy"][key], two[1]["policy"][key]), key  # the processes stay identical
+        assert torch.equal(two[0]["old"][key], two[0]["policy"][key]), key
+        torch.testing.assert_close(two[0]["policy"][key].double(), value.double(), rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(v, make_model().policy.spatial.state_dict()[k]) for k, v in one.items())
 
 
 @pytest.mark.parametrize("batches", [(3, 3), (3, 2)])  # equal shares, and a short last batch on rank 1
 def test_two_processes_update_the_policy_as_one_process_with_both_batches(tmp_path, batches):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_two_process_worker, args=(port, batches, str(tmp_path / "policy")), nprocs=2,
-                       start_method="fork")
-    model = _tiny_model()
-    ppo = PPO(model.policy.spatial)
-    memories = [_rollout(model, ppo, rank, b) for rank, b in enumerate(batches)]
-    ppo.update(merge_memories(memories))
-    one = model.policy.spatial.state_dict()
-    two = [torch.load(f"{tmp_path / 'policy'}.{rank}", weights_only=True) for rank in (0, 1)]
-    for key, value in one.items():
-        assert torch.equal(two[0][key], two[1][key]), key  # the processes' policies stay identical
-        torch.testing.assert_close(two[0][key], value, rtol=1e-5, atol=1e-6)
-    assert any(not torch.equal(value, _tiny_model().policy.spatial.state_dict()[key]) for key, value in one.items())
+    two_processes_update_as_one(tmp_path, batches, _tiny_model, _rollout)
 
 
 @pytest.mark.parametrize("launcher", ["torch.distributed.run", "torch.distributed.launch"])
