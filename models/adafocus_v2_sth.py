@@ -36,7 +36,7 @@ from .adafocus_v2 import POLICY_CONV_CHANNELS, crop_fixed_patches
 from .backbones import FOCUS_ARCHS, glance_feature_size, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
 from .inference import call_in_chunks
 from .tsm import TSN_KEY_PAIRS, shifted_encoders, tsn_heads
-from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8
+from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, video_frames
 from .outputs import ClipPredictionLogits, detach_output
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
@@ -212,16 +212,7 @@ class AdaFocusV2TSM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def frames(self, video: torch.Tensor, count: int, name: str) -> torch.Tensor:
         """(B, count, 3, H, W) view of ``video`` given in either layout, checked."""
-        if video.dim() == 4 and video.shape[1] % 3 == 0:
-            video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
-        if video.dim() != 5 or video.shape[2] != 3:
-            raise ValueError(f"{name} must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
-        if video.shape[1] != count:
-            raise ValueError(f"{name} has {video.shape[1]} frames, the model expects {count}")
-        if video.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"{name} frames are {tuple(video.shape[-2:])}, the model expects "
-                             f"input_size={self.input_size}")
-        return video
+        return video_frames(video, count, self.input_size, name)
 
     def inputs(self, video: torch.Tensor, glance: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(focus frames (B, L, 3, H, W), glance frames (B, G, 3, H, W)), normalised; without glance

@@ -63,17 +63,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def video_frames(video: torch.Tensor, num_segments: int, input_size: int) -> torch.Tensor:
+def video_frames(video: torch.Tensor, count: int, input_size: int, name: Optional[str] = None) -> torch.Tensor:
     """(B, T, 3, H, W) or (B, 3T, H, W) -> (B, T, 3, H, W) as given (uint8 or normalised), checked against the
-    model's T = ``num_segments`` and H = W = ``input_size`` (ValueError naming what differs)."""
+    model's T = ``count`` and H = W = ``input_size``: ValueError naming what differs, and ``name`` (an input
+    of several, such as "glance"), or without it the video and the model's ``num_segments``."""
+    label = name or "video"
     if video.dim() == 4 and video.shape[1] % 3 == 0:
         video = video.view(video.shape[0], video.shape[1] // 3, 3, *video.shape[2:])
     if video.dim() != 5 or video.shape[2] != 3:
-        raise ValueError(f"video must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
-    if video.shape[1] != num_segments:
-        raise ValueError(f"video has {video.shape[1]} frames, the model expects num_segments={num_segments}")
+        raise ValueError(f"{label} must be (B, T, 3, H, W) or (B, 3T, H, W), got {tuple(video.shape)}")
+    if video.shape[1] != count:
+        expects = count if name else f"num_segments={count}"
+        raise ValueError(f"{label} has {video.shape[1]} frames, the model expects {expects}")
     if video.shape[-2:] != (input_size, input_size):
-        raise ValueError(f"frames are {tuple(video.shape[-2:])}, the model expects input_size={input_size}")
+        raise ValueError(f"{name + ' ' if name else ''}frames are {tuple(video.shape[-2:])}, the model expects "
+                         f"input_size={input_size}")
     return video
 
 
