@@ -18,12 +18,12 @@ import torch
 import entry_points
 from support import REPO
 from test_v1_training import (SYNTHETIC, _changed, _check, _env, _weights, data_dir,  # noqa: F401 (a fixture)
-                              kill_and_resume, two_processes_update_as_one)
+                              _refusal as v1_refusal, kill_and_resume, two_processes_update_as_one)
 
 from models import get_variant
 from models.adafocus_v1_sth import AdaFocusV1TSM
 from models.ppo import RolloutMemory
-from ops import build, config, staged_training
+from ops import build, config
 from ops.distributed import DistInfo
 from ops.rng import epoch_seed, seed_everything
 
@@ -134,13 +134,7 @@ def test_the_trained_model_evaluates_through_main_py(data_dir, sth_stages, tmp_p
 # Refusals
 # ------------------------------------------------------------------------------------------------
 def _refusal(argv):
-    args = config.parse_args(STH_TINY.split() + argv)
-    with pytest.raises(SystemExit) as info:
-        staged_training.check_flags(args)
-        staged_training.read_handover(args)
-    message = str(info.value.code)
-    assert "\n" not in message
-    return message
+    return v1_refusal(argv, STH_TINY)
 
 
 def test_bad_stages_and_hand_overs_are_refused_in_one_line(sth_stages, tmp_path):

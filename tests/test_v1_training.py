@@ -149,8 +149,9 @@ def test_the_trained_model_evaluates_and_exits_early_through_the_entry_points(da
 # ------------------------------------------------------------------------------------------------
 # The hand-over, refused in one line
 # ------------------------------------------------------------------------------------------------
-def _refusal(argv):
-    args = config.parse_args(TINY.split() + argv)
+def _refusal(argv, tiny: str = TINY):
+    """The one line that the staged training's checks refuse the tiny flags ``tiny`` with ``argv`` in."""
+    args = config.parse_args(tiny.split() + argv)
     with pytest.raises(SystemExit) as info:
         staged_training.check_flags(args)
         staged_training.read_handover(args)
