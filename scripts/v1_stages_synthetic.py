@@ -16,12 +16,13 @@ Then, on the validation videos (the same videos and random draws for every check
   true class) after the policy's sampled patch minus that after a random patch
   (``AdaFocusV1.stage2_rollout``, ``--reward random``), with the stage-1 checkpoint (the policy as
   initialised, before PPO) and with the stage-2 checkpoint (after PPO; same encoders and classifier);
-* **hit rate** — of the frames that show the object, the share whose patch contains the object's centre:
-  the policy's argmax patch and random patches;
-* **top-1** — the prediction after the last frame: the stage-1 classifier (trained on random patches) with
-  random patches and with the stage-2 policy's patches; the stage-3 classifier with the policy's patches and
-  with random patches. Random patches are the official draws (``AdaFocusV1.random_corners``), averaged over
-  :data:`RANDOM_DRAWS` draws.
+* **hit rate** — of the frames that show the object, the share whose patch contains the object's centre;
+* **top-1** (the prediction after the last frame) and **confidence** (the true class's, mean over the steps),
+  with the patches placed by the policy (argmax), at random (the official draws,
+  ``AdaFocusV1.random_corners``, averaged over :data:`RANDOM_DRAWS` draws) or on the object (centred on
+  its true box: what a perfect policy could reach): the stage-1 classifier (trained on random patches)
+  with the initial policy, random and object patches, and with the stage-2 policy's; the stage-3
+  classifier with the policy's and random patches.
 
     python -m scripts.v1_stages_synthetic --seeds 0 1 2        # writes exp/v1_stages_synthetic/seed{S}/
 
@@ -52,16 +53,16 @@ MAIN_JOB = os.path.join("configs", "synthetic.yaml")
 #: The model and its input (every stage's runs).
 MODEL_FLAGS = ["--variant", "adafocus_v1", "--num_segments", "8", "--input_size", "96", "--patch_size", "48",
                "--glance_size", "48", "--action_dim", "25", "--focus_arch", "resnet18", "--zero_init_residual",
-               "--no-pretrained", "--no-with_glancer", "--hidden_state_dim", "128", "--hidden_dim", "256",
+               "--no-pretrained", "--no-with_glancer", "--hidden_state_dim", "32", "--hidden_dim", "256",
                "--dropout", "0.2"]
 #: What every run shares besides the model: batches, loader, logging.
 RUN_FLAGS = ["--batch_size", "16", "--val_batch_size", "32", "--workers", "1", "--device", "cpu", "--no-tensorboard",
              "--num_visualised", "0", "--print_freq", "10"]
 #: Each stage's epochs (30 steps each: 480 training videos, batch 16) and rates.
 STAGES = {
-    0: ["--epochs", "2", "--backbone_lr", "0.05"],
+    0: ["--epochs", "3", "--backbone_lr", "0.02"],
     1: ["--epochs", "6", "--backbone_lr", "0.05", "--fc_lr", "0.05"],
-    2: ["--epochs", "4", "--policy_lr", "0.01"],
+    2: ["--epochs", "8", "--policy_lr", "0.02"],
     3: ["--epochs", "2", "--fc_lr", "0.01"],
 }
 #: Random-patch draws averaged in the top-1 and hit-rate figures.
@@ -151,22 +152,36 @@ def mean_reward(net, batches, seed: int) -> Dict[str, float]:
             "random_confidence": float(torch.cat(random).mean())}
 
 
+def object_corners(batch: Dict, input_size: int, patch_size: int) -> torch.Tensor:
+    """(B, T, 2) int64 (y, x): the patch centred on the object (its trajectory where it is hidden), in the frame."""
+    return (batch["centres"] - patch_size / 2).floor().clamp(0, input_size - patch_size).long()
+
+
+#: Where :func:`placement` puts the patches: the policy's argmax, random (the official draws), on the object.
+PLACEMENTS = ("policy", "random", "object")
+
+
 @torch.no_grad()
-def accuracy(net, batches, seed: int, random_patches: bool) -> Dict[str, float]:
-    """Top-1 (%) of the last step and the hit rate (%), with the policy's argmax patches or random ones."""
-    draws = RANDOM_DRAWS if random_patches else 1
-    correct, hit = torch.zeros(()), torch.zeros(2)
+def placement(net, batches, seed: int, where: str) -> Dict[str, float]:
+    """With the patches ``where`` (:data:`PLACEMENTS`): top-1 (%) of the last step, the hit rate (%) and the
+    mean confidence of the true class over the steps (random patches: the mean over :data:`RANDOM_DRAWS`)."""
+    draws = RANDOM_DRAWS if where == "random" else 1
+    correct, hit, confidence = torch.zeros(()), torch.zeros(2), torch.zeros(())
     total = 0
     for draw in range(draws):
         rng = np.random.RandomState(seed * 1000 + 500 + draw)
         for batch in batches:
             b, t = batch["label"].shape[0], net.num_segments
-            corners = net.random_corners(t, b, rng) if random_patches else None
-            out = net(batch["video"], corners=corners)
+            corners = {"policy": None, "random": lambda: net.random_corners(t, b, rng),
+                       "object": lambda: object_corners(batch, net.input_size, net.patch_size)}[where]
+            out = net(batch["video"], corners=corners() if corners else None)
             correct += (out.logits.argmax(dim=1) == batch["label"]).sum()
             hit += hits(out.corners, batch, net.patch_size)
+            probs = out.step_logits.softmax(dim=-1)  # (B, T, C)
+            confidence += probs.gather(2, batch["label"].view(b, 1, 1).expand(b, t, 1)).mean() * b
             total += b
-    return {"top1": float(100 * correct / total), "hit_rate": float(100 * hit[0] / hit[1].clamp(min=1))}
+    return {"top1": float(100 * correct / total), "hit_rate": float(100 * hit[0] / hit[1].clamp(min=1)),
+            "confidence": float(confidence / total)}
 
 
 def measure(data: Dict, seed: int, out: str, checkpoints: Dict[int, str]) -> Dict:
@@ -178,11 +193,10 @@ def measure(data: Dict, seed: int, out: str, checkpoints: Dict[int, str]) -> Dic
         "seed": seed,
         "reward_before": mean_reward(stage1, batches, seed),
         "reward_after": mean_reward(stage2, batches, seed),
-        "stage1_random": accuracy(stage1, batches, seed, random_patches=True),
-        "stage1_initial_policy": accuracy(stage1, batches, seed, random_patches=False),
-        "stage2_policy": accuracy(stage2, batches, seed, random_patches=False),
-        "stage3_policy": accuracy(stage3, batches, seed, random_patches=False),
-        "stage3_random": accuracy(stage3, batches, seed, random_patches=True),
+        **{f"stage1_{where}": placement(stage1, batches, seed, where) for where in PLACEMENTS},
+        "stage2_policy": placement(stage2, batches, seed, "policy"),
+        "stage3_policy": placement(stage3, batches, seed, "policy"),
+        "stage3_random": placement(stage3, batches, seed, "random"),
     }
 
 
@@ -191,9 +205,12 @@ def describe(f: Dict) -> str:
             f"(policy confidence {f['reward_before']['policy_confidence']:.3f} -> "
             f"{f['reward_after']['policy_confidence']:.3f}, random {f['reward_after']['random_confidence']:.3f}); "
             f"hit rate: random {f['stage1_random']['hit_rate']:.1f} %, initial policy "
-            f"{f['stage1_initial_policy']['hit_rate']:.1f} %, trained policy {f['stage2_policy']['hit_rate']:.1f} %; "
-            f"top-1 stage-1 classifier: random {f['stage1_random']['top1']:.1f} %, trained policy "
-            f"{f['stage2_policy']['top1']:.1f} %; stage-3 classifier: policy {f['stage3_policy']['top1']:.1f} %, "
+            f"{f['stage1_policy']['hit_rate']:.1f} %, trained policy {f['stage2_policy']['hit_rate']:.1f} %; "
+            f"stage-1 classifier (top-1, confidence): random {f['stage1_random']['top1']:.1f} % "
+            f"{f['stage1_random']['confidence']:.3f}, initial policy {f['stage1_policy']['top1']:.1f} % "
+            f"{f['stage1_policy']['confidence']:.3f}, trained policy {f['stage2_policy']['top1']:.1f} % "
+            f"{f['stage2_policy']['confidence']:.3f}, on the object {f['stage1_object']['top1']:.1f} % "
+            f"{f['stage1_object']['confidence']:.3f}; stage-3 classifier: policy {f['stage3_policy']['top1']:.1f} %, "
             f"random {f['stage3_random']['top1']:.1f} %")
 
 
