@@ -4,6 +4,7 @@ README and docs/ parses with its entry point's own parser, and those that need d
 docs/layout.md names only what exists, and every module; the README's first screen runs what .ci/run
 runs, and its table of contents lists every docs page."""
 import argparse
+import ast
 import re
 import subprocess
 
@@ -437,3 +438,68 @@ def test_every_docs_page_is_in_the_readme_contents_and_every_link_resolves():
             if not ((REPO / page).parent / target).exists():
                 broken.append(f"{page}:{_line_of(text, m.start())}: {target}")
     assert not broken, "links to files that do not exist:\n  " + "\n  ".join(broken)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layout page's data flow against the imports
+# ------------------------------------------------------------------------------------------------
+ARROW = re.compile(r"`([A-Za-z_][\w.]*)[^`]*`\s*→\s*`([A-Za-z_][\w.]*)[^`]*`")
+
+
+def _module_path(dotted: str):
+    """The longest prefix of ``dotted`` that is a module or package of the repository, as (name, file)."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        for path in (REPO / (name.replace(".", "/") + ".py"), REPO / name.replace(".", "/") / "__init__.py"):
+            if path.is_file():
+                return name, path
+    return None, None
+
+
+def _imported_modules(name: str, path) -> set:
+    """Every module ``path`` (module ``name``) imports: import statements (relative ones resolved), the
+    packages ``ops.packages`` hands out and the ``sibling("...")`` look-ups ``ops`` uses for its neighbours."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if node.module:  # `from . import x` imports x, not its whole package
+                found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+            if module == "ops.packages":  # ops reaches the lower packages through it: `from .packages import models`
+                found.update(alias.name for alias in node.names)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "sibling" and node.args
+              and isinstance(node.args[0], ast.Constant)):
+            found.add(node.args[0].value)
+    return found
+
+
+def _arrow_problems(text: str):
+    problems, pairs = [], ARROW.findall(text)
+    for caller, callee in pairs:
+        (caller_module, caller_path), (callee_module, _) = _module_path(caller), _module_path(callee)
+        if caller_module is None or callee_module is None:
+            problems.append(f"{caller} → {callee}: not a module of the repository")
+        elif caller_module != callee_module and not any(
+                callee_module == m or callee_module.startswith(m + ".")  # the module, or its package's exports
+                for m in _imported_modules(caller_module, caller_path)):
+            problems.append(f"{caller} → {callee}: {caller_module} does not import {callee_module}")
+    return pairs, problems
+
+
+def test_the_layout_pages_calls_are_imports_of_the_caller():
+    """Each ``caller → callee`` of the data flow is backed by an import of the callee's module in the caller's."""
+    pairs, problems = _arrow_problems((REPO / LAYOUT).read_text(encoding="utf-8"))
+    assert len(pairs) >= 4, pairs
+    assert not problems, f"{LAYOUT}:\n  " + "\n  ".join(problems)
+
+
+def test_the_call_check_catches_a_call_without_an_import():
+    _, problems = _arrow_problems("`ops.run_state.restore` → `datasets.synthetic.generate`\n")
+    assert problems == ["ops.run_state.restore → datasets.synthetic.generate: ops.run_state does not import "
+                        "datasets.synthetic"]
