@@ -218,8 +218,9 @@ def validate(args: argparse.Namespace, explicit: set, parser: argparse.ArgumentP
         if arch not in variant.encoders.get(role, ()):
             parser.error(f"--{role}_arch {arch}: the {variant.name} variant offers {', '.join(variant.encoders[role])}")
     if args.zero_init_residual and "zero_init_residual" not in variant.hyper_parameters:
+        offering = sorted(v.name for v in models.VARIANTS.values() if "zero_init_residual" in v.hyper_parameters)
         parser.error(f"--zero_init_residual: the {variant.name} variant's encoders do not offer it "
-                     f"(mn2_r50 and tsm do)")
+                     f"({', '.join(offering)} do)")
     if args.zero_init_residual and args.pretrained:
         parser.error("--zero_init_residual sets a random initialisation, which --pretrained replaces with ImageNet "
                      "weights in both encoders: add --no-pretrained")

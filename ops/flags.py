@@ -134,7 +134,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--zero_init_residual", action=argparse.BooleanOptionalAction, default=False,
                    help="random initialisation: the last BatchNorm of every residual block of both encoders starts "
                         "at zero, so that each block starts as the identity (Goyal et al., 2017); pretrained weights "
-                        "replace it. mn2_r50 and tsm (default: off, as officially)")
+                        "replace it; variants whose encoders lack it refuse it, naming those that offer it (default: off, as "
+                        "officially)")
     g.add_argument("--glance_size", type=int, default=None,
                    help="side of the frames the glance sees: mn2_r50 downscales (antialiased) to it when set "
                         "(the paper's coarse glance; official: full input_size frames, the flag unused); x3d: 160 "
