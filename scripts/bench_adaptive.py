@@ -81,7 +81,6 @@ import torch  # noqa: E402
 from models import UniAdaFocus  # noqa: E402
 from models.flops import flops_breakdown  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
-from models.uni_adafocus_outputs import stage_logits  # noqa: E402
 from ops.early_exit import (LAST_STAGE_THRESHOLD, NO_EXIT_THRESHOLD, AdaptiveRunner,  # noqa: E402
                             geometric_exit_distribution, geometric_p_for_cost, quantile_exit_stages)
 
@@ -186,7 +185,7 @@ def main(argv=None) -> int:
                 parts["focus crops + encoder"] = time.perf_counter() - t
                 t = time.perf_counter()
                 model.focus_head(feats.flatten(0, 1))
-                model.classifier(glance.features, feats)
+                model.classify(glance.features, feats)
                 sync()
                 parts["focus head + classifier (all exits)"] = time.perf_counter() - t
         return parts
@@ -222,7 +221,7 @@ def main(argv=None) -> int:
     for _ in range(max(1, args.warmup)):
         out = full()
         res = adaptive()
-    reference = stage_logits(out.exit_logits, model.num_glance)[torch.arange(args.batch), stages.to(device)]
+    reference = out.stage_logits[torch.arange(args.batch), stages.to(device)]
     assert torch.equal(res.exit_stage, stages)
     err = float((res.logits.float() - reference.float()).abs().max())
     scale = float(reference.abs().max())
