@@ -31,6 +31,7 @@ import torch.nn as nn
 from . import frame_selection
 from .inference import call_in_chunks
 from .patches import PatchGeometry
+from .uni_adafocus import normalise_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -205,9 +206,7 @@ class OnePatchNetwork(nn.Module, abc.ABC):
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (..., 3, H, W) -> normalised float32; floating frames pass through."""
-        if frames.dtype == torch.uint8:
-            return (frames.float().div_(255.0) - self.pixel_mean) / self.pixel_std
-        return frames
+        return normalise_uint8(frames, self.pixel_mean, self.pixel_std)
 
     #: In evaluation, run the focus encoder on at most this many images at a time, in whole clips (at
     #: least one clip per call; None: all at once). ``models.inference.prepare_for_inference`` sets it on
