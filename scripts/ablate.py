@@ -16,8 +16,9 @@ runs. A row's ``epochs:`` (Table 15's reduced-epoch rows) is relative to its pre
 ``--base`` it becomes the same fraction of that base's epochs (rounded, at least 1). Rows whose flags only act at evaluation time (``--remove_dynamics``, ``--budgets``: Table 10)
 share one trained model per seed (``{out}/table{N}/model-{digest}/seed{S}``) and are each an
 evaluation of it (``metrics_{slug}.json``); the other rows train their own
-(``{out}/table{N}/{slug}/seed{S}``). A finished run or evaluation is reused, never overwritten; an
-interrupted run continues with ``--resume auto``.
+(``{out}/table{N}/{slug}/seed{S}``). Rows that train the same model (Table 9's full model is Table 11's and
+the one Table 10 evaluates) share one run, also with an earlier invocation's folder under ``{out}``. A
+finished run or evaluation is reused, never overwritten; an interrupted run continues with ``--resume auto``.
 
 The tables (``{out}/tables.md``, ``tables.json``, ``table{N}.png``) give, per row, the mean over seeds
 ± half their range (min to max): the metric after t focus frames (the final evaluation's
@@ -234,15 +235,42 @@ class Run:
         return f"table{self.table} {os.path.basename(os.path.dirname(self.run_dir))} seed {self.seed}"
 
 
+#: Keys of a run's ablation.yaml that name where and with which seed it runs, not what it trains.
+PLACEMENT_KEYS = ("seed", "root_log", "store_name")
+
+
+def existing_runs(out: str) -> Dict[tuple, str]:
+    """Run folders already under ``out`` by (digest of their training configuration, seed): what each run's
+    ``ablation.yaml`` trains, without its folder and seed."""
+    found: Dict[tuple, str] = {}
+    for path in sorted(glob.glob(os.path.join(out, "table*", "*", "seed*", "ablation.yaml"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(values, dict) and "seed" in values:
+            training = {k: v for k, v in values.items() if k not in PLACEMENT_KEYS}
+            found.setdefault((digest(training), values["seed"]), os.path.dirname(path))
+    return found
+
+
 def plan_runs(rows: List[Row], base: Optional[str], seeds: Sequence[int], out: str) -> List[Run]:
-    runs: Dict[str, Run] = {}
+    """One run per distinct training configuration and seed: rows whose flags train the same model (Table 9's
+    full model, Table 11's, the model Table 10's rows evaluate) share one, in this invocation or from an
+    earlier one's folder under ``out`` (``existing_runs``)."""
+    earlier = existing_runs(out)
+    runs: Dict[tuple, Run] = {}
     for row in rows:
         merged = merged_config(row, base)
         training = {k: v for k, v in merged.items() if k not in EVALUATION_KEYS}
         name = f"model-{digest(training)}" if row.evaluated else row.slug
         for seed in seeds:
-            run_dir = os.path.join(out, f"table{row.table}", name, f"seed{seed}")
-            run = runs.setdefault(run_dir, Run(row.table, run_dir, seed, dict(
+            key = (digest({k: v for k, v in training.items() if k not in PLACEMENT_KEYS}), seed)
+            run_dir = earlier.get(key) or os.path.join(out, f"table{row.table}", name, f"seed{seed}")
+            folder = re.match(r"table(\d+)$", os.path.basename(os.path.dirname(os.path.dirname(run_dir))))
+            table = int(folder.group(1)) if folder else row.table
+            run = runs.setdefault(key, Run(table, run_dir, seed, dict(
                 training, seed=seed, root_log=os.path.dirname(run_dir), store_name=os.path.basename(run_dir))))
             run.rows.append(row)
             if row.evaluated:

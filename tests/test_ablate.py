@@ -178,6 +178,36 @@ def test_two_rows_end_to_end_and_a_second_invocation_reuses_the_runs(tmp_path, c
     assert (run9 / "ablate.log").read_text().count("---- scripts/ablate.py ") == 1  # main.py ran once
 
 
+def test_rows_that_train_the_same_model_share_one_run_also_with_an_earlier_invocations(tmp_path, capsys):
+    rows_dir = tmp_path / "ablations"
+    rows_dir.mkdir()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    _row(rows_dir, "table9-full", "full", "1.0%", lr=0.01)
+    _row(rows_dir, "table9-same-again", "the same flags, another order", "1.0%", lr=0.01)
+    _row(rows_dir, "table9-other", "another lr", "2.0%", lr=0.02)
+    _row(rows_dir, "table10-remove-none", "nothing removed", "3.0%", lr=0.01, remove_dynamics=[])
+    rows = ablate.find_rows([9, 10], [], str(rows_dir))
+    out = tmp_path / "out"
+    runs = ablate.plan_runs(rows, None, [3, 4], str(out))
+    by_rows = {tuple(r.name for r in run.rows): run for run in runs if run.seed == 3}
+    assert sorted(by_rows) == [("table9-full", "table9-same-again", "table10-remove-none"), ("table9-other",)]
+    assert len(runs) == 4 and by_rows[("table9-other",)].run_dir == str(out / "table9" / "other" / "seed3")
+    # An earlier invocation trained the full model under Table 10's folder: Table 9 alone now finds it there.
+    earlier = out / "table10" / "model-0123abcd" / "seed3"
+    earlier.mkdir(parents=True)
+    shared = next(run for run in runs if run.seed == 3 and len(run.rows) == 3)
+    (earlier / "ablation.yaml").write_text(yaml.safe_dump(dict(
+        shared.config, root_log=str(earlier.parent), store_name="seed3")))
+    again = ablate.plan_runs(ablate.find_rows([9], [], str(rows_dir)), None, [3, 4], str(out))
+    found = [run for run in again if "table9-full" in [r.name for r in run.rows]]
+    assert [(run.seed, run.run_dir, run.table) for run in found] == [
+        (3, str(earlier), 10), (4, str(out / "table9" / "full" / "seed4"), 9)]  # seed 4 was not trained earlier
+    assert [r.name for r in found[0].rows] == ["table9-full", "table9-same-again"] and not found[0].evaluations
+    # Another seed's or another configuration's folder is not taken.
+    assert next(run for run in again if run.seed == 3 and run.rows[0].name == "table9-other").run_dir == str(
+        out / "table9" / "other" / "seed3")
+
+
 # ------------------------------------------------------------------------------------------------
 # Table 10's removals
 # ------------------------------------------------------------------------------------------------
