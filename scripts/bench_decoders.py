@@ -182,7 +182,7 @@ BACKENDS = [
     Backend("opencv", "cv2", "opencv-python-headless", "CAP_PROP_N_THREADS 1, cv2.setNumThreads(1)", _opencv),
     Backend("torchcodec", "torchcodec.decoders", "torchcodec", "num_ffmpeg_threads=1, torch.set_num_threads(1)",
             _torchcodec("exact")),
-    Backend("torchcodec approx", "torchcodec.decoders", "torchcodec",
+    Backend("torchcodec-approx", "torchcodec.decoders", "torchcodec",
             "num_ffmpeg_threads=1, torch.set_num_threads(1); seek_mode='approximate'", _torchcodec("approximate")),
     Backend("video_reader", "video_reader", "video-reader-rs", "PyVideoReader(threads=1)", _video_reader),
 ]
