@@ -2,7 +2,8 @@
 
 :func:`parse_args` parses main.py's flags (``ops.flags``; an entry point that extends them passes its
 own parser) with defaults from ``--config FILE``, a YAML file of ``flag_name: value`` pairs
-(``configs/*.yaml``, ``base: FILE`` to build on another); the command line overrides them. It then
+(``configs/*.yaml``, ``base: FILE`` to build on another); the command line overrides them (a mapping of
+options, ``synthetic``, option by option: :data:`MERGED_MAPPINGS`). It then
 applies the variant's defaults and validates the result. Evaluating an own checkpoint adopts its saved
 model configuration (:data:`MODEL_KEYS`, :data:`PREDICTION_KEYS`; :data:`TRAINING_ONLY_KEYS` never
 matter there); :func:`run_name` / :func:`run_folder` name the run's folder.
@@ -74,7 +75,21 @@ def load_config_file(path: str, parser: argparse.ArgumentParser, with_base: bool
             continue  # a saved configuration holds the unset optional flags too
         if choices is not None and values[key] not in choices:
             parser.error(f"--config {path}: {key} must be one of {sorted(choices)}, got {values[key]!r}")
-    return {**inherited, **values}
+    return merge_values(inherited, values)
+
+
+#: Flags whose value is a mapping of options: a later source (a file over its base, the command line over the
+#: file) sets the options it names and keeps the others.
+MERGED_MAPPINGS = ("synthetic",)
+
+
+def merge_values(under: Dict, over: Dict) -> Dict:
+    """``over``'s values over ``under``'s; a mapping flag of :data:`MERGED_MAPPINGS` set in both is merged key by key."""
+    merged = {**under, **over}
+    for key in MERGED_MAPPINGS:
+        if isinstance(under.get(key), dict) and isinstance(over.get(key), dict):
+            merged[key] = {**under[key], **over[key]}
+    return merged
 
 
 def _load_base(path: str, base, parser: argparse.ArgumentParser, chain) -> Dict:
@@ -132,7 +147,11 @@ def parse_args(argv: Optional[List[str]] = None, parser: Optional[argparse.Argum
         from_config = load_config_file(known.config, parser)
         parser.set_defaults(**from_config)
     args = parser.parse_args(argv)
-    explicit = _given_dests(parser, argv) | set(from_config)
+    given = _given_dests(parser, argv)
+    for key in MERGED_MAPPINGS:                    # the command line's options on top of the file's
+        if key in given:
+            setattr(args, key, merge_values(from_config, {key: getattr(args, key)})[key])
+    explicit = given | set(from_config)
     for key, value in models.get_variant(args.variant).defaults.items():
         if key not in explicit:
             setattr(args, key, value)

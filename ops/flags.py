@@ -108,7 +108,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "frames are decoded from the files, without extraction (docs/data.md, 'Video files')")
     g.add_argument("--dataset_config", default=None, help="JSON file describing a custom dataset (see docs/data.md)")
     g.add_argument("--synthetic", type=_json_object, default=None,
-                   help='generation options of the synthetic dataset, as JSON, e.g. \'{"train_videos": 200}\'')
+                   help='generation options of the synthetic dataset, as JSON, e.g. \'{"train_videos": 200}\'; with '
+                        '--config, on top of the file\'s synthetic: options (the others keep the file\'s values)')
 
     g = p.add_argument_group("model")
     g.add_argument("--variant", default="mn2_r50", choices=sorted(models.VARIANTS),

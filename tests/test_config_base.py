@@ -88,3 +88,27 @@ def test_a_chain_of_bases_without_repeats_is_no_cycle(tmp_path):
     _write(tmp_path / "mid.yaml", "base: root.yaml\n")
     child = _write(tmp_path / "child.yaml", "base: mid.yaml\n")
     assert config.parse_args(["--config", str(child)]).epochs == 5
+
+
+def test_a_synthetic_mapping_is_merged_option_by_option_over_the_base_and_by_the_command_line(tmp_path):
+    _write(tmp_path / "base.yaml", 'dataset: synthetic\nsynthetic: {"num_classes": 6, "frame_size": 160, "quality": 95}\n')
+    child = _write(tmp_path / "child.yaml", 'base: base.yaml\nsynthetic: {"video_files": true, "quality": 90}\n')
+    args = config.parse_args(["--config", str(child)])
+    assert args.synthetic == {"num_classes": 6, "frame_size": 160, "quality": 90, "video_files": True}
+    args = config.parse_args(["--config", str(child), "--synthetic", '{"frame_size": 96}'])
+    assert args.synthetic == {"num_classes": 6, "frame_size": 96, "quality": 90, "video_files": True}
+    # other flags are replaced, not merged; without a config file the command line's mapping is all there is
+    args = config.parse_args(["--dataset", "synthetic", "--synthetic", '{"frame_size": 96}'])
+    assert args.synthetic == {"frame_size": 96}
+
+
+def test_the_video_file_preset_is_the_main_job_from_videos():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    frames = config.parse_args(["--config", str(repo / "configs" / "synthetic.yaml")])
+    videos = config.parse_args(["--config", str(repo / "configs" / "synthetic_videos.yaml")])
+    changed = {k for k in vars(frames) if getattr(frames, k) != getattr(videos, k)}
+    assert changed == {"config", "synthetic", "video_files", "data_dir", "store_name", "explicit"}
+    assert videos.synthetic == dict(frames.synthetic, video_files=True) and videos.video_files
+    assert videos.data_dir != frames.data_dir  # its own data folder: the two sets never meet
