@@ -16,6 +16,10 @@ Then, on the validation videos (the same videos and random draws for every check
   true class) after the policy's sampled patch minus that after a random patch
   (``AdaFocusV1.stage2_rollout``, ``--reward random``), with the stage-1 checkpoint (the policy as
   initialised, before PPO) and with the stage-2 checkpoint (after PPO; same encoders and classifier);
+* **policy reward** — the same difference for the policy as evaluated (argmax): the mean confidence over
+  the steps with the policy's patches minus that with random ones (the stage-1 classifier, which stage 2
+  leaves unchanged; ``policy_reward_before`` / ``policy_reward_after``); both rewards with their standard
+  error over the videos (``se``: each video's mean over its frames is one sample);
 * **hit rate** — of the frames that show the object, the share whose patch contains the object's centre;
 * **top-1** (the prediction after the last frame) and **confidence** (the true class's, mean over the steps),
   with the patches placed by the policy (argmax), at random (the official draws,
@@ -36,7 +40,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 import torch
@@ -62,7 +66,7 @@ RUN_FLAGS = ["--batch_size", "16", "--val_batch_size", "32", "--workers", "1", "
 STAGES = {
     0: ["--epochs", "3", "--backbone_lr", "0.02"],
     1: ["--epochs", "6", "--backbone_lr", "0.05", "--fc_lr", "0.05"],
-    2: ["--epochs", "8", "--policy_lr", "0.02"],
+    2: ["--epochs", "30", "--policy_lr", "0.0005", "--gamma", "0.3"],
     3: ["--epochs", "2", "--fc_lr", "0.01"],
 }
 #: Random-patch draws averaged in the top-1 and hit-rate figures.
@@ -140,7 +144,7 @@ def mean_reward(net, batches, seed: int) -> Dict[str, float]:
     confidence (the same draws for every model: generators seeded by ``seed`` and the batch)."""
     ppo = PPO(net.policy.spatial)
     ppo.policy_old.train()  # as in stage 2
-    rewards, policy, random = [], [], []
+    rewards, policy, random = [], [], []  # (B, T) per batch
     for k, batch in enumerate(batches):
         rollout = net.stage2_rollout(batch["video"], batch["label"], ppo, RolloutMemory(),
                                      generator=torch.Generator().manual_seed(seed * 1000 + k),
@@ -148,8 +152,13 @@ def mean_reward(net, batches, seed: int) -> Dict[str, float]:
         rewards.append(rollout.rewards)
         policy.append(rollout.confidence)
         random.append(rollout.baseline_confidence)
-    return {"reward": float(torch.cat(rewards).mean()), "policy_confidence": float(torch.cat(policy).mean()),
-            "random_confidence": float(torch.cat(random).mean())}
+    return {"reward": float(torch.cat(rewards).mean()), "se": standard_error(torch.cat(rewards).mean(dim=1)),
+            "policy_confidence": float(torch.cat(policy).mean()), "random_confidence": float(torch.cat(random).mean())}
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """The standard error of the mean of ``values`` (N,): one value per video, so the videos are the samples."""
+    return float(values.std() / values.numel() ** 0.5)
 
 
 def object_corners(batch: Dict, input_size: int, patch_size: int) -> torch.Tensor:
@@ -161,12 +170,20 @@ def object_corners(batch: Dict, input_size: int, patch_size: int) -> torch.Tenso
 PLACEMENTS = ("policy", "random", "object")
 
 
+class Placement(NamedTuple):
+    """What :func:`placement` measured: ``figures`` top-1 (%), hit rate (%), confidence (mean); ``per_video``
+    (N,) each validation video's confidence of the true class, mean over the steps (and the draws)."""
+
+    figures: Dict[str, float]
+    per_video: torch.Tensor
+
+
 @torch.no_grad()
-def placement(net, batches, seed: int, where: str) -> Dict[str, float]:
+def placement(net, batches, seed: int, where: str) -> Placement:
     """With the patches ``where`` (:data:`PLACEMENTS`): top-1 (%) of the last step, the hit rate (%) and the
     mean confidence of the true class over the steps (random patches: the mean over :data:`RANDOM_DRAWS`)."""
     draws = RANDOM_DRAWS if where == "random" else 1
-    correct, hit, confidence = torch.zeros(()), torch.zeros(2), torch.zeros(())
+    correct, hit, per_video = torch.zeros(()), torch.zeros(2), []
     total = 0
     for draw in range(draws):
         rng = np.random.RandomState(seed * 1000 + 500 + draw)
@@ -178,10 +195,11 @@ def placement(net, batches, seed: int, where: str) -> Dict[str, float]:
             correct += (out.logits.argmax(dim=1) == batch["label"]).sum()
             hit += hits(out.corners, batch, net.patch_size)
             probs = out.step_logits.softmax(dim=-1)  # (B, T, C)
-            confidence += probs.gather(2, batch["label"].view(b, 1, 1).expand(b, t, 1)).mean() * b
+            per_video.append(probs.gather(2, batch["label"].view(b, 1, 1).expand(b, t, 1)).mean(dim=(1, 2)))
             total += b
-    return {"top1": float(100 * correct / total), "hit_rate": float(100 * hit[0] / hit[1].clamp(min=1)),
-            "confidence": float(confidence / total)}
+    confidence = torch.cat(per_video).view(draws, -1).mean(dim=0)  # (N,)
+    return Placement({"top1": float(100 * correct / total), "hit_rate": float(100 * hit[0] / hit[1].clamp(min=1)),
+                      "confidence": float(confidence.mean())}, confidence)
 
 
 def measure(data: Dict, seed: int, out: str, checkpoints: Dict[int, str]) -> Dict:
@@ -189,19 +207,25 @@ def measure(data: Dict, seed: int, out: str, checkpoints: Dict[int, str]) -> Dic
     num_classes = int(data["synthetic"]["num_classes"])
     batches = validation_batches(args)
     stage1, stage2, stage3 = (load_model(args, num_classes, checkpoints[s]) for s in (1, 2, 3))
-    return {
-        "seed": seed,
-        "reward_before": mean_reward(stage1, batches, seed),
-        "reward_after": mean_reward(stage2, batches, seed),
-        **{f"stage1_{where}": placement(stage1, batches, seed, where) for where in PLACEMENTS},
-        "stage2_policy": placement(stage2, batches, seed, "policy"),
-        "stage3_policy": placement(stage3, batches, seed, "policy"),
-        "stage3_random": placement(stage3, batches, seed, "random"),
-    }
+    placed = {**{f"stage1_{where}": placement(stage1, batches, seed, where) for where in PLACEMENTS},
+              "stage2_policy": placement(stage2, batches, seed, "policy"),
+              "stage3_policy": placement(stage3, batches, seed, "policy"),
+              "stage3_random": placement(stage3, batches, seed, "random")}
+    random = placed["stage1_random"].per_video  # stage 2 trains the policy alone: the same classifier
+    policy_reward = {when: {"reward": float((placed[key].per_video - random).mean()),
+                            "se": standard_error(placed[key].per_video - random)}
+                     for when, key in (("before", "stage1_policy"), ("after", "stage2_policy"))}
+    return {"seed": seed, "reward_before": mean_reward(stage1, batches, seed),
+            "reward_after": mean_reward(stage2, batches, seed),
+            "policy_reward_before": policy_reward["before"], "policy_reward_after": policy_reward["after"],
+            **{name: p.figures for name, p in placed.items()}}
 
 
 def describe(f: Dict) -> str:
-    return (f"seed {f['seed']}: reward {f['reward_before']['reward']:+.4f} -> {f['reward_after']['reward']:+.4f} "
+    def reward(key):
+        return f"{f[key]['reward']:+.4f} (se {f[key]['se']:.4f})"
+    return (f"seed {f['seed']}: reward {reward('reward_before')} -> {reward('reward_after')}, argmax policy over "
+            f"random {reward('policy_reward_before')} -> {reward('policy_reward_after')} "
             f"(policy confidence {f['reward_before']['policy_confidence']:.3f} -> "
             f"{f['reward_after']['policy_confidence']:.3f}, random {f['reward_after']['random_confidence']:.3f}); "
             f"hit rate: random {f['stage1_random']['hit_rate']:.1f} %, initial policy "
@@ -235,7 +259,10 @@ def main(argv=None) -> int:
     if len(results) > 1:
         before = np.mean([f["reward_before"]["reward"] for f in results])
         after = np.mean([f["reward_after"]["reward"] for f in results])
-        print(f"mean over {len(results)} seeds: reward {before:+.4f} -> {after:+.4f}", flush=True)
+        policy_before, policy_after = (np.mean([f[key]["reward"] for f in results])
+                                       for key in ("policy_reward_before", "policy_reward_after"))
+        print(f"mean over {len(results)} seeds: reward {before:+.4f} -> {after:+.4f}, argmax policy over random "
+              f"{policy_before:+.4f} -> {policy_after:+.4f}", flush=True)
     return 0
 
 
