@@ -31,6 +31,10 @@ The official training runs in three stages (``main.py --variant adafocus_v1_tsm 
 from this model's parts in ``ops/staged_training.py``); the stage-2 episode, one PPO step per video with the
 reward of the prediction over a random box, is :meth:`AdaFocusV1TSM.stage2_rollout`.
 
+The official stage 1 starts from the encoders the TSM repository pre-trained on Something-Something
+(``mobilenetv2_segment8.pth.tar``, ``resnet50_segment12.pth.tar``); ``glance_weights`` / ``focus_weights``
+read those files (:func:`read_encoder_file`, :meth:`AdaFocusV1TSM.load_tsm_repository`) as well as ImageNet ones.
+
 This module also registers the variant ``adafocus_v1_tsm``: hyper-parameters, the FLOPs of its one step
 counted from the module (:func:`adafocus_v1_tsm_flops`) and the official checkpoint layout
 (``glancer.net``, ``focuser.net.base_model.N``, ``classifier``, ``policy``; :data:`OFFICIAL_KEYS`). Only one
@@ -48,12 +52,14 @@ import torch.nn.functional as F
 from .adafocus_v1 import action_grid, crop_integer_patches, patch_corners
 from .adafocus_v1_policy import (DEFAULT_ACTION_STD, STH_CONV_CHANNELS, GaussianPatchPolicy, GridPatchPolicy,
                                  SampledActions)
-from .backbones import glance_feature_size, mbv2_flat_to_torchvision, mbv2_torchvision_to_flat
+from .backbones import (BackboneWeightsError, glance_feature_size, mbv2_flat_to_torchvision,
+                        mbv2_torchvision_to_flat, read_state_dict)
 from .outputs import ClipPredictionLogits, detach_output
 from .ppo import PPO, RolloutMemory
-from .tsm import shifted_encoders
+from .tsm import OFFICIAL_KEYS as TSN_OFFICIAL_KEYS, shifted_encoders
 from .uni_adafocus import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, video_frames
 from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
+from .weights import fit_problems
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +157,11 @@ class AdaFocusV1TSM(nn.Module):
     ``action_std``: the Gaussian's standard deviation (only sampling uses it; evaluation takes the mean).
     ``actorcritic_with_bn``: BatchNorm in the Gaussian policy's encoder (the grid policy of this form always
     has it). ``dropout``: on the focus features before the classifier. ``shift_div``: 1 / the fraction of
-    channels shifted each way.
+    channels shifted each way. ``glance_weights`` / ``focus_weights``: a file of ImageNet weights of the plain
+    encoder (torchvision's layout; MobileNetV2 also in its flat one), or the TSM repository's file of the shifted
+    encoder (the official stage 1's ``pretrained_glancer`` / ``pretrained_focuser``), told apart by its keys; a
+    TSM glance file also gives ``glance_head`` (:meth:`load_tsm_repository`). ``pretrained``: ImageNet weights
+    for an encoder given no file.
     """
 
     variant = "adafocus_v1_tsm"
@@ -182,8 +192,16 @@ class AdaFocusV1TSM(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
-        self.glance, self.focus = shifted_encoders(num_glance_segments, num_segments, shift_div, "mbv2", "resnet50",
-                                                   pretrained, glance_weights, focus_weights)
+        # a TSM repository file loads into the shifted encoder once the model is built; an ImageNet one before the shift
+        tsm_files = {}
+        for side, path in (("glance", glance_weights), ("focus", focus_weights)):
+            state = read_encoder_file(path, side) if path else None
+            if state is not None:
+                tsm_files[side] = (path, state)
+        self.glance, self.focus = shifted_encoders(
+            num_glance_segments, num_segments, shift_div, "mbv2", "resnet50",
+            (pretrained and "glance" not in tsm_files, pretrained and "focus" not in tsm_files),
+            None if "glance" in tsm_files else glance_weights, None if "focus" in tsm_files else focus_weights)
         gdim, fdim = self.glance.feature_dim, self.focus.feature_dim
         self.glance_head = nn.Linear(gdim, num_classes)  # official glancer.net.classifier
         self.dropout = nn.Dropout(dropout)
@@ -198,6 +216,27 @@ class AdaFocusV1TSM(nn.Module):
                                                   conv_channels=STH_CONV_CHANNELS, with_bn=True)
         # (A, 2) the grid positions (vertical, horizontal) of the grid policy; None for the Gaussian one
         self.register_buffer("action_table", table, persistent=False)
+        for side, (path, state) in tsm_files.items():
+            self.load_tsm_repository(state, side, f"{ENCODER_FILES[side][0]} {path}")
+
+    def load_tsm_repository(self, state: Dict[str, torch.Tensor], side: str, source: str) -> None:
+        """Load a TSM repository file's state dict (keys without ``module.``) as the official stage 1 does:
+        side ``glance``: ``base_model.*`` into the glance encoder and ``new_fc.*`` into ``glance_head`` (officially
+        strict); side ``focus``: ``base_model.*`` into the focus encoder (officially strict=False, which leaves out
+        ``new_fc.*``: the README's ``load_pretrained_focuser_fc=False``, and the ResNet's own ``fc``). Here every
+        tensor of those modules must come from the file (BatchNorm's ``num_batches_tracked`` counters may be
+        absent) and every other key of the file is refused, in one line naming ``source`` and each missing,
+        unexpected and mis-shaped key by its name in the file."""
+        to_ours, to_file = TSM_FILE_KEYS[side]
+        own = {to_file(k): v for k, v in self.state_dict().items() if k.startswith(TSM_FILE_MODULES[side])}
+        own = {k: v for k, v in own.items() if k in state or not k.endswith(".num_batches_tracked")}
+        given = {k: v for k, v in state.items() if not k.startswith(TSM_FILE_UNREAD[side])}
+        problems = fit_problems(own, given, kind="file")
+        if problems:
+            raise BackboneWeightsError(f"{source}: a TSM repository {ENCODER_FILES[side][1]} file that does not fit "
+                                       f"the model's {' and '.join(m.rstrip('.') for m in TSM_FILE_MODULES[side])}: "
+                                       + "; ".join(line.strip() for line in problems))
+        self.load_state_dict({to_ours(k): v for k, v in given.items()}, strict=False)
 
     # ------------------------------------------------------------------------------------------
     # inputs
@@ -332,6 +371,84 @@ class AdaFocusV1TSM(nn.Module):
                                     baseline_positions, baseline_corners)
         return AdaFocusV1TSMOutput(glance_prediction + focus_logits.mean(dim=1), glance_logits, focus_logits,
                                    positions, corners, focus_features, indices, probs, baseline, self.patch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoder weight files: ImageNet's and the TSM repository's
+# --------------------------------------------------------------------------------------------------
+#: The TSM repository's files (a ``state_dict`` entry; keys ``module.`` + these, ``module.`` removed on reading):
+#: a TSN wrapping the backbone, whose own last layer is replaced, and its new classifier.
+TSM_BACKBONE, TSM_HEAD = "base_model.", "new_fc."
+#: Per side: its flag, the architecture, and a key prefix of only that architecture's weights (TSN prefix removed).
+ENCODER_FILES = {"glance": ("--glance_weights", "MobileNetV2", "features."),
+                 "focus": ("--focus_weights", "ResNet-50", "layer1.")}
+#: Per side: the modules a TSM repository file loads, and the keys of the file the official stage 1 does not read
+#: (the focus file's classifier: ``load_pretrained_focuser_fc=False``; the ResNet's own ``fc``).
+TSM_FILE_MODULES = {"glance": ("glance.", "glance_head."), "focus": ("focus.",)}
+TSM_FILE_UNREAD = {"glance": (), "focus": (TSM_HEAD, TSM_BACKBONE + "fc.")}
+
+
+def _glance_key(key: str) -> str:
+    """A TSM MobileNetV2 file's key -> ours: the official stage 1 loads ``base_model.X`` as ``X`` and ``new_fc.X`` as
+    ``classifier.X`` into ``glancer.net``, whose names :data:`OFFICIAL_KEYS` converts."""
+    if key.startswith(TSM_HEAD):
+        return OFFICIAL_KEYS.to_ours("glancer.net.classifier." + key[len(TSM_HEAD):])
+    if key.startswith(TSM_BACKBONE):
+        return OFFICIAL_KEYS.to_ours("glancer.net." + key[len(TSM_BACKBONE):])
+    raise KeyError(key)
+
+
+def _glance_file_key(key: str) -> str:
+    """Inverse of :func:`_glance_key`."""
+    official = OFFICIAL_KEYS.to_official(key)
+    if official.startswith("glancer.net.classifier."):
+        return TSM_HEAD + official[len("glancer.net.classifier."):]
+    return TSM_BACKBONE + official[len("glancer.net."):]
+
+
+def _focus_key(key: str) -> str:
+    """A TSM ResNet-50 file's key -> ours: ``base_model.X`` is the TSN backbone that the Uni-AdaFocus-TSM
+    checkpoints hold as ``local_CNN.base_model.X`` (the ResNet's named layers, shifted ``conv1.net``)."""
+    if key.startswith(TSM_BACKBONE):
+        return TSN_OFFICIAL_KEYS.to_ours("local_CNN." + key)
+    raise KeyError(key)
+
+
+def _focus_file_key(key: str) -> str:
+    """Inverse of :func:`_focus_key`."""
+    return TSN_OFFICIAL_KEYS.to_official(key)[len("local_CNN."):]
+
+
+#: Per side: (file key -> ours, ours -> file key) of the TSM repository's files.
+TSM_FILE_KEYS = {"glance": (_glance_key, _glance_file_key), "focus": (_focus_key, _focus_file_key)}
+
+
+def weights_side(state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """Which encoder's architecture a weight file's state dict (keys without ``module.``) holds, by its keys:
+    ``glance`` (MobileNetV2), ``focus`` (ResNet), or None when it tells neither (the loader then names the keys)."""
+    keys = [k[len(TSM_BACKBONE):] if k.startswith(TSM_BACKBONE) else k for k in state]
+    sides = [side for side, (_, _, marker) in ENCODER_FILES.items() if any(k.startswith(marker) for k in keys)]
+    return sides[0] if len(sides) == 1 else None
+
+
+def read_encoder_file(path: str, side: str) -> Optional[Dict[str, torch.Tensor]]:
+    """The state dict (keys without ``module.``) of the weight file ``path`` given for the ``side`` encoder when it
+    is a TSM repository file (keys ``base_model.*``, loaded by :meth:`AdaFocusV1TSM.load_tsm_repository`), None
+    for an ImageNet file (loaded by the encoder itself). A file of the other encoder's architecture, or one that
+    cannot be read, is refused in one line (:class:`BackboneWeightsError`)."""
+    flag, arch, _ = ENCODER_FILES[side]
+    try:
+        state = read_state_dict(path)
+    except BackboneWeightsError as exc:
+        raise BackboneWeightsError(f"{flag}: {exc}") from None
+    tsm = any(k.startswith(TSM_BACKBONE) for k in state)
+    found = weights_side(state)
+    if found is not None and found != side:
+        other_flag, other_arch, marker = ENCODER_FILES[found]
+        raise BackboneWeightsError(f"{flag} {path}: {'a TSM repository' if tsm else 'an ImageNet'} {other_arch} "
+                                   f"file (keys {TSM_BACKBONE if tsm else ''}{marker}*), but the {side} encoder is "
+                                   f"{arch}: it is the {found} encoder's file ({other_flag})")
+    return state if tsm else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,16 +36,18 @@ from .variants import CheckpointLayout, PrefixMap, Variant, register_variant
 
 
 def shifted_encoders(num_glance: int, num_focus: int, shift_div: int = 8, glance_arch: str = "mbv2",
-                     focus_arch: str = "resnet50", pretrained: bool = False, glance_weights=None, focus_weights=None,
+                     focus_arch: str = "resnet50", pretrained=False, glance_weights=None, focus_weights=None,
                      zero_init_residual: bool = False) -> Tuple[GlanceEncoder, FocusEncoder]:
     """The temporal-shift encoders of the Sth-Sth / Jester members: MobileNetV2 shifted over clips of
     ``num_glance`` frames (frames (N*T_G, 3, H, W) -> map, pooled) and a ResNet shifted over clips of
     ``num_focus`` frames (patches (N*T_L, 3, P, P) -> pooled). ImageNet weights load into the plain
-    encoders; the shift then wraps their convolutions (official keys ``...conv.0.net.weight``)."""
-    glance = GlanceEncoder(glance_arch, pretrained=pretrained, weights=glance_weights,
+    encoders; the shift then wraps their convolutions (official keys ``...conv.0.net.weight``).
+    ``pretrained``: for both encoders, or a (glance, focus) pair."""
+    glance_pretrained, focus_pretrained = pretrained if isinstance(pretrained, tuple) else (pretrained, pretrained)
+    glance = GlanceEncoder(glance_arch, pretrained=glance_pretrained, weights=glance_weights,
                            zero_init_residual=zero_init_residual)
     shift_mobilenet_v2(glance.features, num_glance, shift_div)
-    focus = FocusEncoder(focus_arch, pretrained=pretrained, weights=focus_weights,
+    focus = FocusEncoder(focus_arch, pretrained=focus_pretrained, weights=focus_weights,
                          zero_init_residual=zero_init_residual)
     shift_resnet(focus, num_focus, shift_div)
     return glance, focus
