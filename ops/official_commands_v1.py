@@ -132,12 +132,12 @@ HYDRA_KEYS: Tuple[HydraKey, ...] = (
        HydraKey("start_eval", STH_TRAIN, "fixed", allowed=("0",), why="validation runs every --eval_freq epochs "
                 "from the first here (start_eval=0, the README's)"),
        HydraKey("load_pretrained_focuser_fc", S1, "fixed", allowed=("false",), why="stage 1 starts the classifier "
-                "fresh here (load_pretrained_focuser_fc=False, the README's)"),
+                "fresh here (load_pretrained_focuser_fc=False, the README's: the focuser file's new_fc is not read)"),
        HydraKey("load_pretrained_s2_fc", S3, "fixed", allowed=("true",), why="stage 3 takes the stage-2 "
                 "checkpoint's classifier here (load_pretrained_s2_fc=True, the README's)"))
-    + _rows("dead", S1, "pretrained_glancer pretrained_focuser",
-            why="the TSM runs' checkpoints are not read here: the encoders start from --pretrained ImageNet "
-                "weights or --glance_weights / --focus_weights")
+    # stage1.py: the TSM repository's pre-trained encoder files, read as the official stage 1 reads them
+    + (HydraKey("pretrained_glancer", S1, flag="--glance_weights"),
+       HydraKey("pretrained_focuser", S1, flag="--focus_weights"))
 )
 #: Each script's own YAML (Hydra's --config-name).
 HYDRA_CONFIGS = {"main_dist.py": "default", "evaluate.py": "evaluate", "stage1.py": "stage1", "stage2.py": "stage2",

@@ -496,9 +496,10 @@ def test_every_v1_readme_command_translates_with_its_meaning(command, tmp_path):
     if "pretrained_glancer" in command and "main_dist.py" in command:  # the glance's stage 0, then the focus's
         assert args.stage_checkpoint == [str(tmp_path / "pretrained_glancer" / "file"),
                                          str(tmp_path / "pretrained_focuser" / "file")]
-    elif "pretrained_glancer" in command:  # stage1.py: the TSM runs' files are not read, and the note says so
-        assert any(n.startswith("dropped: pretrained_glancer (the TSM runs' checkpoints are not read here")
-                   for n in translation.notes)
+    elif "pretrained_glancer" in command:  # stage1.py: the TSM repository's files start the two encoders
+        assert (args.glance_weights, args.focus_weights) == (str(tmp_path / "pretrained_glancer" / "file"),
+                                                             str(tmp_path / "pretrained_focuser" / "file"))
+        assert not any("pretrained_" in n for n in translation.notes)
 
 
 def test_the_v1_commands_cover_both_trees_and_the_stage_2_command_is_one_process():
@@ -548,7 +549,11 @@ def test_a_translated_sth_readme_command_is_its_preset(stage, dataset, patch):
     require_reference()
     official = {"sthv1": "somethingv1", "sthv2": "somethingv2"}[dataset]
     ours = vars(config.parse_args(translate_command(_sth_readme_command(stage, official, patch)).args))
+    # stage 1's TSM files are paths, as the hand-over of stages 2 and 3 (the presets leave them to the command line)
+    files = ("PATH_TO_PRETRAINED_GLANCER", "PATH_TO_PRETRAINED_FOCUSER") if stage == 1 else (None, None)
+    assert (ours.pop("glance_weights"), ours.pop("focus_weights")) == files
     preset = vars(config.parse_args(["--config", str(REPO / "configs" / f"v1_{dataset}_p{patch}_stage{stage}.yaml")]))
+    assert (preset.pop("glance_weights"), preset.pop("focus_weights")) == (None, None)
     built = {k: p.default for k, p in inspect.signature(get_variant("adafocus_v1_tsm").build).parameters.items()}
     ours = {k: built[k] if v is None and k in built else v for k, v in ours.items()}
     preset = {k: built[k] if v is None and k in built else v for k, v in preset.items()}
