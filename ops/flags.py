@@ -130,8 +130,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="ImageNet initialisation of both backbones (torchvision weights)")
     g.add_argument("--glance_weights", "--glance_ckpt_path", dest="glance_weights", default=None,
-                   help="local ImageNet MobileNetV2 weights (torchvision or the official file layout)")
-    g.add_argument("--focus_weights", default=None, help="local ImageNet ResNet weights (torchvision layout)")
+                   help="local ImageNet MobileNetV2 weights (torchvision or the official file layout); adafocus_v1_tsm "
+                        "also a TSM repository MobileNetV2 file (mobilenetv2_segment8.pth.tar)")
+    g.add_argument("--focus_weights", default=None, help="local ImageNet ResNet weights (torchvision layout); "
+                   "adafocus_v1_tsm also a TSM repository ResNet-50 file (resnet50_segment12.pth.tar)")
     g.add_argument("--zero_init_residual", action=argparse.BooleanOptionalAction, default=False,
                    help="random initialisation: the last BatchNorm of every residual block of both encoders starts "
                         "at zero, so that each block starts as the identity (Goyal et al., 2017); pretrained weights "
