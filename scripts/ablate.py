@@ -78,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows_dir", default=ROWS_DIR, help="folder of the row files")
     p.add_argument("--dry_run", action=argparse.BooleanOptionalAction, default=False,
                    help="print the commands (and whether each run is reused or resumed); run nothing")
+    p.add_argument("--report_only", action=argparse.BooleanOptionalAction, default=False,
+                   help="write the tables from the runs already finished under --out (a row shows the seeds it has); "
+                        "train and evaluate nothing")
     return p
 
 
@@ -512,7 +515,9 @@ def markdown(results: List[Dict], seeds: Sequence[int]) -> str:
         for r in rows:
             cells = [cell_text(c) for c in r["cells"]] + ["—"] * (len(heads) - len(r["cells"]))
             paper = " / ".join(f"{v:g}" for v in r["paper"]) or "—"
-            lines.append(f"| {r['label']} (`{r['row']}`) | " + " | ".join(cells) + f" | {paper} | {wall_text(r)} |")
+            seeds_note = "" if [int(x) for x in r["seeds"]] == sorted(seeds) else (
+                f"; seeds {', '.join(map(str, r['seeds']))}" if r["seeds"] else "; no finished run")
+            lines.append(f"| {r['label']} (`{r['row']}`{seeds_note}) | " + " | ".join(cells) + f" | {paper} | {wall_text(r)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -589,15 +594,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("--workers: under torchrun the runs go one at a time, each on every process")
     runner = Runner(args, extra, co)
     runner.count_steps(runs)
-    runner.say(f"{len(rows)} rows, {len(args.seeds)} seed(s): {len(runs)} trained models, {runner.steps} step(s) to run "
-               f"({'dry run' if args.dry_run else args.out})")
+    if args.report_only and args.dry_run:
+        raise SystemExit("--report_only and --dry_run: give one (--dry_run lists what would run, --report_only writes "
+                         "the tables of what has run)")
+    runner.say(f"{len(rows)} rows, {len(args.seeds)} seed(s): {len(runs)} trained models, "
+               + (f"{runner.steps} step(s) left out (--report_only)" if args.report_only else
+                  f"{runner.steps} step(s) to run ({'dry run' if args.dry_run else args.out})"))
     for row in rows:
         epochs = scaled_epochs(row, args.base)
         if epochs is not None and args.base is not None:
             runner.say(f"{row.name}: epochs {epochs['row']} of its preset's {epochs['row_base']} -> {epochs['epochs']} "
                        f"of --base's {epochs['base']}")
     try:
-        if args.workers == 1:
+        if args.report_only:
+            pass                                             # the tables of what is there
+        elif args.workers == 1:
             for run in runs:
                 runner.carry_out(run)
         else:

@@ -176,6 +176,16 @@ def test_two_rows_end_to_end_and_a_second_invocation_reuses_the_runs(tmp_path, c
     assert " done in " not in second
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert (run9 / "ablate.log").read_text().count("---- scripts/ablate.py ") == 1  # main.py ran once
+    # --report_only with a seed that has no run: the tables of what is there, nothing trained.
+    assert ablate.main(argv[:-1] + ["5", "6", "--report_only"]) == 0
+    third = capsys.readouterr().out
+    assert "2 rows, 2 seed(s): 4 trained models, 3 step(s) left out (--report_only)" in third and " done in " not in third
+    assert not (out / "table9" / "uniform" / "seed6").exists() and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    tables = (out / "tables.md").read_text()
+    assert "Mean over seeds 5, 6" in tables and "| Uniform Sampling (`table9-uniform`; seeds 5) |" in tables
+    assert json.loads((out / "tables.json").read_text())["rows"][0]["per_seed"] == results["rows"][0]["per_seed"]
+    with pytest.raises(SystemExit, match="--report_only and --dry_run"):
+        ablate.main(argv + ["--report_only", "--dry_run"])
 
 
 def test_rows_that_train_the_same_model_share_one_run_also_with_an_earlier_invocations(tmp_path, capsys):
