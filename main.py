@@ -229,7 +229,8 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
     scaler = build.build_scaler(args, info)
     start_epoch, best, best_epoch = 0, None, None
     if args.resume:
-        start_epoch, best, best_epoch = run_state.restore(args, model, optimizer, scaler, log, run_dir)
+        start_epoch, best, best_epoch, earlier_s = run_state.restore(args, model, optimizer, scaler, log, run_dir)
+        started -= earlier_s  # a resumed run's time counts its earlier segments
     elif args.evaluate:
         log.warning("--evaluate without --resume evaluates an untrained model")
     stages = build.exit_gflops(model)
@@ -289,13 +290,13 @@ def _run(args, info, run_dir: str, log: RunLog, progress: Progress) -> int:
         progress.phase = f"while epoch {epoch}'s files were written"
         if info.is_main and is_best:
             run_state.save_run_checkpoint(os.path.join(run_dir, "ckpt.best.pth.tar"), model, optimizer, scaler,
-                                          epoch + 1, best, best_epoch, args)
+                                          epoch + 1, best, best_epoch, args, time.time() - started)
         log.epoch_row(row)
         log.json("metrics.json", {"final": final, "best": {"score": best, "epoch": best_epoch},
                                   "epochs_done": epoch + 1, "gflops": stages[-1], "time_s": time.time() - started})
         if info.is_main:
             run_state.save_run_checkpoint(os.path.join(run_dir, "ckpt.pth.tar"), model, optimizer, scaler, epoch + 1,
-                                          best, best_epoch, args)
+                                          best, best_epoch, args, time.time() - started)
         progress.saved_epochs = epoch + 1
         dist_ops.barrier(info)
     log.info(f"done in {time.time() - started:.1f}s; best {final['metric'] if final else 'score'} "

@@ -54,7 +54,7 @@ def _figure_keys() -> Dict[str, str]:
 #: docs/metrics.md documents each of them.
 METRICS_KEYS: Dict[str, Dict[str, str]] = {
     "file": {"final": "the last validation's figures (training)", "best": "the best score and its epoch (training)",
-             "epochs_done": "epochs trained", "gflops": "GFLOPs per video, all exits", "time_s": "seconds taken",
+             "epochs_done": "epochs trained", "gflops": "GFLOPs per video, all exits", "time_s": "seconds taken (a training run's across --resume)",
              "evaluated": "the checkpoint evaluated (--evaluate)", "metrics": "the figures (--evaluate)"},
     "best": {"score": "the best validation score", "epoch": "the epoch that reached it"},
     "figures": _figure_keys(),

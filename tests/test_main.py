@@ -270,6 +270,24 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(request, tmp_path, v
     assert len(rows_a) == len(rows_b) == 4
 
 
+def test_a_resumed_runs_time_counts_its_earlier_segments(data_dir, tmp_path):
+    """metrics.json's time_s is the whole run's, across --resume: the checkpoint carries the seconds so far."""
+    root = tmp_path / "runs"
+    args = [sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "1", "--batch_size", "4",
+                                         "--store_name", "timed", "--eval_freq", "0")
+    _run(args)
+    path = root / "timed" / "ckpt.pth.tar"
+    saved = torch.load(path, weights_only=True)
+    first = json.loads((root / "timed" / "metrics.json").read_text())["time_s"]
+    assert 0 < first <= saved["time_s"] < 600  # the checkpoint is written after metrics.json
+    saved["time_s"] = 1e6  # as if the first segment had taken a million seconds
+    torch.save(saved, path)
+    _run(args + ["--epochs", "2", "--resume", "auto"])
+    resumed = json.loads((root / "timed" / "metrics.json").read_text())
+    assert resumed["epochs_done"] == 2 and 1e6 < resumed["time_s"] < 1e6 + 600
+    assert torch.load(path, weights_only=True)["time_s"] >= resumed["time_s"]
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path):
     root = tmp_path / "runs"
     _run([sys.executable] + _main_args(data_dir, root, "--epochs", "1", "--iters_per_epoch", "1", "--batch_size", "4",
