@@ -155,10 +155,14 @@ def frame_to_array(frame, short_side: int, reformatter=None) -> np.ndarray:
     ``VideoReformatter`` to reuse (one per thread) instead of a new one per frame.
     """
     w, h = output_size(frame.width, frame.height, short_side)
+    # threads=1: no swscale slice threads (PyAV's default, 0, starts one per core): a process forked after a
+    # conversion (a loader worker, an extraction worker) would inherit a context whose threads it lacks, and
+    # reconfiguring it waits for them forever; one thread per worker is the rule here anyway.
     if reformatter is not None:
-        pixels = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        pixels = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="BICUBIC",
+                                      threads=1).to_ndarray()
     else:
-        pixels = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BICUBIC")
+        pixels = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BICUBIC", threads=1)
     turns = _QUARTER_TURNS.get(int(round(getattr(frame, "rotation", 0) or 0)) % 360)
     return np.rot90(pixels, turns) if turns else pixels
 

@@ -104,7 +104,7 @@ def _pyav(av):
             stream.codec_context.thread_count = 1
             for index, frame in enumerate(container.decode(stream)):
                 if index in wanted:
-                    out[index] = frame.to_ndarray(format="rgb24")
+                    out[index] = frame.to_ndarray(format="rgb24", threads=1)
                 if index >= last:
                     break
         if len(out) < len(wanted):
