@@ -40,7 +40,7 @@ def restore(args, model, optimizer, scaler, log: RunLog, run_dir: str) -> Resume
     if info.format != "uniadafocus":
         log.warning("the official checkpoint holds no optimizer state this model can use: momentum starts "
                     f"from zero; training continues at epoch {info.epoch}")
-        return info.epoch, info.best_metric, None
+        return Resumed(info.epoch, info.best_metric, None)
     if info.optimizer is not None:
         load_optimizer_state(optimizer, info.optimizer)
     if scaler is not None and info.extra.get("scaler"):

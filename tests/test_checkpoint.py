@@ -171,3 +171,27 @@ def test_offline_pretrained_request_explains_what_to_do(monkeypatch):
         FocusEncoder("resnet18", pretrained=True)
     message = str(err.value)
     assert "resnet18" in message and "--focus_weights" in message and "checkpoints" in message
+
+
+def test_resuming_returns_where_the_run_stands_from_our_and_official_checkpoints(tmp_path):
+    """run_state.restore: our checkpoint carries epoch, best, best epoch and the seconds so far; an official one
+    continues at its epoch with no time; a missing --resume auto checkpoint starts from scratch."""
+    import argparse
+
+    from ops import run_state
+    from ops.run_log import RunLog
+
+    log = RunLog(str(tmp_path), enabled=False)
+    source = _randomise(tiny_model(), 2)
+    sgd = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    ours = tmp_path / "ours.pth.tar"
+    run_state.save_run_checkpoint(str(ours), source, sgd, None, 3, 61.5, 2, argparse.Namespace(), time_s=42.0)
+    official = tmp_path / "official.pth.tar"
+    torch.save(_official_checkpoint(source), official)
+    for path, expected in ((str(ours), (3, 61.5, 2, 42.0)), (str(official), (12, pytest.approx(77.5), None, 0.0)),
+                           ("auto", (0, None, None, 0.0))):
+        model = tiny_model()
+        args = argparse.Namespace(resume=path, evaluate=False)
+        epoch, best, best_epoch, time_s = run_state.restore(args, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                            None, log, str(tmp_path / "empty"))
+        assert (epoch, best, best_epoch, time_s) == expected, path
